@@ -1,0 +1,28 @@
+# Set-up and the two everyday commands. Everything installs into .venv; no ROS 2 distro is needed.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-all bench clean-venv
+
+$(STAMP): requirements.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+# The main job on an embedded default: generated RGB-D stream -> the real node over rclpy topics.
+demo: $(STAMP)
+	$(BIN)/rgbd-fusion-seg demo
+
+# The test suite (CI runs this through .ci/run).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q test
+
+bench: $(STAMP)
+	$(BIN)/rgbd-fusion-seg bench
+
+clean-venv:
+	rm -rf $(VENV)

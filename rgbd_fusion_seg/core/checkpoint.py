@@ -1,0 +1,113 @@
+"""Self-describing checkpoints, written atomically.
+
+A checkpoint is a plain dict saved with torch.save and read back with `weights_only=True` (no pickled
+code runs on load). Everything the node needs to serve the model is in it:
+
+    format         "rgbd_fusion_seg/1"
+    model          {"method": str, "options": dict, "num_classes": int}
+    classes        [name, ...]            one per class id
+    palette        [[r, g, b], ...]       one per class id
+    preprocessing  Preprocessing.to_dict() (input size, RGB mean/std, aux modality, unit and range)
+    data           what it was trained on (dataset, folders, lightings, split), free-form
+    metrics        latest validation metrics, free-form
+    state_dict     model weights
+    train_state    optional: optimiser, scheduler, scaler, epoch/step, RNG states, for resuming
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..models import FusionSegmenter, build_model
+from .preprocessing import Preprocessing
+
+FORMAT = "rgbd_fusion_seg/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, unreadable, or does not describe a model this package can build."""
+
+
+@dataclass
+class Checkpoint:
+    method: str
+    num_classes: int
+    classes: list[str]
+    palette: list[list[int]]
+    preprocessing: Preprocessing
+    state_dict: dict
+    options: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    train_state: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "model": {"method": self.method, "options": dict(self.options), "num_classes": self.num_classes},
+            "classes": list(self.classes),
+            "palette": [list(map(int, c)) for c in self.palette],
+            "preprocessing": self.preprocessing.to_dict(),
+            "data": self.data,
+            "metrics": self.metrics,
+            "state_dict": self.state_dict,
+            "train_state": self.train_state,
+        }
+
+    def build_model(self) -> FusionSegmenter:
+        """The model with its weights loaded (training form; call .deploy() to serve)."""
+        model = build_model(self.method, self.num_classes, **self.options)
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as error:
+            raise CheckpointError(f"weights do not fit method {self.method!r}: {str(error).splitlines()[0]}") from error
+        return model
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
+    """Write to a temporary file beside `path`, flush it to disk, then rename: a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(checkpoint.to_dict(), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged file
+        raise CheckpointError(f"checkpoint {path} cannot be read: {error}") from error
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not a {FORMAT} checkpoint (no matching 'format' field)")
+    try:
+        model = raw["model"]
+        return Checkpoint(
+            method=model["method"],
+            num_classes=int(model["num_classes"]),
+            options=dict(model.get("options", {})),
+            classes=list(raw["classes"]),
+            palette=[list(c) for c in raw["palette"]],
+            preprocessing=Preprocessing.from_dict(raw["preprocessing"]),
+            state_dict=raw["state_dict"],
+            data=raw.get("data") or {},
+            metrics=raw.get("metrics") or {},
+            train_state=raw.get("train_state"),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path} is missing or has a malformed field: {error}") from error

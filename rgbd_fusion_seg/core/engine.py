@@ -1,0 +1,71 @@
+"""Inference on decoded images: the one place where the node (and offline prediction) touches tensors."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import Checkpoint, load_checkpoint
+from .preprocessing import prepare_inputs
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU; anything else must be a device torch knows and can use."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"device {device!r} is not a torch device ({error})") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available on this machine")
+    return resolved
+
+
+@dataclass
+class Prediction:
+    mask: np.ndarray  # HxW class ids at the colour image's size (uint8, or uint16 beyond 255 classes)
+    confidence: np.ndarray  # HxW float32 softmax probability of the chosen class
+
+
+class SegmentationEngine:
+    """A served model: the checkpoint's deploy-form network plus its preprocessing, on one device."""
+
+    def __init__(self, checkpoint: Checkpoint, device: str = "auto", precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        self.checkpoint = checkpoint
+        self.device = resolve_device(device)
+        # Half precision on CPU is slow or unsupported for many kernels: fall back to fp32 there.
+        self.precision = precision if self.device.type == "cuda" else "fp32"
+        self.model = checkpoint.build_model().deploy().eval().to(self.device)
+        self._mask_dtype = np.uint8 if checkpoint.num_classes <= 256 else np.uint16
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, device: str = "auto", precision: str = "fp32") -> "SegmentationEngine":
+        return cls(load_checkpoint(path), device=device, precision=precision)
+
+    @property
+    def method(self) -> str:
+        return self.checkpoint.method
+
+    @property
+    def preprocessing(self):
+        return self.checkpoint.preprocessing
+
+    @torch.inference_mode()
+    def predict(self, rgb: np.ndarray, aux: np.ndarray | None) -> Prediction:
+        """rgb: HxWx3 uint8; aux: HxW float32 in the checkpoint's aux unit (NaN = no reading), or None."""
+        rgb_in, aux_in = prepare_inputs(rgb, aux, self.preprocessing)
+        rgb_t = torch.from_numpy(rgb_in)[None].to(self.device, non_blocking=True)
+        aux_t = torch.from_numpy(aux_in)[None].to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision], enabled=self.precision != "fp32"):
+            logits = self.model(rgb_t, aux_t).logits
+        logits = F.interpolate(logits.float(), size=rgb.shape[:2], mode="bilinear", align_corners=False)
+        confidence, mask = torch.softmax(logits[0], dim=0).max(dim=0)
+        return Prediction(mask.to(torch.int32).cpu().numpy().astype(self._mask_dtype), confidence.cpu().numpy())
