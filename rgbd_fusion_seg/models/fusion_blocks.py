@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .blocks import ResNetEncoder, UNetDecoder
@@ -42,12 +41,11 @@ class ResNetUNet(nn.Module):
 class ConcatFusion(nn.Module):
     """Concatenate RGB and X features, 1x1 conv-BN-ReLU back to the RGB width (the study's mid fusion)."""
 
-    def __init__(self, rgb_channels: int, aux_channels: int, out_channels: int | None = None):
+    def __init__(self, channels: int):
         super().__init__()
-        out_channels = out_channels or rgb_channels
         self.reduce = nn.Sequential(
-            nn.Conv2d(rgb_channels + aux_channels, out_channels, kernel_size=1, bias=False),
-            nn.BatchNorm2d(out_channels),
+            nn.Conv2d(2 * channels, channels, kernel_size=1, bias=False),
+            nn.BatchNorm2d(channels),
             nn.ReLU(inplace=True),
         )
 
@@ -164,7 +162,30 @@ class CrossModalAttention(nn.Module):
 def run_stages(encoder: ResNetEncoder, x: torch.Tensor, start: int = 0, stop: int | None = None) -> list[torch.Tensor]:
     """Run encoder stages [start, stop) on x and return each stage's output."""
     features = []
-    for stage in list(encoder.stages)[start:stop]:
+    for stage in encoder.stages[start:stop]:
         x = stage(x)
         features.append(x)
     return features
+
+
+class SingleStageFusionEncoder(nn.Module):
+    """RGB and X ResNet encoders fused once, after stage `stage` (3 = layer3), by `make_fusion(channels)`.
+
+    The X encoder (one input channel, grey-level ImageNet filters when pretrained) stops at `stage`; the
+    fused map replaces the RGB features there and the RGB encoder's deeper stages continue on it. Returns
+    the five decoder inputs: RGB features before the fusion, the fused map, and the stages after it.
+    """
+
+    def __init__(self, make_fusion, stage: int = 3, pretrained: bool = False, arch: str = "resnet18"):
+        super().__init__()
+        self.stage = stage
+        self.rgb_encoder = ResNetEncoder(arch, in_channels=3, pretrained=pretrained)
+        self.aux_encoder = ResNetEncoder(arch, in_channels=1, pretrained=pretrained, num_stages=stage + 1)
+        self.fusion = make_fusion(self.rgb_encoder.channels[stage])
+        self.channels = self.rgb_encoder.channels
+
+    def forward(self, rgb: torch.Tensor, aux: torch.Tensor) -> list[torch.Tensor]:
+        features = run_stages(self.rgb_encoder, rgb, 0, self.stage + 1)
+        aux_features = run_stages(self.aux_encoder, standardise_aux(aux))[-1]
+        features[self.stage] = self.fusion(features[self.stage], aux_features)
+        return features + run_stages(self.rgb_encoder, features[self.stage], self.stage + 1)
