@@ -148,7 +148,7 @@ def test_engine_predicts_at_colour_size_from_a_checkpoint_file(tmp_path):
     engine = SegmentationEngine.from_file(path, device="cpu")
     rgb = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
     depth = np.full((25, 35), 1.5, np.float32)
-    prediction = engine.predict(rgb, depth)
+    prediction = engine.predict(rgb, depth, with_confidence=True)
     assert prediction.mask.shape == (50, 70) and prediction.mask.dtype == np.uint8
     assert prediction.mask.max() < 3
     assert prediction.confidence.shape == (50, 70)

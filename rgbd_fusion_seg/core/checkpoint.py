@@ -59,8 +59,15 @@ class Checkpoint:
         }
 
     def build_model(self) -> FusionSegmenter:
-        """The model with its weights loaded (training form; call .deploy() to serve)."""
-        model = build_model(self.method, self.num_classes, **self.options)
+        """The model with its weights loaded (training form; call .deploy() to serve).
+
+        ImageNet initialisation is switched off: the weights come from the checkpoint, so a model trained
+        from pretrained weights must not need the ImageNet file on the machine that serves it.
+        """
+        options = dict(self.options)
+        if "pretrained" in options:
+            options["pretrained"] = False
+        model = build_model(self.method, self.num_classes, **options)
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as error:
@@ -74,6 +81,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_current_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as handle:
             torch.save(checkpoint.to_dict(), handle)
             handle.flush()
@@ -83,6 +91,12 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

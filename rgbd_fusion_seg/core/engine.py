@@ -30,7 +30,7 @@ def resolve_device(device: str) -> torch.device:
 @dataclass
 class Prediction:
     mask: np.ndarray  # HxW class ids at the colour image's size (uint8, or uint16 beyond 255 classes)
-    confidence: np.ndarray  # HxW float32 softmax probability of the chosen class
+    confidence: np.ndarray | None  # HxW float32 softmax probability of the chosen class, when asked for
 
 
 class SegmentationEngine:
@@ -59,13 +59,21 @@ class SegmentationEngine:
         return self.checkpoint.preprocessing
 
     @torch.inference_mode()
-    def predict(self, rgb: np.ndarray, aux: np.ndarray | None) -> Prediction:
-        """rgb: HxWx3 uint8; aux: HxW float32 in the checkpoint's aux unit (NaN = no reading), or None."""
+    def predict(self, rgb: np.ndarray, aux: np.ndarray | None, with_confidence: bool = False) -> Prediction:
+        """rgb: HxWx3 uint8; aux: HxW float32 in the checkpoint's aux unit (NaN = no reading), or None.
+
+        The softmax for `confidence` is computed only when asked for: at camera resolution it costs as
+        much as the upsampling itself on a CPU.
+        """
         rgb_in, aux_in = prepare_inputs(rgb, aux, self.preprocessing)
         rgb_t = torch.from_numpy(rgb_in)[None].to(self.device, non_blocking=True)
         aux_t = torch.from_numpy(aux_in)[None].to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision], enabled=self.precision != "fp32"):
             logits = self.model(rgb_t, aux_t).logits
         logits = F.interpolate(logits.float(), size=rgb.shape[:2], mode="bilinear", align_corners=False)
-        confidence, mask = torch.softmax(logits[0], dim=0).max(dim=0)
-        return Prediction(mask.to(torch.int32).cpu().numpy().astype(self._mask_dtype), confidence.cpu().numpy())
+        if with_confidence:
+            confidence, mask = torch.softmax(logits[0], dim=0).max(dim=0)
+            confidence = confidence.cpu().numpy()
+        else:
+            mask, confidence = logits[0].argmax(dim=0), None
+        return Prediction(mask.to(torch.int32).cpu().numpy().astype(self._mask_dtype), confidence)

@@ -1,0 +1,10 @@
+"""The thin ROS 2 layer over `rgbd_fusion_seg.core`.
+
+- `image_codec`: sensor_msgs/Image <-> numpy (ROS-free functions over the raw fields, thin message wrappers)
+- `pairing`: two-stream timestamp pairing with message_filters' ApproximateTimeSynchronizer semantics
+- `parameters`: the node's one parameter table and the validation of runtime changes
+- `inference_worker`: the one-slot inference thread, model loading and the latency/rate window
+- `segment_node`: the `segment_node` executable
+
+Only `segment_node` (and the message wrappers in `image_codec`) import rclpy / sensor_msgs.
+"""

@@ -1,0 +1,225 @@
+"""sensor_msgs/Image <-> numpy, without cv_bridge.
+
+The functions at the top work on the raw fields of an image message (encoding, height, width, step,
+is_bigendian, data) and import nothing from ROS, so they are unit-tested without rclpy; the `*_msg`
+wrappers at the bottom take or build a `sensor_msgs.msg.Image`.
+
+Decoding reads the message buffer through a numpy view whose row stride is the message's `step` (row
+padding is skipped, not copied) and whose byte order follows `is_bigendian`; a copy is made only where
+the conversion itself produces new values (channel reordering, unit scaling, NaN marking).
+
+Decoded units (the contract with `rgbd_fusion_seg.core.preprocessing.AUX_UNITS`):
+
+    colour   rgb8 bgr8 rgba8 bgra8 mono8              -> HxWx3 uint8 RGB
+    depth    16UC1 (millimetres, 0 = no reading)      -> HxW float32 metres ("m"), no reading -> NaN
+             32FC1 (metres, NaN = no reading)         -> "m"; NaN, +-inf and <= 0 -> NaN
+             mono8 / mono16 (already scaled, raw)     -> "raw8" / "raw16"
+    thermal  mono8 / 8UC1                             -> "raw8"
+             mono16 / 16UC1 (raw counts)              -> "raw16"
+             32FC1 (degrees Celsius)                  -> "celsius"; NaN and +-inf -> NaN
+"""
+from __future__ import annotations
+
+import array
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# encoding -> (element dtype, channels)
+_LAYOUTS: dict[str, tuple[np.dtype, int]] = {
+    "rgb8": (np.dtype(np.uint8), 3),
+    "bgr8": (np.dtype(np.uint8), 3),
+    "rgba8": (np.dtype(np.uint8), 4),
+    "bgra8": (np.dtype(np.uint8), 4),
+    "mono8": (np.dtype(np.uint8), 1),
+    "8UC1": (np.dtype(np.uint8), 1),
+    "mono16": (np.dtype(np.uint16), 1),
+    "16UC1": (np.dtype(np.uint16), 1),
+    "32FC1": (np.dtype(np.float32), 1),
+}
+
+COLOUR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
+# modality -> encoding -> decoded unit
+AUX_ENCODINGS: dict[str, dict[str, str]] = {
+    "depth": {"16UC1": "m", "32FC1": "m", "mono8": "raw8", "8UC1": "raw8", "mono16": "raw16"},
+    "thermal": {"mono8": "raw8", "8UC1": "raw8", "mono16": "raw16", "16UC1": "raw16", "32FC1": "celsius"},
+}
+
+
+class ImageDecodeError(ValueError):
+    """An image message that cannot be decoded: unsupported encoding, empty, truncated or inconsistent."""
+
+
+@dataclass
+class DecodedAux:
+    image: np.ndarray  # HxW float32 in `unit`, NaN = no reading
+    unit: str  # one of core.preprocessing.AUX_UNITS
+    encoding: str
+
+
+def _describe(encoding, height, width, step, size) -> str:
+    return f"encoding {encoding!r}, {width}x{height}, step {step}, {size} data bytes"
+
+
+def pixel_view(encoding: str, height: int, width: int, step: int, is_bigendian: bool, data) -> np.ndarray:
+    """A read-through numpy view of the pixels: HxW (one channel) or HxWxC, honouring `step` and byte order.
+
+    `data` is anything with the buffer protocol (array.array from rclpy, bytes, a uint8 numpy array from
+    rosbags). Raises ImageDecodeError for an unknown encoding or a buffer that does not hold the image.
+    """
+    try:
+        dtype, channels = _LAYOUTS[encoding]
+    except KeyError:
+        raise ImageDecodeError(f"unsupported encoding {encoding!r}; supported: {', '.join(_LAYOUTS)}") from None
+    if isinstance(data, np.ndarray):
+        buffer = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    else:
+        try:
+            buffer = np.frombuffer(data, np.uint8)
+        except TypeError:  # a plain sequence of ints
+            buffer = np.asarray(data, np.uint8)
+    size = buffer.size
+    if height <= 0 or width <= 0 or size == 0:
+        raise ImageDecodeError(f"empty image: {_describe(encoding, height, width, step, size)}")
+    pixel_bytes = dtype.itemsize * channels
+    if step < width * pixel_bytes:
+        raise ImageDecodeError(
+            f"step too small: {_describe(encoding, height, width, step, size)}; "
+            f"a row needs at least {width * pixel_bytes} bytes"
+        )
+    if size < step * height:
+        raise ImageDecodeError(
+            f"truncated image: {_describe(encoding, height, width, step, size)}; expected {step * height} bytes"
+        )
+    if dtype.itemsize > 1:
+        dtype = dtype.newbyteorder(">" if is_bigendian else "<")
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    strides = (step, dtype.itemsize) if channels == 1 else (step, pixel_bytes, dtype.itemsize)
+    return np.ndarray(shape, dtype=dtype, buffer=buffer, strides=strides)
+
+
+def decode_colour(encoding: str, height: int, width: int, step: int, is_bigendian: bool, data) -> np.ndarray:
+    """Colour image -> HxWx3 uint8 RGB (a view for rgb8 and rgba8, one conversion copy otherwise)."""
+    if encoding not in COLOUR_ENCODINGS:
+        raise ImageDecodeError(
+            f"unsupported colour encoding {encoding!r}; supported: {', '.join(COLOUR_ENCODINGS)}"
+        )
+    view = pixel_view(encoding, height, width, step, is_bigendian, data)
+    if encoding == "rgb8":
+        return view
+    if encoding == "rgba8":
+        return view[..., :3]
+    if encoding == "bgr8":
+        return cv2.cvtColor(view, cv2.COLOR_BGR2RGB)
+    if encoding == "bgra8":
+        return cv2.cvtColor(view, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(view, cv2.COLOR_GRAY2RGB)  # mono8
+
+
+def decode_aux(
+    modality: str,
+    encoding: str,
+    height: int,
+    width: int,
+    step: int,
+    is_bigendian: bool,
+    data,
+    depth_scale: float = 0.001,
+) -> DecodedAux:
+    """Depth or thermal image -> HxW float32 in its physical unit (see the module docstring), NaN = no reading."""
+    try:
+        units = AUX_ENCODINGS[modality]
+    except KeyError:
+        raise ImageDecodeError(f"unknown aux modality {modality!r}; expected one of {', '.join(AUX_ENCODINGS)}") from None
+    if encoding not in units:
+        raise ImageDecodeError(
+            f"unsupported {modality} encoding {encoding!r}; supported: {', '.join(units)}"
+        )
+    view = pixel_view(encoding, height, width, step, is_bigendian, data)
+    unit = units[encoding]
+    if modality == "depth" and encoding == "16UC1":
+        image = view.astype(np.float32)
+        image[view == 0] = np.nan
+        image *= np.float32(depth_scale)
+    elif encoding == "32FC1":
+        image = view.astype(np.float32)  # always a copy (native byte order, contiguous)
+        invalid = ~np.isfinite(image)
+        if modality == "depth":
+            invalid |= image <= 0
+        image[invalid] = np.nan
+    else:  # raw counts: only the type changes
+        image = view.astype(np.float32)
+    return DecodedAux(image, unit, encoding)
+
+
+def encode_array(image: np.ndarray) -> tuple[str, int, int, int, array.array]:
+    """HxW uint8 -> mono8, HxW uint16 -> 16UC1, HxW float32 -> 32FC1, HxWx3 uint8 -> rgb8.
+
+    Returns (encoding, height, width, step, data) with little-endian, unpadded rows; `data` is an
+    array.array('B'), which rclpy's message setter takes without a per-element check.
+    """
+    if image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
+        encoding = "rgb8"
+    elif image.ndim == 2 and image.dtype == np.uint8:
+        encoding = "mono8"
+    elif image.ndim == 2 and image.dtype == np.uint16:
+        encoding = "16UC1"
+    elif image.ndim == 2 and image.dtype == np.float32:
+        encoding = "32FC1"
+    else:
+        raise ValueError(f"cannot encode an array of shape {image.shape} and dtype {image.dtype} as an image")
+    contiguous = np.ascontiguousarray(image, dtype=image.dtype.newbyteorder("<"))
+    height, width = contiguous.shape[:2]
+    data = array.array("B")
+    data.frombytes(memoryview(contiguous.reshape(-1)).cast("B"))
+    return encoding, height, width, contiguous.strides[0], data
+
+
+# ---- sensor_msgs/Image wrappers ---------------------------------------------------------------------
+
+
+def colour_from_msg(msg) -> np.ndarray:
+    return decode_colour(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data)
+
+
+def aux_from_msg(msg, modality: str, depth_scale: float = 0.001) -> DecodedAux:
+    return decode_aux(modality, msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data,
+                      depth_scale=depth_scale)
+
+
+def array_to_msg(image: np.ndarray, header):
+    """Any array `encode_array` takes -> sensor_msgs/Image carrying a copy of `header` (stamp and frame_id)."""
+    from sensor_msgs.msg import Image  # imported here so the functions above stay ROS-free
+
+    encoding, height, width, step, data = encode_array(image)
+    msg = Image()
+    msg.header.stamp.sec = header.stamp.sec
+    msg.header.stamp.nanosec = header.stamp.nanosec
+    msg.header.frame_id = header.frame_id
+    msg.height, msg.width, msg.step = height, width, step
+    msg.encoding = encoding
+    msg.is_bigendian = False
+    msg.data = data
+    return msg
+
+
+def mask_to_msg(mask: np.ndarray, header):
+    """HxW class ids (uint8 -> mono8, uint16 -> 16UC1)."""
+    if mask.ndim != 2 or mask.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"a mask must be HxW uint8 or uint16, got shape {mask.shape} dtype {mask.dtype}")
+    return array_to_msg(mask, header)
+
+
+def rgb_to_msg(rgb: np.ndarray, header):
+    """HxWx3 uint8 RGB -> rgb8."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"an RGB image must be HxWx3 uint8, got shape {rgb.shape} dtype {rgb.dtype}")
+    return array_to_msg(rgb, header)
+
+
+def float_to_msg(image: np.ndarray, header):
+    """HxW float32 -> 32FC1."""
+    if image.ndim != 2:
+        raise ValueError(f"a float image must be HxW, got shape {image.shape}")
+    return array_to_msg(image.astype(np.float32, copy=False), header)

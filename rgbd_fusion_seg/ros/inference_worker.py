@@ -1,0 +1,391 @@
+"""Everything the node runs off the executor thread, without ROS imports.
+
+- `Mailbox`: a one-slot mailbox, newest item wins (a replaced item is counted as stale, never queued).
+- `InferenceWorker`: a daemon thread taking paired frames from a mailbox and running a `process` callable
+  on them; inference latency stays bounded when the model is slower than the cameras.
+- `LatencyWindow`: bounded window of stamp-to-publish latencies and publish times -> p50/p90/p99 and rate.
+- Model serving: `inspect_checkpoint` (a cheap check that a checkpoint file can be served: format, method,
+  modality, and whether its weights fit the method, without reading the weights), `ServedModel` and
+  `load_served_model` (the full load that builds the engine), `BackgroundLoader` (a daemon thread that
+  loads the newest requested model and hands it over; the caller swaps it in).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from ..core.preprocessing import Preprocessing, PreprocessingError
+
+if TYPE_CHECKING:  # torch and the models are imported on first use, so the node starts (and stops) quickly
+    from ..core.engine import SegmentationEngine
+
+_CLOSED = object()
+
+
+class Mailbox:
+    """One slot. `put` replaces what is there (returns True if it did); `get` waits for an item."""
+
+    def __init__(self):
+        self._condition = threading.Condition()
+        self._item: Any = None
+        self._full = False
+        self._closed = False
+
+    def put(self, item) -> bool:
+        with self._condition:
+            replaced = self._full
+            self._item, self._full = item, True
+            self._condition.notify()
+            return replaced
+
+    def get(self, timeout: float | None = None):
+        """The item, or `_CLOSED` once closed, or None on timeout."""
+        with self._condition:
+            if not self._full and not self._closed:
+                self._condition.wait(timeout)
+            if self._closed:
+                return _CLOSED
+            if not self._full:
+                return None
+            item, self._item, self._full = self._item, None, False
+            return item
+
+    def close(self) -> None:
+        with self._condition:
+            self._closed = True
+            self._item, self._full = None, False
+            self._condition.notify_all()
+
+
+class InferenceWorker:
+    """A daemon thread that runs `process(item)` on the newest submitted item.
+
+    `process` must handle its own errors; anything it lets escape goes to `on_error(item, exception)` and
+    the thread carries on.
+    """
+
+    def __init__(self, process: Callable[[Any], None], on_error: Callable[[Any, BaseException], None],
+                 name: str = "inference"):
+        self._process = process
+        self._on_error = on_error
+        self._mailbox = Mailbox()
+        self.submitted = 0
+        self.dropped_stale = 0
+        self.processed = 0
+        self.busy = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> "InferenceWorker":
+        self._thread.start()
+        return self
+
+    def submit(self, item) -> bool:
+        """Hand over an item; True if it replaced one that was still waiting (counted in dropped_stale)."""
+        self.submitted += 1
+        replaced = self._mailbox.put(item)
+        if replaced:
+            self.dropped_stale += 1
+        return replaced
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._mailbox.close()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            item = self._mailbox.get()
+            if item is _CLOSED:
+                return
+            if item is None:
+                continue
+            self.busy = True
+            try:
+                self._process(item)
+            except Exception as error:  # noqa: BLE001 - the worker must outlive any one frame
+                try:
+                    self._on_error(item, error)
+                except Exception:  # noqa: BLE001
+                    pass
+            finally:
+                self.busy = False
+                self.processed += 1
+
+
+class LatencyWindow:
+    """The latest `size` latencies (seconds) with their publish times (monotonic seconds)."""
+
+    def __init__(self, size: int = 512):
+        self._lock = threading.Lock()
+        self._latencies: deque[float] = deque(maxlen=size)
+        self._times: deque[float] = deque(maxlen=size)
+        self.count = 0
+
+    def add(self, latency_s: float, at: float | None = None) -> None:
+        with self._lock:
+            self._latencies.append(latency_s)
+            self._times.append(time.monotonic() if at is None else at)
+            self.count += 1
+
+    def percentiles_ms(self) -> tuple[float, float, float]:
+        """(p50, p90, p99) in milliseconds; NaN when nothing was published yet."""
+        with self._lock:
+            values = np.asarray(self._latencies, np.float64)
+        if values.size == 0:
+            return (float("nan"),) * 3
+        p50, p90, p99 = np.percentile(values * 1e3, [50, 90, 99])
+        return float(p50), float(p90), float(p99)
+
+    def rate_hz(self, horizon_s: float, now: float | None = None) -> float:
+        """Publications per second over the last `horizon_s` seconds (bounded by the window's size)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            recent = [t for t in self._times if now - t <= horizon_s]
+        if len(recent) < 2:
+            return float(len(recent)) / horizon_s if recent else 0.0
+        span = max(now - recent[0], recent[-1] - recent[0])
+        return (len(recent) - 1) / span if span > 0 else 0.0
+
+
+# ---- model serving ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    path: str
+    method: str
+    num_classes: int
+    modality: str
+    unit: str
+    uses_aux: bool
+
+
+def _method_uses_aux(method: str) -> bool:
+    from ..models.registry import method_class
+
+    return bool(method_class(method).uses_aux)
+
+
+def _weights_fit(method: str, num_classes: int, options: dict, state_dict: dict) -> str | None:
+    """Compare key names and shapes with the method built on the meta device (no memory, no maths).
+
+    Returns the reason the weights do not fit, or None (also when the check cannot be made: the full load
+    checks again).
+    """
+    import torch
+
+    from ..models import build_model
+
+    try:
+        with torch.device("meta"):
+            expected = build_model(method, num_classes, **options).state_dict()
+    except Exception:  # noqa: BLE001 - e.g. a constructor that reads files; leave it to the full load
+        return None
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = [
+        f"{name} {tuple(state_dict[name].shape)} vs {tuple(expected[name].shape)}"
+        for name in expected
+        if name in state_dict and hasattr(state_dict[name], "shape") and state_dict[name].shape != expected[name].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if wrong:
+        problems.append(f"{len(wrong)} of the wrong shape (e.g. {wrong[0]})")
+    if problems:
+        return f"weights do not fit method {method!r} with {num_classes} classes: " + "; ".join(problems)
+    return None
+
+
+def inspect_checkpoint(path: str | os.PathLike, *, method: str | None = None, modality: str | None = None) -> CheckpointSummary:
+    """Check, cheaply, that `path` can be served; raise CheckpointError with the reason if not.
+
+    The file is memory-mapped, so the weights are not read; their names and shapes are compared with the
+    method's. `method` / `modality`, when given, must match the checkpoint's.
+    """
+    import torch
+
+    from ..core.checkpoint import FORMAT, CheckpointError
+    from ..models import UnknownMethodError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # not a zip-format file: mmap is not possible
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint {path} cannot be read: {error}") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not a {FORMAT} checkpoint (no matching 'format' field)")
+    try:
+        found_method = str(raw["model"]["method"])
+        num_classes = int(raw["model"]["num_classes"])
+        options = dict(raw["model"].get("options", {}))
+        spec = Preprocessing.from_dict(raw["preprocessing"])
+        state_dict = raw["state_dict"]
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path} is missing or has a malformed field: {error}") from None
+    try:
+        uses_aux = _method_uses_aux(found_method)
+    except UnknownMethodError as error:
+        raise CheckpointError(f"checkpoint {path}: {error}") from None
+    if method and found_method != method:
+        raise CheckpointError(f"checkpoint {path} holds method {found_method!r}, not {method!r}")
+    if modality and uses_aux and spec.aux.modality != modality:
+        raise CheckpointError(
+            f"checkpoint {path} was trained on {spec.aux.modality} ({spec.aux.unit}), but modality is {modality!r}"
+        )
+    reason = _weights_fit(found_method, num_classes, options, state_dict)
+    if reason:
+        raise CheckpointError(f"checkpoint {path}: {reason}")
+    return CheckpointSummary(str(path), found_method, num_classes, spec.aux.modality, spec.aux.unit, uses_aux)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The engine being served plus what the node needs around it. Replaced whole, never mutated."""
+
+    engine: SegmentationEngine
+    path: str
+    method: str
+    modality: str
+    unit: str
+    uses_aux: bool
+    palette: np.ndarray  # num_classes x 3 uint8
+    base_preprocessing: Preprocessing  # the checkpoint's own, before any aux_range override
+    device: str
+    precision: str
+
+    @property
+    def aux_range(self) -> tuple[float, float]:
+        aux = self.engine.preprocessing.aux
+        return aux.low, aux.high
+
+    def with_aux_range(self, aux_range) -> "ServedModel":
+        """The same network with the aux normalisation range overridden ([] restores the checkpoint's)."""
+        base = self.base_preprocessing
+        if aux_range:
+            low, high = float(aux_range[0]), float(aux_range[1])
+            spec = replace(base, aux=replace(base.aux, low=low, high=high))
+        else:
+            spec = base
+        engine = copy.copy(self.engine)  # shares the network; only the preprocessing differs
+        engine.checkpoint = replace(self.engine.checkpoint, preprocessing=spec)
+        return replace(self, engine=engine)
+
+    def describe(self) -> str:
+        low, high = self.aux_range
+        return (
+            f"method {self.method!r} from {self.path} on {self.engine.device} ({self.engine.precision}); "
+            f"{self.engine.checkpoint.num_classes} classes; aux {self.modality} in {self.unit} [{low:g}, {high:g}]"
+            + ("" if self.uses_aux else " (aux not used by this method)")
+        )
+
+
+def load_served_model(path: str, device: str = "auto", precision: str = "fp32", aux_range=(),
+                      warm_up: bool = True) -> ServedModel:
+    """Load a checkpoint fully and build its engine (deploy form, on `device`); one warm-up pass by default.
+
+    Raises CheckpointError (missing, unreadable, weights that do not fit) or ValueError (device, precision).
+    """
+    from ..core.checkpoint import CheckpointError, load_checkpoint
+    from ..core.engine import SegmentationEngine
+
+    checkpoint = load_checkpoint(path)
+    engine = SegmentationEngine(checkpoint, device=device, precision=precision)
+    # The network holds the weights now: keep the description, drop the second copy of the state dict.
+    engine.checkpoint = replace(checkpoint, state_dict={}, train_state=None)
+    spec = checkpoint.preprocessing
+    served = ServedModel(
+        engine=engine,
+        path=str(path),
+        method=checkpoint.method,
+        modality=spec.aux.modality,
+        unit=spec.aux.unit,
+        uses_aux=_method_uses_aux(checkpoint.method),
+        palette=np.asarray(checkpoint.palette, np.uint8).reshape(-1, 3),
+        base_preprocessing=spec,
+        device=device,
+        precision=precision,
+    )
+    if aux_range:
+        served = served.with_aux_range(aux_range)
+    if warm_up:
+        height, width = spec.input_size or (240, 320)
+        try:
+            engine.predict(np.zeros((height, width, 3), np.uint8), np.zeros((height, width), np.float32))
+        except PreprocessingError as error:
+            raise CheckpointError(f"checkpoint {path}: warm-up inference failed: {error}") from None
+    return served
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    generation: int
+    path: str
+    device: str
+    precision: str
+    aux_range: tuple[float, ...]
+    reason: str  # what asked for it, for the log
+
+
+class BackgroundLoader:
+    """Loads models on a daemon thread, newest request first; a request replaced before it starts is skipped.
+
+    `on_loaded(request, served)` or `on_failed(request, error)` is called on the loader thread.
+    """
+
+    def __init__(self, on_loaded: Callable[[LoadRequest, ServedModel], None],
+                 on_failed: Callable[[LoadRequest, BaseException], None],
+                 load: Callable[..., ServedModel] = load_served_model):
+        self._load = load
+        self._on_loaded = on_loaded
+        self._on_failed = on_failed
+        self._mailbox = Mailbox()
+        self._thread = threading.Thread(target=self._run, name="model-loader", daemon=True)
+        self._thread.start()
+        self.loading: LoadRequest | None = None
+
+    def request(self, request: LoadRequest) -> None:
+        self._mailbox.put(request)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Skip what is queued and wait for a load in progress: exiting while it runs in C++ aborts the process."""
+        self._mailbox.close()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            request = self._mailbox.get()
+            if request is _CLOSED:
+                return
+            if request is None:
+                continue
+            self.loading = request
+            try:
+                served = self._load(request.path, request.device, request.precision, request.aux_range)
+            except Exception as error:  # noqa: BLE001 - any failure keeps the old model serving
+                self.loading = None
+                self._on_failed(request, error)
+                continue
+            self.loading = None
+            self._on_loaded(request, served)

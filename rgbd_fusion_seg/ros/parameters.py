@@ -1,0 +1,194 @@
+"""The segment node's parameters: one table (name, type, default, description, read-only flag, validation).
+
+The node declares every parameter from `PARAMETERS` and validates every change (at start and through the
+set-parameters callback) with `validate`, which returns None for a good value or the reason a value is
+refused. Nested names use dots, so a params file writes them nested:
+
+    segment_node:
+      ros__parameters:
+        checkpoint: /path/to/mid.pt
+        sync: {queue_size: 10, slop: 0.05}
+        outputs: {overlay: true}
+
+No ROS import here: the table is plain data, tested without rclpy.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+QOS_PROFILES = ("sensor_data", "reliable", "system_default")
+MODALITIES = ("", "depth", "thermal")
+PRECISIONS = ("fp32", "fp16", "bf16")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+Validator = Callable[[Any], "str | None"]
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    name: str
+    type: str  # "string" | "integer" | "double" | "bool" | "double_array"
+    default: Any
+    description: str
+    read_only: bool = False
+    validate: Validator | None = None
+    constraints: str = ""
+
+
+# ---- validators: value -> None (good) or the reason it is refused ----------------------------------
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(value) -> str | None:
+    return None if _finite(value) and value > 0 else f"must be a finite number > 0, got {value!r}"
+
+
+def _non_negative(value) -> str | None:
+    return None if _finite(value) and value >= 0 else f"must be a finite number >= 0, got {value!r}"
+
+
+def _at_least_one(value) -> str | None:
+    return None if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else f"must be an integer >= 1, got {value!r}"
+
+
+def _unit_interval(value) -> str | None:
+    return None if _finite(value) and 0.0 <= value <= 1.0 else f"must be in [0, 1], got {value!r}"
+
+
+def _one_of(choices) -> Validator:
+    def check(value):
+        if value in choices:
+            return None
+        shown = ", ".join(repr(c) for c in choices)
+        return f"{value!r} is not one of {shown}"
+    return check
+
+
+def _fusion_method(value: str) -> str | None:
+    if value == "":
+        return None
+    from ..models import available_methods  # ROS-free; imports torch
+
+    methods = available_methods()
+    return None if value in methods else f"unknown fusion method {value!r}; available: {', '.join(methods)}"
+
+
+def _existing_file(value: str) -> str | None:
+    if value == "" or os.path.isfile(value):
+        return None
+    return f"checkpoint file {value!r} does not exist"
+
+
+def _existing_dir(value: str) -> str | None:
+    if value == "" or os.path.isdir(value):
+        return None
+    return f"checkpoint_dir {value!r} is not a directory"
+
+
+def _device(value: str) -> str | None:
+    if not isinstance(value, str) or not _DEVICE_RE.match(value):
+        return f"device {value!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'"
+    if value.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return f"device {value!r} was asked for but CUDA is not available on this machine"
+        index = int(value.split(":")[1]) if ":" in value else 0
+        if index >= torch.cuda.device_count():
+            return f"device {value!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return None
+
+
+def _aux_range(value) -> str | None:
+    values = list(value)
+    if not values:
+        return None
+    if len(values) != 2 or not all(_finite(v) for v in values):
+        return f"must be [] or [low, high] (two finite numbers), got {values!r}"
+    if not values[1] > values[0]:
+        return f"must be [low, high] with high > low, got {values!r}"
+    return None
+
+
+PARAMETERS: tuple[ParameterSpec, ...] = (
+    ParameterSpec("checkpoint", "string", "",
+                  "Checkpoint file to serve. Changing it loads the file in the background; the old model serves "
+                  "until the new one is ready. Empty: the node waits idle for one.",
+                  validate=_existing_file),
+    ParameterSpec("fusion_method", "string", "",
+                  "Fusion method to serve. Empty: the checkpoint's own method. Setting a method loads "
+                  "<checkpoint_dir>/<method>.pt (unless `checkpoint` already holds that method).",
+                  validate=_fusion_method),
+    ParameterSpec("checkpoint_dir", "string", "",
+                  "Folder holding <method>.pt files for fusion_method switches. Empty: the checkpoint's folder.",
+                  validate=_existing_dir),
+    ParameterSpec("modality", "string", "",
+                  "Aux stream modality, 'depth' or 'thermal'; must match the checkpoint's. Empty: the checkpoint's.",
+                  validate=_one_of(MODALITIES), constraints="'', 'depth' or 'thermal'"),
+    ParameterSpec("device", "string", "auto", "Inference device: 'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:N'.",
+                  validate=_device, constraints="auto | cpu | cuda | cuda:N"),
+    ParameterSpec("precision", "string", "fp32", "Inference precision on CUDA (CPU always runs fp32).",
+                  validate=_one_of(PRECISIONS), constraints="fp32 | fp16 | bf16"),
+    ParameterSpec("sync.queue_size", "integer", 10, "Messages queued per input stream while waiting for a partner.",
+                  validate=_at_least_one, constraints=">= 1"),
+    ParameterSpec("sync.slop", "double", 0.05, "Largest stamp difference (s) of a colour/aux pair.",
+                  validate=_non_negative, constraints=">= 0"),
+    ParameterSpec("sync.exact", "bool", False, "Pair only messages with equal stamps (ignores sync.slop)."),
+    ParameterSpec("qos.profile", "string", "sensor_data",
+                  "Input subscription QoS: 'sensor_data' (best effort), 'reliable' or 'system_default'.",
+                  read_only=True, validate=_one_of(QOS_PROFILES), constraints="sensor_data | reliable | system_default"),
+    ParameterSpec("qos.depth", "integer", 5, "Input subscription history depth.", read_only=True,
+                  validate=_at_least_one, constraints=">= 1"),
+    ParameterSpec("outputs.overlay", "bool", False, "Also publish ~/overlay (rgb8: the mask blended over the image)."),
+    ParameterSpec("outputs.confidence", "bool", False,
+                  "Also publish ~/confidence (32FC1: probability of the chosen class)."),
+    ParameterSpec("overlay_alpha", "double", 0.5, "Opacity of the mask in ~/overlay.", validate=_unit_interval,
+                  constraints="[0, 1]"),
+    ParameterSpec("depth_scale", "double", 0.001, "Metres per unit of 16UC1 depth (0.001: millimetres).",
+                  validate=_positive, constraints="> 0"),
+    ParameterSpec("aux_range", "double_array", [],
+                  "Override [low, high] of the checkpoint's aux normalisation, in its unit. Empty: the checkpoint's.",
+                  validate=_aux_range, constraints="[] or [low, high], high > low"),
+    ParameterSpec("stats_period", "double", 5.0, "Seconds between ~/stats messages and log lines.",
+                  validate=_positive, constraints="> 0"),
+    ParameterSpec("no_pair_timeout", "double", 5.0,
+                  "Warn when no colour/aux pair was made for this long (s), naming both topics and the QoS.",
+                  validate=_positive, constraints="> 0"),
+)
+
+PARAMETERS_BY_NAME: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
+# Parameters whose change means serving a different engine (loaded in the background).
+MODEL_PARAMETERS = frozenset({"checkpoint", "fusion_method", "checkpoint_dir", "modality", "device", "precision"})
+SYNC_PARAMETERS = frozenset({"sync.queue_size", "sync.slop", "sync.exact"})
+
+
+def defaults() -> dict[str, Any]:
+    return {spec.name: (list(spec.default) if isinstance(spec.default, list) else spec.default) for spec in PARAMETERS}
+
+
+def coerce(name: str, value: Any) -> Any:
+    """An integer where a double is declared is taken as that double (YAML `slop: 1`); arrays become lists."""
+    spec = PARAMETERS_BY_NAME[name]
+    if spec.type == "double" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if spec.type == "double_array" and value is not None:
+        return [float(v) for v in value]
+    return value
+
+
+def validate(name: str, value: Any) -> str | None:
+    """None if `value` is acceptable for parameter `name`, else the reason (one line) it is refused."""
+    spec = PARAMETERS_BY_NAME.get(name)
+    if spec is None:
+        return f"unknown parameter {name!r}"
+    if spec.validate is None:
+        return None
+    reason = spec.validate(value)
+    return None if reason is None else f"{name}: {reason}"

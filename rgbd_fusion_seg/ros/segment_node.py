@@ -1,0 +1,612 @@
+"""segment_node: pairs a colour stream with a depth or thermal stream and publishes semantic masks.
+
+Topics (remap the inputs):
+    in   rgb/image  sensor_msgs/Image   colour: rgb8, bgr8, rgba8, bgra8, mono8
+    in   aux/image  sensor_msgs/Image   depth: 16UC1 (mm), 32FC1 (m); thermal: mono8, mono16/16UC1, 32FC1 (deg C)
+    out  ~/mask        mono8 class ids (16UC1 beyond 256 classes)
+    out  ~/mask_color  rgb8 palette colours
+    out  ~/overlay     rgb8, when outputs.overlay
+    out  ~/confidence  32FC1, when outputs.confidence
+    out  ~/stats       diagnostic_msgs/DiagnosticStatus, every stats_period seconds
+Every output carries the colour image's header. Parameters: see `parameters.py`.
+
+Threads: the executor thread only pairs messages and hands the newest pair to the inference worker (one
+slot, newest wins); the worker decodes, runs the engine and publishes; models load on a loader thread and
+are swapped in whole, so the old model serves until the new one is ready.
+
+Run: `ros2 run rgbd_fusion_seg segment_node --ros-args -p checkpoint:=/path/mid.pt -r rgb/image:=/camera/color/image_raw`
+or `python -m rgbd_fusion_seg.ros.segment_node --ros-args --params-file config/segment.yaml`.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import threading
+import time
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.exceptions import InvalidParameterTypeException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+    qos_profile_system_default,
+)
+from sensor_msgs.msg import Image
+
+from ..core.palette import colourise, overlay
+from ..core.preprocessing import PreprocessingError
+from . import parameters as params
+from .image_codec import ImageDecodeError, aux_from_msg, colour_from_msg, float_to_msg, mask_to_msg, rgb_to_msg
+from .inference_worker import (
+    BackgroundLoader,
+    InferenceWorker,
+    LatencyWindow,
+    LoadRequest,
+    ServedModel,
+    inspect_checkpoint,
+)
+from .pairing import ApproximateTimePairer
+
+NODE_NAME = "segment_node"
+RGB_TOPIC = "rgb/image"
+AUX_TOPIC = "aux/image"
+
+_PARAMETER_TYPES = {
+    "string": Parameter.Type.STRING,
+    "integer": Parameter.Type.INTEGER,
+    "double": Parameter.Type.DOUBLE,
+    "bool": Parameter.Type.BOOL,
+    "double_array": Parameter.Type.DOUBLE_ARRAY,
+}
+
+
+def make_qos(profile: str, depth: int) -> QoSProfile:
+    if profile == "sensor_data":
+        qos = copy.copy(qos_profile_sensor_data)
+    elif profile == "reliable":
+        qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+    elif profile == "system_default":
+        qos = copy.copy(qos_profile_system_default)
+    else:
+        raise ValueError(f"unknown QoS profile {profile!r}; expected one of {', '.join(params.QOS_PROFILES)}")
+    qos.history = HistoryPolicy.KEEP_LAST
+    qos.depth = depth
+    return qos
+
+
+def describe_qos(profile: str, qos: QoSProfile) -> str:
+    return (
+        f"{profile} (reliability {qos.reliability.name.lower()}, durability {qos.durability.name.lower()}, "
+        f"history keep_last {qos.depth})"
+    )
+
+
+def stamp_ns(header) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+class _Counters:
+    def __init__(self, *names: str):
+        self._lock = threading.Lock()
+        self._values = {name: 0 for name in names}
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self._values[name] = self._values.get(name, 0) + amount
+
+    def __getitem__(self, name: str) -> int:
+        return self._values.get(name, 0)
+
+
+class SegmentNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        self._log = self.get_logger()
+        self._throttle: dict[str, float] = {}
+        self._throttle_lock = threading.Lock()
+        self._counters = _Counters(
+            "bad_input", "frames_out", "dropped_no_model", "inference_errors", "lost_rgb", "lost_aux"
+        )
+        self._latency = LatencyWindow()
+        self._start = time.monotonic()
+        self._last_pair = None  # monotonic time of the last pair
+        self._received_at_pair = (0, 0)  # frames received per stream when the last pair was made
+        self._starved_warnings: dict[str, float] = {}  # problem kind -> when it was last warned
+        self._frame_id_warned = False
+        self._served: ServedModel | None = None
+        self._served_lock = threading.Lock()
+        self._generation = 0
+        self._target: tuple[str, str, str] | None = None  # (path, device, precision) last asked for
+        self._idle_reason = "no model loaded yet"
+        self._shutting_down = False
+
+        self._config = self._declare_parameters()
+        model_ok = self._check_startup_values()
+
+        self._pairer = ApproximateTimePairer(
+            self._config["sync.queue_size"], self._config["sync.slop"], self._config["sync.exact"]
+        )
+        self._loader = BackgroundLoader(self._on_model_loaded, self._on_model_failed)
+        self._worker = InferenceWorker(self._process_pair, self._on_worker_error).start()
+
+        outputs_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        self._outputs_qos = outputs_qos
+        self._mask_pub = self.create_publisher(Image, "~/mask", outputs_qos)
+        self._mask_color_pub = self.create_publisher(Image, "~/mask_color", outputs_qos)
+        self._overlay_pub = None
+        self._confidence_pub = None
+        self._ensure_optional_publishers()
+        self._stats_pub = self.create_publisher(DiagnosticStatus, "~/stats", outputs_qos)
+
+        profile = self._config["qos.profile"]
+        self._input_qos = make_qos(profile, self._config["qos.depth"])
+        self._qos_text = describe_qos(profile, self._input_qos)
+        self._rgb_sub = self.create_subscription(
+            Image, RGB_TOPIC, self._on_rgb, self._input_qos, event_callbacks=self._transport_events(0)
+        )
+        self._aux_sub = self.create_subscription(
+            Image, AUX_TOPIC, self._on_aux, self._input_qos, event_callbacks=self._transport_events(1)
+        )
+        self.rgb_topic = self._rgb_sub.topic_name
+        self.aux_topic = self._aux_sub.topic_name
+        self._log.info(f"subscribed to {self.rgb_topic} (colour) and {self.aux_topic} (aux) with QoS {self._qos_text}")
+        self._log.info(
+            f"pairing: queue_size {self._config['sync.queue_size']}, "
+            + ("exact stamps" if self._config["sync.exact"] else f"slop {self._config['sync.slop']} s")
+        )
+
+        self._stats_timer = self.create_timer(self._config["stats_period"], self._publish_stats)
+        self._watchdog_timer = self.create_timer(0.5, self._watchdog)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        # torch and the models take seconds to import: do it now (SIGINT/SIGTERM handlers are installed),
+        # not in the first parameter change that needs them.
+        from .. import models  # noqa: F401
+
+        if model_ok:
+            try:
+                request = self._plan_model(self._config, explicit={"checkpoint", "fusion_method"}, startup=True)
+            except ValueError as error:  # CheckpointError is a ValueError
+                self._go_idle(f"{error}")
+            else:
+                if not self.context.ok():  # a signal arrived while the checkpoint was checked
+                    return
+                if request is None:
+                    self._go_idle("no checkpoint given: set the `checkpoint` parameter (or fusion_method with "
+                                  "checkpoint_dir) to start serving", level="warning")
+                else:
+                    self._request_load(request)
+        self._start = time.monotonic()  # the no-pair watchdog counts from here, after torch was imported
+
+    # ---- parameters -----------------------------------------------------------------------------------
+
+    def _declare_parameters(self) -> dict[str, Any]:
+        config = {}
+        for spec in params.PARAMETERS:
+            descriptor = ParameterDescriptor(
+                description=spec.description, read_only=spec.read_only, additional_constraints=spec.constraints
+            )
+            ros_type = _PARAMETER_TYPES[spec.type]
+            if spec.type == "double_array":
+                # An empty default cannot carry its type: declare by type, then set [] if nothing overrides it.
+                parameter = self.declare_parameter(spec.name, ros_type, descriptor)
+                if parameter.type_ == Parameter.Type.NOT_SET:
+                    self.set_parameters([Parameter(spec.name, ros_type, list(spec.default))])
+            else:
+                try:
+                    self.declare_parameter(spec.name, spec.default, descriptor)
+                except InvalidParameterTypeException:
+                    # e.g. `slop: 1` in YAML for a double: take the number, refuse anything else clearly.
+                    override = self._parameter_overrides[spec.name].value
+                    value = params.coerce(spec.name, override)
+                    if type(value) is not type(spec.default):
+                        self._log.error(
+                            f"parameter {spec.name} must be a {spec.type}, got {override!r}; using the default "
+                            f"{spec.default!r}"
+                        )
+                        value = spec.default
+                    self.declare_parameter(spec.name, value, descriptor, ignore_override=True)
+            config[spec.name] = params.coerce(spec.name, self.get_parameter(spec.name).value)
+        return config
+
+    def _check_startup_values(self) -> bool:
+        """Bad values from the command line / params file: defaults for the plain ones, idle for the model."""
+        model_ok = True
+        for spec in params.PARAMETERS:
+            reason = params.validate(spec.name, self._config[spec.name])
+            if reason is None:
+                continue
+            if spec.name in params.MODEL_PARAMETERS:
+                self._go_idle(reason)
+                model_ok = False
+            else:
+                self._log.error(f"{reason}; using the default {spec.default!r}")
+                self._config[spec.name] = params.coerce(spec.name, spec.default)
+                ros_type = _PARAMETER_TYPES[spec.type]
+                self.set_parameters([Parameter(spec.name, ros_type, spec.default)])
+        return model_ok
+
+    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        changes = {}
+        for parameter in parameters:
+            if parameter.name not in params.PARAMETERS_BY_NAME:
+                continue
+            value = params.coerce(parameter.name, parameter.value)
+            reason = params.validate(parameter.name, value)
+            if reason:
+                self._log.warning(f"refused {parameter.name}={value!r}: {reason}")
+                return SetParametersResult(successful=False, reason=reason)
+            changes[parameter.name] = value
+        if not changes:
+            return SetParametersResult(successful=True)
+        config = {**self._config, **changes}
+        request = None
+        if changes.keys() & params.MODEL_PARAMETERS:
+            try:
+                request = self._plan_model(config, explicit=set(changes))
+            except ValueError as error:  # CheckpointError is a ValueError
+                reason = str(error)
+                self._log.warning(f"refused {', '.join(f'{k}={v!r}' for k, v in changes.items())}: {reason}")
+                return SetParametersResult(successful=False, reason=reason)
+        # Everything validated: apply.
+        self._config = config
+        if changes.keys() & params.SYNC_PARAMETERS:
+            self._pairer.configure(config["sync.queue_size"], config["sync.slop"], config["sync.exact"])
+        if "outputs.overlay" in changes or "outputs.confidence" in changes:
+            self._ensure_optional_publishers()
+        if "stats_period" in changes:
+            self.destroy_timer(self._stats_timer)
+            self._stats_timer = self.create_timer(config["stats_period"], self._publish_stats)
+        if "aux_range" in changes:
+            with self._served_lock:
+                if self._served is not None:
+                    self._served = self._served.with_aux_range(config["aux_range"])
+        if request is not None:
+            self._request_load(request)
+        self._log.info(f"parameters set: {', '.join(f'{k}={v!r}' for k, v in changes.items())}")
+        return SetParametersResult(successful=True)
+
+    def _resolve_model_path(self, config: dict) -> str | None:
+        """The file to serve for this configuration (None: nothing to serve). Raises CheckpointError."""
+        checkpoint, method, folder = config["checkpoint"], config["fusion_method"], config["checkpoint_dir"]
+        if not method:
+            return checkpoint or None
+        if checkpoint:
+            try:
+                if inspect_checkpoint(checkpoint).method == method:
+                    return checkpoint
+            except ValueError:
+                pass  # fusion_method decides which file is served; the checkpoint need not be valid here
+        folder = folder or (os.path.dirname(os.path.abspath(checkpoint)) if checkpoint else "")
+        if not folder:
+            raise ValueError(
+                f"fusion_method {method!r} needs checkpoint_dir (or a checkpoint beside the <method>.pt files)"
+            )
+        path = os.path.join(folder, f"{method}.pt")
+        if not os.path.isfile(path):
+            raise ValueError(f"fusion_method {method!r}: no checkpoint {path}")
+        return path
+
+    def _plan_model(self, config: dict, explicit: set[str], startup: bool = False) -> LoadRequest | None:
+        """Check the model a configuration asks for; a LoadRequest if it must be (re)loaded, else None."""
+        if not startup and "checkpoint" in explicit and config["checkpoint"]:
+            # A checkpoint set at runtime is checked even when fusion_method will pick the file to serve.
+            summary = inspect_checkpoint(config["checkpoint"], modality=config["modality"] or None)
+            method = config["fusion_method"]
+            if method and summary.method != method and "fusion_method" not in explicit:
+                raise ValueError(
+                    f"checkpoint {config['checkpoint']} holds method {summary.method!r} but fusion_method is "
+                    f"{method!r}; set fusion_method to '' or {summary.method!r} in the same request"
+                )
+        path = self._resolve_model_path(config)
+        if path is None:
+            if self._served is not None and not startup:
+                raise ValueError("checkpoint '' would leave nothing to serve; set another checkpoint instead")
+            return None
+        summary = inspect_checkpoint(path, method=config["fusion_method"] or None, modality=config["modality"] or None)
+        target = (os.path.abspath(summary.path), config["device"], config["precision"])
+        if target == self._target and not (explicit & {"checkpoint", "fusion_method"}):
+            return None
+        self._generation += 1
+        self._target = target
+        what = ", ".join(sorted(explicit & params.MODEL_PARAMETERS)) or "start"
+        return LoadRequest(self._generation, summary.path, config["device"], config["precision"],
+                           tuple(config["aux_range"]), reason=what)
+
+    # ---- model loading --------------------------------------------------------------------------------
+
+    def _request_load(self, request: LoadRequest) -> None:
+        serving = f"; {self._served.method!r} serves until it is ready" if self._served else ""
+        self._log.info(
+            f"loading {request.path} on {request.device} ({request.precision}) in the background "
+            f"[{request.reason}]{serving}"
+        )
+        self._load_started = time.monotonic()
+        self._loader.request(request)
+
+    def _on_model_loaded(self, request: LoadRequest, served: ServedModel) -> None:
+        if self._shutting_down:
+            return
+        if request.generation != self._generation:
+            self._log.info(f"discarding {request.path}: a newer model was asked for while it loaded")
+            return
+        with self._served_lock:
+            old = self._served
+            self._served = served.with_aux_range(self._config["aux_range"])
+            self._idle_reason = ""
+        took = time.monotonic() - self._load_started
+        replaced = f" (replacing {old.method!r} from {old.path})" if old else ""
+        self._log.info(f"serving {self._served.describe()}{replaced}; loaded in {took:.2f} s")
+
+    def _on_model_failed(self, request: LoadRequest, error: BaseException) -> None:
+        if self._shutting_down:
+            return
+        if request.generation == self._generation:
+            self._target = None  # allow asking for it again
+        keeping = f"keeping {self._served.method!r} from {self._served.path}" if self._served else "staying idle"
+        self._log.error(f"could not load {request.path}: {error}; {keeping}")
+        if self._served is None:
+            self._idle_reason = f"could not load {request.path}: {error}"
+
+    def _go_idle(self, reason: str, level: str = "error") -> None:
+        self._idle_reason = reason
+        message = f"{reason}; no model: running idle until a valid `checkpoint` parameter is set"
+        (self._log.error if level == "error" else self._log.warning)(message)
+
+    # ---- input: the executor thread only pairs and hands over ------------------------------------------
+
+    def _transport_events(self, stream: int) -> SubscriptionEventCallbacks:
+        """Say so when the middleware cannot deliver: incompatible QoS, or messages lost in transport."""
+        label = ("rgb", "aux")[stream]
+
+        def topic() -> str:
+            return getattr(self, ("rgb_topic", "aux_topic")[stream], (RGB_TOPIC, AUX_TOPIC)[stream])
+
+        def incompatible(info) -> None:
+            self._log.error(
+                f"{topic()}: a publisher's QoS is incompatible with ours ({self._qos_text}); policy "
+                f"{getattr(info.last_policy_kind, 'name', info.last_policy_kind)}: no messages will arrive from it. "
+                "A best-effort publisher needs qos.profile sensor_data."
+            )
+
+        def lost(info) -> None:
+            self._counters.add(f"lost_{label}", int(info.total_count_change))
+            self._log_throttled(
+                f"lost:{label}", "warning",
+                f"{topic()}: {info.total_count} messages lost in transport so far (best-effort QoS and large "
+                "images over UDP fragments: use qos.profile reliable with a reliable publisher, or a transport "
+                "for large data such as FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA on both ends)",
+                30.0,
+            )
+
+        return SubscriptionEventCallbacks(incompatible_qos=incompatible, message_lost=lost)
+
+    def _on_rgb(self, msg: Image) -> None:
+        self._on_image(0, msg)
+
+    def _on_aux(self, msg: Image) -> None:
+        self._on_image(1, msg)
+
+    def _on_image(self, stream: int, msg: Image) -> None:
+        pair = self._pairer.add(stream, stamp_ns(msg.header), msg)
+        if pair is None:
+            return
+        self._last_pair = time.monotonic()
+        self._starved_warnings.clear()  # a starved spell ends with a pair
+        self._received_at_pair = tuple(self._pairer.counts.received)
+        rgb_msg, aux_msg = pair.first, pair.second
+        if not self._frame_id_warned and rgb_msg.header.frame_id != aux_msg.header.frame_id:
+            self._frame_id_warned = True
+            self._log.warning(
+                f"frame_ids differ: {self.rgb_topic} is in {rgb_msg.header.frame_id!r}, {self.aux_topic} in "
+                f"{aux_msg.header.frame_id!r}; the images are assumed to be aligned pixel to pixel "
+                "(outputs carry the colour frame_id). Warned once."
+            )
+        if self._served is None:
+            self._counters.add("dropped_no_model")
+            self._log_throttled("no_model", "warning", f"pair dropped: no model is served ({self._idle_reason})", 10.0)
+            return
+        self._worker.submit((rgb_msg, aux_msg))
+
+    # ---- the inference worker ---------------------------------------------------------------------------
+
+    def _bad_input(self, topic: str, reason: str) -> None:
+        self._counters.add("bad_input")
+        self._log_throttled(f"bad_input:{topic}:{reason.split(':')[0]}", "error",
+                            f"bad input on {topic}: {reason} (frame skipped; counted in bad_input)")
+
+    def _process_pair(self, job) -> None:
+        served = self._served
+        if served is None:
+            self._counters.add("dropped_no_model")
+            return
+        rgb_msg, aux_msg = job
+        try:
+            rgb = colour_from_msg(rgb_msg)
+        except ImageDecodeError as error:
+            self._bad_input(self.rgb_topic, str(error))
+            return
+        aux = None
+        if served.uses_aux:
+            try:
+                decoded = aux_from_msg(aux_msg, served.modality, self._config["depth_scale"])
+            except ImageDecodeError as error:
+                self._bad_input(self.aux_topic, str(error))
+                return
+            if decoded.unit != served.unit:
+                self._bad_input(
+                    self.aux_topic,
+                    f"encoding {decoded.encoding!r} decodes to {served.modality} in {decoded.unit!r}, but the "
+                    f"checkpoint {served.path} expects {served.unit!r}; publish an encoding that decodes to "
+                    f"{served.unit!r} or serve a checkpoint trained on {decoded.unit!r}",
+                )
+                return
+            aux = decoded.image
+        overlay_pub, confidence_pub = self._overlay_pub, self._confidence_pub
+        want_confidence = confidence_pub is not None and self._config["outputs.confidence"]
+        try:
+            prediction = served.engine.predict(rgb, aux, with_confidence=want_confidence)
+        except PreprocessingError as error:
+            self._bad_input(f"{self.rgb_topic} + {self.aux_topic}", str(error))
+            return
+        header = rgb_msg.header
+        self._mask_pub.publish(mask_to_msg(prediction.mask, header))
+        self._mask_color_pub.publish(rgb_to_msg(colourise(prediction.mask, served.palette), header))
+        if overlay_pub is not None and self._config["outputs.overlay"]:
+            blended = overlay(rgb, prediction.mask, served.palette, self._config["overlay_alpha"])
+            overlay_pub.publish(rgb_to_msg(blended, header))
+        if want_confidence:
+            confidence_pub.publish(float_to_msg(prediction.confidence, header))
+        latency_s = (self.get_clock().now().nanoseconds - stamp_ns(header)) / 1e9
+        self._latency.add(latency_s)
+        self._counters.add("frames_out")
+
+    def _on_worker_error(self, job, error: BaseException) -> None:
+        if self._shutting_down or not self.context.ok():
+            return
+        self._counters.add("inference_errors")
+        self._log_throttled(f"worker:{type(error).__name__}", "error",
+                            f"inference failed: {type(error).__name__}: {error} (frame skipped)")
+
+    def _ensure_optional_publishers(self) -> None:
+        if self._config["outputs.overlay"] and self._overlay_pub is None:
+            self._overlay_pub = self.create_publisher(Image, "~/overlay", self._outputs_qos)
+        if self._config["outputs.confidence"] and self._confidence_pub is None:
+            self._confidence_pub = self.create_publisher(Image, "~/confidence", self._outputs_qos)
+
+    # ---- health: stats and the no-pair watchdog ---------------------------------------------------------
+
+    def _log_throttled(self, key: str, level: str, message: str, period: float = 5.0) -> None:
+        now = time.monotonic()
+        with self._throttle_lock:
+            last = self._throttle.get(key)
+            if last is not None and now - last < period:
+                return
+            self._throttle[key] = now
+        getattr(self._log, level)(message)
+
+    def _watchdog(self) -> None:
+        """Warn when no pair was made for no_pair_timeout: once per kind of problem per starved spell."""
+        timeout = self._config["no_pair_timeout"]
+        now = time.monotonic()
+        since = now - (self._last_pair if self._last_pair is not None else self._start)
+        if since < timeout:
+            return
+        total_rgb, total_aux = self._pairer.counts.received
+        received_rgb, received_aux = total_rgb - self._received_at_pair[0], total_aux - self._received_at_pair[1]
+        if received_rgb and received_aux:
+            oldest_rgb, oldest_aux = self._pairer.oldest_pending_stamps()
+            gap = ""
+            if oldest_rgb is not None and oldest_aux is not None:
+                gap = f", oldest queued stamps differ by {abs(oldest_rgb - oldest_aux) / 1e9:.3f} s"
+            slop = "exact stamps" if self._config["sync.exact"] else f"slop {self._config['sync.slop']} s"
+            kind, problem = "never_pair", f"stamps never pair ({slop}{gap})"
+        elif received_rgb or received_aux:
+            kind = "missing_aux" if received_rgb else "missing_rgb"
+            problem = f"missing {'aux' if received_rgb else 'colour'} stream"
+        else:
+            kind, problem = "no_input", "no input at all"
+        last = self._starved_warnings.get(kind)
+        if last is not None and now - last < max(timeout, 60.0):
+            return
+        self._starved_warnings[kind] = now
+        publishers = (self.count_publishers(self.rgb_topic), self.count_publishers(self.aux_topic))
+        self._log.warning(
+            f"no colour/aux pair for {since:.1f} s: {problem}: in that time {self.rgb_topic} got {received_rgb} "
+            f"frames ({publishers[0]} publishers), {self.aux_topic} got {received_aux} frames ({publishers[1]} "
+            f"publishers); "
+            f"subscribed with QoS {self._qos_text}. Check the remappings, the publishers' QoS and the stamps."
+        )
+
+    def stats(self) -> dict[str, str]:
+        p50, p90, p99 = self._latency.percentiles_ms()
+        counts = self._pairer.counts
+        served = self._served
+        return {
+            "latency_p50_ms": f"{p50:.1f}",
+            "latency_p90_ms": f"{p90:.1f}",
+            "latency_p99_ms": f"{p99:.1f}",
+            "rate_hz": f"{self._latency.rate_hz(max(self._config['stats_period'], 1.0)):.2f}",
+            "frames_in_rgb": str(counts.received[0]),
+            "frames_in_aux": str(counts.received[1]),
+            "pairs": str(counts.pairs),
+            "dropped_unpaired": str(counts.dropped_total),
+            "dropped_stale": str(self._worker.dropped_stale),
+            "bad_input": str(self._counters["bad_input"]),
+            "model": served.method if served else "none",
+            "checkpoint": served.path if served else "",
+            "frames_out": str(self._counters["frames_out"]),
+            "dropped_no_model": str(self._counters["dropped_no_model"]),
+            "inference_errors": str(self._counters["inference_errors"]),
+            "lost_in_transport_rgb": str(self._counters["lost_rgb"]),
+            "lost_in_transport_aux": str(self._counters["lost_aux"]),
+            "device": str(served.engine.device) if served else "",
+        }
+
+    def _publish_stats(self) -> None:
+        values = self.stats()
+        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}", hardware_id=values["device"])
+        starved = self._last_pair is None or time.monotonic() - self._last_pair > self._config["no_pair_timeout"]
+        if self._served is None:
+            status.level, status.message = DiagnosticStatus.ERROR, f"idle: {self._idle_reason}"
+        elif starved:
+            status.level, status.message = DiagnosticStatus.WARN, "no colour/aux pairs"
+        else:
+            status.level, status.message = DiagnosticStatus.OK, f"serving {values['model']}"
+        status.values = [KeyValue(key=key, value=value) for key, value in values.items()]
+        self._stats_pub.publish(status)
+        self._log.info(
+            f"{values['rate_hz']} Hz, latency p50/p90/p99 {values['latency_p50_ms']}/{values['latency_p90_ms']}/"
+            f"{values['latency_p99_ms']} ms; in {values['frames_in_rgb']}/{values['frames_in_aux']}, "
+            f"pairs {values['pairs']}, out {values['frames_out']}, dropped unpaired {values['dropped_unpaired']} "
+            f"stale {values['dropped_stale']} no-model {values['dropped_no_model']}, bad input {values['bad_input']}; "
+            f"model {values['model']}"
+        )
+
+    def shutdown(self) -> None:
+        """Stop the threads, waiting for a frame or a load in progress (they run C++ code: torch, DDS)."""
+        self._shutting_down = True
+        self._loader.stop(timeout=30.0)
+        self._worker.stop(timeout=10.0)
+
+
+def main(args=None) -> None:
+    """Spin the node until SIGINT or SIGTERM, then stop the worker threads and exit 0, without a traceback."""
+    try:
+        rclpy.init(args=args)  # installs SIGINT and SIGTERM handlers: both shut the context down
+    except KeyboardInterrupt:
+        return
+    node = None
+    try:
+        node = SegmentNode()  # torch is imported here, inside the handlers' reach
+        if rclpy.ok():  # a signal during start-up has already shut the context down: nothing to spin
+            rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # A signal shut the context down between two steps of start-up or spin; rclpy reports that as an
+        # RCLError ("the given context is not valid"). It is a normal shutdown.
+    finally:
+        if node is not None:
+            node.shutdown()
+            try:
+                node.destroy_node()
+            except Exception:  # noqa: BLE001 - the context may be gone already
+                pass
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""Helpers for the ROS-level tests: test checkpoints, the node as a subprocess, an in-test rclpy client, bags.
+
+Each test module runs in its own ROS domain (`domain_id_for`) and its own rclpy Context, so modules do not
+see each other's nodes, nor the nodes of anything else running on the machine.
+"""
+from __future__ import annotations
+
+import array
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+REALDATA = Path(os.environ.get("RGBD_FUSION_SEG_REALDATA", REPO.parent / "shared" / "realdata"))
+BAGS = REALDATA / "rosbag2"
+
+
+def domain_id_for(salt: int) -> int:
+    """A ROS domain for one test module, different per process and module (Fast DDS allows 0..232)."""
+    return 1 + (os.getpid() * 7 + salt * 31) % 200
+
+
+def make_checkpoint(path, method="rgb", num_classes=4, modality="depth", unit="m", low=0.0, high=5.0,
+                    input_size=(64, 64), seed=0, num_classes_in_weights=None):
+    """A random-weight checkpoint (fine for plumbing); `num_classes_in_weights` makes weights that do not fit."""
+    import torch
+
+    from rgbd_fusion_seg.core.checkpoint import Checkpoint, save_checkpoint
+    from rgbd_fusion_seg.core.palette import default_palette
+    from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
+    from rgbd_fusion_seg.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(method, num_classes_in_weights or num_classes)
+    checkpoint = Checkpoint(
+        method=method,
+        num_classes=num_classes,
+        classes=[f"class{i}" for i in range(num_classes)],
+        palette=default_palette(num_classes),
+        preprocessing=Preprocessing(input_size=input_size, aux=AuxNormalisation(modality, unit, low, high)),
+        state_dict=model.state_dict(),
+        data={"dataset": "ros-test"},
+    )
+    return save_checkpoint(checkpoint, path)
+
+
+# ---- the node as a subprocess ---------------------------------------------------------------------------
+
+
+class NodeProcess:
+    """`python -m rgbd_fusion_seg.ros.segment_node --ros-args ...` with its output in a log file."""
+
+    def __init__(self, log_path, domain_id: int, parameters: dict | None = None, remaps: dict | None = None,
+                 params_file=None, extra_env: dict | None = None):
+        args = [sys.executable, "-m", "rgbd_fusion_seg.ros.segment_node", "--ros-args"]
+        if params_file:
+            args += ["--params-file", str(params_file)]
+        for name, value in (parameters or {}).items():
+            args += ["-p", f"{name}:={_ros_arg(value)}"]
+        for source, target in (remaps or {}).items():
+            args += ["-r", f"{source}:={target}"]
+        env = dict(os.environ)
+        env.update({
+            "ROS_DOMAIN_ID": str(domain_id),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")])),
+            "PYTHONUNBUFFERED": "1",
+            "RCUTILS_LOGGING_BUFFERED_STREAM": "0",
+            "RCUTILS_COLORIZED_OUTPUT": "0",
+            "OMP_NUM_THREADS": "1",  # the test machine has 2 cores; leave one to the test process
+        })
+        env.update(extra_env or {})
+        self.log_path = Path(log_path)
+        self._log_file = open(self.log_path, "wb")
+        self.process = subprocess.Popen(args, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, pattern: str, timeout: float = 20.0, count: int = 1) -> str:
+        """Wait until `pattern` (a regex) occurs `count` times in the log; return the log."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log()
+            if len(re.findall(pattern, text)) >= count:
+                return text
+            if self.process.poll() is not None:
+                raise AssertionError(f"node exited ({self.process.returncode}) before logging {pattern!r}:\n{text}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} in the node's log after {timeout} s:\n{text}")
+            time.sleep(0.1)
+
+    def stop(self, sig=signal.SIGINT, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log_file.close()
+        return self.process.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log_file.close()
+
+
+def _ros_arg(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_ros_arg(v) for v in value) + "]"
+    return str(value)
+
+
+# ---- an in-test rclpy client ------------------------------------------------------------------------------
+
+
+class RosClient:
+    """Publishes rgb/aux images, collects the node's outputs, sets its parameters; spins in the test thread."""
+
+    OUTPUTS = ("mask", "mask_color", "overlay", "confidence")
+
+    def __init__(self, domain_id: int, node_name: str = "/segment_node", reliable_inputs: bool = True,
+                 rgb_topic: str = "rgb/image", aux_topic: str = "aux/image"):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticStatus
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.parameter_client import AsyncParameterClient
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        self.rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node(f"test_client_{os.getpid()}", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE if reliable_inputs else ReliabilityPolicy.BEST_EFFORT)
+        self.rgb_pub = self.node.create_publisher(Image, rgb_topic, qos)
+        self.aux_pub = self.node.create_publisher(Image, aux_topic, qos)
+        self.received: dict[str, list] = {name: [] for name in self.OUTPUTS}
+        self.stats: list[dict[str, str]] = []
+        self.node_name = node_name
+        out_qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        for name in self.OUTPUTS:
+            self.node.create_subscription(Image, f"{node_name}/{name}", self.received[name].append, out_qos)
+        self.node.create_subscription(
+            DiagnosticStatus, f"{node_name}/stats",
+            lambda msg: self.stats.append({kv.key: kv.value for kv in msg.values} | {"_level": msg.level,
+                                                                                   "_message": msg.message}),
+            out_qos,
+        )
+        self.parameters = AsyncParameterClient(self.node, node_name)
+
+    def spin_for(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def spin_until(self, predicate, timeout: float = 15.0, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def wait_for_node(self, timeout: float = 20.0, outputs=("mask", "mask_color")) -> None:
+        """Until the node's subscriptions see our publishers and our subscriptions see its publishers."""
+        def matched():
+            return (
+                self.rgb_pub.get_subscription_count() > 0
+                and self.aux_pub.get_subscription_count() > 0
+                and all(self.node.count_publishers(f"{self.node_name}/{name}") > 0 for name in outputs)
+                and self.node.count_publishers(f"{self.node_name}/stats") > 0
+            )
+        self.spin_until(matched, timeout, "the node's topics to match")
+        self.spin_until(lambda: self.parameters.services_are_ready(), timeout, "the parameter services")
+
+    def publish_pair(self, rgb_msg, aux_msg) -> None:
+        self.rgb_pub.publish(rgb_msg)
+        self.aux_pub.publish(aux_msg)
+
+    def stamps(self, output: str = "mask") -> list[int]:
+        return [m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec for m in self.received[output]]
+
+    def wait_for_stamp(self, stamp: int, output: str = "mask", timeout: float = 15.0) -> None:
+        self.spin_until(lambda: stamp in self.stamps(output), timeout, f"{output} with stamp {stamp}")
+
+    def fresh_stats(self, timeout: float = 15.0, predicate=None) -> dict[str, str]:
+        """The next stats message (that satisfies `predicate`, if given)."""
+        start = len(self.stats)
+
+        def ready():
+            return any(predicate is None or predicate(s) for s in self.stats[start:])
+
+        self.spin_until(ready, timeout, "a stats message")
+        return next(s for s in reversed(self.stats[start:]) if predicate is None or predicate(s))
+
+    def set_parameters(self, values: dict, timeout: float = 15.0):
+        future = self.parameters.set_parameters([_parameter(name, value) for name, value in values.items()])
+        self.spin_until(future.done, timeout, "set_parameters")
+        return future.result().results
+
+    def set_parameters_atomically(self, values: dict, timeout: float = 15.0):
+        future = self.parameters.set_parameters_atomically([_parameter(name, value) for name, value in values.items()])
+        self.spin_until(future.done, timeout, "set_parameters_atomically")
+        return future.result().result
+
+    def get_parameters(self, names, timeout: float = 15.0) -> dict:
+        from rclpy.parameter import parameter_value_to_python
+
+        future = self.parameters.get_parameters(list(names))
+        self.spin_until(future.done, timeout, "get_parameters")
+        return {name: parameter_value_to_python(value) for name, value in zip(names, future.result().values)}
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
+
+
+def _parameter(name, value):
+    from rclpy.parameter import Parameter
+
+    if isinstance(value, (list, tuple)) and (not value or all(isinstance(v, float) for v in value)):
+        return Parameter(name, Parameter.Type.DOUBLE_ARRAY, list(value))  # [] alone would be a byte array
+    return Parameter(name, value=value)
+
+
+# ---- messages ------------------------------------------------------------------------------------------
+
+
+def image_msg(array_or_bytes, encoding: str, height: int, width: int, step: int, stamp_ns: int,
+              frame_id: str = "camera", is_bigendian: bool = False):
+    """A sensor_msgs/Image with exactly these fields (nothing is checked: tests build bad ones too)."""
+    from sensor_msgs.msg import Image
+
+    msg = Image()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width, msg.step = height, width, step
+    msg.encoding, msg.is_bigendian = encoding, is_bigendian
+    data = array_or_bytes.tobytes() if isinstance(array_or_bytes, np.ndarray) else bytes(array_or_bytes)
+    msg.data = array.array("B", data)
+    return msg
+
+
+def random_pair(stamp_ns: int, height=48, width=64, depth_encoding="16UC1", frame_id="camera", seed=None):
+    """An rgb8 image and a 16UC1 (mm) or other aux image with the same stamp."""
+    rng = np.random.default_rng(seed if seed is not None else stamp_ns % (2**32))
+    rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    rgb_msg = image_msg(rgb, "rgb8", height, width, width * 3, stamp_ns, frame_id)
+    if depth_encoding == "16UC1":
+        depth = rng.integers(0, 5000, (height, width), dtype=np.uint16)
+        aux_msg = image_msg(depth, "16UC1", height, width, width * 2, stamp_ns, frame_id)
+    elif depth_encoding == "mono8":
+        thermal = rng.integers(0, 256, (height, width), dtype=np.uint8)
+        aux_msg = image_msg(thermal, "mono8", height, width, width, stamp_ns, frame_id)
+    else:
+        raise ValueError(depth_encoding)
+    return rgb_msg, aux_msg
+
+
+def read_bag_images(bag_dir, topics):
+    """[(topic, rosbags Image message)] for `topics`, in the bag's recorded order."""
+    from rosbags.rosbag2 import Reader
+    from rosbags.typesys import Stores, get_typestore
+
+    typestore = get_typestore(Stores.ROS2_HUMBLE)
+    out = []
+    with Reader(bag_dir) as reader:
+        connections = [c for c in reader.connections if c.topic in topics]
+        for connection, _, raw in reader.messages(connections=connections):
+            out.append((connection.topic, typestore.deserialize_cdr(raw, connection.msgtype)))
+    return out
+
+
+def rosbags_to_ros(msg):
+    """A rosbags sensor_msgs/Image -> an rclpy sensor_msgs/Image with the same fields (bytes copied once)."""
+    return image_msg(np.asarray(msg.data, np.uint8), msg.encoding, msg.height, msg.width, msg.step,
+                     msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, msg.header.frame_id,
+                     bool(msg.is_bigendian))

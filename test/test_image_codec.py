@@ -1,0 +1,194 @@
+"""image_codec: decoding checked against rosbags-image (cv_bridge's conversions), errors, encoders, real bags."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from rosbags.image import message_to_cvimage
+from rosbags.typesys import Stores, get_typestore
+
+from rgbd_fusion_seg.ros.image_codec import (
+    ImageDecodeError,
+    aux_from_msg,
+    colour_from_msg,
+    decode_aux,
+    decode_colour,
+    encode_array,
+    float_to_msg,
+    mask_to_msg,
+    pixel_view,
+    rgb_to_msg,
+)
+from ros_helpers import BAGS, read_bag_images, rosbags_to_ros
+
+TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
+RosbagsImage = TYPESTORE.types["sensor_msgs/msg/Image"]
+Header = TYPESTORE.types["std_msgs/msg/Header"]
+Time = TYPESTORE.types["builtin_interfaces/msg/Time"]
+
+CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "mono16": 1, "16UC1": 1, "32FC1": 1}
+DTYPES = {"mono16": np.uint16, "16UC1": np.uint16, "32FC1": np.float32}
+
+
+def pixels(encoding, height=5, width=7, seed=0):
+    rng = np.random.default_rng(seed)
+    dtype = DTYPES.get(encoding, np.uint8)
+    shape = (height, width) if CHANNELS[encoding] == 1 else (height, width, CHANNELS[encoding])
+    if dtype == np.float32:
+        return rng.uniform(0.1, 10.0, shape).astype(np.float32)
+    return rng.integers(0, np.iinfo(dtype).max, shape, endpoint=True).astype(dtype)
+
+
+def raw_fields(image, encoding, padding=0, bigendian=False):
+    """(encoding, height, width, step, is_bigendian, data) with `padding` junk bytes after each row."""
+    height, width = image.shape[:2]
+    element = image.dtype.newbyteorder(">" if bigendian else "<")
+    rows = np.ascontiguousarray(image, dtype=element).reshape(height, -1).view(np.uint8)
+    padded = np.full((height, rows.shape[1] + padding), 0xAB, np.uint8)
+    padded[:, : rows.shape[1]] = rows
+    return encoding, height, width, padded.shape[1], bigendian, padded.tobytes()
+
+
+def rosbags_msg(image, encoding, bigendian=False):
+    _, height, width, step, _, data = raw_fields(image, encoding, 0, bigendian)
+    return RosbagsImage(Header(Time(0, 0), "f"), height, width, encoding, bigendian, step,
+                        np.frombuffer(data, np.uint8))
+
+
+@pytest.mark.parametrize("padding", [0, 3])
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8"])
+def test_colour_matches_rosbags_image(encoding, padding):
+    image = pixels(encoding)
+    expected = message_to_cvimage(rosbags_msg(image, encoding), "rgb8")
+    decoded = decode_colour(*raw_fields(image, encoding, padding))
+    assert decoded.shape == (5, 7, 3) and decoded.dtype == np.uint8
+    np.testing.assert_array_equal(decoded, expected)
+
+
+@pytest.mark.parametrize("bigendian", [False, True])
+@pytest.mark.parametrize("padding", [0, 2])
+@pytest.mark.parametrize("encoding", ["16UC1", "32FC1"])
+def test_depth_matches_rosbags_image_in_metres(encoding, padding, bigendian):
+    image = pixels(encoding)
+    image[0, 0] = 0  # no reading
+    if encoding == "32FC1":
+        image[1, 1], image[2, 2], image[3, 3] = np.nan, np.inf, -1.0
+    reference = message_to_cvimage(rosbags_msg(image, encoding, bigendian)).astype(np.float64)
+    decoded = decode_aux("depth", *raw_fields(image, encoding, padding, bigendian), depth_scale=0.001)
+    assert decoded.unit == "m" and decoded.image.dtype == np.float32 and decoded.image.shape == (5, 7)
+    if encoding == "16UC1":
+        expected = np.where(reference == 0, np.nan, reference * 0.001)
+    else:
+        expected = np.where(np.isfinite(reference) & (reference > 0), reference, np.nan)
+    np.testing.assert_allclose(decoded.image, expected, rtol=1e-6, equal_nan=True)
+    assert np.isnan(decoded.image[0, 0])
+
+
+@pytest.mark.parametrize("bigendian", [False, True])
+@pytest.mark.parametrize("encoding, unit", [("mono8", "raw8"), ("mono16", "raw16"), ("16UC1", "raw16"),
+                                            ("32FC1", "celsius")])
+def test_thermal_matches_rosbags_image(encoding, unit, bigendian):
+    image = pixels(encoding)
+    if encoding == "32FC1":
+        image[0, 0], image[0, 1] = -12.5, np.nan  # sub-zero Celsius is a reading, NaN is not
+    reference = message_to_cvimage(rosbags_msg(image, encoding, bigendian)).astype(np.float32)
+    decoded = decode_aux("thermal", *raw_fields(image, encoding, 1, bigendian))
+    assert decoded.unit == unit
+    np.testing.assert_array_equal(decoded.image, reference)
+
+
+def test_rgb8_and_16uc1_are_views_over_the_buffer():
+    image = pixels("rgb8")
+    fields = raw_fields(image, "rgb8", padding=4)
+    data = bytearray(fields[-1])
+    view = decode_colour(*fields[:-1], data)
+    assert np.shares_memory(view, np.frombuffer(data, np.uint8))
+    data[0] = (int(image[0, 0, 0]) + 1) % 256  # a change in the buffer shows through
+    assert view[0, 0, 0] == data[0]
+    depth = pixel_view(*raw_fields(pixels("16UC1"), "16UC1", padding=2)[:-1], data=bytearray(5 * 16))
+    assert depth.shape == (5, 7) and depth.strides == (16, 2)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (("yuv422", 2, 2, 4, False, bytes(8)), "unsupported"),
+        (("rgb8", 2, 2, 6, False, b""), "empty"),
+        (("rgb8", 0, 2, 6, False, bytes(12)), "empty"),
+        (("rgb8", 2, 2, 6, False, bytes(11)), "truncated"),
+        (("rgb8", 2, 2, 5, False, bytes(12)), "step too small"),
+        (("32FC1", 2, 2, 7, False, bytes(14)), "step too small"),
+    ],
+)
+def test_bad_images_raise_a_clear_error(fields, message):
+    decode = decode_colour if fields[0] in ("rgb8", "yuv422") else (lambda *f: decode_aux("depth", *f))
+    with pytest.raises(ImageDecodeError, match=message) as info:
+        decode(*fields)
+    assert repr(fields[0]) in str(info.value)  # names the encoding
+
+
+def test_aux_encoding_must_fit_the_modality():
+    with pytest.raises(ImageDecodeError, match="unsupported depth encoding 'rgb8'"):
+        decode_aux("depth", "rgb8", 1, 1, 3, False, bytes(3))
+    with pytest.raises(ImageDecodeError, match="unsupported colour encoding '16UC1'"):
+        decode_colour("16UC1", 1, 1, 2, False, bytes(2))
+
+
+@pytest.mark.parametrize("array, encoding", [
+    (np.arange(12, dtype=np.uint8).reshape(3, 4), "mono8"),
+    (np.arange(12, dtype=np.uint16).reshape(3, 4) * 1000, "16UC1"),
+    (np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4), "32FC1"),
+    (np.arange(36, dtype=np.uint8).reshape(3, 4, 3), "rgb8"),
+])
+def test_encoders_round_trip(array, encoding):
+    from std_msgs.msg import Header as RosHeader
+
+    header = RosHeader(frame_id="cam")
+    header.stamp.sec, header.stamp.nanosec = 12, 345
+    build = {"mono8": mask_to_msg, "16UC1": mask_to_msg, "32FC1": float_to_msg, "rgb8": rgb_to_msg}[encoding]
+    msg = build(array, header)
+    assert (msg.encoding, msg.height, msg.width, msg.step) == (encoding, 3, 4, array.strides[0])
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id) == (12, 345, "cam")
+    fields = (msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian, msg.data)
+    np.testing.assert_array_equal(pixel_view(*fields), array)
+    with pytest.raises(ValueError):
+        encode_array(np.zeros((2, 2, 2), np.uint8))
+
+
+def test_codec_functions_import_without_ros():
+    code = ("import sys, rgbd_fusion_seg.ros.image_codec, rgbd_fusion_seg.ros.pairing, "
+            "rgbd_fusion_seg.ros.parameters; assert 'rclpy' not in sys.modules and 'sensor_msgs' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("bag, colour_topic, aux_topic, modality", [
+    ("rgbd_indoor", "/camera/color/image_raw", "/camera/depth/image_rect_raw", "depth"),
+    ("rgbt_subterranean", "/rgb/image_raw", "/thermal/image_raw", "thermal"),
+])
+def test_real_bag_frames_decode_and_round_trip(bag, colour_topic, aux_topic, modality):
+    frames = read_bag_images(BAGS / bag, {colour_topic, aux_topic})
+    assert frames
+    for topic, bag_msg in frames:
+        msg = rosbags_to_ros(bag_msg)
+        if topic == colour_topic:
+            rgb = colour_from_msg(msg)
+            np.testing.assert_array_equal(rgb, message_to_cvimage(bag_msg, "rgb8"))
+            again = colour_from_msg(rgb_to_msg(rgb, msg.header))
+            np.testing.assert_array_equal(again, rgb)
+        else:
+            decoded = aux_from_msg(msg, modality)
+            raw = message_to_cvimage(bag_msg).astype(np.float32)
+            assert decoded.image.shape == (bag_msg.height, bag_msg.width)
+            if modality == "depth":
+                assert decoded.unit == "m"
+                np.testing.assert_allclose(decoded.image, np.where(raw == 0, np.nan, raw * 0.001), rtol=1e-6)
+                assert 0.05 < np.isnan(decoded.image).mean() < 0.2  # the README: about 11 % no reading
+                back = np.nan_to_num(decoded.image / 0.001).round().astype(np.uint16)
+                np.testing.assert_array_equal(pixel_view(*_fields(mask_to_msg(back, msg.header))), raw)
+            else:
+                assert decoded.unit == "raw8"
+                np.testing.assert_array_equal(decoded.image, raw)
+
+
+def _fields(msg):
+    return msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian, msg.data
