@@ -1,4 +1,5 @@
 from glob import glob
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
@@ -17,6 +18,11 @@ setup(
         (f"share/{package_name}", ["package.xml"]),
         (f"share/{package_name}/launch", glob("launch/*.launch.py")),
         (f"share/{package_name}/config", glob("config/*.yaml")),
+    ]
+    # The training configs keep their folder structure (experiments/mm5/<method>/...).
+    + [
+        (f"share/{package_name}/{folder}", glob(f"{folder}/*.yaml"))
+        for folder in sorted({str(Path(p).parent) for p in glob("config/experiments/**/*.yaml", recursive=True)})
     ],
     install_requires=["numpy", "opencv-python-headless", "pyyaml", "torch", "torchvision"],
     zip_safe=True,

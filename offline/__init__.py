@@ -1,0 +1,1 @@
+"""Offline tools: datasets, training, evaluation, the lighting study and plots (imported as rgbd_fusion_seg.offline)."""
