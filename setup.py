@@ -30,7 +30,6 @@ setup(
     maintainer_email="maintainers@rgbd-fusion-seg.invalid",
     description="RGB-D / RGB-thermal fusion semantic segmentation for ROS 2",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "segment_node = rgbd_fusion_seg.ros.segment_node:main",

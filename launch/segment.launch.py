@@ -1,0 +1,72 @@
+"""Launch the RGB-X fusion segmentation node.
+
+    ros2 launch rgbd_fusion_seg segment.launch.py checkpoint:=/path/to/mid.pt \
+        rgb_topic:=/camera/color/image_raw aux_topic:=/camera/aligned_depth_to_color/image_raw
+
+Every parameter of the node lives in a ros__parameters file, by default the installed
+config/segment.yaml (`params_file:=my.yaml` to use another). The launch arguments fusion_method,
+checkpoint, checkpoint_dir, modality and device override that file only when they are given a value:
+left empty (their default) they keep what the file says.
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+PACKAGE = "rgbd_fusion_seg"
+EXECUTABLE = "segment_node"
+
+# Launch arguments that set the node parameter of the same name when non-empty.
+PARAMETER_ARGUMENTS = {
+    "fusion_method": "Fusion method to serve (loads <checkpoint_dir>/<method>.pt); empty: keep params_file's value",
+    "checkpoint": "Path to a rgbd_fusion_seg checkpoint (.pt); empty: keep params_file's value",
+    "checkpoint_dir": "Folder of <method>.pt checkpoints for fusion_method switches; empty: keep params_file's value",
+    "modality": "Auxiliary modality, depth or thermal (must match the checkpoint); empty: keep params_file's value",
+    "device": "Inference device: auto, cpu, cuda or cuda:N; empty: keep params_file's value",
+}
+
+
+def _node(context, *args, **kwargs):
+    """Builds the node once the launch arguments have values (so that empty ones can be left out)."""
+
+    def value(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    overrides = {name: value(name) for name in PARAMETER_ARGUMENTS if value(name)}
+    overrides["use_sim_time"] = value("use_sim_time").strip().lower() in ("true", "1", "yes")
+    return [
+        Node(
+            package=PACKAGE,
+            executable=EXECUTABLE,
+            name="segment_node",
+            namespace=value("namespace"),
+            output="screen",
+            emulate_tty=True,
+            parameters=[value("params_file"), overrides],
+            remappings=[("rgb/image", value("rgb_topic")), ("aux/image", value("aux_topic"))],
+            arguments=["--ros-args", "--log-level", value("log_level")],
+        )
+    ]
+
+
+def generate_launch_description():
+    default_params = os.path.join(get_package_share_directory(PACKAGE), "config", "segment.yaml")
+    arguments = [DeclareLaunchArgument(name, default_value="", description=text) for name, text in PARAMETER_ARGUMENTS.items()]
+    arguments += [
+        DeclareLaunchArgument("rgb_topic", default_value="/camera/color/image_raw", description="Colour image topic (sensor_msgs/Image)"),
+        DeclareLaunchArgument(
+            "aux_topic",
+            default_value="/camera/aligned_depth_to_color/image_raw",
+            description="Depth or thermal image topic aligned to the colour image (sensor_msgs/Image)",
+        ),
+        DeclareLaunchArgument("params_file", default_value=default_params, description="Node parameter file (ros__parameters YAML)"),
+        DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node and its outputs"),
+        DeclareLaunchArgument(
+            "use_sim_time", default_value="false", choices=["true", "false"], description="Use /clock (true when replaying a rosbag with --clock)"
+        ),
+        DeclareLaunchArgument("log_level", default_value="info", description="Logging level of the node (debug, info, warn, error)"),
+    ]
+    return LaunchDescription([*arguments, OpaqueFunction(function=_node)])
