@@ -28,6 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from rgbd_fusion_seg.core.preprocessing import depth_to_metres
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -118,9 +120,7 @@ def _require_dtype(image: np.ndarray, dtype, what: str, path) -> None:
 def depth_from_mm(image: np.ndarray, path=None) -> np.ndarray:
     """uint16 millimetres -> float32 metres with NaN where the sensor gave no reading (0)."""
     _require_dtype(image, np.uint16, "16-bit depth", path)
-    metres = image.astype(np.float32) * np.float32(0.001)
-    metres[image == 0] = np.nan
-    return metres
+    return depth_to_metres(image, 0.001)
 
 
 def raw8_with_holes(image: np.ndarray, path=None) -> np.ndarray:

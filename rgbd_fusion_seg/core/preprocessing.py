@@ -69,6 +69,16 @@ class Preprocessing:
         )
 
 
+def depth_to_metres(raw: np.ndarray, scale: float = 0.001) -> np.ndarray:
+    """Integer depth (16UC1 / 16-bit PNG, `scale` metres per unit) -> float32 metres, 0 (no reading) -> NaN.
+
+    Shared by the dataset loaders and the node's image codec, so a depth image means the same in both.
+    """
+    metres = raw.astype(np.float32) * np.float32(scale)
+    metres[raw == 0] = np.nan
+    return metres
+
+
 def normalise_aux(aux: np.ndarray, spec: AuxNormalisation) -> np.ndarray:
     """HxW float32 in `spec.unit` (NaN = no reading) -> HxW float32 in [0, 1], no reading -> 0."""
     scaled = (aux.astype(np.float32, copy=False) - spec.low) / (spec.high - spec.low)

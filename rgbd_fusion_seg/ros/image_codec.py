@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..core.preprocessing import depth_to_metres
+
 # encoding -> (element dtype, channels)
 _LAYOUTS: dict[str, tuple[np.dtype, int]] = {
     "rgb8": (np.dtype(np.uint8), 3),
@@ -139,9 +141,7 @@ def decode_aux(
     view = pixel_view(encoding, height, width, step, is_bigendian, data)
     unit = units[encoding]
     if modality == "depth" and encoding == "16UC1":
-        image = view.astype(np.float32)
-        image[view == 0] = np.nan
-        image *= np.float32(depth_scale)
+        image = depth_to_metres(view, depth_scale)
     elif encoding == "32FC1":
         image = view.astype(np.float32)  # always a copy (native byte order, contiguous)
         invalid = ~np.isfinite(image)
