@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rgbd_fusion_seg.ros.parameters import ros_arguments
+
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("RGBD_FUSION_SEG_REALDATA", REPO.parent / "shared" / "realdata"))
 BAGS = REALDATA / "rosbag2"
@@ -58,13 +60,8 @@ class NodeProcess:
 
     def __init__(self, log_path, domain_id: int, parameters: dict | None = None, remaps: dict | None = None,
                  params_file=None, extra_env: dict | None = None):
-        args = [sys.executable, "-m", "rgbd_fusion_seg.ros.segment_node", "--ros-args"]
-        if params_file:
-            args += ["--params-file", str(params_file)]
-        for name, value in (parameters or {}).items():
-            args += ["-p", f"{name}:={_ros_arg(value)}"]
-        for source, target in (remaps or {}).items():
-            args += ["-r", f"{source}:={target}"]
+        args = [sys.executable, "-m", "rgbd_fusion_seg.ros.segment_node",
+                *ros_arguments(params_file or None, parameters, remaps)]
         env = dict(os.environ)
         env.update({
             "ROS_DOMAIN_ID": str(domain_id),
@@ -114,14 +111,6 @@ class NodeProcess:
             self.process.kill()
             self.process.wait()
         self._log_file.close()
-
-
-def _ros_arg(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_ros_arg(v) for v in value) + "]"
-    return str(value)
 
 
 # ---- an in-test rclpy client ------------------------------------------------------------------------------

@@ -62,6 +62,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .parameters import ros_arguments
+
 PACKAGE = "rgbd_fusion_seg"
 NAMESPACE = "/rgbd_fusion_seg_demo"
 RGB_TOPIC = f"{NAMESPACE}/camera/color/image_raw"
@@ -157,18 +159,12 @@ class NodeProcess:
         module: str = "rgbd_fusion_seg.ros.segment_node",
         arguments: list[str] | None = None,
     ):
-        command = [sys.executable, "-m", module, *(arguments or []), "--ros-args"]
-        if params_file is not None:
-            command += ["--params-file", str(params_file)]
         values = dict(parameters or {})
         if checkpoint is not None:
             values["checkpoint"] = str(checkpoint)
-        for name, value in values.items():
-            command += ["-p", f"{name}:={_param_text(value)}"]
-        if namespace:
-            command += ["-r", f"__ns:={namespace}"]
-        for source, target in (remappings or {}).items():
-            command += ["-r", f"{source}:={target}"]
+        remaps = {"__ns": namespace} if namespace else {}
+        remaps.update(remappings or {})
+        command = [sys.executable, "-m", module, *(arguments or []), *ros_arguments(params_file, values, remaps)]
         self.command = command
         self.log_path = Path(log_path) if log_path else None
         self._log_file = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
@@ -205,14 +201,6 @@ class NodeProcess:
 
     def __exit__(self, *exc):
         self.stop()
-
-
-def _param_text(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_param_text(v) for v in value) + "]"
-    return str(value)
 
 
 class RosSession:

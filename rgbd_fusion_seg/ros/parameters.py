@@ -192,3 +192,23 @@ def validate(name: str, value: Any) -> str | None:
         return None
     reason = spec.validate(value)
     return None if reason is None else f"{name}: {reason}"
+
+
+def ros_arguments(params_file=None, parameters: dict | None = None, remappings: dict | None = None) -> list[str]:
+    """`--ros-args` for starting the node from another process (demo, benchmark, tests), in ROS's own syntax."""
+
+    def text(value) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (list, tuple)):
+            return "[" + ",".join(text(v) for v in value) + "]"
+        return str(value)
+
+    arguments = ["--ros-args"]
+    if params_file is not None:
+        arguments += ["--params-file", str(params_file)]
+    for name, value in (parameters or {}).items():
+        arguments += ["-p", f"{name}:={text(value)}"]
+    for source, target in (remappings or {}).items():
+        arguments += ["-r", f"{source}:={target}"]
+    return arguments
