@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): requirements.txt setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=64,<80" wheel  # colcon-core needs setuptools<80
+	$(BIN)/python -m pip uninstall --quiet --yes opencv-python-headless  # replaced by the contrib build
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@

@@ -24,7 +24,7 @@ setup(
         (f"share/{package_name}/{folder}", glob(f"{folder}/*.yaml"))
         for folder in sorted({str(Path(p).parent) for p in glob("config/experiments/**/*.yaml", recursive=True)})
     ],
-    install_requires=["numpy", "opencv-python-headless", "pyyaml", "torch", "torchvision"],
+    install_requires=["numpy", "opencv-contrib-python-headless", "pyyaml", "torch", "torchvision"],
     zip_safe=True,
     maintainer="rgbd_fusion_seg maintainers",
     maintainer_email="maintainers@rgbd-fusion-seg.invalid",
