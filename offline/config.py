@@ -11,13 +11,44 @@ Sections and their fields (defaults = the MM5 study's published recipe):
     experiment: name                      # used for out_dir and in the checkpoint
     model:  method, pretrained, options    # options go to build_model(method, num_classes, **options)
     data:   dataset, root, lightings, aux_folder, label_folder, train_split, val_split,
-            input_size, num_classes, aux_range
-    train:  epochs, batch_size, optimizer, lr, weight_decay, lr_schedule, warmup_steps, min_lr_ratio,
-            amp, num_workers, seed, max_steps, val_every, augment, checkpoint_every_steps,
-            checkpoint_every_epochs, save_best, grad_clip
-    loss:   ce, dice, class_weights, ignore_index
+            input_size, num_classes, aux_range, fmb_classes, augmentation, rgb_mean, rgb_std
+            (see "The data section" below)
+    train:  epochs, batch_size, optimizer, lr, momentum, weight_decay, lr_schedule, poly_power,
+            warmup_steps, min_lr_ratio, amp, num_workers, seed, max_steps, val_every, augment,
+            checkpoint_every_steps, checkpoint_every_epochs, save_best, grad_clip
+            (batch_size is the global batch under torchrun: offline/distributed.py)
+    loss:   ce, dice, class_weights (null | [w0, ...] | log_frequency),
+            ohem (null | {threshold, min_kept_fraction}), ignore_index
     study:  methods, lightings, checkpoint, generate, slim_checkpoints   # only read by `study`
     out_dir: where checkpoints and logs go
+
+The data section (one loader per `dataset`: offline/datasets/catalog.py):
+
+    dataset       mm5 | mfnet | pst900 | fmb | folder
+    aux_folder    which auxiliary image feeds the model, named as the layout names it (null or absent:
+                  the dataset's default, the first choice listed):
+                    mm5     D_FocusN | D_Focus | D | D16 | D_16 | T8 | T16   (the MM5 folder)
+                    mfnet   thermal                  (the 4th channel of images/<name>.png)
+                    pst900  thermal | thermal_raw | depth   (the folder in train/ and test/)
+                    fmb     Infrared
+                    folder  auto | depth | thermal   (auto: the modality dataset.yaml names)
+    label_folder  mm5: the label folder (ANNO_CLASS); the other layouts fix theirs (null = that one)
+    lightings     mm5 only: RGB1..RGB8 or "all"
+    train_split, val_split   mm5: list_*_f.txt / *_dataset.csv / a list of stems; mfnet: train | val | test |
+                  test_day | test_night; pst900 and fmb: train | test (the folder); folder: <split>.txt
+    num_classes   null = the dataset's class list; mfnet 9, pst900 5, fmb 15 or 14 (see fmb_classes)
+    fmb_classes   15: "unlabeled" is class 0 and counted; 14: unlabeled -> ignore (255), ids shift down by 1
+    aux_range     [low, high] in the aux image's unit replacing the loader's default normalisation range
+    rgb_mean, rgb_std   colour normalisation (ImageNet by default; [0,0,0] / [1,1,1] feeds inputs in [0, 1])
+    augmentation  used when train.augment is true, in this order:
+                    rotate         degrees: a random rotation in [-rotate, rotate] (0 = off)
+                    hflip          a horizontal flip with probability 0.5
+                    scale          [low, high]: random zoom factor (1.25 = objects 25 % larger)
+                    crop           [h, w] output crop (null = the frame's own size), cut at a random place,
+                                   padded with "no reading" / ignore where the zoomed frame is smaller
+                    colour_jitter  j: brightness, contrast and saturation each scaled by U(1-j, 1+j) (0 = off)
+                  The default ({hflip: true, scale: [1.0, 1.25], crop: null, rotate: 0, colour_jitter: 0})
+                  is the MM5 study's zoom-and-flip.
 
 Relative `data.root` and `out_dir` are resolved against the current directory (not the YAML file), so
 the same config works from the repository root with `--data-root` / `--out-dir` overriding them.
@@ -35,10 +66,15 @@ from typing import Any, Callable
 import yaml
 
 MM5_LIGHTINGS = tuple(f"RGB{k}" for k in range(1, 9))
-DATASETS = ("mm5",)
+DATASETS = ("mm5", "mfnet", "pst900", "fmb", "folder")
 OPTIMIZERS = ("adamw", "adam", "sgd")
-LR_SCHEDULES = ("cosine", "constant")
+LR_SCHEDULES = ("cosine", "constant", "poly")
 
+
+# The MM5 study's augmentation (random horizontal flip, random zoom up to 1.25); see offline/datasets/augment.py
+DEFAULT_AUGMENTATION = {"hflip": True, "scale": [1.0, 1.25], "crop": None, "rotate": 0.0, "colour_jitter": 0.0}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # = core.preprocessing's (kept here so that config.py imports no cv2)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 DEFAULT_EXPERIMENT = "experiment"
 DEFAULT_OUT_DIR = "runs/${experiment}"
@@ -64,13 +100,17 @@ class DataConfig:
     dataset: str = "mm5"
     root: str = "data/MM5_SEG"
     lightings: list[str] | str = field(default_factory=lambda: ["RGB3"])
-    aux_folder: str = "D_FocusN"
-    label_folder: str = "ANNO_CLASS"
+    aux_folder: str | None = None  # null: the dataset's default (mm5: D_FocusN), filled in by validate()
+    label_folder: str | None = None  # null: the layout's label folder (mm5: ANNO_CLASS)
     train_split: str | list[str] = "train_dataset.csv"
     val_split: str | list[str] = "eval_dataset.csv"
     input_size: list[int] | None = field(default_factory=lambda: [224, 224])
     num_classes: int | None = 32
     aux_range: list[float] | None = None
+    fmb_classes: int = 15
+    augmentation: dict = field(default_factory=lambda: dict(DEFAULT_AUGMENTATION))
+    rgb_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    rgb_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
 
 @dataclass
@@ -79,11 +119,13 @@ class TrainConfig:
     batch_size: int = 32
     optimizer: str = "adamw"
     lr: float = 1.0e-3
+    momentum: float = 0.9  # SGD only (RSFNet: SGD, lr 0.01, momentum 0.9, weight decay 5e-4, poly 0.9)
     weight_decay: float = 1.0e-2
     # The MM5 study does not say which schedule it used. Cosine decay per step from lr to
     # lr * min_lr_ratio over the whole run (after an optional linear warm-up) is the default here:
     # it is the common choice for AdamW on segmentation and does not need tuning of decay epochs.
     lr_schedule: str = "cosine"
+    poly_power: float = 0.9  # `poly`: lr * (1 - step / total_steps) ** poly_power (RSFNet, DeepLab)
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
     amp: bool = True
@@ -102,7 +144,11 @@ class TrainConfig:
 class LossConfig:
     ce: float = 1.0
     dice: float = 1.0
+    # null, one weight per class, or "log_frequency": w_c = 1 / ln(1.05 + p_c) from the training labels
+    # (RSFNet); the class pixel counts come from the dataset's full validation, cached per dataset.
     class_weights: list[float] | str | None = None
+    # null, or {threshold: 0.7, min_kept_fraction: 0.0625}: OHEM cross-entropy (SARTM; see models/losses.py)
+    ohem: dict | None = None
     ignore_index: int = 255
 
 
@@ -275,12 +321,93 @@ def _aux_range(value, where):
     return [low, high]
 
 
+def _optional_str(value, where):
+    return None if value is None else _str(value, where)
+
+
+def _rgb_triple(positive: bool) -> Validator:
+    def check(value, where):
+        if not isinstance(value, list) or len(value) != 3:
+            _fail(where, f"expected [r, g, b] (three numbers), got {_describe(value)}")
+        return [_float(minimum=0.0, exclusive=True)(v, where) if positive else _float()(v, where) for v in value]
+
+    return check
+
+
+def _scale_range(value, where):
+    if not isinstance(value, list) or len(value) != 2:
+        _fail(where, f"expected [low, high] zoom factors, got {_describe(value)}")
+    low, high = (_float(minimum=0.0, exclusive=True)(v, where) for v in value)
+    if high < low:
+        _fail(where, f"[low, high] = [{low}, {high}]: high must be at least low")
+    return [low, high]
+
+
+def _degrees(value, where):
+    degrees = _float(minimum=0.0)(value, where)
+    if degrees > 180:
+        _fail(where, f"a rotation range of +-{degrees} degrees is more than a half turn")
+    return degrees
+
+
+def _jitter(value, where):
+    strength = _float(minimum=0.0)(value, where)
+    if strength >= 1:
+        _fail(where, f"must be below 1 (factors drawn from [1 - j, 1 + j]), got {strength}")
+    return strength
+
+
+AUGMENTATION_FIELDS = {
+    "hflip": _bool,
+    "scale": _scale_range,
+    "crop": _input_size,
+    "rotate": _degrees,
+    "colour_jitter": _jitter,
+}
+
+
+def _augmentation(value, where):
+    value = _mapping(value, where)
+    unknown = sorted(set(value) - set(AUGMENTATION_FIELDS))
+    if unknown:
+        _fail(where, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(AUGMENTATION_FIELDS)}")
+    checked = {key: AUGMENTATION_FIELDS[key](v, f"{where}.{key}") for key, v in value.items()}
+    return DEFAULT_AUGMENTATION | checked
+
+
+def _check_data(config: "ExperimentConfig") -> None:
+    """The data fields that depend on each other: the aux choice and class count of the chosen dataset.
+    Fills aux_folder / label_folder left null with the dataset's defaults."""
+    from .datasets.catalog import check_data_config
+
+    try:
+        check_data_config(config.data)
+    except ValueError as error:
+        raise ConfigError(f"{config.source}: {error}") from None
+
+
 def _class_weights(value, where):
-    if value is None or value == "inverse_log_freq":
+    if value is None or value == "log_frequency":
         return value
     if isinstance(value, list) and value:
         return [_float(minimum=0.0)(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    _fail(where, f'expected null, "inverse_log_freq" or a list of per-class weights, got {_describe(value)}')
+    _fail(where, f'expected null, "log_frequency" or a list of per-class weights, got {_describe(value)}')
+
+
+OHEM_DEFAULTS = {"threshold": 0.7, "min_kept_fraction": 1.0 / 16}
+
+
+def _ohem(value, where):
+    if value is None:
+        return None
+    value = _mapping(value, where)
+    unknown = sorted(set(value) - set(OHEM_DEFAULTS))
+    if unknown:
+        _fail(where, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(OHEM_DEFAULTS)}")
+    checked = OHEM_DEFAULTS | {key: _float(minimum=0.0)(v, f"{where}.{key}") for key, v in value.items()}
+    if not 0 < checked["threshold"] <= 1 or checked["min_kept_fraction"] > 1:
+        _fail(where, f"threshold must lie in (0, 1] and min_kept_fraction in [0, 1], got {checked}")
+    return checked
 
 
 def _method(value, where):
@@ -330,21 +457,27 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "dataset": _choice(DATASETS),
         "root": _str,
         "lightings": _lightings,
-        "aux_folder": _str,
-        "label_folder": _str,
+        "aux_folder": _optional_str,
+        "label_folder": _optional_str,
         "train_split": _split,
         "val_split": _split,
         "input_size": _input_size,
         "num_classes": _int(minimum=2, optional=True),
         "aux_range": _aux_range,
+        "fmb_classes": _choice((14, 15)),
+        "augmentation": _augmentation,
+        "rgb_mean": _rgb_triple(positive=False),
+        "rgb_std": _rgb_triple(positive=True),
     },
     "train": {
         "epochs": _int(minimum=1),
         "batch_size": _int(minimum=1),
         "optimizer": _choice(OPTIMIZERS),
         "lr": _float(minimum=0.0, exclusive=True),
+        "momentum": _float(minimum=0.0),
         "weight_decay": _float(minimum=0.0),
         "lr_schedule": _choice(LR_SCHEDULES),
+        "poly_power": _float(minimum=0.0, exclusive=True),
         "warmup_steps": _int(minimum=0),
         "min_lr_ratio": _float(minimum=0.0),
         "amp": _bool,
@@ -362,6 +495,7 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "ce": _float(minimum=0.0),
         "dice": _float(minimum=0.0),
         "class_weights": _class_weights,
+        "ohem": _ohem,
         "ignore_index": _int(),
     },
     "study": {
@@ -517,6 +651,7 @@ def _check_consistency(config: ExperimentConfig) -> None:
     from rgbd_fusion_seg.models import method_options
 
     source = config.source
+    _check_data(config)
     accepted = method_options(config.model.method)
     options = config.model.options
     if "pretrained" in options:
@@ -537,8 +672,12 @@ def _check_consistency(config: ExperimentConfig) -> None:
         )
     if config.loss.ce == 0 and config.loss.dice == 0:
         raise ConfigError(f"{source}: fields 'loss.ce' and 'loss.dice' are both 0: nothing would be trained")
+    if config.loss.ohem is not None and config.loss.ce == 0:
+        raise ConfigError(f"{source}: field 'loss.ohem' selects pixels for the cross-entropy, but loss.ce is 0")
     if config.train.min_lr_ratio > 1:
         raise ConfigError(f"{source}: field 'train.min_lr_ratio' must be at most 1, got {config.train.min_lr_ratio}")
+    if config.train.momentum >= 1:
+        raise ConfigError(f"{source}: field 'train.momentum' must be below 1, got {config.train.momentum}")
 
 
 def load_config(

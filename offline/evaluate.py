@@ -13,7 +13,17 @@ Resolution (`resolution`):
 - "input": image and labels both at the model's input size (labels resized with nearest neighbour), as
   the validation during training does (and as the MM5 study's 224x224 numbers were computed).
 
-Metrics: confusion-matrix mIoU / mAcc / pixel accuracy / per-class IoU with ignore index 255 (metrics.py).
+Metrics: confusion-matrix mIoU / mAcc / pixel accuracy / per-class IoU and Acc with ignore index 255
+(metrics.py), over all classes; `exclude_background` leaves class 0 (unlabeled / background) out of mIoU
+and mAcc (MFNet and PST900 papers count it: the default).
+
+Test-time augmentation, reported beside the plain result, never in its place (`result["tta"]`):
+`flip` (the horizontally flipped input, its prediction flipped back) and `scales` (e.g. 0.5 0.75 1 1.25 1.5
+1.75: the network input resized by each factor); the softmax probabilities at the label's size are
+averaged over every (scale, flip) combination. Entries: "flip", "multiscale", "multiscale_flip".
+
+Groups: when the samples carry a "group" (MFNet day / night, MM5 the lighting), every result also has
+`groups`: the same metrics per group. `--markdown` writes the per-class table the papers print.
 """
 from __future__ import annotations
 
@@ -32,8 +42,8 @@ from rgbd_fusion_seg.core.checkpoint import CheckpointError, load_checkpoint
 from rgbd_fusion_seg.core.engine import resolve_device
 from rgbd_fusion_seg.core.preprocessing import Preprocessing, prepare_inputs
 
-from .metrics import ConfusionMatrix
-from .train import dataset_lightings, open_dataset
+from .metrics import ConfusionMatrix, markdown_table
+from .datasets.catalog import open_dataset
 
 RESOLUTIONS = ("native", "input")
 
@@ -51,11 +61,51 @@ class NativeFrames(Dataset):
     def __getitem__(self, index: int) -> dict:
         raw = self.dataset.read_raw(index)
         rgb, aux = prepare_inputs(raw["rgb"], raw["aux"], self.preprocessing)
-        return {
+        frame = {
             "rgb": torch.from_numpy(rgb),
             "aux": torch.from_numpy(aux),
             "label": torch.from_numpy(np.asarray(raw["label"]).astype(np.int64)),
         }
+        if raw.get("group") is not None:
+            frame["group"] = raw["group"]
+        return frame
+
+
+def tta_variants(flip: bool, scales) -> dict[str, list[tuple[float, bool]]]:
+    """Name -> the (input scale, flipped) passes it combines, for every result to report ("plain" always)."""
+    flips = (False, True)
+    variants = {"plain": [(1.0, False)]}
+    if flip:
+        variants["flip"] = [(1.0, f) for f in flips]
+    if scales:
+        variants["multiscale"] = [(float(s), False) for s in scales]
+        if flip:
+            variants["multiscale_flip"] = [(float(s), f) for s in scales for f in flips]
+    return variants
+
+
+def predicted_logits(model, rgb, aux, size, scale: float, flipped: bool) -> torch.Tensor:
+    """Logits at `size` (the labels') of the input resized by `scale`, optionally flipped."""
+    if scale != 1.0:
+        scaled = [max(1, int(round(n * scale))) for n in rgb.shape[-2:]]
+        rgb = F.interpolate(rgb, size=scaled, mode="bilinear", align_corners=False)
+        aux = F.interpolate(aux, size=scaled, mode="bilinear", align_corners=False)
+    if flipped:
+        rgb, aux = rgb.flip(-1), aux.flip(-1)
+    logits = model(rgb, aux).logits.float()
+    if flipped:
+        logits = logits.flip(-1)
+    if logits.shape[-2:] != tuple(size):
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return logits
+
+
+def combined_prediction(logits: dict, keys: list) -> torch.Tensor:
+    """Class ids from one pass (the argmax of its logits, exactly what the node computes) or from several
+    (the argmax of their mean softmax probabilities)."""
+    if len(keys) == 1:
+        return logits[keys[0]].argmax(dim=1)
+    return sum(torch.softmax(logits[key], dim=1) for key in keys).argmax(dim=1)
 
 
 def _json_safe(value):
@@ -91,8 +141,13 @@ def evaluate(
     batch_size: int | None = None,
     num_workers: int = 0,
     precision: str = "fp32",
+    flip: bool = False,
+    scales=None,
+    exclude_background: bool = False,
 ) -> dict:
     """Evaluate a checkpoint on a dataset split; returns (and optionally writes) the metrics as a dict."""
+    if scales is not None and (not scales or any(not 0 < float(s) <= 8 for s in scales)):
+        raise ValueError(f"scales must be a non-empty list of factors in (0, 8], got {scales}")
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution {resolution!r} is not one of {', '.join(RESOLUTIONS)}")
     if precision not in ("fp32", "fp16", "bf16"):
@@ -142,27 +197,42 @@ def evaluate(
     frames = NativeFrames(dataset, preprocessing) if native else dataset
     loader = DataLoader(frames, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=torch_device.type == "cuda")
-    confusion = ConfusionMatrix(checkpoint.num_classes)
+    variants = tta_variants(flip, scales)
+    passes = sorted({key for keys in variants.values() for key in keys})
+    num_classes = checkpoint.num_classes
+    # variant -> group (None = all frames) -> confusion matrix
+    confusions = {name: {None: ConfusionMatrix(num_classes)} for name in variants}
     for batch in loader:
         rgb = batch["rgb"].to(torch_device, non_blocking=True)
         aux = batch["aux"].to(torch_device, non_blocking=True)
         label = batch["label"].to(torch_device, non_blocking=True)
         with torch.autocast(torch_device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast):
-            logits = model(rgb, aux).logits
-        if logits.shape[-2:] != label.shape[-2:]:
-            logits = F.interpolate(logits.float(), size=label.shape[-2:], mode="bilinear", align_corners=False)
-        confusion.update(logits.argmax(dim=1), label)
+            logits = {key: predicted_logits(model, rgb, aux, label.shape[-2:], *key) for key in passes}
+        groups = batch.get("group")
+        for name, keys in variants.items():
+            prediction = combined_prediction(logits, keys)
+            confusions[name][None].update(prediction, label)
+            for i, group in enumerate(groups or ()):
+                confusions[name].setdefault(str(group), ConfusionMatrix(num_classes)).update(prediction[i], label[i])
 
-    metrics = confusion.compute()
-    result = metrics.to_dict(checkpoint.classes)
+    excluded = (0,) if exclude_background else ()
+
+    def summary(by_group: dict) -> dict:
+        overall = by_group[None].compute(excluded).to_dict(checkpoint.classes)
+        groups = {group: by_group[group].compute(excluded).to_dict(checkpoint.classes)
+                  for group in sorted(g for g in by_group if g is not None)}
+        return overall | ({"groups": groups} if groups else {})
+
     result = {
         "checkpoint": str(checkpoint_path),
         "method": checkpoint.method,
-        **result,
+        **summary(confusions["plain"]),
+        "tta": {name: summary(by_group) for name, by_group in confusions.items() if name != "plain"},
         "settings": {
             "dataset": dataset_name,
             "data_root": str(data_root),
-            "lightings": dataset_lightings(dataset, lightings),
+            "lightings": getattr(dataset, "lightings", None),
+            "groups": dataset.groups,
             "split": split,
             "aux_folder": recorded["aux_folder"],
             "label_folder": recorded["label_folder"],
@@ -171,7 +241,10 @@ def evaluate(
             "resolution": resolution,
             "device": str(torch_device),
             "precision": precision if use_autocast else "fp32",
-            "ignore_index": confusion.ignore_index,
+            "ignore_index": confusions["plain"][None].ignore_index,
+            "flip": flip,
+            "scales": [float(s) for s in scales] if scales else None,
+            "exclude_background": exclude_background,
         },
         "training": {
             "metrics": checkpoint.metrics,
@@ -192,9 +265,36 @@ def format_summary(result: dict) -> str:
         f"{'id':>3}  {'class':<28} {'IoU':>7} {'Acc':>7} {'GT px':>10}",
     ]
     for row in result["per_class"]:
-        lines.append(f"{row['id']:>3}  {row['name'][:28]:<28} {_pct(row['iou']):>7} {_pct(row['accuracy']):>7} "
-                     f"{row['gt_pixels']:>10}")
+        star = "*" if row["id"] in result["excluded_from_mean"] else ""
+        lines.append(f"{row['id']:>3}  {(row['name'] + star)[:28]:<28} {_pct(row['iou']):>7} "
+                     f"{_pct(row['accuracy']):>7} {row['gt_pixels']:>10}")
+    if result["excluded_from_mean"]:
+        lines.append("* left out of mIoU and mAcc (--exclude-background)")
+    for label, entry in result_rows(result).items():
+        if label != "plain":
+            lines.append(f"{label:<24} mIoU {_pct(entry['miou'])}  mAcc {_pct(entry['macc'])}")
     return "\n".join(lines)
+
+
+def result_rows(result: dict) -> dict[str, dict]:
+    """The plain result, its groups, then each TTA variant and its groups, labelled "plain", "plain day",
+    "flip", "flip day", ..."""
+    rows = {}
+    for name, entry in {"plain": result, **result["tta"]}.items():
+        rows[name] = entry
+        for group, group_entry in entry.get("groups", {}).items():
+            rows[f"{name} {group}"] = group_entry
+    return rows
+
+
+def format_markdown(result: dict) -> str:
+    """The papers' per-class table (Acc and IoU per class, mAcc, mIoU in %), one row per result_rows entry."""
+    settings = result["settings"]
+    title = (f"{result['method']} on {settings['dataset']} {settings['split']} ({settings['num_frames']} frames, "
+             f"{settings['resolution']} resolution)")
+    rows = {f"{result['method']} {label}": entry for label, entry in result_rows(result).items()}
+    legend = "\n\n\\* left out of mAcc and mIoU" if result["excluded_from_mean"] else ""
+    return f"{title}\n\n{markdown_table(rows, [row['name'] for row in result['per_class']])}{legend}\n"
 
 
 def _pct(value) -> str:
@@ -215,6 +315,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--json", dest="out_json", help="write the full result (per-class IoU, confusion matrix) here")
+    parser.add_argument("--markdown", help="write the per-class table (Acc and IoU per class, mAcc, mIoU) here")
+    parser.add_argument("--flip", action="store_true", help="also report horizontal-flip test-time augmentation")
+    parser.add_argument("--scales", type=float, nargs="+", metavar="S",
+                        help="also report multi-scale inference over these input scales, e.g. 0.5 0.75 1 1.25 1.5 1.75")
+    parser.add_argument("--exclude-background", action="store_true",
+                        help="leave class 0 (unlabeled / background) out of mIoU and mAcc (default: counted)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -232,8 +338,15 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         precision=args.precision,
+        flip=args.flip,
+        scales=args.scales,
+        exclude_background=args.exclude_background,
     )
     print(format_summary(result))
     if args.out_json:
         print(f"wrote {args.out_json}")
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(format_markdown(result))
+        print(f"wrote {args.markdown}")
     return 0

@@ -10,6 +10,10 @@ The confusion matrix has ground truth in rows and prediction in columns; pixels 
   and is left out of mAcc (the mmsegmentation convention). torchmetrics' MulticlassAccuracy("macro")
   differs only there: it scores a class that is predicted but absent from the ground truth as 0.
 - pixel accuracy = sum(TP) / labelled pixels.
+- `exclude_from_mean` (e.g. (0,) for "background excluded"): those classes keep their IoU / Acc in the
+  per-class table but are left out of mIoU and mAcc. This is not the same as ignoring their pixels (a
+  label of 255): their pixels still count as false positives of the classes predicted there. MFNet and
+  PST900 papers count the unlabeled / background class, so the default excludes nothing.
 
 Usable by the offline tools and the node alike: `update()` takes torch tensors (on any device) or numpy
 arrays of class ids of the same shape.
@@ -32,6 +36,7 @@ class SegmentationMetrics:
     iou: np.ndarray  # per class, NaN where excluded
     accuracy: np.ndarray  # per class recall, NaN where the class has no ground-truth pixel
     confusion: np.ndarray  # CxC int64, rows = ground truth, columns = prediction
+    excluded_from_mean: tuple[int, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -57,6 +62,7 @@ class SegmentationMetrics:
                 }
                 for k in range(self.num_classes)
             ],
+            "excluded_from_mean": list(self.excluded_from_mean),
             "confusion_matrix": self.confusion.tolist(),
         }
 
@@ -66,8 +72,13 @@ def _json_float(value) -> float | None:
     return None if np.isnan(value) else value
 
 
-def metrics_from_confusion(confusion: np.ndarray) -> SegmentationMetrics:
+def metrics_from_confusion(confusion: np.ndarray, exclude_from_mean=()) -> SegmentationMetrics:
     confusion = np.asarray(confusion, dtype=np.int64)
+    excluded = tuple(sorted({int(k) for k in exclude_from_mean}))
+    if any(not 0 <= k < confusion.shape[0] for k in excluded):
+        raise ValueError(f"exclude_from_mean {excluded} names classes outside 0..{confusion.shape[0] - 1}")
+    in_mean = np.ones(confusion.shape[0], bool)
+    in_mean[list(excluded)] = False
     true_positive = np.diag(confusion).astype(np.float64)
     gt_pixels = confusion.sum(axis=1).astype(np.float64)  # TP + FN
     pred_pixels = confusion.sum(axis=0).astype(np.float64)  # TP + FP
@@ -79,12 +90,13 @@ def metrics_from_confusion(confusion: np.ndarray) -> SegmentationMetrics:
         accuracy = np.where(gt_pixels > 0, true_positive / gt_pixels, np.nan)
     labelled = gt_pixels.sum()
     return SegmentationMetrics(
-        miou=float(np.nanmean(iou)) if np.any(union > 0) else float("nan"),
-        macc=float(np.nanmean(accuracy)) if np.any(gt_pixels > 0) else float("nan"),
+        miou=float(np.nanmean(iou[in_mean])) if np.any(union[in_mean] > 0) else float("nan"),
+        macc=float(np.nanmean(accuracy[in_mean])) if np.any(gt_pixels[in_mean] > 0) else float("nan"),
         pixel_accuracy=float(true_positive.sum() / labelled) if labelled > 0 else float("nan"),
         iou=iou,
         accuracy=accuracy,
         confusion=confusion,
+        excluded_from_mean=excluded,
     )
 
 
@@ -151,5 +163,33 @@ class ConfusionMatrix:
         else:
             self._matrix += matrix.to(self._matrix.device)
 
-    def compute(self) -> SegmentationMetrics:
-        return metrics_from_confusion(self.matrix)
+    def compute(self, exclude_from_mean=()) -> SegmentationMetrics:
+        return metrics_from_confusion(self.matrix, exclude_from_mean)
+
+
+def markdown_table(rows: dict[str, dict], class_names, with_accuracy: bool = True) -> str:
+    """A per-class table as the RGB-T papers print it: one row per entry of `rows` (label -> a
+    `SegmentationMetrics.to_dict()`), per class an Acc and an IoU column (in %), then mAcc and mIoU.
+    Classes left out of the mean are marked with a *."""
+    excluded = {k for row in rows.values() for k in row.get("excluded_from_mean", ())}
+    columns = []
+    for k, name in enumerate(class_names):
+        star = "*" if k in excluded else ""
+        if with_accuracy:
+            columns.append(f"{name}{star} Acc")
+        columns.append(f"{name}{star} IoU")
+    columns += (["mAcc"] if with_accuracy else []) + ["mIoU"]
+    lines = ["| | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for label, row in rows.items():
+        cells = []
+        for entry in row["per_class"]:
+            if with_accuracy:
+                cells.append(_percent(entry["accuracy"]))
+            cells.append(_percent(entry["iou"]))
+        cells += ([_percent(row["macc"])] if with_accuracy else []) + [_percent(row["miou"])]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _percent(value) -> str:
+    return "-" if value is None or np.isnan(value) else f"{100 * value:.1f}"

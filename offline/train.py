@@ -1,14 +1,17 @@
 """Training one experiment: `rgbd-fusion-seg train --config config/experiments/mm5/mid/mid_RGB1.yaml`.
 
 Everything that can be wrong with the inputs is checked before the first step: the configuration, every
-file of the training and validation data (`dataset.validate(full=True)`), the model and its pretrained
+file of the training and validation data (`dataset.validate(full=True)`, whose report is cached until a
+file under the data root changes: validation_cache.py), the model and its pretrained
 weights, the output folder. Then:
 
 - AdamW (or Adam / SGD) with a per-step learning-rate schedule: cosine decay from `lr` to
   `lr * min_lr_ratio` over the whole run after an optional linear warm-up (`lr_schedule: cosine`, the
-  default; the MM5 study does not state its schedule), or `constant`.
+  default; the MM5 study does not state its schedule), `poly` (lr * (1 - step/total) ** poly_power, floored
+  at lr * min_lr_ratio: RSFNet's recipe with SGD momentum 0.9) or `constant`.
 - Mixed precision (fp16 autocast + GradScaler) on CUDA when `train.amp`; fp32 on the CPU.
-- The loss is the method's `compute_loss(output, batch, seg_loss)`, seg_loss = CE + Dice (losses.py).
+- The loss is the method's `compute_loss(output, batch, seg_loss)`, seg_loss = CE (plain, class-weighted
+  or OHEM) + Dice (losses.py).
 - Each epoch visits the training frames in a permutation drawn from (seed, epoch) alone, in batches of
   `batch_size`; the last incomplete batch is dropped (BatchNorm and equal step sizes) unless the set is
   smaller than one batch.
@@ -21,11 +24,16 @@ weights, the output folder. Then:
   that has finished returns at once.
 - Progress: a tqdm bar per epoch, one summary line per epoch on stdout, TensorBoard logs in
   `<out_dir>/tensorboard`.
+- Several GPUs / machines: start the same command with torchrun (distributed.py). `train.batch_size` is
+  the GLOBAL batch (each of the WORLD_SIZE processes takes batch_size / WORLD_SIZE of every batch), so a
+  config means the same optimisation on any number of GPUs and resumes on another count. Gradients are
+  averaged by DistributedDataParallel; BatchNorm statistics are per process (no SyncBatchNorm), rank 0's
+  are kept. Validation is sharded and its confusion matrix summed; only rank 0 writes checkpoints,
+  TensorBoard logs (its own per-step loss; the epoch mean is over all ranks) and console lines.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import random
 import sys
@@ -39,12 +47,15 @@ from torch.utils.data import DataLoader, Sampler
 from rgbd_fusion_seg.core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from rgbd_fusion_seg.core.engine import resolve_device
 from rgbd_fusion_seg.core.palette import default_palette
-from rgbd_fusion_seg.core.preprocessing import Preprocessing
 from rgbd_fusion_seg.models import build_model
 from rgbd_fusion_seg.models.losses import build_seg_loss
 
+from . import distributed
 from .config import ConfigError, ExperimentConfig, dump_config, load_config
-from .metrics import ConfusionMatrix, SegmentationMetrics
+from .datasets.catalog import build_preprocessing, open_dataset
+from .metrics import ConfusionMatrix, SegmentationMetrics, metrics_from_confusion
+from .pseudo_labels import with_extra_targets
+from .validation_cache import validated_report
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -68,58 +79,6 @@ RESUMABLE_CHANGES = {
 # Data
 
 
-def build_preprocessing(config: ExperimentConfig) -> Preprocessing:
-    from .datasets.mm5 import default_aux_normalisation
-
-    aux = default_aux_normalisation(config.data.aux_folder)
-    if config.data.aux_range is not None:
-        low, high = config.data.aux_range
-        aux = dataclasses.replace(aux, low=float(low), high=float(high))
-    size = tuple(config.data.input_size) if config.data.input_size is not None else None
-    return Preprocessing(input_size=size, aux=aux)
-
-
-def open_dataset(
-    *,
-    dataset: str,
-    root: str | Path,
-    lightings,
-    aux_folder: str,
-    label_folder: str,
-    split,
-    preprocessing: Preprocessing,
-    num_classes: int | None,
-    augment: bool = False,
-):
-    """One split of a dataset on disk; the only place that knows which loader serves which dataset."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data root {root} does not exist (set data.root or pass --data-root)")
-    if dataset == "mm5":
-        from .datasets.mm5 import MM5Dataset
-
-        return MM5Dataset(
-            root,
-            lightings=lightings,
-            aux_folder=aux_folder,
-            label_folder=label_folder,
-            split=split,
-            preprocessing=preprocessing,
-            num_classes=num_classes,
-            augment=augment,
-        )
-    raise ConfigError(f"dataset {dataset!r} has no loader; known: mm5")
-
-
-def dataset_lightings(dataset, requested) -> list[str]:
-    """The lightings a dataset object actually serves (resolves "all")."""
-    for attribute in ("lightings", "lighting_names"):
-        value = getattr(dataset, attribute, None)
-        if value:
-            return [str(v) for v in value]
-    return list(requested) if isinstance(requested, (list, tuple)) else [str(requested)]
-
-
 def epoch_permutation(num_items: int, seed: int, epoch: int) -> torch.Tensor:
     """The order of an epoch, a function of (seed, epoch) only, so a resumed run replays it exactly."""
     generator = torch.Generator()
@@ -128,9 +87,13 @@ def epoch_permutation(num_items: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class EpochBatchSampler(Sampler):
-    """Batches of one epoch's permutation, starting at batch `start_batch` (to resume mid-epoch)."""
+    """Batches of one epoch's permutation, starting at batch `start_batch` (to resume mid-epoch). Under
+    torchrun each batch is a global one and this rank gets its share: items rank, rank + world_size, ..."""
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, epoch: int, start_batch: int = 0):
+    def __init__(self, num_items: int, batch_size: int, seed: int, epoch: int, start_batch: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        self.rank = rank
+        self.world_size = world_size
         self.num_items = num_items
         self.batch_size = batch_size
         self.seed = seed
@@ -148,7 +111,8 @@ class EpochBatchSampler(Sampler):
         return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(count)]
 
     def __iter__(self):
-        yield from self.all_batches()[self.start_batch :]
+        for batch in self.all_batches()[self.start_batch :]:
+            yield batch[self.rank :: self.world_size]
 
     def __len__(self) -> int:
         return max(0, self.batches_per_epoch(self.num_items, self.batch_size) - self.start_batch)
@@ -178,6 +142,8 @@ def learning_rate(step: int, total_steps: int, config: ExperimentConfig) -> floa
     span = max(1, total_steps - train.warmup_steps)
     progress = min(1.0, (step - train.warmup_steps) / span)
     floor = train.lr * train.min_lr_ratio
+    if train.lr_schedule == "poly":
+        return floor + (train.lr - floor) * (1.0 - progress) ** train.poly_power
     return floor + (train.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -243,7 +209,9 @@ def _clean_stale_temporaries(out_dir: Path) -> None:
 
 
 @torch.no_grad()
-def run_validation(model, loader, num_classes: int, device: torch.device, amp: bool, ignore_index: int = 255):
+def run_validation(model, loader, num_classes: int, device: torch.device, amp: bool, ignore_index: int = 255,
+                   context: distributed.Distributed = distributed.Distributed()):
+    """Metrics over `loader`; under torchrun each rank scores its shard and the matrices are summed."""
     model.eval()
     confusion = ConfusionMatrix(num_classes, ignore_index=ignore_index)
     for batch in loader:
@@ -252,7 +220,16 @@ def run_validation(model, loader, num_classes: int, device: torch.device, amp: b
             logits = model(batch["rgb"], batch["aux"]).logits
         confusion.update(logits.argmax(dim=1), batch["label"])
     model.train()
-    return confusion.compute()
+    return metrics_from_confusion(context.all_reduce_sum(torch.from_numpy(confusion.matrix)).numpy())
+
+
+class _NoWriter:
+    """Takes the TensorBoard writer's place on ranks other than 0."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    flush = close = add_scalar
 
 
 def metrics_summary(metrics: SegmentationMetrics, classes: list[str]) -> dict:
@@ -266,15 +243,6 @@ def metrics_summary(metrics: SegmentationMetrics, classes: list[str]) -> dict:
 
 # ----------------------------------------------------------------------------------------------------
 # Training
-
-
-def class_pixel_counts(dataset, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
-    counts = torch.zeros(num_classes, dtype=torch.int64)
-    for index in range(len(dataset)):
-        label = dataset[index]["label"].reshape(-1)
-        label = label[label != ignore_index]
-        counts += torch.bincount(label, minlength=num_classes)[:num_classes]
-    return counts
 
 
 def slim_checkpoint(path: str | Path) -> Path:
@@ -299,12 +267,23 @@ def train(
     """Train `config` to the end (resuming from `<out_dir>/last.pt` when `resume`); returns last.pt's path.
 
     progress: show tqdm bars (default: when stderr is a terminal). log: a print-like function for the
-    summary lines (default: print to stdout, flushed).
+    summary lines (default: print to stdout, flushed). Started by torchrun, this process is one rank of a
+    DistributedDataParallel job (distributed.py); only rank 0 writes files and lines.
     """
+    context, torch_device = distributed.setup(resolve_device(device))
+    try:
+        return _train(config, context, torch_device, resume=resume, progress=progress, log=log)
+    finally:
+        distributed.teardown(context)
+
+
+def _train(config: ExperimentConfig, context: distributed.Distributed, torch_device: torch.device, *,
+           resume: bool, progress: bool | None, log) -> Path:
+    if not context.is_main:
+        log, progress = (lambda message: None), False
     log = log or (lambda message: print(message, flush=True))
     if progress is None:
         progress = sys.stderr.isatty()
-    torch_device = resolve_device(device)
     train_cfg = config.train
     out_dir = config.out_path
     root = config.data_root
@@ -319,11 +298,18 @@ def train(
         label_folder=config.data.label_folder,
         preprocessing=preprocessing,
         num_classes=config.data.num_classes,
+        fmb_classes=config.data.fmb_classes,
     )
-    train_set = open_dataset(split=config.data.train_split, augment=train_cfg.augment, **data_kwargs)
+    train_set = open_dataset(split=config.data.train_split, augment=train_cfg.augment,
+                             augmentation=config.data.augmentation, **data_kwargs)
     val_set = open_dataset(split=config.data.val_split, augment=False, **data_kwargs)
-    train_report = train_set.validate(full=True)
-    val_set.validate(full=True)
+    if not context.is_main:
+        context.barrier()  # rank 0 validates the data (and caches the report) first, the others read it
+    train_report = validated_report(train_set)  # cached: see validation_cache.py
+    validated_report(val_set)
+    train_set = with_extra_targets(train_set, config.model.method)  # RSFNet's pseudo-labels, cached like the report
+    if context.is_main:
+        context.barrier()
     if len(train_set) == 0:
         raise ConfigError(f"{config.source}: the training split {config.data.train_split!r} has no frames")
     classes = list(train_set.classes)
@@ -332,27 +318,30 @@ def train(
         raise ConfigError(
             f"{config.source}: field 'data.num_classes' is {num_classes} but {root} lists {len(classes)} classes"
         )
-    lightings = dataset_lightings(train_set, config.data.lightings)
 
     # Seed before the model is built: its initial weights are part of what the seed reproduces (a resumed
     # run then restores the RNG state saved in last.pt).
     _seed_everything(train_cfg.seed)
     model = build_model(config.model.method, num_classes, **config.model_kwargs())
-    pixel_counts = None
-    if config.loss.class_weights == "inverse_log_freq":
-        pixel_counts = train_report.get("class_pixels") if isinstance(train_report, dict) else None
-        if pixel_counts is None:
-            pixel_counts = class_pixel_counts(train_set, num_classes, config.loss.ignore_index)
+    if context.rank:  # every rank its own augmentation stream; rank 0 keeps the single-process one
+        _seed_everything(int(np.random.SeedSequence([train_cfg.seed, context.rank]).generate_state(1)[0]))
     seg_loss = build_seg_loss(
         num_classes,
         ce=config.loss.ce,
         dice=config.loss.dice,
         class_weights=config.loss.class_weights,
         ignore_index=config.loss.ignore_index,
-        pixel_counts=pixel_counts,
+        pixel_counts=train_report["class_pixels"],
+        ohem=config.loss.ohem,
     ).to(torch_device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _clean_stale_temporaries(out_dir)
+    if context.is_main:
+        _clean_stale_temporaries(out_dir)
+    if context.enabled and (train_cfg.batch_size % context.world_size or len(train_set) < train_cfg.batch_size):
+        raise ConfigError(
+            f"{config.source}: field 'train.batch_size' is the global batch: {train_cfg.batch_size} must be a "
+            f"multiple of the {context.world_size} processes and at most the {len(train_set)} training samples"
+        )
 
     steps_per_epoch = EpochBatchSampler.batches_per_epoch(len(train_set), train_cfg.batch_size)
     total_steps = train_cfg.epochs * steps_per_epoch
@@ -367,14 +356,16 @@ def train(
     elif train_cfg.optimizer == "adam":
         optimizer = torch.optim.Adam(parameters, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     else:
-        optimizer = torch.optim.SGD(parameters, lr=train_cfg.lr, momentum=0.9, weight_decay=train_cfg.weight_decay)
+        optimizer = torch.optim.SGD(parameters, lr=train_cfg.lr, momentum=train_cfg.momentum,
+                                    weight_decay=train_cfg.weight_decay)
     use_amp = train_cfg.amp and torch_device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     data_record = {
         "dataset": config.data.dataset,
         "root": str(root),
-        "lightings": lightings,
+        "lightings": getattr(train_set, "lightings", None),  # MM5 only: what evaluation reopens
+        "groups": train_set.groups,
         "aux_folder": config.data.aux_folder,
         "label_folder": config.data.label_folder,
         "train_split": config.data.train_split,
@@ -394,6 +385,7 @@ def train(
     history: list[dict] = []
     latest_metrics: dict = {}
     last_path = out_dir / LAST
+    context.agree(last_path.is_file(), f"whether {last_path} exists")
     if resume and last_path.is_file():
         saved = load_checkpoint(last_path)
         state = saved.train_state
@@ -418,7 +410,14 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):  # empty when written by a run without AMP (e.g. on the CPU)
             scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank") or [state["rng"]]
+        if len(per_rank) == context.world_size:
+            _set_rng_state(per_rank[context.rank])
+        else:  # another process count: rank 0 goes on exactly, the others keep their fresh streams
+            if context.is_main:
+                _set_rng_state(state["rng"])
+            log(f"note: {last_path} was written by {len(per_rank)} process(es), this run has {context.world_size}; "
+                "the batches are the same but the augmentation of ranks > 0 is not")
         best_miou = float(state.get("best_miou", float("-inf")))
         history = list(state.get("history", []))
         latest_metrics = dict(saved.metrics)
@@ -426,16 +425,19 @@ def train(
             f"{steps_per_epoch} (global step {global_step} of {total_steps})")
     else:
         log(f"{config.experiment}: {config.model.method} on {len(train_set)} train / {len(val_set)} val frames "
-            f"({', '.join(lightings)}), {total_steps} steps on {torch_device}, output in {out_dir}")
-    dump_config(config, out_dir / "config.yaml")
+            f"({', '.join(train_set.groups)}), {total_steps} steps on {torch_device}, output in {out_dir}")
+    if context.is_main:
+        dump_config(config, out_dir / "config.yaml")
+        from torch.utils.tensorboard import SummaryWriter
 
-    from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=global_step if global_step else None)
+    else:
+        writer = _NoWriter()
 
-    writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=global_step if global_step else None)
-
-    def make_checkpoint(with_state: bool) -> Checkpoint:
+    def make_checkpoint(rng_states: list | None) -> Checkpoint:
+        """The checkpoint now; with every rank's RNG state (`rng_states`) it can be resumed from."""
         train_state = None
-        if with_state:
+        if rng_states is not None:
             train_state = {
                 "optimizer": optimizer.state_dict(),
                 "scheduler": {"kind": train_cfg.lr_schedule, "global_step": global_step, "total_steps": total_steps},
@@ -448,7 +450,9 @@ def train(
                 "finished": global_step >= total_steps,
                 "best_miou": best_miou,
                 "history": history,
-                "rng": _rng_state(),
+                "rng": rng_states[0],
+                **({"rng_per_rank": rng_states} if context.enabled else {}),
+                "world_size": context.world_size,
                 "sampler": {"scheme": "randperm(SeedSequence([seed, epoch]))", "seed": train_cfg.seed, "epoch": epoch},
                 "config": config.to_dict(),
             }
@@ -466,8 +470,12 @@ def train(
         )
 
     def save_last(reason: str) -> None:
-        save_checkpoint(make_checkpoint(True), last_path)
-        writer.flush()
+        rng_states = context.gather(_rng_state())  # every rank takes part
+        context.copy_buffers_from_main(model)
+        if context.is_main:
+            save_checkpoint(make_checkpoint(rng_states), last_path)
+            writer.flush()
+        context.barrier()  # no rank goes on (or ends) before last.pt is complete
         log(f"checkpoint {last_path.name}: epoch={epoch} step_in_epoch={step_in_epoch} "
             f"global_step={global_step} ({reason})")
 
@@ -478,14 +486,17 @@ def train(
     )
     # Every loader gets its own generator: creating an iterator draws a worker base seed from it, and
     # drawing that from the global RNG would shift the augmentation sequence of a resumed run.
-    val_loader = DataLoader(val_set, batch_size=train_cfg.batch_size, shuffle=False,
+    val_loader = DataLoader(val_set, batch_size=train_cfg.batch_size,
+                            sampler=range(context.rank, len(val_set), context.world_size),  # this rank's shard
                             generator=torch.Generator().manual_seed(train_cfg.seed), **loader_kwargs)
 
     def validate_now() -> None:
         nonlocal best_miou, latest_metrics
         if len(val_set) == 0:
             return
-        metrics = run_validation(model, val_loader, num_classes, torch_device, use_amp, config.loss.ignore_index)
+        context.copy_buffers_from_main(model)
+        metrics = run_validation(model, val_loader, num_classes, torch_device, use_amp, config.loss.ignore_index,
+                                 context)
         latest_metrics = {"val": metrics_summary(metrics, classes)}
         history.append({"epoch": epoch, "global_step": global_step, "miou": metrics.miou, "macc": metrics.macc})
         writer.add_scalar("val/miou", metrics.miou, global_step)
@@ -494,18 +505,24 @@ def train(
         improved = not math.isnan(metrics.miou) and metrics.miou > best_miou
         if improved:
             best_miou = metrics.miou
-            if train_cfg.save_best:
-                save_checkpoint(make_checkpoint(False), out_dir / BEST)
+            if train_cfg.save_best and context.is_main:
+                save_checkpoint(make_checkpoint(None), out_dir / BEST)
         log(f"epoch {epoch + 1}/{num_epochs}: val mIoU {100 * metrics.miou:.2f} mAcc {100 * metrics.macc:.2f}"
             f"{' (best)' if improved else ''}")
 
     from tqdm import tqdm
 
+    forward = model
+    if context.enabled:  # averages the gradients over the ranks in backward()
+        forward = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[torch_device.index] if torch_device.type == "cuda" else None
+        )
     model.train()
     started = time.monotonic()
     while global_step < total_steps:
-        sampler = EpochBatchSampler(len(train_set), train_cfg.batch_size, train_cfg.seed, epoch, step_in_epoch)
-        worker_seed = int(np.random.SeedSequence([train_cfg.seed, epoch, 1]).generate_state(1)[0])
+        sampler = EpochBatchSampler(len(train_set), train_cfg.batch_size, train_cfg.seed, epoch, step_in_epoch,
+                                    rank=context.rank, world_size=context.world_size)
+        worker_seed = int(np.random.SeedSequence([train_cfg.seed, epoch, 1 + context.rank]).generate_state(1)[0])
         loader = DataLoader(train_set, batch_sampler=sampler, generator=torch.Generator().manual_seed(worker_seed),
                             **loader_kwargs)
         bar = tqdm(
@@ -523,7 +540,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(torch_device.type, dtype=torch.float16, enabled=use_amp):
-                output = model(batch["rgb"], batch["aux"])
+                output = forward(batch["rgb"], batch["aux"])
                 loss, parts = model.compute_loss(output, batch, seg_loss)
             if not torch.isfinite(loss.detach()):
                 if not use_amp:
@@ -560,6 +577,9 @@ def train(
         bar.close()
         epoch_done = step_in_epoch >= steps_per_epoch
         finished = global_step >= total_steps
+        if context.enabled:  # the epoch's mean over every rank's steps
+            sums = context.all_reduce_sum(torch.tensor([loss_sum, loss_count], dtype=torch.float64))
+            loss_sum, loss_count = sums.tolist()
         if loss_count:
             log(f"epoch {epoch + 1}/{num_epochs}: step {global_step}/{total_steps}, "
                 f"mean train loss {loss_sum / loss_count:.4f}")
@@ -605,5 +625,6 @@ def add_override_arguments(parser: argparse.ArgumentParser, out_flags=("--out-di
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides, data_root=args.data_root, out_dir=args.out_dir)
     path = train(config, resume=not args.no_resume, device=args.device)
-    print(f"final checkpoint: {path}")
+    if distributed.is_main_process():
+        print(f"final checkpoint: {path}")
     return 0

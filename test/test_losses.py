@@ -1,4 +1,4 @@
-"""CE + soft Dice: hand-computed values, agreement with torch's cross-entropy, ignore index, weights."""
+"""CE + soft Dice + OHEM: hand-computed values, agreement with torch's cross-entropy, ignore index, weights."""
 from __future__ import annotations
 
 import math
@@ -10,9 +10,11 @@ import torch.nn.functional as F
 from rgbd_fusion_seg.models.losses import (
     SegmentationLoss,
     build_seg_loss,
-    inverse_log_frequency_weights,
+    log_frequency_weights,
+    ohem_cross_entropy,
     soft_dice_loss,
 )
+from rgbd_fusion_seg.offline.config import ConfigError, config_from_dict
 
 
 def tiny_example():
@@ -83,14 +85,67 @@ def test_gradients_and_half_precision_inputs():
     assert half.dtype == torch.float32
 
 
-def test_inverse_log_frequency_weights_and_builder():
-    weights = inverse_log_frequency_weights([900, 100, 0])
-    assert weights[0] == pytest.approx(1 / math.log(1.02 + 0.9))
-    assert weights[2] == pytest.approx(1 / math.log(1.02))
-    assert weights[1] > weights[0]
-    loss = build_seg_loss(3, class_weights="inverse_log_freq", pixel_counts=[900, 100, 0])
+def test_log_frequency_weights_match_hand_computation_and_builder():
+    weights = log_frequency_weights([900, 100, 0])  # shares 0.9, 0.1, 0
+    assert weights.tolist() == pytest.approx([1 / math.log(1.95), 1 / math.log(1.15), 1 / math.log(1.05)])
+    assert weights[0] == pytest.approx(1.4974, abs=1e-4) and weights[2] == pytest.approx(20.4959, abs=1e-4)
+    loss = build_seg_loss(3, class_weights="log_frequency", pixel_counts=[900, 100, 0])
     assert torch.allclose(loss.class_weights, weights)
     with pytest.raises(ValueError, match="pixel counts"):
-        build_seg_loss(3, class_weights="inverse_log_freq")
+        build_seg_loss(3, class_weights="log_frequency")
     with pytest.raises(ValueError, match="entries"):
         SegmentationLoss(3, class_weights=[1.0, 2.0])
+
+
+def direct_ohem(logits, target, threshold, fraction, weight=None):
+    """OHEM written out pixel by pixel, the reference for ohem_cross_entropy."""
+    num_classes = logits.shape[1]
+    weight = torch.ones(num_classes) if weight is None else weight
+    pixels = []  # (true-class probability, weighted loss, weight)
+    for n, y, x in torch.nonzero(target != 255).tolist():
+        label = int(target[n, y, x])
+        probs = torch.softmax(logits[n, :, y, x].double(), dim=0)
+        pixels.append((float(probs[label]), -float(weight[label]) * math.log(probs[label]), float(weight[label])))
+    hard = [p for p in pixels if p[0] < threshold]
+    min_kept = max(1, int(len(pixels) * fraction))
+    if len(hard) < min_kept:
+        hard = sorted(pixels)[:min_kept]
+    return sum(p[1] for p in hard) / sum(p[2] for p in hard), len(hard)
+
+
+@pytest.mark.parametrize("threshold, fraction", [(0.7, 1 / 16), (0.05, 0.5), (1.0, 0.0)])
+def test_ohem_matches_a_direct_computation(threshold, fraction):
+    torch.manual_seed(2)
+    logits = torch.randn(2, 4, 5, 6) * 2
+    target = torch.randint(0, 4, (2, 5, 6))
+    target[0, :2] = 255
+    weights = torch.tensor([0.5, 1.0, 3.0, 2.0])
+    for weight in (None, weights):
+        expected, kept = direct_ohem(logits, target, threshold, fraction, weight)
+        value = ohem_cross_entropy(logits, target, threshold=threshold, min_kept_fraction=fraction, weight=weight)
+        assert value.item() == pytest.approx(expected, rel=1e-5)
+    if threshold == 1.0:  # every pixel is hard: plain (weighted) cross-entropy
+        plain = F.cross_entropy(logits, target, weight=weights, ignore_index=255)
+        assert value.item() == pytest.approx(plain.item(), rel=1e-5)
+    if threshold == 0.05:  # 19 of 48 pixels that unsure: the minimum count (half) is kept
+        assert kept == 24
+
+
+def test_ohem_through_the_loss_and_config():
+    torch.manual_seed(3)
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    target = torch.randint(0, 3, (1, 4, 4))
+    loss = build_seg_loss(3, dice=0.0, ohem={"threshold": 0.7, "min_kept_fraction": 0.5})
+    value = loss(logits, target)
+    assert value.item() == pytest.approx(direct_ohem(logits.detach(), target, 0.7, 0.5)[0], rel=1e-5)
+    value.backward()
+    assert torch.isfinite(logits.grad).all()
+    assert loss(logits, torch.full((1, 4, 4), 255)).item() == 0.0
+    with pytest.raises(ValueError, match="ohem"):
+        SegmentationLoss(3, ohem=(1.5, 0.1))
+    config = config_from_dict({"loss": {"ohem": {"threshold": 0.6}, "class_weights": "log_frequency"}})
+    assert config.loss.ohem == {"threshold": 0.6, "min_kept_fraction": 1 / 16}
+    with pytest.raises(ConfigError, match="loss.ohem.*min_kept"):
+        config_from_dict({"loss": {"ohem": {"min_kept": 100}}})
+    with pytest.raises(ConfigError, match="loss.class_weights"):
+        config_from_dict({"loss": {"class_weights": "inverse_frequency"}})

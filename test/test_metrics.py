@@ -10,7 +10,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from rgbd_fusion_seg.offline.metrics import ConfusionMatrix, metrics_from_confusion
+from rgbd_fusion_seg.offline.metrics import ConfusionMatrix, markdown_table, metrics_from_confusion
 
 
 def random_batch(generator, num_classes, shape=(2, 17, 23), ignore_share=0.1):
@@ -105,3 +105,35 @@ def test_numpy_inputs_merge_and_errors():
 def test_metrics_module_does_not_import_torchmetrics():
     code = "import sys, rgbd_fusion_seg.offline.metrics; assert 'torchmetrics' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_background_excluded_from_the_means_agrees_with_torchmetrics():
+    generator = torch.Generator().manual_seed(11)
+    pred, target = random_batch(generator, 6)
+    counted = ConfusionMatrix(6)
+    counted.update(pred, target)
+    per_class_iou = MulticlassJaccardIndex(6, average="none", ignore_index=255)(pred, target).numpy()
+    per_class_acc = MulticlassAccuracy(6, average="none", ignore_index=255)(pred, target).numpy()
+    excluded = counted.compute(exclude_from_mean=(0,))
+    assert excluded.miou == pytest.approx(per_class_iou[1:].mean(), abs=1e-6)
+    assert excluded.macc == pytest.approx(per_class_acc[1:].mean(), abs=1e-6)
+    # the per-class values and pixel accuracy do not change; only the means do
+    plain = counted.compute()
+    np.testing.assert_allclose(excluded.iou, plain.iou)
+    assert plain.miou == pytest.approx(per_class_iou.mean(), abs=1e-6) and plain.miou != excluded.miou
+    assert excluded.pixel_accuracy == plain.pixel_accuracy
+    assert excluded.to_dict()["excluded_from_mean"] == [0]
+    with pytest.raises(ValueError, match="exclude_from_mean"):
+        counted.compute(exclude_from_mean=(6,))
+
+
+def test_markdown_table_has_acc_and_iou_per_class_then_the_means():
+    cm = ConfusionMatrix(3)
+    cm.update(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]))
+    rows = {"ours": cm.compute().to_dict(), "ours bg excluded": cm.compute((0,)).to_dict()}
+    header, rule, first, second = markdown_table(rows, ["bg", "car", "person"]).splitlines()
+    assert header.split("|")[2:-1] == [" bg* Acc ", " bg* IoU ", " car Acc ", " car IoU ",
+                                       " person Acc ", " person IoU ", " mAcc ", " mIoU "]
+    # bg 100/100, car 100/50, person 50/50; mAcc 83.3, mIoU 66.7 (all), 75.0 / 50.0 without bg
+    assert first == "| ours | 100.0 | 100.0 | 100.0 | 50.0 | 50.0 | 50.0 | 83.3 | 66.7 |"
+    assert second.endswith("| 75.0 | 50.0 |") and rule.count("---:") == 8

@@ -49,6 +49,20 @@ def test_learning_rate_schedules():
     assert learning_rate(12, 12, config) == pytest.approx(0.1)
     constant = config_from_dict({"train": {"lr": 0.3, "lr_schedule": "constant"}})
     assert learning_rate(100, 12, constant) == pytest.approx(0.3)
+    poly = config_from_dict({"train": {"lr": 0.01, "lr_schedule": "poly", "poly_power": 0.9}})
+    assert learning_rate(0, 10, poly) == pytest.approx(0.01)
+    assert learning_rate(4, 10, poly) == pytest.approx(0.01 * 0.6**0.9)
+    assert learning_rate(10, 10, poly) == pytest.approx(0.0)
+    with pytest.raises(ConfigError, match="train.momentum"):
+        config_from_dict({"train": {"optimizer": "sgd", "momentum": 1.0}})
+
+
+def test_sgd_takes_the_configured_momentum(tiny_config):
+    config = tiny_config(train={"optimizer": "sgd", "lr": 0.01, "momentum": 0.5, "weight_decay": 5e-4,
+                                "lr_schedule": "poly", "max_steps": 1})
+    state = load_checkpoint(train(config, device="cpu", log=quiet)).train_state
+    group = state["optimizer"]["param_groups"][0]
+    assert group["momentum"] == 0.5 and group["weight_decay"] == 5e-4
 
 
 def test_training_writes_self_describing_checkpoints(tiny_config, mm5_root):
@@ -154,8 +168,9 @@ def test_missing_pretrained_weights_say_where_to_put_them(tiny_config, monkeypat
     assert not tiny_config().out_path.exists()
 
 
-def test_inverse_log_frequency_class_weights_train(tiny_config):
-    config = tiny_config(train={"epochs": 1, "max_steps": 1}, loss={"class_weights": "inverse_log_freq"})
+def test_log_frequency_class_weights_and_ohem_train(tiny_config):
+    config = tiny_config(train={"epochs": 1, "max_steps": 1},
+                         loss={"class_weights": "log_frequency", "ohem": {"threshold": 0.7}})
     assert load_checkpoint(train(config, device="cpu", log=quiet)).train_state["global_step"] == 1
 
 

@@ -23,42 +23,26 @@ and then normalised by `prepare_inputs` with the `Preprocessing` that is stored 
 training and the ROS node cannot drift apart. `default_aux_normalisation(folder)` is the range each folder
 uses unless the experiment overrides it.
 
-The whole layout (folders, every needed file of every stem, and that all of a frame's images have the
-same size, read from the PNG headers) is checked when the dataset is built; `validate(full=True)` also
-decodes every file and checks every label value, and returns per-class pixel counts.
+Layout checks, reading, augmentation, `validate` and `describe` are the shared ones of base.FrameDataset.
 """
 from __future__ import annotations
 
 import csv
 import os
-import re
-import warnings
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing, prepare_inputs, resize_labels
+from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 
-from .imageio import (
-    DatasetError,
-    celsius_from_t16,
-    depth_from_mm,
-    png_size,
-    raw8,
-    raw8_with_holes,
-    read_labels,
-    read_rgb,
-    read_single,
-)
+from .augment import Augmentation
+from .base import FrameDataset, Sample, check_root, clean_stem, read_csv_list, read_text_list, require_folders
+from .imageio import DatasetError, celsius_from_t16, depth_from_mm, raw8, raw8_with_holes, read_single
 
 MM5_LIGHTINGS = tuple(f"RGB{k}" for k in range(1, 9))
-IGNORE_INDEX = 255
 DEPTH16_RANGE_M = (0.0, 4.0)  # D16 default: metres; the Azure Kinect's NFOV range is about 0.5-3.9 m
 THERMAL_RANGE_C = (10.0, 70.0)  # T16 default: deg C; room, people, fruit, hot drinks (same as synth T8)
 
@@ -177,43 +161,6 @@ def mm5_class_names(root, default: Sequence[str] | None = MM5_CLASSES) -> list[s
 # ----------------------------------------------------------------------------------------------------
 # Splits
 
-_STEM_COLUMNS = ("id", "stem", "name", "file", "filename", "image", "image_id", "frame")
-_IMAGE_SUFFIX = re.compile(r"\.(png|jpg|jpeg|tif|tiff|bmp)$", re.IGNORECASE)
-_PANDAS_FLOAT = re.compile(r"^(\d+)\.0+$")
-
-
-def _clean_stem(entry: str) -> str:
-    entry = entry.strip()
-    entry = _IMAGE_SUFFIX.sub("", entry)
-    match = _PANDAS_FLOAT.match(entry)
-    return match.group(1) if match else entry
-
-
-def _read_csv_split(path: Path) -> list[str]:
-    with open(path, newline="") as handle:
-        rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
-    if not rows:
-        return []
-    header = [cell.strip().lower() for cell in rows[0]]
-    column = next((header.index(name) for name in _STEM_COLUMNS if name in header), None)
-    body = rows[1:] if column is not None else rows
-    column = column or 0
-    stems = []
-    for line_no, row in enumerate(body, start=2 if body is not rows else 1):
-        if column >= len(row):
-            raise DatasetError(f"{path} line {line_no}: no column {column} in {row}")
-        stems.append(_clean_stem(row[column]))
-    return stems
-
-
-def _read_text_split(path: Path) -> list[str]:
-    stems = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            stems.append(_clean_stem(line.split()[0]))
-    return stems
-
 
 _SPLIT_FILES = {
     "train": ("list_train_f.txt", "train_dataset.csv"),
@@ -228,7 +175,7 @@ def read_split(root, split) -> list[str]:
     "train" / "eval" / "val" / "test" (the public loader's list_<name>_f.txt, else the seed study's csv)."""
     root = Path(root)
     if isinstance(split, (list, tuple)):
-        stems = [_clean_stem(str(s)) for s in split]
+        stems = [clean_stem(str(s)) for s in split]
         source = "list"
     else:
         path = Path(split)
@@ -241,7 +188,7 @@ def read_split(root, split) -> list[str]:
                 raise DatasetError(f"no {split} split in {root}: expected {' or '.join(map(str, candidates))}")
         if not path.is_file():
             raise DatasetError(f"split file {path} does not exist")
-        stems = _read_csv_split(path) if path.suffix.lower() == ".csv" else _read_text_split(path)
+        stems = read_csv_list(path) if path.suffix.lower() == ".csv" else read_text_list(path)
         source = str(path)
     if not stems:
         raise DatasetError(f"split {source} lists no frames")
@@ -263,18 +210,23 @@ def _as_lightings(lightings) -> list[str]:
     return [str(name) for name in names]
 
 
-class MM5Dataset(Dataset):
-    """(stem, lighting) samples of MM5, returned as network-ready tensors.
+MM5_LAYOUT = "RGB1..RGB8/, an aux folder (D_FocusN, D16, T8, T16, ...), ANNO_CLASS/, frames sharing a stem"
 
-    `__getitem__` gives {"rgb": 3xhxw float32, "aux": 1xhxw float32, "label": hxw int64 (255 = ignore),
-    "stem": str, "lighting": str}. `aux_folder=None` gives an RGB-only data set (aux is a zero map).
-    `preprocessing=None` uses `default_preprocessing(aux_folder)` (224x224, ImageNet mean/std, the
-    folder's default range); `input_size=None` in it keeps the native 480x640.
 
-    `augment=True`: a random horizontal flip and a random zoom (crop of 1/zoom of each side, zoom uniform
-    in [1, max_zoom]) applied identically to colour, aux and labels before normalisation; the random
-    numbers come from torch's generator, so DataLoader worker seeding makes them reproducible.
+class MM5Dataset(FrameDataset):
+    """(stem, lighting) samples of MM5, returned as network-ready tensors (base.FrameDataset).
+
+    Samples carry "lighting" and group = the lighting. `aux_folder=None` gives an RGB-only data set (aux is
+    a zero map). `preprocessing=None` uses `default_preprocessing(aux_folder)` (224x224, ImageNet mean/std,
+    the folder's default range); `input_size=None` in it keeps the native 480x640.
+
+    `augment=True`: `augmentation` (augment.py), by default a random horizontal flip and a random zoom
+    (crop of 1/zoom of each side, zoom uniform in [1, max_zoom]) applied identically to colour, aux and
+    labels before normalisation.
     """
+
+    dataset_name = "mm5"
+    title = "MM5"
 
     def __init__(
         self,
@@ -288,59 +240,39 @@ class MM5Dataset(Dataset):
         num_classes: int | None = None,
         augment: bool = False,
         max_zoom: float = 1.25,
+        augmentation: Augmentation | None = None,
         ext: str = ".png",
     ):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise DatasetError(f"MM5 root {self.root} does not exist or is not a folder")
+        root = check_root(root, "MM5")
         self.lightings = _as_lightings(lightings)
         self.aux_folder = aux_folder
         self.aux_info = aux_folder_info(aux_folder) if aux_folder is not None else None
         self.label_folder = label_folder
         self.ext = ext if ext.startswith(".") else f".{ext}"
-        self.augment = bool(augment)
         if max_zoom < 1.0:
             raise ValueError(f"max_zoom must be >= 1, got {max_zoom}")
         self.max_zoom = float(max_zoom)
-
-        if preprocessing is None:
-            preprocessing = default_preprocessing(aux_folder)
-        elif self.aux_info is not None and (
-            preprocessing.aux.modality != self.aux_info.modality or preprocessing.aux.unit != self.aux_info.unit
-        ):
-            raise DatasetError(
-                f"preprocessing expects {preprocessing.aux.modality} in {preprocessing.aux.unit!r} but "
-                f"{aux_folder} holds {self.aux_info.modality} in {self.aux_info.unit!r}; build it from "
-                f"default_aux_normalisation({aux_folder!r})"
-            )
-        self.preprocessing = preprocessing
-
-        self.split = split if isinstance(split, (str, os.PathLike)) else "list"
-        self.stems = read_split(self.root, split)
-
-        names = mm5_class_names(self.root)
-        if num_classes is None:
-            num_classes = len(names)
-        elif num_classes < len(names):
-            raise DatasetError(
-                f"num_classes={num_classes} but the class list of {self.root} names {len(names)} classes"
-            )
-        elif num_classes > len(names):
-            warnings.warn(
-                f"num_classes={num_classes} but the class list of {self.root} names {len(names)}; "
-                "the extra ids are named class_<id>",
-                stacklevel=2,
-            )
-            names = names + [f"class_{i}" for i in range(len(names), num_classes)]
-        if not 1 <= num_classes <= IGNORE_INDEX:
-            raise DatasetError(f"num_classes must be in 1..{IGNORE_INDEX}, got {num_classes}")
-        self.num_classes = int(num_classes)
-        self.classes = names
-
-        self.samples = [(stem, lighting) for stem in self.stems for lighting in self.lightings]
-        self._check_layout()
-
-    # -- layout -------------------------------------------------------------------------------------
+        stems = read_split(root, split)
+        require_folders(root, "MM5", self.folders, MM5_LAYOUT)
+        samples = []
+        for stem in stems:
+            files = {"aux": root / aux_folder / f"{stem}{self.ext}"} if aux_folder is not None else {}
+            files["label"] = root / label_folder / f"{stem}{self.ext}"
+            for lighting in self.lightings:
+                sample_files = {"rgb": root / lighting / f"{stem}{self.ext}", **files}
+                samples.append(Sample(stem, lighting, sample_files, {"lighting": lighting}))
+        self._setup(
+            root,
+            samples=samples,
+            split=str(split) if isinstance(split, (str, os.PathLike)) else "list",
+            class_names=mm5_class_names(root),
+            num_classes=num_classes,
+            default_aux=default_aux_normalisation(aux_folder) if aux_folder is not None else None,
+            aux_name=aux_folder,
+            preprocessing=preprocessing,
+            augment=augment,
+            augmentation=augmentation or Augmentation(scale=(1.0, self.max_zoom)),
+        )
 
     @property
     def folders(self) -> list[str]:
@@ -351,41 +283,7 @@ class MM5Dataset(Dataset):
     def path(self, folder: str, stem: str) -> Path:
         return self.root / folder / f"{stem}{self.ext}"
 
-    def _check_layout(self) -> None:
-        missing_folders = [f for f in self.folders if not (self.root / f).is_dir()]
-        if missing_folders:
-            present = sorted(p.name for p in self.root.iterdir() if p.is_dir())
-            raise DatasetError(
-                f"MM5 root {self.root} lacks folder(s) {', '.join(missing_folders)}; "
-                f"it has: {', '.join(present) or 'none'}"
-            )
-        problems = []
-        unique_stems = list(dict.fromkeys(self.stems))
-        for folder in self.folders:
-            present = set(os.listdir(self.root / folder))
-            for stem in unique_stems:
-                if f"{stem}{self.ext}" not in present:
-                    problems.append(f"frame {stem!r} missing in {folder}/ (no {self.path(folder, stem)})")
-        _raise_problems(problems, f"MM5 data set {self.root} is incomplete")
-        if self.ext.lower() != ".png":
-            return  # sizes are checked on reading (and by validate) for other formats
-        for stem in unique_stems:
-            sizes = {folder: png_size(self.path(folder, stem)) for folder in self.folders}
-            if len(set(sizes.values())) > 1:
-                detail = ", ".join(f"{folder} {h}x{w}" for folder, (h, w) in sizes.items())
-                problems.append(f"frame {stem!r} has images of different sizes: {detail}")
-        _raise_problems(problems, f"MM5 data set {self.root} has misaligned frames")
-
-    # -- reading ------------------------------------------------------------------------------------
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def read_aux(self, stem: str) -> np.ndarray | None:
-        """HxW float32 in the aux folder's physical unit, NaN = no reading (None without an aux folder)."""
-        if self.aux_info is None:
-            return None
-        path = self.path(self.aux_folder, stem)
+    def decode_aux(self, path: Path) -> np.ndarray:
         stored = read_single(path)
         if stored.dtype != self.aux_info.dtype:
             raise DatasetError(
@@ -393,164 +291,16 @@ class MM5Dataset(Dataset):
             )
         return self.aux_info.decode(stored, path)
 
+    def read_aux(self, stem: str) -> np.ndarray | None:
+        """HxW float32 in the aux folder's physical unit, NaN = no reading (None without an aux folder)."""
+        return self.decode_aux(self.path(self.aux_folder, stem)) if self.aux_info is not None else None
+
     def read_labels(self, stem: str) -> np.ndarray:
         """HxW class ids (uint8/uint16), checked against num_classes (255 = ignore is allowed)."""
-        path = self.path(self.label_folder, stem)
-        labels = read_labels(path)
-        self._check_label_values(labels, path)
-        return labels
-
-    def _check_label_values(self, labels: np.ndarray, path) -> None:
-        if int(labels.max(initial=0)) >= self.num_classes:
-            bad = np.unique(labels[(labels >= self.num_classes) & (labels != IGNORE_INDEX)])
-            if bad.size:
-                shown = ", ".join(str(v) for v in bad[:20]) + (" ..." if bad.size > 20 else "")
-                raise DatasetError(
-                    f"label {path} has class id(s) {shown} >= num_classes {self.num_classes} "
-                    f"(ids must be 0..{self.num_classes - 1}, or {IGNORE_INDEX} = ignore)"
-                )
-
-    def read_raw(self, index: int) -> dict:
-        """Sample `index` decoded but not preprocessed: rgb HxWx3 uint8, aux HxW float32 (or None), label."""
-        stem, lighting = self.samples[index]
-        rgb = read_rgb(self.path(lighting, stem))
-        aux = self.read_aux(stem)
-        labels = self.read_labels(stem)
-        shapes = {lighting: rgb.shape[:2], self.label_folder: labels.shape[:2]}
-        if aux is not None:
-            shapes[self.aux_folder] = aux.shape[:2]
-        if len(set(shapes.values())) > 1:
-            detail = ", ".join(f"{folder} {h}x{w}" for folder, (h, w) in shapes.items())
-            raise DatasetError(f"frame {stem!r} in {self.root} has images of different sizes: {detail}")
-        return {"rgb": rgb, "aux": aux, "label": labels, "stem": stem, "lighting": lighting}
-
-    def _augment(self, rgb, aux, labels):
-        flip, zoom_draw, dy, dx = torch.rand(4).tolist()
-        if flip < 0.5:
-            rgb, labels = rgb[:, ::-1], labels[:, ::-1]
-            aux = aux[:, ::-1] if aux is not None else None
-        zoom = 1.0 + (self.max_zoom - 1.0) * zoom_draw
-        if zoom > 1.0:
-            height, width = labels.shape[:2]
-            crop_h, crop_w = max(int(round(height / zoom)), 1), max(int(round(width / zoom)), 1)
-            y0, x0 = int(dy * (height - crop_h + 1)), int(dx * (width - crop_w + 1))
-            window = (slice(y0, y0 + crop_h), slice(x0, x0 + crop_w))
-            rgb, labels = rgb[window], labels[window]
-            aux = aux[window] if aux is not None else None
-        contiguous = np.ascontiguousarray
-        return contiguous(rgb), (contiguous(aux) if aux is not None else None), contiguous(labels)
-
-    def __getitem__(self, index: int) -> dict:
-        raw = self.read_raw(index)
-        rgb, aux, labels = raw["rgb"], raw["aux"], raw["label"]
-        spec = self.preprocessing
-        if self.augment:
-            native = labels.shape[:2]
-            rgb, aux, labels = self._augment(rgb, aux, labels)
-            if spec.input_size is None:  # zoomed crops go back to the native size, via the same path
-                spec = replace(spec, input_size=tuple(native))
-        rgb_tensor, aux_tensor = prepare_inputs(rgb, aux, spec)
-        labels = resize_labels(labels, spec.input_size)
-        return {
-            "rgb": torch.from_numpy(rgb_tensor),
-            "aux": torch.from_numpy(aux_tensor),
-            "label": torch.from_numpy(labels.astype(np.int64)),
-            "stem": raw["stem"],
-            "lighting": raw["lighting"],
-        }
-
-    # -- checks and description ---------------------------------------------------------------------
-
-    def validate(self, full: bool = True, workers: int = 4) -> dict:
-        """Check the data set before training. The layout was checked at construction; `full=True` also
-        decodes every file a sample reads (every lighting), checks pixel types and sizes and every label
-        value, and counts label pixels per class. Raises DatasetError listing every problem found.
-
-        Returns {"frames", "samples", "files_checked", "class_pixels" (list, one count per class id),
-        "ignore_pixels", "aux_valid_fraction" (share of aux pixels with a reading, or None)}.
-        """
-        report = {"frames": len(set(self.stems)), "samples": len(self.samples), "files_checked": 0}
-        if not full:
-            return report
-        unique_stems = list(dict.fromkeys(self.stems))
-
-        def check(stem: str):
-            problems, size, files = [], None, 0
-            counts = np.zeros(self.num_classes + 1, np.int64)  # last bin: ignore
-            aux_valid = aux_total = 0
-            for folder in self.folders:
-                path = self.path(folder, stem)
-                try:
-                    if folder == self.label_folder:
-                        labels = read_labels(path)
-                        self._check_label_values(labels, path)
-                        ids = labels.ravel().astype(np.int64)
-                        ids[ids == IGNORE_INDEX] = self.num_classes
-                        counts += np.bincount(ids, minlength=self.num_classes + 1)
-                        shape = labels.shape[:2]
-                    elif folder == self.aux_folder:
-                        aux = self.read_aux(stem)
-                        aux_valid += int(np.count_nonzero(~np.isnan(aux)))
-                        aux_total += aux.size
-                        shape = aux.shape[:2]
-                    else:
-                        shape = read_rgb(path).shape[:2]
-                    files += 1
-                except DatasetError as error:
-                    problems.append(str(error))
-                    continue
-                if size is None:
-                    size = shape
-                elif shape != size:
-                    problems.append(
-                        f"{path} is {shape[0]}x{shape[1]}, other images of frame {stem!r} are {size[0]}x{size[1]}"
-                    )
-            return problems, files, counts, aux_valid, aux_total
-
-        problems: list[str] = []
-        counts = np.zeros(self.num_classes + 1, np.int64)
-        aux_valid = aux_total = 0
-        with ThreadPoolExecutor(max_workers=max(int(workers), 1)) as pool:
-            for found, files, frame_counts, valid, total in pool.map(check, unique_stems):
-                problems += found
-                report["files_checked"] += files
-                counts += frame_counts
-                aux_valid += valid
-                aux_total += total
-        _raise_problems(problems, f"MM5 data set {self.root} failed validation")
-        report["class_pixels"] = counts[: self.num_classes].tolist()
-        report["ignore_pixels"] = int(counts[self.num_classes])
-        report["aux_valid_fraction"] = (aux_valid / aux_total) if aux_total else None
-        return report
+        return self.decode_labels(self.path(self.label_folder, stem))
 
     def describe(self) -> dict:
-        """What this data set is, for a checkpoint's `data` field."""
-        return {
-            "dataset": "mm5",
-            "root": str(self.root),
-            "lightings": list(self.lightings),
-            "aux_folder": self.aux_folder,
-            "label_folder": self.label_folder,
-            "split": str(self.split),
-            "frames": len(set(self.stems)),
-            "samples": len(self.samples),
-            "augment": self.augment,
-        }
-
-    def __repr__(self) -> str:
-        return (
-            f"MM5Dataset({str(self.root)!r}, lightings={self.lightings}, aux_folder={self.aux_folder!r}, "
-            f"split={str(self.split)!r}, frames={len(set(self.stems))}, samples={len(self)}, "
-            f"classes={self.num_classes}, input_size={self.preprocessing.input_size}, augment={self.augment})"
-        )
-
-
-def _raise_problems(problems: list[str], headline: str, limit: int = 12) -> None:
-    if not problems:
-        return
-    shown = problems[:limit]
-    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
-    raise DatasetError(f"{headline} ({len(problems)} problem(s)):\n  " + "\n  ".join(shown) + more)
+        return super().describe() | {"lightings": list(self.lightings), "label_folder": self.label_folder}
 
 
 def lighting_datasets(root, lightings: Iterable[str] = MM5_LIGHTINGS, **kwargs) -> dict[str, MM5Dataset]:

@@ -1,0 +1,378 @@
+"""What every frame dataset shares (MM5, MFNet, PST900, FMB, the generic folder layout).
+
+A loader builds a list of `Sample`s: the files of one training sample by role ("rgb", "aux", "label"; MFNet's
+colour and thermal share one file), its stem, its evaluation group (MM5: the lighting; MFNet: day / night;
+the others: the split) and any extra fields it returns (MM5: "lighting"). It decodes each role into the
+units of core.preprocessing (`decode_rgb`, `decode_aux`, `decode_labels`), and `FrameDataset` does the rest:
+
+- the layout check when the dataset is built: every folder and file present, and the files of a frame the
+  same size (read from the PNG headers, so a whole split is checked in well under a second);
+- `read_raw(i)`: the decoded frame; `__getitem__(i)`: augmented (augment.py) and turned into network
+  tensors by `prepare_inputs` with the `Preprocessing` stored in checkpoints, so training, evaluation and
+  the ROS node cannot drift apart:
+      {"rgb": 3xhxw float32, "aux": 1xhxw float32 (zeros without aux), "label": hxw int64 (255 = ignore),
+       "stem": str, "group": str, **extra}
+- `validate(full=True)`: decodes every file once, checks pixel types, sizes and every label value, counts
+  label pixels per class, and raises one DatasetError listing every problem found;
+- `describe()`: what the dataset is, for a checkpoint's `data` field.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing, prepare_inputs, resize_labels
+
+from .augment import Augmentation, augment_frame
+from .imageio import DatasetError, png_size, read_labels, read_rgb
+
+IGNORE_INDEX = 255
+ROLES = ("rgb", "aux", "label")
+
+
+class Sample(NamedTuple):
+    stem: str
+    group: str
+    files: dict[str, Path]  # role -> file; "aux" absent for RGB-only, "label" absent when unlabelled
+    extra: dict = {}  # more fields of the returned sample (MM5: lighting); never mutated
+
+
+# ----------------------------------------------------------------------------------------------------
+# Lists of stems
+
+
+_IMAGE_SUFFIX = re.compile(r"\.(png|jpg|jpeg|tif|tiff|bmp)$", re.IGNORECASE)
+_PANDAS_FLOAT = re.compile(r"^(\d+)\.0+$")
+_STEM_COLUMNS = ("id", "stem", "name", "file", "filename", "image", "image_id", "frame")
+
+
+def clean_stem(entry: str) -> str:
+    """A list entry -> stem: an image suffix is dropped, and pandas' "17.0" is read as "17"."""
+    entry = _IMAGE_SUFFIX.sub("", entry.strip())
+    match = _PANDAS_FLOAT.match(entry)
+    return match.group(1) if match else entry
+
+
+def read_text_list(path: Path) -> list[str]:
+    """One stem per line (first word; blank lines and # comments skipped)."""
+    stems = []
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            stems.append(clean_stem(line.split()[0]))
+    return stems
+
+
+def read_csv_list(path: Path) -> list[str]:
+    """Stems from a csv's ID (or stem/name/file/...) column, else its first column."""
+    with open(path, newline="") as handle:
+        rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+    if not rows:
+        return []
+    header = [cell.strip().lower() for cell in rows[0]]
+    column = next((header.index(name) for name in _STEM_COLUMNS if name in header), None)
+    body = rows[1:] if column is not None else rows
+    column = column or 0
+    stems = []
+    for line_no, row in enumerate(body, start=2 if body is not rows else 1):
+        if column >= len(row):
+            raise DatasetError(f"{path} line {line_no}: no column {column} in {row}")
+        stems.append(clean_stem(row[column]))
+    return stems
+
+
+def raise_problems(problems: list[str], headline: str, limit: int = 12) -> None:
+    if not problems:
+        return
+    shown = problems[:limit]
+    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+    raise DatasetError(f"{headline} ({len(problems)} problem(s)):\n  " + "\n  ".join(shown) + more)
+
+
+def check_root(root, title: str) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{title} root {root} does not exist or is not a folder")
+    return root
+
+
+def require_folders(root: Path, title: str, folders: Sequence[str], layout: str) -> None:
+    """DatasetError naming the missing folders, what the root holds and the layout that was expected."""
+    missing = [folder for folder in folders if not (root / folder).is_dir()]
+    if missing:
+        present = sorted(p.name + "/" for p in root.iterdir() if p.is_dir()) + sorted(
+            p.name for p in root.iterdir() if p.is_file()
+        )
+        raise DatasetError(
+            f"{title} root {root} lacks folder(s) {', '.join(m + '/' for m in missing)}; "
+            f"it has: {', '.join(present[:20]) or 'nothing'}; expected the {title} layout: {layout}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# The dataset
+
+
+class FrameDataset(Dataset):
+    """Base class; subclasses call `_setup(...)` from their constructor (module docstring)."""
+
+    dataset_name = "frames"  # the catalogue's name ("mm5", "mfnet", ...)
+    title = "frame"  # for messages ("MM5", "MFNet", ...)
+
+    # -- construction -------------------------------------------------------------------------------
+
+    def _setup(
+        self,
+        root: Path,
+        *,
+        samples: list[Sample],
+        split: str,
+        class_names: Sequence[str],
+        num_classes: int | None,
+        default_aux: AuxNormalisation | None,
+        aux_name: str | None,
+        preprocessing: Preprocessing | None,
+        input_size: tuple[int, int] | None = (224, 224),
+        augment: bool = False,
+        augmentation: Augmentation | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.split = str(split)
+        self.samples = samples
+        self.stems = list(dict.fromkeys(sample.stem for sample in samples))
+        if not samples:
+            raise DatasetError(f"split {self.split!r} of {self.title} data set {self.root} lists no frames")
+        self.aux_name = aux_name
+        self.preprocessing = self._checked_preprocessing(preprocessing, default_aux, input_size)
+        self.num_classes, self.classes = self._class_list(list(class_names), num_classes)
+        self.augment = bool(augment)
+        self.augmentation = augmentation or Augmentation()
+        self.labelled = all("label" in sample.files for sample in samples)
+        if self.augment and not self.labelled:
+            raise DatasetError(f"{self.title} data set {self.root} has no labels: it cannot be augmented for training")
+        self._check_layout()
+
+    def _checked_preprocessing(self, preprocessing, default_aux, input_size) -> Preprocessing:
+        if preprocessing is None:
+            return Preprocessing(
+                input_size=None if input_size is None else tuple(input_size), aux=default_aux or AuxNormalisation()
+            )
+        expected = preprocessing.aux
+        if default_aux is not None and (expected.modality, expected.unit) != (default_aux.modality, default_aux.unit):
+            raise DatasetError(
+                f"preprocessing expects {expected.modality} in {expected.unit!r} but {self.aux_name} holds "
+                f"{default_aux.modality} in {default_aux.unit!r}; build it from {type(self).__name__}'s "
+                f"default_aux_normalisation({self.aux_name!r})"
+            )
+        return preprocessing
+
+    def _class_list(self, names: list[str], num_classes: int | None) -> tuple[int, list[str]]:
+        if num_classes is None:
+            num_classes = len(names)
+        elif num_classes < len(names):
+            raise DatasetError(
+                f"num_classes={num_classes} but the class list of {self.root} names {len(names)} classes"
+            )
+        elif num_classes > len(names):
+            warnings.warn(
+                f"num_classes={num_classes} but the class list of {self.root} names {len(names)}; "
+                "the extra ids are named class_<id>",
+                stacklevel=3,
+            )
+            names = names + [f"class_{i}" for i in range(len(names), num_classes)]
+        if not 1 <= num_classes <= IGNORE_INDEX:
+            raise DatasetError(f"num_classes must be in 1..{IGNORE_INDEX}, got {num_classes}")
+        return int(num_classes), names
+
+    def _folder_of(self, path: Path) -> str:
+        try:
+            return path.parent.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path.parent)
+
+    def _check_layout(self) -> None:
+        """Every file present (one listdir per folder) and, for PNG files, a frame's files of one size."""
+        listings: dict[Path, set[str]] = {}
+        problems: list[str] = []
+        seen: set[Path] = set()
+        for sample in self.samples:
+            for path in sample.files.values():
+                if path in seen:
+                    continue
+                seen.add(path)
+                if path.parent not in listings:
+                    listings[path.parent] = set(os.listdir(path.parent)) if path.parent.is_dir() else set()
+                if path.name not in listings[path.parent]:
+                    problems.append(f"frame {sample.stem!r} missing in {self._folder_of(path)}/ (no {path})")
+        raise_problems(problems, f"{self.title} data set {self.root} is incomplete")
+        sizes: dict[Path, tuple[int, int]] = {}
+        for sample in self.samples:
+            pngs = [p for p in dict.fromkeys(sample.files.values()) if p.suffix.lower() == ".png"]
+            for path in pngs:
+                if path not in sizes:
+                    sizes[path] = png_size(path)
+            if len({sizes[p] for p in pngs}) > 1:
+                detail = ", ".join(f"{self._folder_of(p)} {sizes[p][0]}x{sizes[p][1]}" for p in pngs)
+                problems.append(f"frame {sample.stem!r} has images of different sizes: {detail}")
+        raise_problems(list(dict.fromkeys(problems)), f"{self.title} data set {self.root} has misaligned frames")
+
+    # -- decoding (subclasses override what their layout needs) --------------------------------------
+
+    def decode_rgb(self, path: Path) -> np.ndarray:
+        return read_rgb(path)
+
+    def decode_aux(self, path: Path) -> np.ndarray:
+        raise NotImplementedError
+
+    def decode_labels(self, path: Path) -> np.ndarray:
+        labels = read_labels(path)
+        self.check_label_values(labels, path)
+        return labels
+
+    def check_label_values(self, labels: np.ndarray, path) -> None:
+        if int(labels.max(initial=0)) >= self.num_classes:
+            bad = np.unique(labels[(labels >= self.num_classes) & (labels != IGNORE_INDEX)])
+            if bad.size:
+                shown = ", ".join(str(v) for v in bad[:20]) + (" ..." if bad.size > 20 else "")
+                raise DatasetError(
+                    f"label {path} has class id(s) {shown} >= num_classes {self.num_classes} "
+                    f"(ids must be 0..{self.num_classes - 1}, or {IGNORE_INDEX} = ignore)"
+                )
+
+    def _decode(self, role: str, path: Path) -> np.ndarray:
+        return {"rgb": self.decode_rgb, "aux": self.decode_aux, "label": self.decode_labels}[role](path)
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def groups(self) -> list[str]:
+        return list(dict.fromkeys(sample.group for sample in self.samples))
+
+    def read_raw(self, index: int) -> dict:
+        """Sample `index` decoded, not preprocessed: rgb HxWx3 uint8, aux HxW float32 in its unit (NaN = no
+        reading; None without aux), label HxW ids (None when unlabelled), stem, group and the extras."""
+        sample = self.samples[index]
+        decoded = {role: self._decode(role, path) for role, path in sample.files.items()}
+        shapes = {self._folder_of(sample.files[role]) + f" ({role})": image.shape[:2] for role, image in decoded.items()}
+        if len(set(shapes.values())) > 1:
+            detail = ", ".join(f"{name} {h}x{w}" for name, (h, w) in shapes.items())
+            raise DatasetError(f"frame {sample.stem!r} in {self.root} has images of different sizes: {detail}")
+        return {
+            "rgb": decoded["rgb"],
+            "aux": decoded.get("aux"),
+            "label": decoded.get("label"),
+            "stem": sample.stem,
+            "group": sample.group,
+            **sample.extra,
+        }
+
+    def __getitem__(self, index: int) -> dict:
+        raw = self.read_raw(index)
+        rgb, aux, labels = raw["rgb"], raw["aux"], raw["label"]
+        spec = self.preprocessing
+        if self.augment:
+            rgb, aux, labels, out_size = augment_frame(rgb, aux, labels, self.augmentation)
+            if spec.input_size is None:  # crops and zoomed windows become the output size via the same path
+                spec = replace(spec, input_size=tuple(out_size))
+        rgb_tensor, aux_tensor = prepare_inputs(rgb, aux, spec)
+        sample = {"rgb": torch.from_numpy(rgb_tensor), "aux": torch.from_numpy(aux_tensor)}
+        if labels is not None:
+            sample["label"] = torch.from_numpy(resize_labels(labels, spec.input_size).astype(np.int64))
+        return sample | {key: value for key, value in raw.items() if key not in ("rgb", "aux", "label")}
+
+    # -- checks and description ---------------------------------------------------------------------
+
+    def validate(self, full: bool = True, workers: int = 4) -> dict:
+        """Check the data set before training. The layout was checked at construction; `full=True` also
+        decodes every file once, checks pixel types, sizes and every label value, and counts label pixels
+        per class. Raises DatasetError listing every problem found.
+
+        Returns {"frames", "samples", "files_checked", "class_pixels" (list, one count per class id),
+        "ignore_pixels", "aux_valid_fraction" (share of aux pixels with a reading, or None),
+        "aux_value_range" ([lowest 1st, highest 99th percentile] of the aux readings per file, in the aux
+        unit: what data.aux_range should about cover; or None)}.
+        """
+        report = {"frames": len(self.stems), "samples": len(self.samples), "files_checked": 0}
+        if not full:
+            return report
+        jobs = list(dict.fromkeys((role, path) for sample in self.samples for role, path in sample.files.items()))
+
+        def check(job):
+            role, path = job
+            try:
+                image = self._decode(role, path)
+            except DatasetError as error:
+                return None, None, None, str(error)
+            if role == "label":
+                ids = image.ravel().astype(np.int64)
+                ids[ids == IGNORE_INDEX] = self.num_classes  # last bin: ignore
+                return image.shape[:2], np.bincount(ids, minlength=self.num_classes + 1), None, None
+            if role == "aux":
+                values = image[~np.isnan(image)]
+                spread = np.percentile(values, (1, 99)).tolist() if values.size else None
+                return image.shape[:2], None, (values.size, image.size, spread), None
+            return image.shape[:2], None, None, None
+
+        with ThreadPoolExecutor(max_workers=max(int(workers), 1)) as pool:
+            results = dict(zip(jobs, pool.map(check, jobs)))
+        problems = [error for _, _, _, error in results.values() if error]
+        for sample in self.samples:
+            known = [(path, results[(role, path)][0]) for role, path in sample.files.items() if results[(role, path)][0]]
+            first_path, first = known[0] if known else (None, None)
+            for path, shape in known[1:]:
+                if shape != first:
+                    problems.append(
+                        f"{path} is {shape[0]}x{shape[1]}, {first_path} of frame {sample.stem!r} is {first[0]}x{first[1]}"
+                    )
+        raise_problems(list(dict.fromkeys(problems)), f"{self.title} data set {self.root} failed validation")
+        counts = np.zeros(self.num_classes + 1, np.int64)
+        aux_valid = aux_total = 0
+        lows, highs = [], []
+        for shape, label_counts, aux_counts, _ in results.values():
+            if label_counts is not None:
+                counts += label_counts
+            if aux_counts is not None:
+                aux_valid, aux_total = aux_valid + aux_counts[0], aux_total + aux_counts[1]
+                if aux_counts[2] is not None:
+                    lows.append(aux_counts[2][0])
+                    highs.append(aux_counts[2][1])
+        report["files_checked"] = len({path for _, path in jobs})
+        report["class_pixels"] = counts[: self.num_classes].tolist() if self.labelled else None
+        report["ignore_pixels"] = int(counts[self.num_classes])
+        report["aux_valid_fraction"] = (aux_valid / aux_total) if aux_total else None
+        report["aux_value_range"] = [float(min(lows)), float(max(highs))] if lows else None
+        return report
+
+    def describe(self) -> dict:
+        """What this data set is, for a checkpoint's `data` field."""
+        return {
+            "dataset": self.dataset_name,
+            "root": str(self.root),
+            "split": self.split,
+            "aux_folder": self.aux_name,
+            "groups": self.groups,
+            "frames": len(self.stems),
+            "samples": len(self.samples),
+            "augment": self.augment,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self.root)!r}, split={self.split!r}, aux={self.aux_name!r}, "
+            f"frames={len(self.stems)}, samples={len(self)}, classes={self.num_classes}, "
+            f"input_size={self.preprocessing.input_size}, augment={self.augment})"
+        )

@@ -1,0 +1,119 @@
+"""FMB (RGB-infrared urban scenes of SegMiF, Liu et al. 2023) as a frame dataset (base.FrameDataset).
+
+On-disk layout (600x800 frames, the same stem in every folder of a split; no validation split):
+
+    train/ and test/, each with
+        Visible/<stem>.png    8-bit colour
+        Infrared/<stem>.png   8-bit infrared intensity (a grey image saved with 3 equal channels is accepted)
+        Label/<stem>.png      uint8 ids 0..14 (FMB_CLASSES; 0 = unlabeled)
+
+Codebases disagree on the class count, so it is an explicit option, `fmb_classes`:
+
+    15  every id as stored; "unlabeled" (0) is a class and counts in mIoU
+    14  "unlabeled" becomes ignore (255) and ids 1..14 become 0..13 (names without "unlabeled")
+
+Label values are checked against the 15 stored ids before the mapping, so an error names the ids as they
+are in the file. The split is the folder name; a sample's group is the split.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
+
+from .augment import Augmentation
+from .base import IGNORE_INDEX, FrameDataset, Sample, check_root, require_folders
+from .imageio import DatasetError, raw8, read_labels, read_single
+
+FMB_CLASSES = (
+    "unlabeled", "road", "sidewalk", "building", "lamp", "sign", "vegetation", "sky", "person", "car",
+    "truck", "bus", "motorcycle", "bicycle", "pole",
+)  # fmt: skip
+FMB_SPLITS = ("train", "test")
+FMB_AUX = ("Infrared",)
+FMB_CLASS_COUNTS = (15, 14)
+FMB_LAYOUT = "train/ and test/, each with Visible/ Infrared/ Label/ (<stem>.png in each)"
+
+
+def check_aux(aux_folder: str) -> None:
+    if aux_folder not in FMB_AUX:
+        raise DatasetError(f"unknown FMB aux choice {aux_folder!r}; FMB has: {', '.join(FMB_AUX)}")
+
+
+def default_aux_normalisation(aux_folder: str = "Infrared") -> AuxNormalisation:
+    check_aux(aux_folder)
+    return AuxNormalisation(modality="thermal", unit="raw8", low=0.0, high=255.0)
+
+
+def fmb_class_names(fmb_classes: int) -> tuple[str, ...]:
+    if fmb_classes not in FMB_CLASS_COUNTS:
+        raise DatasetError(f"fmb_classes must be 15 (unlabeled counted) or 14 (unlabeled ignored), got {fmb_classes}")
+    return FMB_CLASSES if fmb_classes == 15 else FMB_CLASSES[1:]
+
+
+class FMBDataset(FrameDataset):
+    """One split folder of FMB. `preprocessing=None`: native 600x800, ImageNet mean/std, infrared [0, 255]."""
+
+    dataset_name = "fmb"
+    title = "FMB"
+
+    def __init__(
+        self,
+        root,
+        *,
+        split: str = "train",
+        fmb_classes: int = 15,
+        aux_folder: str = "Infrared",
+        preprocessing: Preprocessing | None = None,
+        augment: bool = False,
+        augmentation: Augmentation | None = None,
+    ):
+        root = check_root(root, "FMB")
+        check_aux(aux_folder)
+        names = fmb_class_names(fmb_classes)
+        if split not in FMB_SPLITS:
+            extra = " (FMB has no validation split: validate on test, as the papers report)" if split == "val" else ""
+            raise DatasetError(f"FMB has the splits {', '.join(FMB_SPLITS)} (its folders), not {split!r}{extra}")
+        require_folders(root, "FMB", [f"{split}/{name}" for name in ("Visible", aux_folder, "Label")], FMB_LAYOUT)
+        folder = root / split
+        self.fmb_classes = int(fmb_classes)
+        samples = [
+            Sample(path.stem, split, {"rgb": path, "aux": folder / aux_folder / path.name,
+                                      "label": folder / "Label" / path.name})
+            for path in sorted((folder / "Visible").glob("*.png"))
+        ]  # fmt: skip
+        self._setup(
+            root,
+            samples=samples,
+            split=split,
+            class_names=names,
+            num_classes=len(names),
+            default_aux=default_aux_normalisation(aux_folder),
+            aux_name=aux_folder,
+            preprocessing=preprocessing,
+            input_size=None,
+            augment=augment,
+            augmentation=augmentation,
+        )
+
+    def decode_aux(self, path: Path) -> np.ndarray:
+        stored = read_single(path)
+        if stored.dtype != np.uint8:
+            raise DatasetError(f"{path} is {stored.dtype}, but FMB Infrared/ images must be uint8")
+        return raw8(stored, path)
+
+    def decode_labels(self, path: Path) -> np.ndarray:
+        stored = read_labels(path)
+        bad = np.unique(stored[(stored >= len(FMB_CLASSES)) & (stored != IGNORE_INDEX)])
+        if bad.size:
+            raise DatasetError(
+                f"label {path} has class id(s) {', '.join(map(str, bad[:20]))} outside FMB's 0..14 "
+                f"(or {IGNORE_INDEX} = ignore)"
+            )
+        if self.fmb_classes == 15:
+            return stored
+        labels = stored.astype(np.int16) - 1  # unlabeled (0) -> -1 -> ignore; 255 stays ignore
+        labels[(stored == 0) | (stored == IGNORE_INDEX)] = IGNORE_INDEX
+        return labels.astype(np.uint8)
