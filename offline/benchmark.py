@@ -13,6 +13,9 @@ For every method (default: all registered) on one device:
 
 Models are built with `pretrained=False` and 32 classes (MM5) unless told otherwise; inputs are random,
 which does not change the cost of any of these networks.
+
+`--rsfnet` measures RSFNet's encoder pairs instead (9 classes, MFNet's, unless --num-classes says
+otherwise) and prints them beside the figures of the RSFNet paper's Table III.
 """
 from __future__ import annotations
 
@@ -31,10 +34,22 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from rgbd_fusion_seg.core.engine import PRECISIONS, resolve_device
 from rgbd_fusion_seg.models import available_methods, build_model
+from rgbd_fusion_seg.models.encoders import ENCODERS
+from rgbd_fusion_seg.models.methods.rsfnet import PAPER_ENCODER_PAIRS, parse_encoders
 from rgbd_fusion_seg.models.registry import method_class
 
 MM5_NUM_CLASSES = 32
+MFNET_NUM_CLASSES = 9
 MIB = 1024 * 1024
+
+# RSFNet paper, Table III (MFNet test set, 480x640): parameters (M), "FLOPs" (G) and frames per second on a
+# GeForce RTX 2080Ti and a TITAN Xp. Their FLOPs count multiply-adds: the table's FLOPs difference between
+# K = 5 and K = 3 (Table VIII) is exactly the multiply-adds of the RSF KxK convolutions at 480x640.
+PAPER_TABLE_III = {
+    "resnet50-resnet18": {"params_m": 44.53, "gmacs": 64.69, "fps_2080ti": 81.36, "fps_titan_xp": 40.47},
+    "densenet161-densenet121": {"params_m": 44.10, "gmacs": 95.02, "fps_2080ti": 34.15, "fps_titan_xp": 14.10},
+    "resnet101-resnet34": {"params_m": 73.63, "gmacs": 98.82, "fps_2080ti": 57.31, "fps_titan_xp": 28.40},
+}
 
 FLOPS_NOTE = (
     "FLOPs: torch.utils.flop_counter.FlopCounterMode, one forward pass at batch 1; a multiply-add counts as "
@@ -54,7 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-size", nargs=2, type=int, default=[224, 224], metavar=("H", "W"), help="training input size (default: 224 224)")
     parser.add_argument("--train-iters", type=int, default=5, help="timed training steps (default: 5; 0 skips training)")
     parser.add_argument("--train-warmup", type=int, default=2, help="untimed training steps first (default: 2)")
-    parser.add_argument("--num-classes", type=int, default=MM5_NUM_CLASSES, help="output classes (default: 32, MM5)")
+    parser.add_argument("--num-classes", type=int, default=None, help="output classes (default: 32, MM5; 9, MFNet, with --rsfnet)")
+    parser.add_argument("--rsfnet", nargs="*", default=None, metavar="RGB-AUX",
+                        help="measure RSFNet with these encoder pairs (none named: the paper's three) beside Table III")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures to this JSON file")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -124,14 +141,16 @@ def measure_latency(model, rgb, aux, device, precision: str, iters: int, warmup:
     return times
 
 
-def measure_training(method: str, args, device: torch.device, generator: torch.Generator) -> dict:
+def measure_training(method: str, args, device: torch.device, generator: torch.Generator, options=None) -> dict:
     """Images per second over `train_iters` AdamW steps (after `train_warmup` steps)."""
-    model = build_model(method, args.num_classes, pretrained=False).to(device).train()
+    model = build_model(method, args.num_classes, pretrained=False, **(options or {})).to(device).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16" and device.type == "cuda")
     rgb, aux = _inputs(args.train_batch, args.train_size, device, generator)
     label = torch.randint(0, args.num_classes, (args.train_batch, *args.train_size), generator=generator).to(device)
     batch = {"rgb": rgb, "aux": aux, "label": label}
+    if "confidence" in getattr(method_class(method), "extra_targets", ()):
+        batch["confidence_target"] = torch.rand(args.train_batch, 2, generator=generator).to(device)
 
     def seg_loss(logits, target):
         return F.cross_entropy(logits.float(), target, ignore_index=255)
@@ -162,12 +181,13 @@ def measure_training(method: str, args, device: torch.device, generator: torch.G
     return result
 
 
-def benchmark_method(method: str, args, device: torch.device) -> dict:
+def benchmark_method(method: str, args, device: torch.device, options: dict | None = None, name: str | None = None) -> dict:
+    """The figures of one method (built with `options`), reported under `name` (default: the method)."""
     generator = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
-    model = build_model(method, args.num_classes, pretrained=False)
+    model = build_model(method, args.num_classes, pretrained=False, **(options or {}))
     result = {
-        "method": method,
+        "method": name or method,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
     }
     model = model.deploy().eval().to(device)
@@ -193,7 +213,7 @@ def benchmark_method(method: str, args, device: torch.device) -> dict:
         torch.cuda.empty_cache()
 
     if args.train_iters > 0:
-        result.update(measure_training(method, args, device, generator))
+        result.update(measure_training(method, args, device, generator, options))
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return result
@@ -228,11 +248,45 @@ def format_table(results: list[dict], cuda: bool) -> list[str]:
     return lines
 
 
+def format_paper_comparison(results: list[dict]) -> list[str]:
+    """RSFNet's measured deploy form beside the paper's Table III (its FLOPs are multiply-adds: GMACs)."""
+    lines = [
+        "| RSFNet encoders | params M | GMACs | p50 ms | FPS | paper params M | paper GMACs | paper FPS 2080Ti | paper FPS TITAN Xp |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        if "error" in result:
+            continue
+        pair = result["method"].removeprefix("rsfnet ")
+        paper = PAPER_TABLE_III.get(pair, {})
+        params = result.get("deploy_params_m", result["params_m"])
+        cells = [f"{params:.2f}", f"{result['gmacs']:.2f}", f"{result['latency_ms_p50']:.1f}",
+                 f"{1000.0 / result['latency_ms_p50']:.2f}"]
+        cells += [_cell(paper.get(key), 2) for key in ("params_m", "gmacs", "fps_2080ti", "fps_titan_xp")]
+        lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _jobs(args) -> list[tuple[str, dict]]:
+    """(method, extra benchmark_method arguments) to measure, checked before any measuring."""
+    if args.rsfnet is None:
+        methods = args.methods or available_methods()
+        for method in methods:  # fail early, before minutes of measuring, on a misspelt name
+            method_class(method)
+        return [(method, {}) for method in methods]
+    pairs = args.rsfnet or list(PAPER_ENCODER_PAIRS)
+    for pair in pairs:
+        unknown = [arch for arch in parse_encoders(pair) if arch not in ENCODERS]
+        if unknown:
+            raise ValueError(f"--rsfnet {pair}: {', '.join(unknown)} is not one of {', '.join(ENCODERS)}")
+    return [("rsfnet", {"options": {"encoders": pair}, "name": f"rsfnet {pair}"}) for pair in pairs]
+
+
 def run(args) -> int:
     device = resolve_device(args.device)
-    methods = args.methods or available_methods()
-    for method in methods:  # fail early, before minutes of measuring, on a misspelt name
-        method_class(method)
+    if args.num_classes is None:
+        args.num_classes = MM5_NUM_CLASSES if args.rsfnet is None else MFNET_NUM_CLASSES
+    jobs = _jobs(args)
     if min(args.iters, *args.size, args.train_batch, *args.train_size) < 1 or args.warmup < 0 or args.train_iters < 0:
         raise ValueError("--iters, --size, --train-batch and --train-size must be positive; warm-ups and --train-iters not negative")
 
@@ -264,18 +318,23 @@ def run(args) -> int:
     sys.stdout.flush()
 
     results = []
-    for method in methods:
+    for method, extra in jobs:
+        name = extra.get("name", method)
         try:
-            result = benchmark_method(method, args, device)
+            result = benchmark_method(method, args, device, **extra)
         except (RuntimeError, KeyError, ValueError, NotImplementedError) as error:  # e.g. out of memory
-            result = {"method": method, "error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
+            result = {"method": name, "error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         results.append(result)
-        print(f"# {method} done", file=sys.stderr, flush=True)
+        print(f"# {name} done", file=sys.stderr, flush=True)
 
     for line in format_table(results, device.type == "cuda"):
         print(line)
+    if args.rsfnet is not None:
+        print("# RSFNet beside its paper (Table III; the paper's FLOPs are multiply-adds, so they sit under GMACs)")
+        for line in format_paper_comparison(results):
+            print(line)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"settings": settings, "results": results}, indent=2) + "\n")

@@ -96,3 +96,24 @@ def test_a_failing_method_is_reported_and_the_others_still_measured(monkeypatch,
     assert any(line.startswith("| rgb ") and "3.00" in line for line in printed.splitlines())
     results = {r["method"]: r for r in json.loads(out.read_text())["results"]}
     assert "error" in results["late"] and results["rgb"]["latency_ms_p50"] == 3.0
+
+
+def test_rsfnet_pairs_are_measured_in_deploy_form_beside_table_iii(capsys, tmp_path):
+    out = tmp_path / "rsfnet.json"
+    args = parse(["--rsfnet", "resnet50-resnet18", "--device", "cpu", "--size", "32", "32", "--iters", "1",
+                  "--warmup", "0", "--train-iters", "0", "--json", str(out)])
+    assert benchmark.run(args) == 0
+    printed = capsys.readouterr().out
+    [result] = json.loads(out.read_text())["results"]
+    assert result["method"] == "rsfnet resnet50-resnet18"
+    assert json.loads(out.read_text())["settings"]["num_classes"] == 9  # MFNet's, like the paper's table
+    # the merged KxK blocks have fewer parameters than the training branches; within 1 % of the paper's 44.53 M
+    assert result["deploy_params_m"] < result["params_m"]
+    assert result["deploy_params_m"] == pytest.approx(benchmark.PAPER_TABLE_III["resnet50-resnet18"]["params_m"], rel=0.01)
+    [row] = [line for line in printed.splitlines() if line.startswith("| resnet50-resnet18 |")]
+    assert f"{result['deploy_params_m']:.2f}" in row and "44.53" in row and "64.69" in row and "81.36" in row
+
+
+def test_rsfnet_unknown_encoder_is_refused_before_measuring():
+    with pytest.raises(ValueError, match="resnet7"):
+        benchmark.run(parse(["--rsfnet", "resnet50-resnet18", "resnet7-resnet18", "--device", "cpu"]))
