@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("rgbd_fusion_seg.offline.benchmark", "measure inference latency and throughput of the methods"),
     "demo": ("rgbd_fusion_seg.ros.demo", "run the node on a generated RGB-D stream over ROS 2 topics"),
     "bench-node": ("rgbd_fusion_seg.ros.benchmark", "measure the node's end-to-end latency over ROS 2 topics"),
+    "bag": ("rgbd_fusion_seg.offline.bags.cli", "rosbag2 bags: play, evaluate the node on a bag, export/import data sets"),
 }
 
 # Exceptions that mean "the input was wrong", reported in one line: ConfigError, CheckpointError,

@@ -1,4 +1,5 @@
 """image_codec: decoding checked against rosbags-image (cv_bridge's conversions), errors, encoders, real bags."""
+import struct
 import subprocess
 import sys
 
@@ -11,9 +12,12 @@ from rgbd_fusion_seg.ros.image_codec import (
     ImageDecodeError,
     aux_from_msg,
     colour_from_msg,
+    compress,
     decode_aux,
     decode_colour,
+    decompress,
     encode_array,
+    encode_as,
     float_to_msg,
     mask_to_msg,
     pixel_view,
@@ -192,3 +196,122 @@ def test_real_bag_frames_decode_and_round_trip(bag, colour_topic, aux_topic, mod
 
 def _fields(msg):
     return msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian, msg.data
+
+
+# ---- sensor_msgs/CompressedImage ----------------------------------------------------------------------
+
+RosbagsCompressed = TYPESTORE.types["sensor_msgs/msg/CompressedImage"]
+
+
+def smooth_colour(height=24, width=32):
+    """A gradient (jpeg keeps it close, unlike noise)."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], -1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg"])
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "mono8"])
+def test_compressed_colour_matches_rosbags_image(encoding, kind):
+    image = smooth_colour()
+    if encoding == "bgr8":
+        image = image[..., ::-1].copy()
+    elif encoding == "mono8":
+        image = image[..., 0].copy()
+    fmt, data = compress(image, encoding, kind)
+    target = "bgr8" if encoding != "mono8" else "mono8"
+    assert fmt == f"{encoding}; {kind} compressed {target}"
+    pixels_back, decoded_encoding = decompress(fmt, data)
+    assert decoded_encoding == encoding and pixels_back.shape == image.shape
+    reference = message_to_cvimage(RosbagsCompressed(Header(Time(0, 0), "f"), fmt, np.frombuffer(data, np.uint8)))
+    if encoding == "rgb8":
+        reference = reference[..., ::-1]  # rosbags-image gives OpenCV's BGR; the stated encoding is rgb8
+    np.testing.assert_array_equal(pixels_back, reference)
+    if kind == "png":
+        np.testing.assert_array_equal(pixels_back, image)  # lossless
+    else:
+        assert np.abs(pixels_back.astype(int) - image).mean() < 3  # lossy, close
+
+
+def test_compressed_png_16bit_and_bare_formats():
+    depth = pixels("16UC1", 6, 9)
+    fmt, data = compress(depth, "16UC1", "png")
+    back, encoding = decompress(fmt, data)
+    assert fmt == "16UC1; png compressed 16UC1" and encoding == "16UC1"
+    np.testing.assert_array_equal(back, depth)
+    bare, encoding = decompress("png", data)  # an older publisher's bare format: kept as OpenCV stores it
+    assert encoding == "mono16"
+    np.testing.assert_array_equal(bare, depth)
+    fmt, data = compress(smooth_colour(), "rgb8", "png")
+    bare, encoding = decompress("png", data)
+    assert encoding == "bgr8"
+    np.testing.assert_array_equal(bare[..., ::-1], smooth_colour())
+
+
+def test_compressed_depth_16uc1_is_exact_with_its_12_byte_header():
+    depth = pixels("16UC1", 6, 9)
+    depth[0, 0] = 0
+    fmt, data = compress(depth, "16UC1", "compressedDepth")
+    assert fmt == "16UC1; compressedDepth png"
+    assert struct.unpack("<iff", data[:12]) == (0, 0.0, 0.0) and data[12:20] == b"\x89PNG\r\n\x1a\n"
+    for stated in (fmt, "16UC1; compressedDepth"):  # the older format string has no "png"
+        back, encoding = decompress(stated, data)
+        assert encoding == "16UC1" and back.dtype == np.uint16
+        np.testing.assert_array_equal(back, depth)
+    decoded = decode_aux("depth", "16UC1", 6, 9, back.strides[0], False, back.tobytes())
+    assert np.isnan(decoded.image[0, 0]) and decoded.unit == "m"
+
+
+def test_compressed_depth_32fc1_uses_inverse_depth_quantisation():
+    depth = np.linspace(0.3, 9.5, 48, dtype=np.float32).reshape(6, 8)
+    depth[0, 0], depth[0, 1], depth[0, 2] = np.nan, 12.0, 0.0  # no reading, beyond depth_max, invalid
+    fmt, data = compress(depth, "32FC1", "compressedDepth")
+    kind, quant_a, quant_b = struct.unpack("<iff", data[:12])
+    assert fmt == "32FC1; compressedDepth png" and kind == 0
+    assert quant_a == pytest.approx(100.0 * 101.0) and quant_b == pytest.approx(1.0 - quant_a / 10.0)
+    back, encoding = decompress(fmt, data)
+    assert encoding == "32FC1" and back.dtype == np.float32
+    assert np.isnan(back[0, :3]).all()
+    valid = np.isfinite(depth) & (depth > 0) & (depth < 10.0)
+    # truncation of A/d + B to an integer: error below d^2 / A (about 9 mm at 9.5 m)
+    assert (np.abs(back[valid] - depth[valid]) <= depth[valid] ** 2 / quant_a + 1e-4).all()
+
+
+@pytest.mark.parametrize("fmt, data, message", [
+    ("rgb8; webp compressed bgr8", b"x", "unsupported compressed format"),
+    ("16UC1; compressedDepth rvl", bytes(20), "only png is supported"),
+    ("rgb8; compressedDepth png", bytes(20), "carries 16UC1 or 32FC1"),
+    ("16UC1; compressedDepth png", bytes(8), "too short for the 12-byte header"),
+    ("16UC1; compressedDepth png", struct.pack("<iff", 3, 0, 0) + b"\x89PNG", "unknown compression format 3"),
+    ("rgb8; jpeg compressed bgr8", b"", "empty compressed image"),
+    ("rgb8; jpeg compressed bgr8", b"\xff\xd8\xff\xe0garbage", "cannot decode the compressed data"),
+    ("yuv422; jpeg compressed bgr8", b"x", "unsupported original encoding 'yuv422'"),
+])
+def test_bad_compressed_images_raise_a_clear_error(fmt, data, message):
+    with pytest.raises(ImageDecodeError, match=message) as info:
+        decompress(fmt, data)
+    assert repr(fmt) in str(info.value)  # names the format
+
+
+def test_real_bag_jpeg_topic_decodes_close_to_the_raw_topic():
+    frames = read_bag_images(BAGS / "rgbd_indoor", {"/camera/color/image_raw", "/camera/color/image_raw/compressed"})
+    raw = {m.header.stamp.nanosec: m for t, m in frames if t == "/camera/color/image_raw"}
+    jpeg = [m for t, m in frames if t.endswith("/compressed")]
+    assert len(jpeg) == 8
+    for msg in jpeg:
+        image, encoding = decompress(msg.format, msg.data)
+        assert encoding == "rgb8"
+        np.testing.assert_array_equal(image, message_to_cvimage(msg, "rgb8"))  # rosbags-image, same decoder
+        assert np.abs(image.astype(int) - colour_from_msg(rosbags_to_ros(raw[msg.header.stamp.nanosec]))).mean() < 6
+
+
+def test_encode_as_an_explicit_encoding():
+    bgr = pixels("bgr8")
+    fields = encode_as(bgr, "bgr8")
+    assert fields[:4] == ("bgr8", 5, 7, 21)
+    np.testing.assert_array_equal(decode_colour(*fields[:4], False, fields[4]), bgr[..., ::-1])
+    big = pixels("mono16").astype(">u2")  # any byte order in, little endian out
+    fields = encode_as(big, "mono16")
+    np.testing.assert_array_equal(pixel_view(*fields[:4], False, fields[4]), big)
+    for array, encoding in ((bgr, "mono8"), (big, "32FC1"), (bgr, "yuv422")):
+        with pytest.raises(ValueError, match=repr(encoding)):
+            encode_as(array, encoding)

@@ -29,6 +29,7 @@ ROSDEP_KEYS = {
     "sensor_msgs": "sensor_msgs",
     "std_msgs": "std_msgs",
     "diagnostic_msgs": "diagnostic_msgs",
+    "rosgraph_msgs": "rosgraph_msgs",
     "ament_index_python": "ament_index_python",
     "launch": "launch",
     "launch_ros": "launch_ros",

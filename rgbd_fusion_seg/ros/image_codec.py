@@ -17,10 +17,22 @@ Decoded units (the contract with `rgbd_fusion_seg.core.preprocessing.AUX_UNITS`)
     thermal  mono8 / 8UC1                             -> "raw8"
              mono16 / 16UC1 (raw counts)              -> "raw16"
              32FC1 (degrees Celsius)                  -> "celsius"; NaN and +-inf -> NaN
+
+sensor_msgs/CompressedImage (`decompress` / `compress`), the formats of image_transport's plugins:
+
+    "<enc>; jpeg compressed <target>"  / "<enc>; png compressed <target>"   (compressed_image_transport;
+        a plain "jpeg" or "png" from older publishers decodes to bgr8 / mono8 / mono16 as stored)
+    "<enc>; compressedDepth png" (or "<enc>; compressedDepth")            (compressed_depth_image_transport)
+        a 12-byte ConfigHeader (int32 format, 0 = INV_DEPTH; float32 depthQuantA, depthQuantB; little
+        endian) followed by a PNG. 16UC1: the PNG holds the raw 16-bit values (exact). 32FC1: the PNG holds
+        inverse depth, inv = uint16(A / d + B), 0 = no reading; decoded as d = A / (inv - B).
+        "compressedDepth rvl" is not supported.
+Decompressing yields the pixels of the original encoding, so the result goes through the decoders above.
 """
 from __future__ import annotations
 
 import array
+import struct
 from dataclasses import dataclass
 
 import cv2
@@ -169,11 +181,157 @@ def encode_array(image: np.ndarray) -> tuple[str, int, int, int, array.array]:
         encoding = "32FC1"
     else:
         raise ValueError(f"cannot encode an array of shape {image.shape} and dtype {image.dtype} as an image")
+    return encode_as(image, encoding)
+
+
+def encode_as(image: np.ndarray, encoding: str) -> tuple[str, int, int, int, array.array]:
+    """Like `encode_array`, for an explicit encoding (bgr8, mono16, ...) whose layout the array must have."""
+    if encoding not in _LAYOUTS:
+        raise ValueError(f"cannot encode as {encoding!r}; supported: {', '.join(_LAYOUTS)}")
+    dtype, channels = _LAYOUTS[encoding]
+    shape_ok = image.ndim == 2 if channels == 1 else (image.ndim == 3 and image.shape[2] == channels)
+    if image.dtype.newbyteorder("=") != dtype or not shape_ok:  # either byte order: written little endian
+        raise ValueError(f"an array of shape {image.shape} and dtype {image.dtype} is not a {encoding!r} image "
+                         f"({channels} channel(s) of {dtype.name})")
     contiguous = np.ascontiguousarray(image, dtype=image.dtype.newbyteorder("<"))
     height, width = contiguous.shape[:2]
     data = array.array("B")
     data.frombytes(memoryview(contiguous.reshape(-1)).cast("B"))
     return encoding, height, width, contiguous.strides[0], data
+
+
+# ---- sensor_msgs/CompressedImage ---------------------------------------------------------------------
+
+_DEPTH_HEADER = struct.Struct("<iff")  # ConfigHeader: compressionFormat (INV_DEPTH = 0), depthQuantA, depthQuantB
+_INV_DEPTH = 0
+# compressed_depth_image_transport's defaults for 32FC1: farthest depth coded, and the quantisation depth
+DEPTH_MAX_M = 10.0
+DEPTH_QUANTIZATION = 100.0
+
+
+def _imdecode(data, what: str) -> np.ndarray:
+    buffer = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
+    if buffer.size == 0:
+        raise ImageDecodeError(f"empty compressed image ({what})")
+    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageDecodeError(f"cannot decode the compressed data ({what}, {buffer.size} bytes): corrupt or truncated")
+    return image
+
+
+def _from_bgr(image: np.ndarray, encoding: str, what: str) -> np.ndarray:
+    """An OpenCV-decoded image -> the pixel layout of `encoding`."""
+    dtype, channels = _LAYOUTS[encoding]
+    if image.dtype != dtype:
+        raise ImageDecodeError(f"{what}: decoded pixels are {image.dtype}, but {encoding!r} needs {dtype.name}")
+    have = 1 if image.ndim == 2 else image.shape[2]
+    conversions = {
+        (3, 3): None if encoding.startswith("bgr") else cv2.COLOR_BGR2RGB,
+        (3, 4): cv2.COLOR_BGR2BGRA if encoding.startswith("bgr") else cv2.COLOR_BGR2RGBA,
+        (4, 4): None if encoding.startswith("bgr") else cv2.COLOR_BGRA2RGBA,
+        (4, 3): cv2.COLOR_BGRA2BGR if encoding.startswith("bgr") else cv2.COLOR_BGRA2RGB,
+        (1, 3): cv2.COLOR_GRAY2BGR if encoding.startswith("bgr") else cv2.COLOR_GRAY2RGB,
+        (3, 1): cv2.COLOR_BGR2GRAY,
+        (1, 1): None,
+    }
+    if (have, channels) not in conversions:
+        raise ImageDecodeError(f"{what}: {have}-channel pixels cannot become {encoding!r}")
+    code = conversions[(have, channels)]
+    return image if code is None else cv2.cvtColor(image, code)
+
+
+def decompress(format: str, data) -> tuple[np.ndarray, str]:
+    """CompressedImage (format, data) -> (pixels laid out as the original encoding, that encoding).
+
+    The encoding is the part of `format` before ';'; a bare "jpeg"/"png" keeps what OpenCV decodes (bgr8,
+    bgra8, mono8 or mono16). Raises ImageDecodeError naming the format for anything it cannot decode.
+    """
+    what = f"format {format!r}"
+    original, _, transport = (part.strip() for part in format.partition(";"))
+    if "compressedDepth" in transport:
+        return _decompress_depth(original, transport, data, what)
+    if not transport:  # "jpeg", "png" (older publishers): no original encoding is stated
+        if original.lower() not in ("jpeg", "jpg", "png"):
+            raise ImageDecodeError(f"unsupported compressed {what}; expected jpeg, png or compressedDepth")
+        image = _imdecode(data, what)
+        channels = 1 if image.ndim == 2 else image.shape[2]
+        encoding = {1: "mono16" if image.dtype == np.uint16 else "mono8", 3: "bgr8", 4: "bgra8"}[channels]
+        if image.dtype != _LAYOUTS[encoding][0]:
+            raise ImageDecodeError(f"{what}: {channels}-channel {image.dtype} pixels have no supported encoding")
+        return image, encoding
+    if not (transport.startswith("jpeg") or transport.startswith("png")):
+        raise ImageDecodeError(f"unsupported compressed {what}; expected jpeg, png or compressedDepth")
+    if original not in _LAYOUTS:
+        raise ImageDecodeError(f"{what}: unsupported original encoding {original!r}; supported: {', '.join(_LAYOUTS)}")
+    return _from_bgr(_imdecode(data, what), original, what), original
+
+
+def _decompress_depth(original: str, transport: str, data, what: str) -> tuple[np.ndarray, str]:
+    if transport not in ("compressedDepth", "compressedDepth png"):
+        raise ImageDecodeError(f"unsupported compressedDepth {what}; only png is supported (not rvl)")
+    if original not in ("16UC1", "32FC1"):
+        raise ImageDecodeError(f"{what}: compressedDepth carries 16UC1 or 32FC1, not {original!r}")
+    raw = memoryview(np.ascontiguousarray(data, np.uint8) if isinstance(data, np.ndarray) else data).cast("B")
+    if len(raw) <= _DEPTH_HEADER.size:
+        raise ImageDecodeError(f"{what}: {len(raw)} bytes, too short for the {_DEPTH_HEADER.size}-byte header and a PNG")
+    kind, quant_a, quant_b = _DEPTH_HEADER.unpack_from(raw)
+    if kind != _INV_DEPTH:
+        raise ImageDecodeError(f"{what}: unknown compression format {kind} in the header (expected 0, INV_DEPTH)")
+    stored = _imdecode(raw[_DEPTH_HEADER.size:], what)
+    if stored.dtype != np.uint16 or stored.ndim != 2:
+        raise ImageDecodeError(f"{what}: the PNG holds {stored.dtype} x {1 if stored.ndim == 2 else stored.shape[2]}"
+                               " channels; expected one 16-bit channel")
+    if original == "16UC1":
+        return stored, original
+    inverse = stored.astype(np.float32)
+    with np.errstate(divide="ignore"):
+        depth = np.float32(quant_a) / (inverse - np.float32(quant_b))
+    depth[stored == 0] = np.nan
+    return depth.astype(np.float32), original
+
+
+def compress(image: np.ndarray, encoding: str, kind: str = "jpeg", jpeg_quality: int = 95,
+             depth_max: float = DEPTH_MAX_M, depth_quantization: float = DEPTH_QUANTIZATION) -> tuple[str, bytes]:
+    """Pixels of `encoding` -> (CompressedImage format, data), as image_transport's publishers write them.
+
+    kind: "jpeg" (lossy; 8-bit colour or mono8), "png" (lossless) or "compressedDepth" (16UC1 exact; 32FC1
+    by inverse-depth quantisation up to `depth_max` metres, farther or invalid -> no reading).
+    """
+    encode_as(image, encoding)  # checks that the array fits the encoding
+    if kind == "compressedDepth":
+        if encoding == "16UC1":
+            header, stored = _DEPTH_HEADER.pack(_INV_DEPTH, 0.0, 0.0), image
+        elif encoding == "32FC1":
+            quant_a = np.float32(depth_quantization * (depth_quantization + 1.0))
+            quant_b = np.float32(1.0 - quant_a / np.float32(depth_max))
+            valid = np.isfinite(image) & (image > 0) & (image < depth_max)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                inverse = np.where(valid, quant_a / image + quant_b, 0.0)
+            stored = np.clip(inverse, 0, 65535).astype(np.uint16)
+            header = _DEPTH_HEADER.pack(_INV_DEPTH, float(quant_a), float(quant_b))
+        else:
+            raise ValueError(f"compressedDepth carries 16UC1 or 32FC1, not {encoding!r}")
+        ok, png = cv2.imencode(".png", stored)
+        if not ok:
+            raise ValueError(f"OpenCV could not encode a {encoding!r} image as compressedDepth png")
+        return f"{encoding}; compressedDepth png", header + png.tobytes()
+    if kind not in ("jpeg", "png"):
+        raise ValueError(f"unknown compression {kind!r}; expected jpeg, png or compressedDepth")
+    channels = _LAYOUTS[encoding][1]
+    if channels == 1:
+        if kind == "jpeg" and image.dtype != np.uint8:
+            raise ValueError(f"jpeg holds 8-bit images, not {encoding!r}; use png")
+        if image.dtype == np.float32:
+            raise ValueError(f"{kind} cannot hold 32FC1; use compressedDepth for depth")
+        stored, target = image, encoding
+    else:
+        code = {"rgb8": cv2.COLOR_RGB2BGR, "rgba8": cv2.COLOR_RGBA2BGR, "bgra8": cv2.COLOR_BGRA2BGR}.get(encoding)
+        stored, target = (image if code is None else cv2.cvtColor(image, code)), "bgr8"
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if kind == "jpeg" else []
+    ok, encoded = cv2.imencode(f".{'jpg' if kind == 'jpeg' else 'png'}", np.ascontiguousarray(stored), params)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {encoding!r} image as {kind}")
+    return f"{encoding}; {kind} compressed {target}", encoded.tobytes()
 
 
 # ---- sensor_msgs/Image wrappers ---------------------------------------------------------------------

@@ -1,0 +1,128 @@
+"""`rgbd-fusion-seg bag export`: a bag's synchronised colour/aux pairs -> the generic folder layout.
+
+    rgbd-fusion-seg bag export BAG --rgb-topic T --aux-topic T --modality depth|thermal --out DIR
+
+Pairs are made exactly as segment_node makes them: `ros.pairing.ApproximateTimePairer` with the same queue
+size and slop (defaults 10 and 0.05 s), fed in the bag's recorded order. Writes (COMMON folder contract):
+
+    DIR/dataset.yaml     format rgbd_fusion_seg/folder/1, modality, aux_unit, and where the frames came from
+    DIR/rgb/<stem>.png   8-bit RGB (CompressedImage colour is decoded first)
+    DIR/depth|thermal/<stem>.png|tiff   the aux image as recorded:
+                         depth 16UC1 -> uint16 PNG, aux_unit mm;   32FC1 -> float32 TIFF, aux_unit m
+                         thermal mono8 -> uint8 PNG, raw8;  mono16/16UC1 -> uint16 PNG, raw16;  32FC1 -> TIFF, celsius
+    DIR/all.txt          the stems, one per line
+    DIR/stamps.csv       stem,rgb_stamp_ns,aux_stamp_ns
+No labels/ folder: label the frames yourself (labels/<stem>.png, uint8 class ids, 255 = ignore; add
+`classes:` to dataset.yaml). An aux image whose size differs from its colour image is resized to the colour
+size with nearest-neighbour interpolation (what the node does before inference: no new values are made up)
+and the count of resized frames is reported and written to dataset.yaml.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+from rgbd_fusion_seg.offline.datasets.folder import AUX_UNITS, FORMAT
+from rgbd_fusion_seg.ros.pairing import ApproximateTimePairer
+
+from .reading import BagError, colour_of, deserialize, image_connection, messages, pixels, reading, stamp_ns
+
+# modality -> recorded encoding -> the folder layout's aux_unit (its dtype and file type: datasets.folder)
+AUX_FILES = {
+    "depth": {"16UC1": "mm", "32FC1": "m"},
+    "thermal": {"mono8": "raw8", "8UC1": "raw8", "mono16": "raw16", "16UC1": "raw16", "32FC1": "celsius"},
+}
+
+
+def aux_file(modality: str, encoding: str, topic: str) -> tuple[str, str, type]:
+    """(aux_unit, file suffix, stored dtype) for an aux topic's encoding."""
+    try:
+        unit = AUX_FILES[modality][encoding]
+        return unit, AUX_UNITS[unit][3][0], AUX_UNITS[unit][2]
+    except KeyError:
+        supported = ", ".join(AUX_FILES.get(modality, {}))
+        raise BagError(f"aux topic {topic!r} is {encoding}, which the folder layout cannot hold as {modality}; "
+                       f"supported: {supported}") from None
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f"could not write {path}")
+
+
+def export(bag, out, rgb_topic: str, aux_topic: str, modality: str, queue_size: int = 10, slop: float = 0.05,
+           log=print) -> dict:
+    out = Path(out).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise BagError(f"export folder {out} is not empty; choose a new one")
+    if modality not in AUX_FILES:
+        raise BagError(f"unknown modality {modality!r}; expected depth or thermal")
+    pairer = ApproximateTimePairer(queue_size, slop)
+    rows, resized, unit = [], 0, None
+    with reading(bag) as reader:
+        connections = [image_connection(reader, rgb_topic, "colour"), image_connection(reader, aux_topic, "aux")]
+        (out / "rgb").mkdir(parents=True, exist_ok=True)
+        (out / modality).mkdir(exist_ok=True)
+        for connection, _, raw in messages(reader, connections):
+            msg = deserialize(raw, connection)
+            pair = pairer.add(0 if connection.topic == rgb_topic else 1, stamp_ns(msg), msg)
+            if pair is None:
+                continue
+            rgb = colour_of(pair.first, rgb_topic)
+            aux, encoding = pixels(pair.second, aux_topic)
+            frame_unit, suffix, dtype = aux_file(modality, encoding, aux_topic)
+            if unit not in (None, frame_unit):
+                raise BagError(f"aux topic {aux_topic!r} changes encoding mid-bag ({unit} -> {frame_unit} at stamp "
+                               f"{pair.second_stamp}); a folder data set has one aux unit")
+            unit = frame_unit
+            aux = np.ascontiguousarray(aux, dtype=dtype)  # native byte order for the image writer
+            if aux.shape != rgb.shape[:2]:
+                aux = cv2.resize(aux, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
+                resized += 1
+            stem = f"{len(rows):06d}"
+            write_image(out / "rgb" / f"{stem}.png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            write_image(out / modality / f"{stem}{suffix}", aux)
+            rows.append((stem, pair.first_stamp, pair.second_stamp))
+        counts = pairer.counts
+        bag_path = str(Path(reader.path).resolve())
+    if not rows:
+        raise BagError(f"no colour/aux pairs in {bag_path} within slop {slop} s ({counts.received[0]} colour and "
+                       f"{counts.received[1]} aux messages); try a larger --slop")
+    if resized:
+        log(f"warning: {resized} aux image(s) differed in size from their colour image and were resized to it "
+            "(nearest neighbour, as the node does)")
+    info = {
+        "format": FORMAT,
+        "modality": modality,
+        "aux_unit": unit,
+        "ignore_index": 255,
+        "source": {"bag": bag_path, "rgb_topic": rgb_topic, "aux_topic": aux_topic, "queue_size": queue_size,
+                   "slop": slop, "pairs": len(rows), "colour_messages": counts.received[0],
+                   "aux_messages": counts.received[1], "aux_resized_to_colour": resized},
+    }
+    (out / "dataset.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+    (out / "all.txt").write_text("".join(f"{stem}\n" for stem, _, _ in rows))
+    (out / "stamps.csv").write_text("stem,rgb_stamp_ns,aux_stamp_ns\n" + "".join(f"{s},{a},{b}\n" for s, a, b in rows))
+    return info
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("bag", help="rosbag2 folder (sqlite3 or mcap)")
+    parser.add_argument("--rgb-topic", required=True, help="colour topic (Image or CompressedImage)")
+    parser.add_argument("--aux-topic", required=True, help="depth or thermal topic (Image or CompressedImage)")
+    parser.add_argument("--modality", required=True, choices=tuple(AUX_FILES), help="what the aux topic carries")
+    parser.add_argument("--out", required=True, help="new folder for the data set")
+    parser.add_argument("--queue-size", type=int, default=10, help="pairing queue size (the node's sync.queue_size)")
+    parser.add_argument("--slop", type=float, default=0.05, help="pairing slop in seconds (the node's sync.slop)")
+
+
+def run(args) -> int:
+    info = export(args.bag, args.out, args.rgb_topic, args.aux_topic, args.modality, args.queue_size, args.slop)
+    source = info["source"]
+    print(f"exported {source['pairs']} pairs ({source['colour_messages']} colour, {source['aux_messages']} aux messages) "
+          f"to {args.out}: rgb/, {info['modality']}/ ({info['aux_unit']}), all.txt, stamps.csv, dataset.yaml. Put labels "
+          f"in {args.out}/labels/<stem>.png (uint8 class ids, 255 = ignore) and class names under `classes:` in dataset.yaml.")
+    return 0

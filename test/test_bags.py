@@ -1,0 +1,385 @@
+"""`rgbd-fusion-seg bag play|evaluate|export|import` on the real recordings and on generated data.
+
+The evaluations start the real segment_node once per bag (the slow part) with tiny checkpoints trained here
+on the generated MM5-layout set: depth from D16 (metres, as 16UC1 decodes) and thermal from T8 (raw8, as
+mono8 decodes).
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import tiny_experiment
+from ros_helpers import BAGS, domain_id_for
+from rgbd_fusion_seg.offline.bags.export import export
+from rgbd_fusion_seg.offline.bags.import_ import import_dataset, open_source
+from rgbd_fusion_seg.offline.bags.reading import BagError, deserialize, messages, pixels, reading, stamp_ns
+from rgbd_fusion_seg.offline.bags.writing import BagWriter, image_message
+from rgbd_fusion_seg.offline.cli import main as cli
+
+DOMAIN = domain_id_for(61)
+INDOOR = dict(rgb="/camera/color/image_raw", aux="/camera/depth/image_rect_raw", jpeg="/camera/color/image_raw/compressed")
+SUBT = dict(rgb="/rgb/image_raw", aux="/thermal/image_raw")
+
+
+def bag_images(bag, topic) -> list[tuple[int, np.ndarray, str]]:
+    """(stamp, pixels as the encoding lays them out, encoding) of every message on `topic`."""
+    out = []
+    with reading(bag) as reader:
+        connection = next(c for c in reader.connections if c.topic == topic)
+        for conn, _, raw in messages(reader, [connection]):
+            msg = deserialize(raw, conn)
+            image, encoding = pixels(msg, topic)
+            out.append((stamp_ns(msg), np.array(image), encoding))
+    return out
+
+
+def folder_images(root: Path, modality: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    stems = (root / "all.txt").read_text().split()
+    return {s: (cv2.imread(str(root / "rgb" / f"{s}.png"), cv2.IMREAD_UNCHANGED),
+                cv2.imread(str(next((root / modality).glob(f"{s}.*"))), cv2.IMREAD_UNCHANGED)) for s in stems}
+
+
+# ---- export / import ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bag, topics, modality, unit", [
+    pytest.param("rgbd_indoor", INDOOR, "depth", "mm", marks=pytest.mark.slow),
+    ("rgbt_subterranean", SUBT, "thermal", "raw8"),
+])
+def test_real_bag_export_import_round_trips_pixel_for_pixel(bag, topics, modality, unit, tmp_path):
+    first = export(BAGS / bag, tmp_path / "first", topics["rgb"], topics["aux"], modality, log=lambda *a: None)
+    assert first["aux_unit"] == unit and first["source"]["pairs"] == first["source"]["colour_messages"]
+    assert not (tmp_path / "first" / "labels").exists()
+    result = import_dataset(open_source(tmp_path / "first"), tmp_path / "bag")  # stamps.csv: the recorded stamps
+    assert result["labelled"] == 0 and result["label_topic"] is None
+    export(tmp_path / "bag", tmp_path / "second", result["colour_topic"], result["aux_topic"], modality)
+    assert (tmp_path / "first" / "stamps.csv").read_text() == (tmp_path / "second" / "stamps.csv").read_text()
+    one, two = folder_images(tmp_path / "first", modality), folder_images(tmp_path / "second", modality)
+    assert one.keys() == two.keys()
+    for stem in one:
+        for a, b in zip(one[stem], two[stem]):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+    # and the imported bag holds the recorded aux pixels, as recorded (16UC1 / mono8)
+    recorded = {s: (image, enc) for s, image, enc in bag_images(BAGS / bag, topics["aux"])}
+    for stamp, image, encoding in bag_images(tmp_path / "bag", result["aux_topic"]):
+        assert encoding == recorded[stamp][1]
+        np.testing.assert_array_equal(image, recorded[stamp][0])
+
+
+@pytest.mark.parametrize("colour_encoding, modality, aux_encoding, dtype", [
+    ("rgb8", "depth", "16UC1", np.uint16),
+    ("bgr8", "depth", "32FC1", np.float32),
+    ("bgr8", "thermal", "mono8", np.uint8),
+    ("rgb8", "thermal", "mono16", np.uint16),
+    ("rgb8", "thermal", "32FC1", np.float32),
+])
+def test_encodings_round_trip_through_export_and_import(colour_encoding, modality, aux_encoding, dtype, tmp_path):
+    rng = np.random.default_rng(1)
+    colour = rng.integers(0, 256, (4, 12, 16, 3), dtype=np.uint8)
+    if dtype == np.float32:
+        aux = rng.uniform(0.2, 40.0, (4, 12, 16)).astype(np.float32)
+        aux[:, 0, 0] = np.nan
+    else:
+        aux = rng.integers(0, np.iinfo(dtype).max, (4, 12, 16), endpoint=True).astype(dtype)
+    stamps = [1_000_000_000 + k * 100_000_000 for k in range(4)]
+    with BagWriter(tmp_path / "in", "sqlite3") as writer:
+        for k, stamp in enumerate(stamps):
+            writer.write_message("/c", stamp, image_message(colour[k], colour_encoding, stamp, "cam"))
+            writer.write_message("/a", stamp + 3_000_000, image_message(aux[k], aux_encoding, stamp + 3_000_000, "cam"))
+    export(tmp_path / "in", tmp_path / "set", "/c", "/a", modality)
+    import_dataset(open_source(tmp_path / "set"), tmp_path / "out", colour_encoding=colour_encoding,
+                   colour_topic="/c", aux_topic="/a")
+    for topic, originals in (("/c", colour), ("/a", aux)):
+        back = bag_images(tmp_path / "out", topic)
+        expected_encoding = colour_encoding if topic == "/c" else ("mono16" if aux_encoding == "mono16" else aux_encoding)
+        assert [b[2] for b in back] == [expected_encoding] * 4
+        assert [b[0] for b in back] == [s + (3_000_000 if topic == "/a" else 0) for s in stamps]
+        np.testing.assert_array_equal(np.stack([b[1] for b in back]), originals)
+
+
+@pytest.mark.parametrize("compress_colour, compress_aux", [("png", "compressedDepth"), ("jpeg", "png")])
+def test_compressed_topics_export_like_raw_ones(compress_colour, compress_aux, tmp_path):
+    """A bag with CompressedImage colour and depth (16UC1 in png / compressedDepth) exports the same pixels."""
+    export(BAGS / "rgbd_indoor", tmp_path / "raw_set", INDOOR["rgb"], INDOOR["aux"], "depth")
+    made = import_dataset(open_source(tmp_path / "raw_set"), tmp_path / "bag", compress_colour=compress_colour,
+                          compress_aux=compress_aux)
+    suffix = "/compressedDepth" if compress_aux == "compressedDepth" else "/compressed"
+    assert made["colour_topic"] == "/camera/color/image_raw/compressed"
+    assert made["aux_topic"] == f"/camera/depth/image_raw{suffix}"
+    with reading(tmp_path / "bag") as reader:
+        assert {c.msgtype for c in reader.connections} == {"sensor_msgs/msg/CompressedImage"}
+    export(tmp_path / "bag", tmp_path / "again", made["colour_topic"], made["aux_topic"], "depth")
+    one, two = folder_images(tmp_path / "raw_set", "depth"), folder_images(tmp_path / "again", "depth")
+    for stem in one:
+        np.testing.assert_array_equal(one[stem][1], two[stem][1])  # 16-bit depth: exact
+        error = np.abs(one[stem][0].astype(int) - two[stem][0])
+        assert error.max() == 0 if compress_colour == "png" else error.mean() < 6
+
+
+def test_export_pairs_like_the_node_and_resizes_mismatched_aux(tmp_path):
+    """An unpaired aux frame is left out; an aux of another size is resized (nearest) and counted."""
+    with BagWriter(tmp_path / "in") as writer:
+        for k in range(3):
+            stamp = 2_000_000_000 + k * 100_000_000
+            writer.write_message("/c", stamp, image_message(np.full((8, 10, 3), k, np.uint8), "rgb8", stamp, "c"))
+            depth = np.full((4, 5), 1000 + k, np.uint16)
+            writer.write_message("/d", stamp + 1000, image_message(depth, "16UC1", stamp + 1000, "d"))
+        writer.write_message("/d", 2_900_000_000, image_message(np.ones((4, 5), np.uint16), "16UC1", 2_900_000_000, "d"))
+    warnings = []
+    info = export(tmp_path / "in", tmp_path / "set", "/c", "/d", "depth", log=warnings.append)
+    assert info["source"]["pairs"] == 3 and info["source"]["aux_resized_to_colour"] == 3
+    assert "resized" in warnings[0]
+    depth = cv2.imread(str(tmp_path / "set" / "depth" / "000002.png"), cv2.IMREAD_UNCHANGED)
+    assert depth.shape == (8, 10) and depth.dtype == np.uint16 and (depth == 1002).all()
+
+
+# ---- bad input -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_recordings_without_images_give_clear_errors(storage, tmp_path, capsys):
+    code = cli(["bag", "export", str(BAGS / f"talker_{storage}"), "--rgb-topic", "/camera/color/image_raw",
+                "--aux-topic", "/camera/depth/image_raw", "--modality", "depth", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "has no topic '/camera/color/image_raw'" in err
+    assert "/topic (std_msgs/msg/String, 10 messages)" in err and "/rosout (rcl_interfaces/msg/Log" in err
+    assert not (tmp_path / "x").exists()
+
+    code = cli(["bag", "evaluate", str(BAGS / f"cdr_test_{storage}"), "--rgb-topic", "/test_topic", "--aux-topic",
+                "/array_topic", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "e")])
+    assert code == 2 and "does not exist" in capsys.readouterr().err  # the checkpoint is checked first
+    with pytest.raises(BagError, match=r"'/test_topic' .* has type test_msgs/msg/BasicTypes; the colour topic must be"):
+        export(BAGS / f"cdr_test_{storage}", tmp_path / "y", "/test_topic", "/array_topic", "depth")
+    code = cli(["bag", "play", str(BAGS / f"cdr_test_{storage}")])
+    captured = capsys.readouterr()
+    assert code == 2 and "skipping /array_topic (test_msgs/msg/Arrays): no Python message package" in captured.out
+    assert "nothing to play" in captured.err and "/test_topic (test_msgs/msg/BasicTypes, 3 messages)" in captured.err
+    with reading(BAGS / f"cdr_test_{storage}") as reader:
+        connection, _, raw = next(iter(messages(reader, [])))
+        with pytest.raises(BagError, match="test_msgs/msg/.* is not known to the rosbags type store"):
+            deserialize(raw, connection)
+
+
+def test_missing_truncated_and_wrong_bags(tmp_path):
+    with pytest.raises(BagError, match="no bag at"):
+        export(tmp_path / "nothing", tmp_path / "a", "/c", "/d", "depth")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BagError, match="no metadata.yaml"):
+        export(tmp_path / "empty", tmp_path / "a", "/c", "/d", "depth")
+    broken = Path(shutil.copytree(BAGS / "rgbd_indoor", tmp_path / "broken"))
+    data = (broken / "rgbd_indoor.mcap").read_bytes()
+    (broken / "rgbd_indoor.mcap").chmod(0o644)
+    (broken / "rgbd_indoor.mcap").write_bytes(data[: len(data) // 2])
+    with pytest.raises(BagError, match=r"cannot read bag .*broken|could not be read to the end"):
+        export(broken, tmp_path / "b", INDOOR["rgb"], INDOOR["aux"], "depth")
+    with pytest.raises(BagError, match="'/thermal/image_raw' is mono8, which the folder layout cannot hold as depth"):
+        export(BAGS / "rgbt_subterranean", tmp_path / "c", SUBT["rgb"], SUBT["aux"], "depth")
+    with pytest.raises(BagError, match="exists already"):
+        BagWriter(BAGS / "rgbd_indoor")
+
+
+def test_a_writer_interrupted_part_way_leaves_a_valid_bag(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with BagWriter(tmp_path / "partial") as writer:
+            writer.write_message("/c", 5, image_message(np.zeros((2, 2, 3), np.uint8), "rgb8", 5, "c"))
+            raise KeyboardInterrupt
+    with reading(tmp_path / "partial") as reader:
+        assert [(c.topic, c.msgcount) for c in reader.connections] == [("/c", 1)]
+
+
+# ---- play ----------------------------------------------------------------------------------------------
+
+
+def test_play_decompresses_with_recorded_timing_and_clock(tmp_path):
+    """The jpeg topic comes out as sensor_msgs/Image on the base topic, at half speed, with /clock."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import Image
+
+    from rgbd_fusion_seg.offline.bags.play import PlayOptions, Player
+    from rgbd_fusion_seg.ros.demo import RosSession, ros_environment, wait_until
+    from rgbd_fusion_seg.ros.image_codec import colour_from_msg
+
+    session = RosSession("test_bag_play", ros_environment(DOMAIN))
+    received, clocks = [], []
+    try:
+        qos = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+        session.node.create_subscription(Image, "/replay/color", lambda m: received.append((time.monotonic(), m)), qos)
+        session.node.create_subscription(Clock, "/clock", clocks.append, 10)
+        options = PlayOptions(topics=[INDOOR["jpeg"]], rate=0.5, decompress=True, clock_hz=20.0,
+                              remap={INDOOR["jpeg"]: "/replay/color"})
+        player = Player(session.node, BAGS / "rgbd_indoor", options)
+        assert wait_until(lambda: all(player.subscriber_counts().values()), 10.0)
+        counts = player.run()
+        player.close()
+        assert wait_until(lambda: len(received) == 8, 5.0), len(received)
+    finally:
+        session.close()
+    assert counts[INDOOR["jpeg"]] == 8 and counts["seconds"] == pytest.approx(2 * 0.4672, abs=0.15)
+    raw = {s: image for s, image, _ in bag_images(BAGS / "rgbd_indoor", INDOOR["rgb"])}
+    for _, msg in received:
+        assert msg.encoding == "rgb8"  # the recorded format says "rgb8; jpeg compressed bgr8"
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        assert np.abs(colour_from_msg(msg).astype(int) - raw[stamp]).mean() < 6  # jpeg: close, not exact
+    gaps = np.diff([t for t, _ in received])
+    assert gaps.mean() == pytest.approx(2 * 0.4667 / 7, rel=0.25)  # 15 Hz recorded, played at 0.5x
+    assert len(clocks) > 10 and clocks[-1].clock.sec == 1_700_000_000
+
+
+def test_play_start_offset_loop_and_remap_errors():
+    import threading
+
+    from rgbd_fusion_seg.offline.bags.play import PlayOptions, Player, parse_remaps
+    from rgbd_fusion_seg.ros.demo import RosSession, ros_environment
+
+    session = RosSession("test_bag_play_loop", ros_environment(DOMAIN))
+    try:
+        played, stop = [], threading.Event()
+
+        def collect(item):
+            played.append(item)
+            stop.set() if len(played) == 14 else None
+
+        options = PlayOptions(topics=[SUBT["rgb"]], rate=20.0, start_offset=0.25, loop=True)
+        player = Player(session.node, BAGS / "rgbt_subterranean", options, on_played=collect)
+        counts = player.run(stop)
+        player.close()
+        # from 0.25 s on, /rgb/image_raw has 3 frames (0.301, 0.401, 0.501 s): played again and again
+        stamps = [stamp_ns(p.msg) % 1_000_000_000 // 1_000_000 for p in played]
+        assert stamps[:6] == [299, 400, 500, 299, 400, 500] and counts[SUBT["rgb"]] == 14
+        assert all(p.topic == SUBT["rgb"] and p.msgtype == "sensor_msgs/msg/Image" for p in played)
+        with pytest.raises(BagError, match=r"has no topic '/nope'.*\n  /rgb/image_raw \(sensor_msgs/msg/Image, 6"):
+            Player(session.node, BAGS / "rgbt_subterranean", PlayOptions(topics=["/nope"]))
+        with pytest.raises(BagError, match="past the end"):
+            Player(session.node, BAGS / "rgbt_subterranean", PlayOptions(start_offset=5.0)).run()
+        with pytest.raises(BagError, match="no Python message package"):
+            Player(session.node, BAGS / "cdr_test_mcap", PlayOptions(topics=["/test_topic"]))
+        with pytest.raises(ValueError, match="bad --remap"):
+            parse_remaps(["/a=/b"])
+    finally:
+        session.close()
+
+
+# ---- evaluate through the real node ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoints(mm5_root, tmp_path_factory):
+    """Tiny `early` fusion checkpoints: depth (D16, metres) and thermal (T8, raw8)."""
+    from rgbd_fusion_seg.offline.config import config_from_dict
+    from rgbd_fusion_seg.offline.train import train
+
+    out = {}
+    for modality, folder in (("depth", "D16"), ("thermal", "T8")):
+        run = tmp_path_factory.mktemp(f"bag_{modality}") / "run"
+        raw = tiny_experiment(mm5_root, run, model={"method": "early"}, data={"aux_folder": folder},
+                              train={"epochs": 1})
+        out[modality] = train(config_from_dict(raw, source="test"), device="cpu", log=lambda message: None)
+    return out
+
+
+def evaluate(tmp_path, capsys, bag, *args) -> dict:
+    code = cli(["bag", "evaluate", str(bag), "--out", str(tmp_path), "--domain-id", str(DOMAIN), "--timeout", "90", *args])
+    text = capsys.readouterr()
+    assert code == 0, text.out[-3000:] + text.err[-3000:] + (tmp_path / "node.log").read_text()[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert "stopped segment_node (exit status 0)" in text.out
+    assert "latency:" in text.out and (tmp_path / "summary.txt").is_file()
+    with reading(tmp_path / "outputs") as reader:  # a valid bag: inputs and the node's outputs
+        counts = {c.topic: c.msgcount for c in reader.connections}
+    assert counts["/rgbd_fusion_seg_bag/segment_node/mask"] == report["masks_received"] > 0
+    lat = report["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] < 10_000
+    assert report["masks_received"] + report["drops"] == report["pairs_expected"]
+    return report | {"_counts": counts, "_out": text.out}
+
+
+@pytest.mark.slow
+def test_evaluate_rgbd_indoor_raw_and_jpeg(checkpoints, tmp_path, capsys):
+    report = evaluate(tmp_path / "raw", capsys, BAGS / "rgbd_indoor", "--rgb-topic", INDOOR["rgb"], "--aux-topic",
+                      INDOOR["aux"], "--checkpoint", str(checkpoints["depth"]), "--overlays")
+    assert report["pairs_expected"] == 8 and report["frames_in_bag"] == {INDOOR["rgb"]: 8, INDOOR["aux"]: 8}
+    assert int(report["node_stats"]["pairs"]) == 8 + report["warm_up_frames"]  # warm-up pairs included
+    assert report["node_stats"]["bad_input"] == "0"
+    assert report["_counts"]["/rgbd_fusion_seg_bag/segment_node/mask_color"] == report["masks_received"]
+    assert len(list((tmp_path / "raw" / "overlays").glob("*.png"))) == report["masks_received"]
+    assert "miou" not in report  # no label topic
+    report = evaluate(tmp_path / "jpeg", capsys, BAGS / "rgbd_indoor", "--rgb-topic", INDOOR["jpeg"], "--aux-topic",
+                      INDOOR["aux"], "--checkpoint", str(checkpoints["depth"]), "--rate", "0.5")
+    assert report["pairs_expected"] == 8 and report["topics"]["rgb"]["msgtype"] == "sensor_msgs/msg/CompressedImage"
+    assert report["_counts"]["/camera/color/image_raw"] == 8  # played decompressed, on the base topic
+
+
+@pytest.mark.slow
+def test_evaluate_rgbt_subterranean_thermal(checkpoints, tmp_path, capsys):
+    report = evaluate(tmp_path, capsys, BAGS / "rgbt_subterranean", "--rgb-topic", SUBT["rgb"], "--aux-topic", SUBT["aux"],
+                      "--checkpoint", str(checkpoints["thermal"]), "--rate", "0.5")
+    assert report["modality"] == "thermal" and report["pairs_expected"] == 6
+    assert report["node_stats"]["bad_input"] == "0"
+    # the depth checkpoint is refused for the thermal bag before any node starts
+    code = cli(["bag", "evaluate", str(BAGS / "rgbt_subterranean"), "--rgb-topic", SUBT["rgb"], "--aux-topic", SUBT["aux"],
+                "--checkpoint", str(checkpoints["depth"]), "--modality", "thermal", "--out", str(tmp_path / "refused")])
+    assert code == 2 and "trained on depth" in capsys.readouterr().err
+    for bag, message in (("talker_sqlite3", re.escape("has no topic '/rgb/image_raw' (asked for as the colour topic); "
+                                                      "its topics: /topic (std_msgs/msg/String, 10 messages)")),
+                         ("cdr_test_mcap", "'/test_topic' in bag .* has type test_msgs/msg/BasicTypes")):
+        colour = "/test_topic" if bag.startswith("cdr") else SUBT["rgb"]
+        code = cli(["bag", "evaluate", str(BAGS / bag), "--rgb-topic", colour, "--aux-topic", SUBT["aux"],
+                    "--checkpoint", str(checkpoints["thermal"]), "--out", str(tmp_path / bag)])
+        assert code == 2 and re.search(message, capsys.readouterr().err)
+        assert not (tmp_path / bag).exists()
+
+
+@pytest.mark.slow
+def test_evaluate_an_imported_mm5_bag_with_labels_gives_miou(checkpoints, mm5_root, tmp_path, capsys):
+    source = open_source(mm5_root, "eval_dataset.csv", "RGB2", "D16")
+    imported = import_dataset(source, tmp_path / "mm5_bag", rate=5.0)
+    assert imported["labelled"] == imported["frames"] == 3
+    report = evaluate(tmp_path / "eval", capsys, tmp_path / "mm5_bag", "--rgb-topic", imported["colour_topic"],
+                      "--aux-topic", imported["aux_topic"], "--label-topic", imported["label_topic"],
+                      "--checkpoint", str(checkpoints["depth"]))
+    assert report["labelled_frames"] == 3 and report["scored_frames"] == report["masks_received"]
+    assert 0.0 <= report["miou"] <= 1.0 and 0.0 <= report["macc"] <= 1.0
+    assert "mIoU:" in report["_out"]
+    assert report["_counts"][imported["label_topic"]] == 3
+
+
+@pytest.mark.slow
+def test_evaluate_interrupted_leaves_a_valid_partial_bag_and_no_node(checkpoints, tmp_path):
+    """Ctrl-C while the bag plays: exit 130, the node is stopped, outputs/ is a valid bag of what was written."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "rgbd_fusion_seg.offline.cli", "bag", "evaluate", str(BAGS / "rgbd_indoor"),
+               "--rgb-topic", INDOOR["rgb"], "--aux-topic", INDOOR["aux"], "--checkpoint", str(checkpoints["depth"]),
+               "--rate", "0.05", "--out", str(tmp_path), "--domain-id", str(DOMAIN)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("node serving"):
+            time.sleep(3.0)  # a few frames into the 9 s of playing
+            process.send_signal(signal.SIGINT)
+            break
+    out = "".join(lines) + process.communicate(timeout=60)[0]
+    assert process.returncode == 130, out
+    assert "warmed up" in out
+    assert "interrupted" in out and "stopped segment_node (exit status 0)" in out
+    pid = int(out.split("started segment_node (pid ")[1].split(")")[0])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    with reading(tmp_path / "outputs") as reader:
+        counts = {c.topic: c.msgcount for c in reader.connections}
+    assert 0 < counts[INDOOR["rgb"]] < 8, counts  # partial: interrupted part way through
