@@ -8,7 +8,7 @@ neither). The two IoUs (p_rgb, p_aux) are the targets the model's confidence sco
 They depend on the raw images only (not on augmentation), so they are computed once per dataset and kept
 in a JSON file named after the dataset's identity (loader, root, split, classes, the files and samples in
 order, the aux normalisation that renders the one-channel image to 8 bits, and this algorithm's version),
-beside the validation reports (validation_cache.py: in the data root, else the user's cache), and trusted
+beside the validation reports (dataset_cache.py: in the data root, else the user's cache), and trusted
 while the fingerprint of the samples' files (path, size, mtime) is unchanged: a second run reads no image.
 
 `with_extra_targets(dataset, method)` is what the trainer calls: it wraps the training set so that every
@@ -18,7 +18,6 @@ sample carries "confidence_target" (2 floats) when the method's class declares `
 from __future__ import annotations
 
 import hashlib
-import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
@@ -31,7 +30,7 @@ from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, normalise_aux
 from rgbd_fusion_seg.models.registry import method_class
 
 from .datasets.imageio import DatasetError
-from .validation_cache import write_atomically, cache_candidates, dataset_files, dataset_identity, files_fingerprint
+from .dataset_cache import cached_for_dataset
 
 # Bump when the computation changes, so that older cached targets are not trusted.
 ALGORITHM = "static-saliency-fine-grained/otsu/iou-v1"
@@ -77,9 +76,10 @@ def _sample_keys(dataset) -> list[str]:
     return ["/".join(map(str, sample[:2])) for sample in dataset.samples]  # (stem, group)
 
 
-def _cache_identity(dataset, files) -> dict:
+def _cache_identity(dataset) -> dict:
+    """What the pseudo-labels depend on besides the dataset's files."""
     keys = _sample_keys(dataset)  # in order: row i of the targets belongs to sample i
-    return dataset_identity(dataset, files) | {
+    return {
         "algorithm": ALGORITHM,
         "aux_normalisation": asdict(dataset.preprocessing.aux),
         "samples": hashlib.sha256("\n".join(keys).encode()).hexdigest(),
@@ -101,26 +101,10 @@ def compute_pseudo_labels(dataset, workers: int = 4) -> np.ndarray:
 
 def cached_pseudo_labels(dataset, workers: int = 4) -> tuple[np.ndarray, bool]:
     """(N x 2 pseudo-labels, whether they came from the cache); computed and stored when stale or absent."""
-    files = dataset_files(dataset)
-    identity = _cache_identity(dataset, files)
-    name = "pseudo-labels-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20] + ".json"
-    fingerprint = files_fingerprint(files)
-    for folder in cache_candidates(dataset.root):
-        try:
-            cached = json.loads((folder / name).read_text())
-        except (OSError, ValueError):
-            continue
-        if cached.get("identity") == identity and cached.get("fingerprint") == fingerprint:
-            return np.asarray(cached["targets"], np.float32).reshape(-1, 2), True
-    targets = compute_pseudo_labels(dataset, workers)
-    text = json.dumps({"identity": identity, "fingerprint": fingerprint, "targets": targets.tolist()})
-    for folder in cache_candidates(dataset.root):
-        try:
-            write_atomically(folder / name, text)
-            break
-        except OSError:
-            continue  # read-only data root: try the user's cache
-    return targets, False
+    targets, from_cache = cached_for_dataset(
+        dataset, "pseudo-labels", lambda: compute_pseudo_labels(dataset, workers).tolist(), _cache_identity(dataset)
+    )
+    return np.asarray(targets, np.float32).reshape(-1, 2), from_cache
 
 
 class WithConfidenceTargets(Dataset):

@@ -2,7 +2,7 @@
 
 Everything that can be wrong with the inputs is checked before the first step: the configuration, every
 file of the training and validation data (`dataset.validate(full=True)`, whose report is cached until a
-file under the data root changes: validation_cache.py), the model and its pretrained
+file under the data root changes: dataset_cache.py), the model and its pretrained
 weights, the output folder. Then:
 
 - AdamW (or Adam / SGD) with a per-step learning-rate schedule: cosine decay from `lr` to
@@ -55,7 +55,7 @@ from .config import ConfigError, ExperimentConfig, dump_config, load_config
 from .datasets.catalog import build_preprocessing, open_dataset
 from .metrics import ConfusionMatrix, SegmentationMetrics, metrics_from_confusion
 from .pseudo_labels import with_extra_targets
-from .validation_cache import validated_report
+from .dataset_cache import validated_report
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -305,7 +305,7 @@ def _train(config: ExperimentConfig, context: distributed.Distributed, torch_dev
     val_set = open_dataset(split=config.data.val_split, augment=False, **data_kwargs)
     if not context.is_main:
         context.barrier()  # rank 0 validates the data (and caches the report) first, the others read it
-    train_report = validated_report(train_set)  # cached: see validation_cache.py
+    train_report = validated_report(train_set)  # cached: see dataset_cache.py
     validated_report(val_set)
     train_set = with_extra_targets(train_set, config.model.method)  # RSFNet's pseudo-labels, cached like the report
     if context.is_main:

@@ -1,11 +1,12 @@
-"""A dataset's full validation report (every file decoded, per-class pixel counts), computed once and cached.
+"""Results computed once per dataset and cached: the full validation report and RSFNet's pseudo-labels.
 
 `dataset.validate(full=True)` decodes every image of a split: minutes on MFNet or MM5, and it is what
-gives the class pixel counts that `loss.class_weights: log_frequency` needs. Its report is kept in a small
-JSON file keyed by the dataset's identity (loader, root, split, class count and the list of files its
-samples read: colour, aux, labels) and checked against a fingerprint of those files (size and
-modification time of each): a rewritten, resized or missing file makes the cached report stale and the
-split is validated again. Nothing is cached when validation fails.
+gives the class pixel counts that `loss.class_weights: log_frequency` needs; the saliency pseudo-labels
+(pseudo_labels.py) read every frame too. Each result is kept in a small JSON file keyed by the dataset's
+identity (loader, root, split, class count and the list of files its samples read: colour, aux, labels,
+plus whatever else the result depends on) and checked against a fingerprint of those files (size and
+modification time of each): a rewritten, resized or missing file makes the cached result stale and it is
+computed again. Nothing is cached when the computation fails.
 
 Where: `<root>/.rgbd_fusion_seg_cache/`, or `$XDG_CACHE_HOME/rgbd_fusion_seg` (default
 `~/.cache/rgbd_fusion_seg`) when the root is read-only.
@@ -68,14 +69,12 @@ def write_atomically(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def validated_report(dataset) -> dict:
-    """`dataset.validate(full=True)`, or its cached result while none of the dataset's files has changed.
-
-    The returned report has "from_cache": True when it came from the cache.
-    """
+def cached_for_dataset(dataset, kind: str, compute, extra_identity: dict | None = None):
+    """(compute()'s JSON-able result, whether it came from the cache) for `dataset`; `kind` names the
+    result in the file name, `extra_identity` is what it depends on besides the dataset's files."""
     files = dataset_files(dataset)
-    identity = dataset_identity(dataset, files)
-    name = "validation-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20] + ".json"
+    identity = dataset_identity(dataset, files) | (extra_identity or {})
+    name = f"{kind}-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20] + ".json"
     fingerprint = files_fingerprint(files)
     for folder in cache_candidates(dataset.root):
         try:
@@ -83,13 +82,22 @@ def validated_report(dataset) -> dict:
         except (OSError, ValueError):
             continue
         if cached.get("identity") == identity and cached.get("fingerprint") == fingerprint:
-            return dict(cached["report"], from_cache=True)
-    report = dataset.validate(full=True)
-    text = json.dumps({"identity": identity, "fingerprint": fingerprint, "report": report}, indent=1)
+            return cached["result"], True
+    result = compute()
+    text = json.dumps({"identity": identity, "fingerprint": fingerprint, "result": result}, indent=1)
     for folder in cache_candidates(dataset.root):
         try:
             write_atomically(folder / name, text)
             break
         except OSError:
             continue  # read-only data root: try the user's cache
-    return dict(report, from_cache=False)
+    return result, False
+
+
+def validated_report(dataset) -> dict:
+    """`dataset.validate(full=True)`, or its cached result while none of the dataset's files has changed.
+
+    The returned report has "from_cache": True when it came from the cache.
+    """
+    report, from_cache = cached_for_dataset(dataset, "validation", lambda: dataset.validate(full=True))
+    return dict(report, from_cache=from_cache)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rgbd_fusion_seg.offline.datasets.mm5 import MM5Dataset
-from rgbd_fusion_seg.offline.validation_cache import CACHE_FOLDER, validated_report
+from rgbd_fusion_seg.offline.dataset_cache import CACHE_FOLDER, validated_report
 
 
 def open_split(root, split="train_dataset.csv"):
