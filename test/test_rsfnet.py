@@ -359,9 +359,14 @@ def test_node_switches_to_rsfnet_at_runtime_on_an_rgbd_stream(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("dataset", "crop"), [("mfnet", [32, 48]), ("pst900", [32, 48])])
-def test_paper_config_trains_and_evaluates_on_a_replica(dataset, crop, tmp_path):
-    """The shipped config/experiments/<dataset>/rsfnet.yaml (ResNet50-18) for two steps on generated data."""
+@pytest.mark.parametrize(
+    ("config_name", "write"),
+    [("mfnet/rsfnet.yaml", "write_mfnet_replica"), ("pst900/rsfnet.yaml", "write_pst900_replica"),
+     ("fmb/base.yaml", "write_fmb_replica"), ("folder/base.yaml", "write_folder_dataset")],
+)
+def test_trains_and_evaluates_on_every_loader(config_name, write, tmp_path):
+    """RSFNet (ResNet50-18) for two steps on each loader's replica: the shipped RSFNet recipes for MFNet and
+    PST900, the benchmark configs with `model.method=rsfnet` for FMB and the user's folder layout."""
     from pathlib import Path
 
     from rgbd_fusion_seg.core.checkpoint import load_checkpoint
@@ -370,15 +375,16 @@ def test_paper_config_trains_and_evaluates_on_a_replica(dataset, crop, tmp_path)
     from rgbd_fusion_seg.offline.evaluate import evaluate
     from rgbd_fusion_seg.offline.train import train
 
-    root = tmp_path / dataset
-    getattr(replicas, f"write_{dataset}_replica")(root)
-    config_path = Path(__file__).resolve().parents[1] / "config" / "experiments" / dataset / "rsfnet.yaml"
-    overrides = ["model.pretrained=false", "train.max_steps=2", "train.batch_size=2", f"data.augmentation.crop={crop}",
-                 "train.num_workers=0", "train.amp=false", "train.checkpoint_every_steps=null"]
+    root = tmp_path / "data"
+    getattr(replicas, write)(root)
+    config_path = Path(__file__).resolve().parents[1] / "config" / "experiments" / config_name
+    overrides = ["model.method=rsfnet", "model.pretrained=false", "train.max_steps=2", "train.batch_size=2",
+                 "data.augmentation.crop=[32,48]", "train.num_workers=0", "train.amp=false",
+                 "train.checkpoint_every_steps=null"]
     config = load_config(config_path, overrides, data_root=root, out_dir=tmp_path / "run")
     path = train(config, device="cpu", log=lambda message: None)
     checkpoint = load_checkpoint(path)
-    assert checkpoint.options["encoders"] == "resnet50-resnet18" and checkpoint.train_state["global_step"] == 2
+    assert checkpoint.method == "rsfnet" and checkpoint.train_state["global_step"] == 2
     result = evaluate(path, device="cpu")
     assert 0.0 <= result["miou"] <= 1.0 and np.sum(result["confusion_matrix"]) > 0
 
