@@ -365,7 +365,10 @@ def test_evaluate_interrupted_leaves_a_valid_partial_bag_and_no_node(checkpoints
                "--rgb-topic", INDOOR["rgb"], "--aux-topic", INDOOR["aux"], "--checkpoint", str(checkpoints["depth"]),
                "--rate", "0.05", "--out", str(tmp_path), "--domain-id", str(DOMAIN)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # A shell that starts a job in the background (`cmd &`, as CI runners may) makes SIGINT ignored in
+    # it, and Python keeps an inherited SIG_IGN: give the command the terminal's default, as for a user.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in process.stdout:
         lines.append(line)
