@@ -47,7 +47,18 @@ def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     raise ValueError(f"no rule to adapt 3-channel pretrained filters to {in_channels} input channels")
 
 
-class ResNetEncoder(nn.Module):
+class StagedEncoder(nn.Module):
+    """An encoder as a list of stages (`self.stages`); forward returns every stage's output, shallow first."""
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+class ResNetEncoder(StagedEncoder):
     """A torchvision ResNet cut into five stages: stem (/2), layer1 (/4), layer2 (/8), layer3 (/16), layer4 (/32).
 
     `stages[i](x)` runs stage i, so a fusion method can interleave two encoders stage by stage.
@@ -80,12 +91,6 @@ class ResNetEncoder(nn.Module):
         channels = (64, 64 * block_expansion, 128 * block_expansion, 256 * block_expansion, 512 * block_expansion)
         self.channels = channels[:num_stages]
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
 
 
 class UpBlock(nn.Module):

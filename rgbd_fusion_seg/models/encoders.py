@@ -12,7 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .blocks import ResNetEncoder, load_imagenet_state
+from .blocks import ResNetEncoder, StagedEncoder, load_imagenet_state
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 DENSENETS = ("densenet121", "densenet161", "densenet169", "densenet201")
@@ -39,7 +39,7 @@ def _block_width(block: nn.Module) -> int:
     return last.norm1.num_features + last.conv2.out_channels
 
 
-class DenseNetEncoder(nn.Module):
+class DenseNetEncoder(StagedEncoder):
     """A torchvision DenseNet in five stages: stem (/2), dense block 1 (/4), transition + block 2 (/8), 3 (/16),
     4 with the final norm and ReLU (/32). Each stage's output is its dense block's (before the transition)."""
 
@@ -64,13 +64,6 @@ class DenseNetEncoder(nn.Module):
         )
         blocks = (f.denseblock1, f.denseblock2, f.denseblock3, f.denseblock4)
         self.channels = (f.conv0.out_channels, *(_block_width(b) for b in blocks))
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
 
 
 def build_encoder(arch: str, pretrained: bool = False) -> nn.Module:
