@@ -35,7 +35,8 @@ The data section (one loader per `dataset`: offline/datasets/catalog.py):
     label_folder  mm5: the label folder (ANNO_CLASS); the other layouts fix theirs (null = that one)
     lightings     mm5 only: RGB1..RGB8 or "all"
     train_split, val_split   mm5: list_*_f.txt / *_dataset.csv / a list of stems; mfnet: train | val | test |
-                  test_day | test_night; pst900 and fmb: train | test (the folder); folder: <split>.txt
+                  test_day | test_night; pst900 and fmb: train | test (the folder); folder: <split>.txt;
+                  mfnet and folder also take a list of names
     num_classes   null = the dataset's class list; mfnet 9, pst900 5, fmb 15 or 14 (see fmb_classes)
     fmb_classes   15: "unlabeled" is class 0 and counted; 14: unlabeled -> ignore (255), ids shift down by 1
     aux_range     [low, high] in the aux image's unit replacing the loader's default normalisation range
@@ -65,7 +66,10 @@ from typing import Any, Callable
 
 import yaml
 
-MM5_LIGHTINGS = tuple(f"RGB{k}" for k in range(1, 9))
+from rgbd_fusion_seg.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+
+from .datasets.mm5 import MM5_LIGHTINGS  # noqa: F401 (study.py and the tests import it from here)
+
 DATASETS = ("mm5", "mfnet", "pst900", "fmb", "folder")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant", "poly")
@@ -73,8 +77,6 @@ LR_SCHEDULES = ("cosine", "constant", "poly")
 
 # The MM5 study's augmentation (random horizontal flip, random zoom up to 1.25); see offline/datasets/augment.py
 DEFAULT_AUGMENTATION = {"hflip": True, "scale": [1.0, 1.25], "crop": None, "rotate": 0.0, "colour_jitter": 0.0}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # = core.preprocessing's (kept here so that config.py imports no cv2)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 DEFAULT_EXPERIMENT = "experiment"
 DEFAULT_OUT_DIR = "runs/${experiment}"
@@ -125,7 +127,7 @@ class TrainConfig:
     # lr * min_lr_ratio over the whole run (after an optional linear warm-up) is the default here:
     # it is the common choice for AdamW on segmentation and does not need tuning of decay epochs.
     lr_schedule: str = "cosine"
-    poly_power: float = 0.9  # `poly`: lr * (1 - step / total_steps) ** poly_power (RSFNet, DeepLab)
+    poly_power: float = 0.9  # `poly`: lr * (1 - progress) ** poly_power after the warm-up (RSFNet, DeepLab)
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
     amp: bool = True

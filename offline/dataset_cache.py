@@ -3,10 +3,10 @@
 `dataset.validate(full=True)` decodes every image of a split: minutes on MFNet or MM5, and it is what
 gives the class pixel counts that `loss.class_weights: log_frequency` needs; the saliency pseudo-labels
 (pseudo_labels.py) read every frame too. Each result is kept in a small JSON file keyed by the dataset's
-identity (loader, root, split, class count and the list of files its samples read: colour, aux, labels,
-plus whatever else the result depends on) and checked against a fingerprint of those files (size and
-modification time of each): a rewritten, resized or missing file makes the cached result stale and it is
-computed again. Nothing is cached when the computation fails.
+identity (loader, root, split, class count and the list of files it reads: colour, aux, labels and settings
+files such as the folder layout's dataset.yaml, plus whatever else the result depends on) and checked
+against a fingerprint of those files (size and modification time of each): a rewritten, resized or missing
+file makes the cached result stale and it is computed again. Nothing is cached when the computation fails.
 
 Where: `<root>/.rgbd_fusion_seg_cache/`, or `$XDG_CACHE_HOME/rgbd_fusion_seg` (default
 `~/.cache/rgbd_fusion_seg`) when the root is read-only.
@@ -24,8 +24,10 @@ REPORT_VERSION = 1
 
 
 def dataset_files(dataset) -> list[Path]:
-    """Every file the dataset's samples read (FrameDataset: sample.files), sorted, each once."""
-    return sorted({Path(path) for sample in dataset.samples for path in sample.files.values()})
+    """Every file the dataset's samples read (FrameDataset: sample.files) and its settings files (the folder
+    layout's dataset.yaml), sorted, each once."""
+    files = {Path(path) for sample in dataset.samples for path in sample.files.values()}
+    return sorted(files | {Path(path) for path in getattr(dataset, "settings_files", ())})
 
 
 def dataset_identity(dataset, files: list[Path]) -> dict:

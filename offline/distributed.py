@@ -6,8 +6,8 @@ torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `setup(
 the process group (NCCL on CUDA, Gloo on the CPU). Without them (a plain `rgbd-fusion-seg train`) it is a
 single process and nothing changes. The trainer (train.py) uses the `Distributed` object for:
 
-- data: every global batch of the epoch's permutation is split between the ranks (`shard`), so
-  `train.batch_size` is the GLOBAL batch size, the step count and the resume position do not depend on
+- data: every global batch of the epoch's permutation is split between the ranks (train.EpochBatchSampler),
+  so `train.batch_size` is the GLOBAL batch size, the step count and the resume position do not depend on
   the number of processes, and it must be divisible by WORLD_SIZE;
 - sums over ranks (`all_reduce_sum`): the validation confusion matrix, the epoch's loss sum and count;
 - per-rank state (`gather`): each rank's RNG state goes into last.pt, so a resumed run continues every
@@ -75,10 +75,6 @@ class Distributed:
         gathered = [None] * self.world_size
         dist.all_gather_object(gathered, value)
         return gathered
-
-    def shard(self, batch: list) -> list:
-        """This rank's part of a global batch (every world_size-th item, starting at rank)."""
-        return batch[self.rank :: self.world_size] if self.enabled else batch
 
     def agree(self, flag: bool, what: str) -> None:
         """Raise unless every rank sees the same `flag` (e.g. whether last.pt exists: out_dir not shared)."""

@@ -42,8 +42,8 @@ from rgbd_fusion_seg.core.checkpoint import CheckpointError, load_checkpoint
 from rgbd_fusion_seg.core.engine import resolve_device
 from rgbd_fusion_seg.core.preprocessing import Preprocessing, prepare_inputs
 
-from .metrics import ConfusionMatrix, markdown_table
 from .datasets.catalog import open_dataset
+from .metrics import ConfusionMatrix, markdown_table
 
 RESOLUTIONS = ("native", "input")
 
@@ -257,10 +257,10 @@ def evaluate(
 
 
 def format_summary(result: dict) -> str:
+    settings = result["settings"]
     lines = [
-        f"{result['method']} on {result['settings']['num_frames']} frames "
-        f"({', '.join(result['settings']['lightings'])}, split {result['settings']['split']}, "
-        f"{result['settings']['resolution']} resolution)",
+        f"{result['method']} on {settings['num_frames']} {settings['dataset']} frames "
+        f"({', '.join(settings['groups'])}, split {settings['split']}, {settings['resolution']} resolution)",
         f"mIoU {_pct(result['miou'])}  mAcc {_pct(result['macc'])}  pixel acc {_pct(result['pixel_accuracy'])}",
         f"{'id':>3}  {'class':<28} {'IoU':>7} {'Acc':>7} {'GT px':>10}",
     ]

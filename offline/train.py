@@ -7,8 +7,9 @@ weights, the output folder. Then:
 
 - AdamW (or Adam / SGD) with a per-step learning-rate schedule: cosine decay from `lr` to
   `lr * min_lr_ratio` over the whole run after an optional linear warm-up (`lr_schedule: cosine`, the
-  default; the MM5 study does not state its schedule), `poly` (lr * (1 - step/total) ** poly_power, floored
-  at lr * min_lr_ratio: RSFNet's recipe with SGD momentum 0.9) or `constant`.
+  default; the MM5 study does not state its schedule), `poly` (from lr down to lr * min_lr_ratio as
+  (1 - progress) ** poly_power, progress = the share of the post-warm-up steps done: RSFNet's recipe with
+  SGD momentum 0.9) or `constant`.
 - Mixed precision (fp16 autocast + GradScaler) on CUDA when `train.amp`; fp32 on the CPU.
 - The loss is the method's `compute_loss(output, batch, seg_loss)`, seg_loss = CE (plain, class-weighted
   or OHEM) + Dice (losses.py).
@@ -54,8 +55,8 @@ from . import distributed
 from .config import ConfigError, ExperimentConfig, dump_config, load_config
 from .datasets.catalog import build_preprocessing, open_dataset
 from .metrics import ConfusionMatrix, SegmentationMetrics, metrics_from_confusion
-from .pseudo_labels import with_extra_targets
 from .dataset_cache import validated_report
+from .pseudo_labels import with_extra_targets
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -99,7 +100,6 @@ class EpochBatchSampler(Sampler):
         self.seed = seed
         self.epoch = epoch
         self.start_batch = start_batch
-        self.drop_last = num_items >= batch_size
 
     @staticmethod
     def batches_per_epoch(num_items: int, batch_size: int) -> int:
@@ -542,12 +542,12 @@ def _train(config: ExperimentConfig, context: distributed.Distributed, torch_dev
             with torch.autocast(torch_device.type, dtype=torch.float16, enabled=use_amp):
                 output = forward(batch["rgb"], batch["aux"])
                 loss, parts = model.compute_loss(output, batch, seg_loss)
-            if not torch.isfinite(loss.detach()):
-                if not use_amp:
-                    raise FloatingPointError(
-                        f"{config.experiment}: the loss became {float(loss)} at step {global_step}; "
-                        "lower train.lr or check the data"
-                    )
+            # Under AMP an inf/NaN step is normal: GradScaler skips it and lowers its scale.
+            if not use_amp and not torch.isfinite(loss.detach()):
+                raise FloatingPointError(
+                    f"{config.experiment}: the loss became {float(loss)} at step {global_step}; "
+                    "lower train.lr or check the data"
+                )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if train_cfg.grad_clip is not None:

@@ -1,4 +1,4 @@
-"""The cached full-validation report: hit without reading a file, invalidated by any change under the root."""
+"""The cached full-validation report: hit without reading a file, invalidated by a change to a file it depends on."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
+from rgbd_fusion_seg.offline.datasets.folder import FolderDataset
 from rgbd_fusion_seg.offline.datasets.mm5 import MM5Dataset
+from rgbd_fusion_seg.offline.datasets.replicas import write_folder_dataset
 from rgbd_fusion_seg.offline.dataset_cache import CACHE_FOLDER, validated_report
 
 
@@ -64,3 +66,18 @@ def test_read_only_root_falls_back_to_the_user_cache(mm5_copy, tmp_path, monkeyp
     (entry,) = (tmp_path / "xdg" / "rgbd_fusion_seg").glob("validation-*.json")
     assert json.loads(entry.read_text())["identity"]["root"] == str(mm5_copy.resolve())
     assert validated_report(open_split(mm5_copy))["from_cache"]
+
+
+def test_folder_dataset_yaml_is_part_of_the_fingerprint(tmp_path):
+    root = tmp_path / "folder"
+    write_folder_dataset(root, modality="depth", aux_unit="mm", num_frames=3, height=16, width=20)
+    first = validated_report(FolderDataset(root, split="all"))
+    assert not first.pop("from_cache") and first["ignore_pixels"] == 0
+    assert validated_report(FolderDataset(root, split="all"))["from_cache"]
+    # class 0 declared "ignore" in dataset.yaml: same images, other counts, so the cached report is stale
+    description = root / "dataset.yaml"
+    description.write_text(description.read_text().replace("ignore_index: 255", "ignore_index: 0"))
+    os.utime(description, ns=(description.stat().st_atime_ns, description.stat().st_mtime_ns + 10**9))
+    second = validated_report(FolderDataset(root, split="all"))
+    assert not second.pop("from_cache")
+    assert second["ignore_pixels"] == first["class_pixels"][0] > 0 and second["class_pixels"][0] == 0

@@ -232,6 +232,8 @@ def test_folder_units(replica_roots, unit):
     root = replica_roots[unit]
     dataset = FolderDataset(root, split="train")
     assert dataset.groups == ["train"] and len(FolderDataset(root, split="val")) == 2
+    listed = FolderDataset(root, split=dataset.stems[:2])  # a list of stems, as data.*_split allows
+    assert listed.stems == dataset.stems[:2] and listed.split == "list"
     expected_unit = {"mm": "m", "m": "m"}.get(unit, unit)
     assert dataset.preprocessing.aux.unit == expected_unit and dataset.num_classes == 10
     aux = dataset.read_raw(0)["aux"]

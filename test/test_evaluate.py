@@ -18,7 +18,7 @@ from rgbd_fusion_seg.offline.datasets.mfnet import MFNetDataset
 from rgbd_fusion_seg.offline.datasets.mm5 import MM5Dataset
 from rgbd_fusion_seg.offline.datasets.replicas import write_mfnet_replica
 from rgbd_fusion_seg.offline.datasets.synth import CLASSES
-from rgbd_fusion_seg.offline.evaluate import evaluate, format_markdown
+from rgbd_fusion_seg.offline.evaluate import evaluate, format_markdown, format_summary
 from rgbd_fusion_seg.offline.metrics import ConfusionMatrix
 from rgbd_fusion_seg.offline.train import train
 
@@ -150,3 +150,7 @@ def test_background_option_and_the_papers_table(mfnet_checkpoint, tmp_path):
     assert [line.split("|")[1].strip() for line in table[4:7]] == ["rgb plain", "rgb plain day", "rgb plain night"]
     assert table[7:] == ["", "\\* left out of mAcc and mIoU"]
     assert table[4].endswith(f"| {100 * excluded['macc']:.1f} | {100 * excluded['miou']:.1f} |")
+    # the console summary of a dataset without lightings names its groups (it used to fail on None)
+    summary = format_summary(excluded).splitlines()
+    assert summary[0].startswith("rgb on ") and "mfnet frames (" in summary[0] and "night" in summary[0]
+    assert "* left out of mIoU and mAcc (--exclude-background)" in summary

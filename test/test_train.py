@@ -18,6 +18,7 @@ from rgbd_fusion_seg.models.blocks import PretrainedWeightsMissing
 from rgbd_fusion_seg.offline.config import ConfigError, config_from_dict
 from rgbd_fusion_seg.offline.datasets.imageio import DatasetError
 from rgbd_fusion_seg.offline.datasets.mm5 import default_aux_normalisation
+from rgbd_fusion_seg.offline.datasets.replicas import write_folder_dataset
 from rgbd_fusion_seg.offline.datasets.synth import CLASSES
 from rgbd_fusion_seg.offline.train import EpochBatchSampler, epoch_permutation, learning_rate, train
 
@@ -222,3 +223,18 @@ def test_slimmed_checkpoint_serves_but_cannot_be_extended(tiny_config):
     assert train(config, device="cpu", log=quiet) == last  # finished: nothing to do
     with pytest.raises(CheckpointError, match="--no-resume"):
         train(tiny_config(train={"epochs": 1, "max_steps": 2}), device="cpu", log=quiet)
+
+
+def test_folder_layout_with_auto_aux_records_what_the_node_needs(tiny_config, tmp_path):
+    # dataset.yaml alone says "thermal, raw16": the checkpoint must carry modality, unit and range
+    root = tmp_path / "own_data"
+    write_folder_dataset(root, modality="thermal", aux_unit="raw16", num_frames=4, height=16, width=20)
+    config = tiny_config(data={"dataset": "folder", "root": str(root), "aux_folder": "auto", "label_folder": None,
+                               "train_split": "train", "val_split": "val", "input_size": [16, 20],
+                               "aux_range": [100.0, 40000.0]},
+                         train={"epochs": 1})
+    checkpoint = load_checkpoint(train(config, device="cpu", log=quiet))
+    aux = checkpoint.preprocessing.aux
+    assert (aux.modality, aux.unit, aux.low, aux.high) == ("thermal", "raw16", 100.0, 40000.0)
+    assert checkpoint.data["dataset"] == "folder" and checkpoint.data["aux_folder"] == "auto"
+    assert checkpoint.classes == list(CLASSES)

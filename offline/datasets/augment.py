@@ -26,7 +26,7 @@ import torch
 
 from .imageio import DatasetError
 
-IGNORE_INDEX = 255
+IGNORE_INDEX = 255  # the label of pixels without a class, for every loader (base.py imports it from here)
 
 
 @dataclass(frozen=True)

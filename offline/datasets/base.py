@@ -14,7 +14,7 @@ units of core.preprocessing (`decode_rgb`, `decode_aux`, `decode_labels`), and `
        "stem": str, "group": str, **extra}
 - `validate(full=True)`: decodes every file once, checks pixel types, sizes and every label value, counts
   label pixels per class, and raises one DatasetError listing every problem found;
-- `describe()`: what the dataset is, for a checkpoint's `data` field.
+- `describe()`: what the dataset is (loader, root, split, aux choice, groups, sizes), for logs and reports.
 """
 from __future__ import annotations
 
@@ -34,11 +34,8 @@ from torch.utils.data import Dataset
 
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing, prepare_inputs, resize_labels
 
-from .augment import Augmentation, augment_frame
+from .augment import IGNORE_INDEX, Augmentation, augment_frame
 from .imageio import DatasetError, png_size, read_labels, read_rgb
-
-IGNORE_INDEX = 255
-ROLES = ("rgb", "aux", "label")
 
 
 class Sample(NamedTuple):
@@ -92,6 +89,29 @@ def read_csv_list(path: Path) -> list[str]:
     return stems
 
 
+def read_named_split(root: Path, split, title: str, layout: str) -> tuple[list[str], str]:
+    """(names, split name): `split` is a list of names, a .txt path, or the name of <root>/<split>.txt."""
+    if isinstance(split, (list, tuple)):
+        return [str(name) for name in split], "list"
+    path = Path(split)
+    if path.suffix != ".txt":
+        path = root / f"{split}.txt"
+    elif not path.is_absolute():
+        path = root / path
+    if not path.is_file():
+        present = sorted(p.name for p in root.glob("*.txt"))
+        raise DatasetError(
+            f"{title} root {root} has no split file {path.name}; it has: {', '.join(present) or 'no .txt files'}; "
+            f"expected the {title} layout: {layout}"
+        )
+    return read_text_list(path), path.stem
+
+
+def check_aux_choice(title: str, aux_folder, choices) -> None:
+    if aux_folder not in choices:
+        raise DatasetError(f"unknown {title} aux choice {aux_folder!r}; {title} has: {', '.join(choices)}")
+
+
 def raise_problems(problems: list[str], headline: str, limit: int = 12) -> None:
     if not problems:
         return
@@ -129,6 +149,9 @@ class FrameDataset(Dataset):
 
     dataset_name = "frames"  # the catalogue's name ("mm5", "mfnet", ...)
     title = "frame"  # for messages ("MM5", "MFNet", ...)
+    # Files besides the samples' that decoding depends on (folder: dataset.yaml); dataset_cache.py
+    # fingerprints them with the samples' files, so editing one makes a cached validation report stale.
+    settings_files: tuple[Path, ...] = ()
 
     # -- construction -------------------------------------------------------------------------------
 
@@ -143,7 +166,6 @@ class FrameDataset(Dataset):
         default_aux: AuxNormalisation | None,
         aux_name: str | None,
         preprocessing: Preprocessing | None,
-        input_size: tuple[int, int] | None = (224, 224),
         augment: bool = False,
         augmentation: Augmentation | None = None,
     ) -> None:
@@ -154,7 +176,7 @@ class FrameDataset(Dataset):
         if not samples:
             raise DatasetError(f"split {self.split!r} of {self.title} data set {self.root} lists no frames")
         self.aux_name = aux_name
-        self.preprocessing = self._checked_preprocessing(preprocessing, default_aux, input_size)
+        self.preprocessing = self._checked_preprocessing(preprocessing, default_aux)
         self.num_classes, self.classes = self._class_list(list(class_names), num_classes)
         self.augment = bool(augment)
         self.augmentation = augmentation or Augmentation()
@@ -163,11 +185,9 @@ class FrameDataset(Dataset):
             raise DatasetError(f"{self.title} data set {self.root} has no labels: it cannot be augmented for training")
         self._check_layout()
 
-    def _checked_preprocessing(self, preprocessing, default_aux, input_size) -> Preprocessing:
-        if preprocessing is None:
-            return Preprocessing(
-                input_size=None if input_size is None else tuple(input_size), aux=default_aux or AuxNormalisation()
-            )
+    def _checked_preprocessing(self, preprocessing, default_aux) -> Preprocessing:
+        if preprocessing is None:  # native size, ImageNet mean/std, the aux choice's default range
+            return Preprocessing(input_size=None, aux=default_aux or AuxNormalisation())
         expected = preprocessing.aux
         if default_aux is not None and (expected.modality, expected.unit) != (default_aux.modality, default_aux.unit):
             raise DatasetError(
@@ -192,7 +212,7 @@ class FrameDataset(Dataset):
             )
             names = names + [f"class_{i}" for i in range(len(names), num_classes)]
         if not 1 <= num_classes <= IGNORE_INDEX:
-            raise DatasetError(f"num_classes must be in 1..{IGNORE_INDEX}, got {num_classes}")
+            raise DatasetError(f"num_classes for {self.root} must be in 1..{IGNORE_INDEX}, got {num_classes}")
         return int(num_classes), names
 
     def _folder_of(self, path: Path) -> str:
@@ -358,7 +378,7 @@ class FrameDataset(Dataset):
         return report
 
     def describe(self) -> dict:
-        """What this data set is, for a checkpoint's `data` field."""
+        """What this data set is (module docstring)."""
         return {
             "dataset": self.dataset_name,
             "root": str(self.root),

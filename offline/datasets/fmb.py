@@ -24,7 +24,7 @@ import numpy as np
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 
 from .augment import Augmentation
-from .base import IGNORE_INDEX, FrameDataset, Sample, check_root, require_folders
+from .base import IGNORE_INDEX, FrameDataset, Sample, check_aux_choice, check_root, require_folders
 from .imageio import DatasetError, raw8, read_labels, read_single
 
 FMB_CLASSES = (
@@ -37,13 +37,8 @@ FMB_CLASS_COUNTS = (15, 14)
 FMB_LAYOUT = "train/ and test/, each with Visible/ Infrared/ Label/ (<stem>.png in each)"
 
 
-def check_aux(aux_folder: str) -> None:
-    if aux_folder not in FMB_AUX:
-        raise DatasetError(f"unknown FMB aux choice {aux_folder!r}; FMB has: {', '.join(FMB_AUX)}")
-
-
 def default_aux_normalisation(aux_folder: str = "Infrared") -> AuxNormalisation:
-    check_aux(aux_folder)
+    check_aux_choice("FMB", aux_folder, FMB_AUX)
     return AuxNormalisation(modality="thermal", unit="raw8", low=0.0, high=255.0)
 
 
@@ -71,7 +66,7 @@ class FMBDataset(FrameDataset):
         augmentation: Augmentation | None = None,
     ):
         root = check_root(root, "FMB")
-        check_aux(aux_folder)
+        default_aux = default_aux_normalisation(aux_folder)
         names = fmb_class_names(fmb_classes)
         if split not in FMB_SPLITS:
             extra = " (FMB has no validation split: validate on test, as the papers report)" if split == "val" else ""
@@ -90,10 +85,9 @@ class FMBDataset(FrameDataset):
             split=split,
             class_names=names,
             num_classes=len(names),
-            default_aux=default_aux_normalisation(aux_folder),
+            default_aux=default_aux,
             aux_name=aux_folder,
             preprocessing=preprocessing,
-            input_size=None,
             augment=augment,
             augmentation=augmentation,
         )

@@ -17,8 +17,9 @@
 
 aux_unit maps to core.preprocessing's units: mm and m -> "m", raw8, raw16 and celsius as they are. Default
 normalisation ranges (data.aux_range overrides): depth 0-10 m, raw8 0-255, raw16 0-65535, celsius -20-80.
-A sample's group is the split name. Unlabelled data (no labels/) can be read for its images with
-`require_labels=False`; training and evaluation need labels and say so.
+`split` is a <split>.txt name or path, or a list of stems; a sample's group is the split name. Unlabelled
+data (no labels/) can be read for its images with `require_labels=False`; training and evaluation need
+labels and say so.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import yaml
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 
 from .augment import Augmentation
-from .base import IGNORE_INDEX, FrameDataset, Sample, check_root, read_text_list, require_folders
+from .base import IGNORE_INDEX, FrameDataset, Sample, check_root, read_named_split, require_folders
 from .imageio import DatasetError, depth_from_mm, read_image, read_labels, read_single
 
 FORMAT = "rgbd_fusion_seg/folder/1"
@@ -118,7 +119,7 @@ class FolderDataset(FrameDataset):
         self,
         root,
         *,
-        split: str = "train",
+        split="train",
         aux_folder: str = "auto",
         preprocessing: Preprocessing | None = None,
         num_classes: int | None = None,
@@ -128,6 +129,7 @@ class FolderDataset(FrameDataset):
     ):
         root = check_root(root, "folder data set")
         self.description = description = read_description(root)
+        self.settings_files = (root / "dataset.yaml",)  # its aux_unit and ignore_index change the decoding
         check_aux(aux_folder, description, root)
         modality = description["modality"]
         self.aux_unit = description["aux_unit"]
@@ -141,20 +143,12 @@ class FolderDataset(FrameDataset):
         if labelled and description["classes"] is None:
             raise DatasetError(f"{root / 'dataset.yaml'} lists no classes, but {root / 'labels'} holds labels")
         require_folders(root, "folder", ["rgb", modality], FOLDER_LAYOUT)
-        split_file = Path(split) if str(split).endswith(".txt") else root / f"{split}.txt"
-        split_file = split_file if split_file.is_absolute() else root / split_file
-        if not split_file.is_file():
-            present = sorted(p.name for p in root.glob("*.txt"))
-            raise DatasetError(
-                f"folder data set {root} has no split file {split_file.name}; it has: "
-                f"{', '.join(present) or 'no .txt files'} (one stem per line)"
-            )
-        split_name = split_file.stem
+        stems, split_name = read_named_split(root, split, "folder", FOLDER_LAYOUT)
         rgb_listing = dict.fromkeys(os.listdir(root / "rgb"))
         aux_listing = dict.fromkeys(os.listdir(root / modality))
         suffixes = AUX_UNITS[self.aux_unit][3]
         samples = []
-        for stem in read_text_list(split_file):
+        for stem in stems:
             files = {
                 "rgb": _find(rgb_listing, stem, root / "rgb", RGB_SUFFIXES),
                 "aux": _find(aux_listing, stem, root / modality, suffixes),
@@ -171,7 +165,6 @@ class FolderDataset(FrameDataset):
             default_aux=default_aux_normalisation(root, aux_folder),
             aux_name=modality,
             preprocessing=preprocessing,
-            input_size=None,
             augment=augment,
             augmentation=augmentation,
         )

@@ -1,13 +1,14 @@
 """Reading dataset images with OpenCV, with errors that name the file.
 
-Shared by the dataset loaders (MM5 now; MFNet, PST900 and FMB use the same helpers). Everything here
-returns images *decoded into the units of `rgbd_fusion_seg.core.preprocessing.AUX_UNITS`*:
+Shared by every dataset loader (base.py and the layouts). The decoders return images *in the units of
+`rgbd_fusion_seg.core.preprocessing.AUX_UNITS`*:
 
     read_rgb            HxWx3 uint8, RGB order (OpenCV's BGR is swapped once, here)
     read_single         HxW as stored (uint8 / uint16 / ...), 3-channel copies of one channel collapsed
     read_labels         HxW integer class ids; a 3- or 4-channel label keeps OpenCV channel 0 (see below)
     depth_from_mm       uint16 millimetres      -> float32 metres,   0 -> NaN (no reading)
     raw8_with_holes     uint8 intensity         -> float32 as stored, 0 -> NaN (no reading)
+    raw8                uint8 intensity         -> float32 as stored (every value a reading)
     celsius_from_t16    uint16 raw (MM5 T16)    -> float32 deg C = raw / 64 - 273.15, 0 -> NaN
 
 Label channel convention: when a label file has 3 (or 4) channels, the class id is taken from OpenCV's
@@ -101,14 +102,6 @@ def png_size(path: str | os.PathLike) -> tuple[int, int]:
         raise DatasetError(f"{path} is not a readable PNG file (bad or missing PNG header)")
     width, height = struct.unpack(">II", head[16:24])
     return int(height), int(width)
-
-
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(height, width): from the header for PNG files, else by decoding the image."""
-    path = Path(path)
-    if path.suffix.lower() == ".png":
-        return png_size(path)
-    return tuple(read_image(path).shape[:2])  # type: ignore[return-value]
 
 
 def _require_dtype(image: np.ndarray, dtype, what: str, path) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 
 from .augment import Augmentation
-from .base import FrameDataset, Sample, check_root, read_text_list, require_folders
+from .base import FrameDataset, Sample, check_aux_choice, check_root, read_named_split, require_folders
 from .imageio import DatasetError, raw8, read_image
 
 MFNET_CLASSES = ("unlabeled", "car", "person", "bike", "curve", "car_stop", "guardrail", "color_cone", "bump")
@@ -32,31 +32,8 @@ GROUPS = {"D": "day", "N": "night"}
 
 
 def default_aux_normalisation(aux_folder: str = "thermal") -> AuxNormalisation:
-    check_aux(aux_folder)
+    check_aux_choice("MFNet", aux_folder, MFNET_AUX)
     return AuxNormalisation(modality="thermal", unit="raw8", low=0.0, high=255.0)
-
-
-def check_aux(aux_folder: str) -> None:
-    if aux_folder not in MFNET_AUX:
-        raise DatasetError(f"unknown MFNet aux choice {aux_folder!r}; MFNet has: {', '.join(MFNET_AUX)}")
-
-
-def read_named_split(root: Path, split, title: str, layout: str) -> tuple[list[str], str]:
-    """(names, split name): `split` is a list of names, a .txt path, or the name of <root>/<split>.txt."""
-    if isinstance(split, (list, tuple)):
-        return [str(name) for name in split], "list"
-    path = Path(split)
-    if path.suffix != ".txt":
-        path = root / f"{split}.txt"
-    elif not path.is_absolute():
-        path = root / path
-    if not path.is_file():
-        present = sorted(p.name for p in root.glob("*.txt"))
-        raise DatasetError(
-            f"{title} root {root} has no split file {path.name}; it has: {', '.join(present) or 'no .txt files'}; "
-            f"expected the {title} layout: {layout}"
-        )
-    return read_text_list(path), path.stem
 
 
 def day_or_night(name: str) -> str:
@@ -82,7 +59,7 @@ class MFNetDataset(FrameDataset):
         augmentation: Augmentation | None = None,
     ):
         root = check_root(root, "MFNet")
-        check_aux(aux_folder)
+        default_aux = default_aux_normalisation(aux_folder)
         require_folders(root, "MFNet", ("images", "labels"), MFNET_LAYOUT)
         names, split_name = read_named_split(root, split, "MFNet", MFNET_LAYOUT)
         samples = [
@@ -97,10 +74,9 @@ class MFNetDataset(FrameDataset):
             split=split_name,
             class_names=MFNET_CLASSES,
             num_classes=num_classes,
-            default_aux=default_aux_normalisation(aux_folder),
+            default_aux=default_aux,
             aux_name=aux_folder,
             preprocessing=preprocessing,
-            input_size=None,
             augment=augment,
             augmentation=augmentation,
         )

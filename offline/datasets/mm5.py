@@ -204,7 +204,7 @@ def _as_lightings(lightings) -> list[str]:
         return list(MM5_LIGHTINGS) if lightings.lower() == "all" else [lightings]
     names = list(lightings)
     if not names:
-        raise DatasetError("no lighting given")
+        raise DatasetError(f"no MM5 lighting given; name some of {', '.join(MM5_LIGHTINGS)} or 'all'")
     if any(str(name).lower() == "all" for name in names):
         return list(MM5_LIGHTINGS)
     return [str(name) for name in names]
@@ -269,7 +269,7 @@ class MM5Dataset(FrameDataset):
             num_classes=num_classes,
             default_aux=default_aux_normalisation(aux_folder) if aux_folder is not None else None,
             aux_name=aux_folder,
-            preprocessing=preprocessing,
+            preprocessing=preprocessing or default_preprocessing(aux_folder),
             augment=augment,
             augmentation=augmentation or Augmentation(scale=(1.0, self.max_zoom)),
         )

@@ -23,7 +23,7 @@ import numpy as np
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 
 from .augment import Augmentation
-from .base import FrameDataset, Sample, check_root, require_folders
+from .base import FrameDataset, Sample, check_aux_choice, check_root, require_folders
 from .imageio import DatasetError, depth_from_mm, read_single
 
 PST900_CLASSES = ("background", "fire_extinguisher", "backpack", "hand_drill", "survivor")
@@ -46,13 +46,8 @@ PST900_AUX = {
 }
 
 
-def check_aux(aux_folder: str) -> None:
-    if aux_folder not in PST900_AUX:
-        raise DatasetError(f"unknown PST900 aux choice {aux_folder!r}; PST900 has: {', '.join(PST900_AUX)}")
-
-
 def default_aux_normalisation(aux_folder: str = "thermal") -> AuxNormalisation:
-    check_aux(aux_folder)
+    check_aux_choice("PST900", aux_folder, PST900_AUX)
     modality, unit, _, (low, high), _ = PST900_AUX[aux_folder]
     return AuxNormalisation(modality=modality, unit=unit, low=low, high=high)
 
@@ -76,7 +71,7 @@ class PST900Dataset(FrameDataset):
         augmentation: Augmentation | None = None,
     ):
         root = check_root(root, "PST900")
-        check_aux(aux_folder)
+        default_aux = default_aux_normalisation(aux_folder)
         if split not in PST900_SPLITS:
             raise DatasetError(f"PST900 has the splits {', '.join(PST900_SPLITS)} (its folders), not {split!r}")
         require_folders(root, "PST900", [f"{split}/{name}" for name in ("rgb", aux_folder, "labels")], PST900_LAYOUT)
@@ -94,10 +89,9 @@ class PST900Dataset(FrameDataset):
             split=split,
             class_names=PST900_CLASSES,
             num_classes=num_classes,
-            default_aux=default_aux_normalisation(aux_folder),
+            default_aux=default_aux,
             aux_name=aux_folder,
             preprocessing=preprocessing,
-            input_size=None,
             augment=augment,
             augmentation=augmentation,
         )
