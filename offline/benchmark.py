@@ -1,7 +1,8 @@
 """`rgbd-fusion-seg bench`: size, compute, latency, memory and training throughput of the fusion methods.
 
 For every method (default: all registered) on one device:
-- parameters (millions) of the training form;
+- parameters (millions) of the training form and of the deploy form (what the node serves; fewer for
+  methods that merge branches, e.g. RSFNet);
 - GFLOPs and GMACs of one forward pass at batch 1 and `--size`, counted by torch.utils.flop_counter
   (a multiply-add counts as 2 FLOPs; only convolutions, matrix products and attention are counted);
 - forward latency p50/p90 (ms) at batch 1 and `--size` of the deploy form (what the node serves), after
@@ -267,6 +268,8 @@ def format_paper_comparison(results: list[dict]) -> list[str]:
 
 def _jobs(args) -> list[tuple[str, dict]]:
     """(method, extra benchmark_method arguments) to measure, checked before any measuring."""
+    if args.rsfnet is not None and args.methods:
+        raise ValueError("--methods and --rsfnet exclude each other: --rsfnet measures RSFNet's encoder pairs only")
     if args.rsfnet is None:
         methods = args.methods or available_methods()
         for method in methods:  # fail early, before minutes of measuring, on a misspelt name

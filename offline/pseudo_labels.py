@@ -29,12 +29,12 @@ from torch.utils.data import Dataset
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, normalise_aux
 from rgbd_fusion_seg.models.registry import method_class
 
-from .datasets.imageio import DatasetError
 from .dataset_cache import cached_for_dataset
+from .datasets.base import IGNORE_INDEX
+from .datasets.imageio import DatasetError
 
 # Bump when the computation changes, so that older cached targets are not trusted.
 ALGORITHM = "static-saliency-fine-grained/otsu/iou-v1"
-IGNORE_INDEX = 255
 
 
 def binary_saliency(image: np.ndarray) -> np.ndarray:
@@ -73,7 +73,7 @@ def frame_pseudo_labels(raw: dict, aux_spec: AuxNormalisation) -> tuple[float, f
 
 
 def _sample_keys(dataset) -> list[str]:
-    return ["/".join(map(str, sample[:2])) for sample in dataset.samples]  # (stem, group)
+    return [f"{sample.stem}/{sample.group}" for sample in dataset.samples]
 
 
 def _cache_identity(dataset) -> dict:
@@ -131,9 +131,12 @@ class WithConfidenceTargets(Dataset):
         return getattr(self.dataset, name)
 
 
-def with_extra_targets(dataset, method: str, workers: int = 4):
-    """The training set with the extra targets the method's class asks for (`extra_targets`), if any."""
+def with_extra_targets(dataset, method: str, options: dict | None = None, workers: int = 4):
+    """The training set with the extra targets the method's class asks for (`extra_targets`), if any;
+    none when the method's options switch the confidence loss off (`reg_weight: 0`)."""
     if "confidence" not in getattr(method_class(method), "extra_targets", ()):
+        return dataset
+    if (options or {}).get("reg_weight") == 0:
         return dataset
     targets, _ = cached_pseudo_labels(dataset, workers)
     return WithConfidenceTargets(dataset, targets)

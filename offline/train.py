@@ -307,7 +307,7 @@ def _train(config: ExperimentConfig, context: distributed.Distributed, torch_dev
         context.barrier()  # rank 0 validates the data (and caches the report) first, the others read it
     train_report = validated_report(train_set)  # cached: see dataset_cache.py
     validated_report(val_set)
-    train_set = with_extra_targets(train_set, config.model.method)  # RSFNet's pseudo-labels, cached like the report
+    train_set = with_extra_targets(train_set, config.model.method, config.model.options)  # RSFNet's pseudo-labels, cached like the report
     if context.is_main:
         context.barrier()
     if len(train_set) == 0:

@@ -142,6 +142,17 @@ def test_export_pairs_like_the_node_and_resizes_mismatched_aux(tmp_path):
     assert depth.shape == (8, 10) and depth.dtype == np.uint16 and (depth == 1002).all()
 
 
+def test_bag_commands_build_their_parser_without_torch_or_rclpy():
+    """`rgbd-fusion-seg bag ... --help` stays quick: the actions import torch and rclpy only when run."""
+    import subprocess
+    import sys
+
+    code = ("import argparse, sys; from rgbd_fusion_seg.offline.bags import cli; "
+            "cli.add_arguments(argparse.ArgumentParser()); "
+            "loaded = [m for m in ('torch', 'rclpy') if m in sys.modules]; assert not loaded, loaded")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 # ---- bad input -----------------------------------------------------------------------------------------
 
 
@@ -169,6 +180,15 @@ def test_recordings_without_images_give_clear_errors(storage, tmp_path, capsys):
             deserialize(raw, connection)
 
 
+@pytest.mark.parametrize("rate", ["0", "-1", "nan", "fast"])
+def test_a_bad_rate_is_refused_before_anything_starts(rate, capsys):
+    for action in (["play", str(BAGS / "rgbd_indoor")],
+                   ["evaluate", str(BAGS / "rgbd_indoor"), "--rgb-topic", INDOOR["rgb"], "--aux-topic", INDOOR["aux"]]):
+        with pytest.raises(SystemExit) as info:  # an argparse usage error: no checkpoint trained, no node started
+            cli(["bag", *action, "--rate", rate])
+        assert info.value.code == 2 and "must be a speed factor > 0" in capsys.readouterr().err
+
+
 def test_missing_truncated_and_wrong_bags(tmp_path):
     with pytest.raises(BagError, match="no bag at"):
         export(tmp_path / "nothing", tmp_path / "a", "/c", "/d", "depth")
@@ -183,8 +203,53 @@ def test_missing_truncated_and_wrong_bags(tmp_path):
         export(broken, tmp_path / "b", INDOOR["rgb"], INDOOR["aux"], "depth")
     with pytest.raises(BagError, match="'/thermal/image_raw' is mono8, which the folder layout cannot hold as depth"):
         export(BAGS / "rgbt_subterranean", tmp_path / "c", SUBT["rgb"], SUBT["aux"], "depth")
+    assert not (tmp_path / "c").exists()  # refused before anything is written
     with pytest.raises(BagError, match="exists already"):
         BagWriter(BAGS / "rgbd_indoor")
+
+
+def test_import_errors_name_the_option_or_the_file(tmp_path):
+    with BagWriter(tmp_path / "in") as writer:
+        writer.write_message("/c", 5, image_message(np.zeros((4, 6, 3), np.uint8), "rgb8", 5, "c"))
+        writer.write_message("/t", 5, image_message(np.zeros((4, 6), np.uint8), "mono8", 5, "t"))
+    export(tmp_path / "in", tmp_path / "set", "/c", "/t", "thermal")
+    with pytest.raises(BagError, match="--compress-aux compressedDepth cannot carry this data set's mono8 images"):
+        import_dataset(open_source(tmp_path / "set"), tmp_path / "out", compress_aux="compressedDepth")
+    (tmp_path / "set" / "stamps.csv").write_text("stem,rgb_stamp_ns\n000000,5\n")  # hand-edited: a column lost
+    with pytest.raises(BagError, match="stamps.csv: expected the columns stem,rgb_stamp_ns,aux_stamp_ns"):
+        open_source(tmp_path / "set")
+
+
+def test_evaluate_checks_every_label_before_the_node_starts(tmp_path):
+    """Labels that could not be scored are refused up front (naming topic and stamp), not after the run."""
+    from rgbd_fusion_seg.offline.bags.evaluate import read_labels
+
+    with BagWriter(tmp_path / "in") as writer:
+        for stamp, ids in ((5, [0, 3, 255]), (6, [0, 7, 255])):
+            labels = np.array([ids] * 2, np.uint8)
+            writer.write_message("/labels", stamp, image_message(labels, "mono8", stamp, "c"))
+        writer.write_message("/wide", 5, image_message(np.zeros((2, 3), np.uint16), "16UC1", 5, "c"))
+    assert sorted(read_labels(tmp_path / "in", "/labels", 8)) == [5, 6]
+    with pytest.raises(BagError, match="'/labels' .* stamp 6 has class id.s. 7; the checkpoint has 4 classes"):
+        read_labels(tmp_path / "in", "/labels", 4)
+    with pytest.raises(BagError, match="'/wide' .* is 16UC1 at stamp 5; labels must be mono8 or 8UC1"):
+        read_labels(tmp_path / "in", "/wide", 4)
+
+
+def test_score_latency_rate_and_drops_from_the_recorded_times():
+    from rgbd_fusion_seg.offline.bags.evaluate import Recorded, score
+
+    ms, recorded = 1_000_000, Recorded()
+    for k in range(4):  # colour k played at 100k ms, its pair completed by the aux 5 ms later
+        recorded.played[k] = (100 * k * ms, (100 * k + 5) * ms)
+    for k in range(3):  # masks published 20 ms after the pair; the last pair gets none
+        recorded.masks[k] = ((100 * k + 25) * ms, 0, np.zeros((2, 2), np.uint8))
+    result = score(recorded, {0: np.zeros((2, 2), np.uint8), 9: np.zeros((2, 2), np.uint8)}, 2, ["a", "b"])
+    assert result["latency_ms"]["p50"] == pytest.approx(20.0) and result["latency_ms"]["p99"] == pytest.approx(20.0)
+    assert result["latency_from_colour_ms"]["p50"] == pytest.approx(25.0)
+    assert result["rate_hz"] == pytest.approx(10.0)  # masks 100 ms apart
+    assert (result["pairs_expected"], result["masks_received"], result["drops"]) == (4, 3, 1)
+    assert (result["labelled_frames"], result["scored_frames"]) == (2, 1)  # matched by stamp
 
 
 def test_a_writer_interrupted_part_way_leaves_a_valid_bag(tmp_path):
@@ -263,6 +328,9 @@ def test_play_start_offset_loop_and_remap_errors():
             Player(session.node, BAGS / "rgbt_subterranean", PlayOptions(start_offset=5.0)).run()
         with pytest.raises(BagError, match="no Python message package"):
             Player(session.node, BAGS / "cdr_test_mcap", PlayOptions(topics=["/test_topic"]))
+        # decompressed, the jpeg topic would go out on the raw colour topic's name
+        with pytest.raises(BagError, match="would both be played on '/camera/color/image_raw'; use --remap"):
+            Player(session.node, BAGS / "rgbd_indoor", PlayOptions(decompress=True))
         with pytest.raises(ValueError, match="bad --remap"):
             parse_remaps(["/a=/b"])
     finally:

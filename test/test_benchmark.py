@@ -117,3 +117,5 @@ def test_rsfnet_pairs_are_measured_in_deploy_form_beside_table_iii(capsys, tmp_p
 def test_rsfnet_unknown_encoder_is_refused_before_measuring():
     with pytest.raises(ValueError, match="resnet7"):
         benchmark.run(parse(["--rsfnet", "resnet50-resnet18", "resnet7-resnet18", "--device", "cpu"]))
+    with pytest.raises(ValueError, match="exclude each other"):  # --methods would be silently ignored
+        benchmark.run(parse(["--rsfnet", "--methods", "rgb", "--device", "cpu"]))

@@ -232,6 +232,23 @@ def test_compressed_colour_matches_rosbags_image(encoding, kind):
         assert np.abs(pixels_back.astype(int) - image).mean() < 3  # lossy, close
 
 
+def test_compressed_colour_stored_in_rgb_order_is_not_swapped():
+    """A target that is not "bgr..." means the compressed data hold RGB order (compressed_image_transport's
+    subscriber swaps only for "compressed bgr"): an rgb8 original then needs no swap, a bgr8 one does."""
+    import cv2
+
+    rgb = smooth_colour()
+    ok, png = cv2.imencode(".png", rgb)  # the array's channel order, as it is, in the file
+    assert ok
+    back, encoding = decompress("rgb8; png compressed rgb8", png.tobytes())
+    assert encoding == "rgb8"
+    np.testing.assert_array_equal(back, rgb)
+    back, _ = decompress("bgr8; png compressed rgb8", png.tobytes())
+    np.testing.assert_array_equal(back, rgb[..., ::-1])
+    back, _ = decompress("rgb8; png compressed bgr8", png.tobytes())  # the usual case: stored BGR
+    np.testing.assert_array_equal(back, rgb[..., ::-1])
+
+
 def test_compressed_png_16bit_and_bare_formats():
     depth = pixels("16UC1", 6, 9)
     fmt, data = compress(depth, "16UC1", "png")

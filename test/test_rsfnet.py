@@ -93,6 +93,21 @@ def test_merged_block_equals_the_multi_branch_block(in_channels, out_channels, k
         assert torch.allclose(merged(x), block(x), atol=1e-4)
 
 
+def test_deploy_copy_keeps_the_training_model_and_the_weights_dtype():
+    from rgbd_fusion_seg.models.reparam import deploy_copy
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(RepConvKxK(4, 6, 5)).double().train()
+    randomise_batchnorm(net)
+    deployed = deploy_copy(net)
+    assert net.training and isinstance(net[0], RepConvKxK)  # the training model is left as it was
+    assert not deployed.training and type(deployed[0]) is torch.nn.Conv2d
+    assert deployed[0].weight.dtype == torch.float64
+    x = torch.randn(2, 4, 11, 9, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(deployed(x), net.eval()(x), atol=1e-10)  # exact up to float64 rounding
+
+
 def test_deploy_form_equals_the_training_form():
     torch.manual_seed(0)
     model = build_model("rsfnet", NUM_CLASSES, encoders="resnet50-resnet18")
@@ -257,6 +272,7 @@ def test_training_set_gets_confidence_targets_only_for_methods_that_ask(mm5_set)
     from rgbd_fusion_seg.offline.pseudo_labels import with_extra_targets
 
     assert with_extra_targets(mm5_set, "se") is mm5_set
+    assert with_extra_targets(mm5_set, "rsfnet", {"reg_weight": 0.0}) is mm5_set  # no confidence loss, no labels
     wrapped = with_extra_targets(mm5_set, "rsfnet")
     assert len(wrapped) == len(mm5_set) and wrapped.classes == mm5_set.classes
     sample = wrapped[1]

@@ -42,7 +42,7 @@ import numpy as np
 from rgbd_fusion_seg.ros.image_codec import AUX_ENCODINGS
 from rgbd_fusion_seg.ros.pairing import ApproximateTimePairer
 
-from .play import Played, PlayOptions, Player
+from .play import Played, PlayOptions, Player, playback_rate
 from .reading import (
     BagError,
     colour_of,
@@ -53,8 +53,10 @@ from .reading import (
     pixels,
     reading,
     stamp_ns,
+    typestore,
 )
-from .writing import BagWriter, image_message, serialize
+from .export import NODE_QUEUE_SIZE, NODE_SLOP
+from .writing import STORAGES, BagWriter, image_message, serialize
 
 NAMESPACE = "/rgbd_fusion_seg_bag"
 NODE = f"{NAMESPACE}/segment_node"
@@ -95,8 +97,6 @@ def check_inputs(bag, rgb_topic: str, aux_topic: str, label_topic: str | None, c
                  "aux": first_image(reader, image_connection(reader, aux_topic, "aux"))}
         if label_topic:
             infos["label"] = first_image(reader, image_connection(reader, label_topic, "label"))
-            if infos["label"].encoding not in LABEL_ENCODINGS:
-                raise BagError(f"label topic {label_topic!r} is {infos['label'].encoding}; labels must be mono8 class ids")
     if summary.uses_aux:
         unit = AUX_ENCODINGS[summary.modality].get(infos["aux"].encoding)
         if unit != summary.unit:
@@ -107,13 +107,25 @@ def check_inputs(bag, rgb_topic: str, aux_topic: str, label_topic: str | None, c
     return summary, infos
 
 
-def read_labels(bag, topic: str) -> dict[int, np.ndarray]:
+def read_labels(bag, topic: str, num_classes: int) -> dict[int, np.ndarray]:
+    """stamp -> HxW class ids of every label message, checked here so that scoring cannot fail after the run."""
+    from rgbd_fusion_seg.offline.metrics import IGNORE_INDEX
+
     with reading(bag) as reader:
         connection = image_connection(reader, topic, "label")
         labels = {}
         for conn, _, raw in messages(reader, [connection]):
             msg = deserialize(raw, conn)
-            labels[stamp_ns(msg)] = np.array(pixels(msg, topic)[0])
+            label, encoding = pixels(msg, topic)
+            if encoding not in LABEL_ENCODINGS:
+                raise BagError(f"label topic {topic!r} in bag {reader.path} is {encoding} at stamp {stamp_ns(msg)}; "
+                               f"labels must be {' or '.join(LABEL_ENCODINGS)} class ids")
+            bad = np.unique(label[(label >= num_classes) & (label != IGNORE_INDEX)])
+            if bad.size:
+                raise BagError(f"label topic {topic!r} in bag {reader.path}: the label at stamp {stamp_ns(msg)} has "
+                               f"class id(s) {', '.join(map(str, bad[:10]))}; the checkpoint has {num_classes} "
+                               f"classes (ids 0..{num_classes - 1}, {IGNORE_INDEX} = ignore)")
+            labels[stamp_ns(msg)] = np.array(label)
     return labels
 
 
@@ -128,14 +140,11 @@ class Recorder:
         self.writer, self.recorded = writer, Recorded()
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         node = session.node
-        self.node = node
         for name in OUTPUTS if overlay else OUTPUTS[:2]:
             node.create_subscription(Image, f"{NODE}/{name}", self._callback(f"{NODE}/{name}"), qos, raw=True)
         node.create_subscription(DiagnosticStatus, f"{NODE}/stats", self._on_stats, qos)
 
     def _callback(self, topic: str):
-        from .reading import typestore
-
         store = typestore()
 
         def on_output(data: bytes, info) -> None:
@@ -154,8 +163,10 @@ class Recorder:
         return on_output
 
     def _on_stats(self, msg) -> None:
+        from rgbd_fusion_seg.ros.demo import parse_stats
+
         with self.recorded.lock:
-            self.recorded.stats.append({kv.key: kv.value for kv in msg.values})
+            self.recorded.stats.append(parse_stats(msg))
 
     def serving(self) -> bool:
         with self.recorded.lock:
@@ -190,11 +201,11 @@ def warm_up(player: Player, bag, rgb_topic: str, aux_topic: str, recorded: Recor
     return sent
 
 
-def percentiles(values_ms) -> dict:
+def percentiles(values_s) -> dict:
+    """{"p50", "p90", "p99"} in milliseconds of latencies in seconds (NaN for none)."""
     from rgbd_fusion_seg.ros.demo import percentiles_ms
 
-    p50, p90, p99 = percentiles_ms(np.asarray(values_ms) / 1000.0)
-    return {"p50": p50, "p90": p90, "p99": p99}
+    return dict(zip(("p50", "p90", "p99"), percentiles_ms(values_s)))
 
 
 def score(recorded: Recorded, labels: dict, num_classes: int, class_names) -> dict:
@@ -203,8 +214,8 @@ def score(recorded: Recorded, labels: dict, num_classes: int, class_names) -> di
 
     expected = sorted(recorded.played)
     answered = [s for s in expected if s in recorded.masks]
-    latency = [(recorded.masks[s][0] - recorded.played[s][1]) / 1e6 for s in answered]
-    from_colour = [(recorded.masks[s][0] - recorded.played[s][0]) / 1e6 for s in answered]
+    latency = [(recorded.masks[s][0] - recorded.played[s][1]) / 1e9 for s in answered]  # seconds
+    from_colour = [(recorded.masks[s][0] - recorded.played[s][0]) / 1e9 for s in answered]
     sources = sorted(recorded.masks[s][0] for s in answered)
     rate = (len(sources) - 1) / ((sources[-1] - sources[0]) / 1e9) if len(sources) > 1 and sources[-1] > sources[0] else None
     result = {
@@ -284,7 +295,7 @@ def evaluate(args, log=print) -> dict:
         checkpoint = default_checkpoint(log)
     summary, infos = check_inputs(args.bag, args.rgb_topic, args.aux_topic, args.label_topic, checkpoint, args.modality)
     served = load_checkpoint(checkpoint)  # class names and palette
-    labels = read_labels(args.bag, args.label_topic) if args.label_topic else {}
+    labels = read_labels(args.bag, args.label_topic, served.num_classes) if args.label_topic else {}
     out = Path(args.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     env = ros_environment(args.domain_id)
@@ -354,7 +365,7 @@ def evaluate(args, log=print) -> dict:
         log(f"wrote {writer.path} ({', '.join(f'{t}: {n}' for t, n in sorted(writer.counts.items()))})")
     result.update(score(recorded, labels, served.num_classes, served.classes))
     if args.overlays or args.video:
-        fps = args.rate * infos["rgb"].count / max(result["play_seconds"], 1e-3)
+        fps = infos["rgb"].count / max(result["play_seconds"] * args.rate, 1e-3)  # recorded frames per second
         result["pictures"] = write_pictures(args.bag, args.rgb_topic, recorded, served.palette, out, args.overlays,
                                             args.video, fps)
     return result
@@ -368,11 +379,9 @@ def write_labels(bag, topic: str, writer: BagWriter) -> None:
             writer.write(topic, conn.msgtype, recorded, raw)
 
 
-def _fmt(value, digits=1, unit="") -> str:
-    return "n/a" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}{unit}"
-
-
 def summary_text(result: dict) -> str:
+    from rgbd_fusion_seg.ros.demo import _fmt
+
     lat, colour = result["latency_ms"], result["latency_from_colour_ms"]
     stats = result.get("node_stats") or {}
     frames = ", ".join(f"{topic} {count}" for topic, count in result["frames_in_bag"].items())
@@ -407,14 +416,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--modality", choices=("depth", "thermal"), default=None,
                         help="aux modality (default: the checkpoint's; must match it)")
     parser.add_argument("--out", default="bag_evaluation", help="folder for outputs/ (bag), report.json, summary.txt")
-    parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output bag storage (default mcap)")
-    parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1.0)")
-    parser.add_argument("--queue-size", type=int, default=10, help="node sync.queue_size (default 10)")
-    parser.add_argument("--slop", type=float, default=0.05, help="node sync.slop in seconds (default 0.05)")
+    parser.add_argument("--storage", choices=STORAGES, default="mcap", help="output bag storage (default mcap)")
+    parser.add_argument("--rate", type=playback_rate, default=1.0, help="playback speed factor (default 1.0)")
+    parser.add_argument("--queue-size", type=int, default=NODE_QUEUE_SIZE,
+                        help=f"node sync.queue_size (default {NODE_QUEUE_SIZE}, the node's)")
+    parser.add_argument("--slop", type=float, default=NODE_SLOP, help=f"node sync.slop in seconds (default {NODE_SLOP}, the node's)")
     parser.add_argument("--device", default="auto", help="node device: auto (CUDA if present), cpu, cuda, cuda:N")
     parser.add_argument("--overlay-topic", action="store_true", help="also record the node's ~/overlay")
     parser.add_argument("--overlays", action="store_true", help="write overlay PNGs to OUT/overlays")
-    parser.add_argument("--video", action="store_true", help="write OUT/overlay.mp4")
+    parser.add_argument("--video", action="store_true", help="write OUT/overlay.mp4 (at the recorded frame rate)")
     parser.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: the environment's)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the node to serve")
 

@@ -3,7 +3,8 @@
     rgbd-fusion-seg bag export BAG --rgb-topic T --aux-topic T --modality depth|thermal --out DIR
 
 Pairs are made exactly as segment_node makes them: `ros.pairing.ApproximateTimePairer` with the same queue
-size and slop (defaults 10 and 0.05 s), fed in the bag's recorded order. Writes (COMMON folder contract):
+size and slop (defaults: the node's sync.queue_size and sync.slop, 10 and 0.05 s), fed in the bag's recorded
+order. Writes (COMMON folder contract):
 
     DIR/dataset.yaml     format rgbd_fusion_seg/folder/1, modality, aux_unit, and where the frames came from
     DIR/rgb/<stem>.png   8-bit RGB (CompressedImage colour is decoded first)
@@ -25,10 +26,14 @@ import cv2
 import numpy as np
 import yaml
 
-from rgbd_fusion_seg.offline.datasets.folder import AUX_UNITS, FORMAT
 from rgbd_fusion_seg.ros.pairing import ApproximateTimePairer
+from rgbd_fusion_seg.ros.parameters import PARAMETERS_BY_NAME
 
-from .reading import BagError, colour_of, deserialize, image_connection, messages, pixels, reading, stamp_ns
+from .reading import BagError, colour_of, deserialize, first_image, image_connection, messages, pixels, reading, stamp_ns
+
+# segment_node's pairing defaults, so that a bag pairs here as the node pairs it live
+NODE_QUEUE_SIZE = PARAMETERS_BY_NAME["sync.queue_size"].default
+NODE_SLOP = PARAMETERS_BY_NAME["sync.slop"].default
 
 # modality -> recorded encoding -> the folder layout's aux_unit (its dtype and file type: datasets.folder)
 AUX_FILES = {
@@ -39,13 +44,15 @@ AUX_FILES = {
 
 def aux_file(modality: str, encoding: str, topic: str) -> tuple[str, str, type]:
     """(aux_unit, file suffix, stored dtype) for an aux topic's encoding."""
-    try:
-        unit = AUX_FILES[modality][encoding]
-        return unit, AUX_UNITS[unit][3][0], AUX_UNITS[unit][2]
-    except KeyError:
+    from rgbd_fusion_seg.offline.datasets.folder import AUX_UNITS  # imported when used: it imports torch
+
+    unit = AUX_FILES.get(modality, {}).get(encoding)
+    if unit is None:
         supported = ", ".join(AUX_FILES.get(modality, {}))
         raise BagError(f"aux topic {topic!r} is {encoding}, which the folder layout cannot hold as {modality}; "
-                       f"supported: {supported}") from None
+                       f"supported: {supported}")
+    _, _, dtype, suffixes, _ = AUX_UNITS[unit]
+    return unit, suffixes[0], dtype
 
 
 def write_image(path: Path, image: np.ndarray) -> None:
@@ -53,8 +60,10 @@ def write_image(path: Path, image: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def export(bag, out, rgb_topic: str, aux_topic: str, modality: str, queue_size: int = 10, slop: float = 0.05,
-           log=print) -> dict:
+def export(bag, out, rgb_topic: str, aux_topic: str, modality: str, queue_size: int = NODE_QUEUE_SIZE,
+           slop: float = NODE_SLOP, log=print) -> dict:
+    from rgbd_fusion_seg.offline.datasets.folder import FORMAT
+
     out = Path(out).expanduser()
     if out.exists() and any(out.iterdir()):
         raise BagError(f"export folder {out} is not empty; choose a new one")
@@ -64,6 +73,7 @@ def export(bag, out, rgb_topic: str, aux_topic: str, modality: str, queue_size: 
     rows, resized, unit = [], 0, None
     with reading(bag) as reader:
         connections = [image_connection(reader, rgb_topic, "colour"), image_connection(reader, aux_topic, "aux")]
+        aux_file(modality, first_image(reader, connections[1]).encoding, aux_topic)  # before anything is written
         (out / "rgb").mkdir(parents=True, exist_ok=True)
         (out / modality).mkdir(exist_ok=True)
         for connection, _, raw in messages(reader, connections):
@@ -115,8 +125,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--aux-topic", required=True, help="depth or thermal topic (Image or CompressedImage)")
     parser.add_argument("--modality", required=True, choices=tuple(AUX_FILES), help="what the aux topic carries")
     parser.add_argument("--out", required=True, help="new folder for the data set")
-    parser.add_argument("--queue-size", type=int, default=10, help="pairing queue size (the node's sync.queue_size)")
-    parser.add_argument("--slop", type=float, default=0.05, help="pairing slop in seconds (the node's sync.slop)")
+    parser.add_argument("--queue-size", type=int, default=NODE_QUEUE_SIZE,
+                        help=f"pairing queue size (the node's sync.queue_size, default {NODE_QUEUE_SIZE})")
+    parser.add_argument("--slop", type=float, default=NODE_SLOP,
+                        help=f"pairing slop in seconds (the node's sync.slop, default {NODE_SLOP})")
 
 
 def run(args) -> int:

@@ -31,7 +31,7 @@ import numpy as np
 from rgbd_fusion_seg.core.preprocessing import depth_to_metres
 
 from .reading import BagError
-from .writing import BagWriter, compressed_message, image_message
+from .writing import STORAGES, BagWriter, compressed_message, image_message
 
 # (decoded unit, stored dtype) -> the encoding that carries the stored values unchanged
 STORED_ENCODINGS = {("m", np.uint16): "16UC1", ("m", np.float32): "32FC1", ("raw8", np.uint8): "mono8",
@@ -62,7 +62,13 @@ def open_source(path, split=None, lighting="RGB1", aux_folder=None, dataset=None
     stamps = {}
     if kind == "folder" and (root / "stamps.csv").is_file():
         with open(root / "stamps.csv", newline="") as handle:
-            stamps = {row["stem"]: (int(row["rgb_stamp_ns"]), int(row["aux_stamp_ns"])) for row in csv.DictReader(handle)}
+            try:
+                stamps = {row["stem"]: (int(row["rgb_stamp_ns"]), int(row["aux_stamp_ns"]))
+                          for row in csv.DictReader(handle)}
+            except (KeyError, TypeError, ValueError) as error:  # a missing column or cell, a stamp not an integer
+                raise BagError(f"{root / 'stamps.csv'}: expected the columns stem,rgb_stamp_ns,aux_stamp_ns with "
+                               f"integer nanoseconds on every row (as bag export writes it); {type(error).__name__}: "
+                               f"{error}") from None
     return Source(opened, aux.modality, aux.unit, stamps, f"{kind} data set {root} (split {split})")
 
 
@@ -97,10 +103,13 @@ def import_dataset(source: Source, out, storage="mcap", rate: float | None = Non
     suffixes = {None: "", "jpeg": "/compressed", "png": "/compressed", "compressedDepth": "/compressedDepth"}
     colour_topic, aux_topic = colour_topic + suffixes[compress_colour], aux_topic + suffixes[compress_aux]
 
-    def message(image, encoding, stamp, kind):
+    def message(image, encoding, stamp, kind, option):
         if kind is None:
             return image_message(image, encoding, stamp, frame_id)
-        return compressed_message(image, encoding, stamp, frame_id, kind)
+        try:
+            return compressed_message(image, encoding, stamp, frame_id, kind)
+        except ValueError as error:  # e.g. compressedDepth of mono8 thermal
+            raise BagError(f"{option} {kind} cannot carry this data set's {encoding} images: {error}") from None
     start_ns, period_ns = int(start_s * 1e9), int(round(1e9 / (rate or 10.0)))
     labelled = 0
     dataset = source.dataset
@@ -115,8 +124,9 @@ def import_dataset(source: Source, out, storage="mcap", rate: float | None = Non
                 raise BagError(f"frame {sample.stem!r}: aux {aux.shape[1]}x{aux.shape[0]} differs from colour "
                                f"{rgb.shape[1]}x{rgb.shape[0]}")
             rgb = rgb if colour_encoding == "rgb8" else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-            writer.write_message(colour_topic, colour_stamp, message(rgb, colour_encoding, colour_stamp, compress_colour))
-            writer.write_message(aux_topic, aux_stamp, message(aux, aux_encoding, aux_stamp, compress_aux))
+            writer.write_message(colour_topic, colour_stamp,
+                                 message(rgb, colour_encoding, colour_stamp, compress_colour, "--compress-colour"))
+            writer.write_message(aux_topic, aux_stamp, message(aux, aux_encoding, aux_stamp, compress_aux, "--compress-aux"))
             if "label" in sample.files:
                 labels = dataset.decode_labels(sample.files["label"])
                 if labels.dtype != np.uint8:
@@ -133,7 +143,7 @@ def add_arguments(parser) -> None:
                         help="layout (default: folder if there is a dataset.yaml, else mm5)")
     parser.add_argument("--out", required=True, help="new bag folder")
     parser.add_argument("--split", default=None, help="split (folder: <split>.txt, default all; others: default val)")
-    parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="bag storage (default mcap)")
+    parser.add_argument("--storage", choices=STORAGES, default="mcap", help="bag storage (default mcap)")
     parser.add_argument("--rate", type=float, default=None, help="frames per second (default: stamps.csv if present, else 10)")
     parser.add_argument("--start", type=float, default=DEFAULT_START_S, help="first stamp, seconds since the epoch")
     parser.add_argument("--colour-topic", default="/camera/color/image_raw")

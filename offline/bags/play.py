@@ -11,6 +11,7 @@ segment_node subscribes to. Topics whose message type has no Python package here
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import threading
 import time
@@ -64,6 +65,17 @@ def decompressed_topic(topic: str) -> str:
     return topic
 
 
+def playback_rate(text: str) -> float:
+    """argparse type of --rate: refused at once (not after a node has started) unless a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a speed factor > 0 (1.0 = recorded speed), got {text!r}")
+    return value
+
+
 def parse_remaps(items) -> dict[str, str]:
     remap = {}
     for item in items or []:
@@ -105,12 +117,14 @@ class Player:
             cls = message_class(msgtype)
             if cls is None:
                 if options.topics:
-                    raise BagError(f"topic {connection.topic!r} has type {msgtype}, which has no Python message package "
-                                   "here (rclpy cannot publish it)")
+                    raise BagError(f"topic {connection.topic!r} in bag {reader.path} has type {msgtype}, which has no "
+                                   "Python message package here (rclpy cannot publish it)")
                 self.log(f"skipping {connection.topic} ({msgtype}): no Python message package for it here")
                 continue
-            if topic in self.routes.values():
-                raise BagError(f"two topics would be played on {topic!r}; use --remap to separate them")
+            clash = [source for source, target in self.routes.items() if target == topic]
+            if clash:
+                raise BagError(f"{clash[0]!r} and {connection.topic!r} in bag {reader.path} would both be played on "
+                               f"{topic!r}; use --remap to separate them")
             self.connections.append(connection)
             self.routes[connection.topic] = topic
             self.publishers[connection.topic] = (node.create_publisher(cls, topic, qos), msgtype, decompress)
@@ -197,7 +211,7 @@ class Player:
 def add_arguments(parser) -> None:
     parser.add_argument("bag", help="rosbag2 folder (sqlite3 or mcap)")
     parser.add_argument("--topics", nargs="+", default=None, help="topics to play (default: all)")
-    parser.add_argument("--rate", type=float, default=1.0, help="speed factor (default 1.0)")
+    parser.add_argument("--rate", type=playback_rate, default=1.0, help="speed factor (default 1.0)")
     parser.add_argument("--start-offset", type=float, default=0.0, help="start this many seconds into the bag")
     parser.add_argument("--loop", action="store_true", help="play again from the start until Ctrl-C")
     parser.add_argument("--remap", nargs="+", default=[], metavar="FROM:=TO", help="publish a recorded topic under another name")

@@ -14,6 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
+from rgbd_fusion_seg.ros.demo import stamp_of as stamp_ns  # header stamp in ns, rclpy and rosbags messages alike
 from rgbd_fusion_seg.ros.image_codec import ImageDecodeError, decode_colour, decompress, pixel_view
 
 IMAGE = "sensor_msgs/msg/Image"
@@ -100,10 +101,6 @@ def deserialize(raw: bytes, connection):
     except Exception as error:
         raise BagError(f"a {connection.msgtype} message on {connection.topic!r} cannot be deserialised "
                        f"({len(raw)} bytes): {type(error).__name__}: {error}") from None
-
-
-def stamp_ns(msg) -> int:
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
 
 
 def pixels(msg, topic: str) -> tuple[np.ndarray, str]:

@@ -84,18 +84,21 @@ class RepConvKxK(nn.Module):
         return kernel, bias
 
     def merged_conv(self) -> nn.Conv2d:
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, padding=self.kernel_size // 2)
+        """The deploy form: one KxK conv with bias, on the device and in the dtype of this block's weights."""
+        weight = self.square.weight
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, padding=self.kernel_size // 2,
+                         device=weight.device, dtype=weight.dtype)
         kernel, bias = self.merged_kernel()
         conv.weight.data.copy_(kernel)
         conv.bias.data.copy_(bias)
-        return conv.to(self.square.weight.device)
+        return conv
 
 
 def deploy_copy(module: nn.Module) -> nn.Module:
     """A copy of `module` in eval mode with every RepConvKxK merged into one KxK conv (the original is kept)."""
     deployed = copy.deepcopy(module).eval()
-    for name, child in list(deployed.named_modules()):
-        for child_name, grandchild in list(child.named_children()):
-            if isinstance(grandchild, RepConvKxK):
-                setattr(child, child_name, grandchild.merged_conv())
+    for parent in list(deployed.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, RepConvKxK):
+                setattr(parent, name, child.merged_conv())
     return deployed

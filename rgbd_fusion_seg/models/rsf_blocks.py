@@ -23,7 +23,8 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> n
 
 
 def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
-    """ECA-Net's adaptive 1D kernel size: the odd number nearest |(log2 C + b) / gamma|."""
+    """ECA-Net's adaptive 1D kernel size: t = int(|(log2 C + b) / gamma|), made odd by adding 1 if even (as
+    ECA-Net's code does; e.g. 3 for 64 channels, 5 for 256, 7 for 2048)."""
     k = int(abs((math.log2(channels) + b) / gamma))
     return k if k % 2 else k + 1
 

@@ -21,7 +21,9 @@ Decoded units (the contract with `rgbd_fusion_seg.core.preprocessing.AUX_UNITS`)
 sensor_msgs/CompressedImage (`decompress` / `compress`), the formats of image_transport's plugins:
 
     "<enc>; jpeg compressed <target>"  / "<enc>; png compressed <target>"   (compressed_image_transport;
-        a plain "jpeg" or "png" from older publishers decodes to bgr8 / mono8 / mono16 as stored)
+        colour is stored in BGR order when <target> starts with "bgr" (what its publisher writes), else in
+        RGB order, as its subscriber reads it; a plain "jpeg" or "png" from older publishers decodes to
+        bgr8 / mono8 / mono16 as stored)
     "<enc>; compressedDepth png" (or "<enc>; compressedDepth")            (compressed_depth_image_transport)
         a 12-byte ConfigHeader (int32 format, 0 = INV_DEPTH; float32 depthQuantA, depthQuantB; little
         endian) followed by a PNG. 16UC1: the PNG holds the raw 16-bit values (exact). 32FC1: the PNG holds
@@ -76,6 +78,16 @@ def _describe(encoding, height, width, step, size) -> str:
     return f"encoding {encoding!r}, {width}x{height}, step {step}, {size} data bytes"
 
 
+def _byte_buffer(data) -> np.ndarray:
+    """A flat uint8 view of a message's `data` (no copy where its buffer can be shared)."""
+    if isinstance(data, np.ndarray):
+        return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    try:
+        return np.frombuffer(data, np.uint8)
+    except TypeError:  # a plain sequence of ints
+        return np.asarray(data, np.uint8)
+
+
 def pixel_view(encoding: str, height: int, width: int, step: int, is_bigendian: bool, data) -> np.ndarray:
     """A read-through numpy view of the pixels: HxW (one channel) or HxWxC, honouring `step` and byte order.
 
@@ -86,13 +98,7 @@ def pixel_view(encoding: str, height: int, width: int, step: int, is_bigendian: 
         dtype, channels = _LAYOUTS[encoding]
     except KeyError:
         raise ImageDecodeError(f"unsupported encoding {encoding!r}; supported: {', '.join(_LAYOUTS)}") from None
-    if isinstance(data, np.ndarray):
-        buffer = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-    else:
-        try:
-            buffer = np.frombuffer(data, np.uint8)
-        except TypeError:  # a plain sequence of ints
-            buffer = np.asarray(data, np.uint8)
+    buffer = _byte_buffer(data)
     size = buffer.size
     if height <= 0 or width <= 0 or size == 0:
         raise ImageDecodeError(f"empty image: {_describe(encoding, height, width, step, size)}")
@@ -210,7 +216,7 @@ DEPTH_QUANTIZATION = 100.0
 
 
 def _imdecode(data, what: str) -> np.ndarray:
-    buffer = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
+    buffer = _byte_buffer(data)
     if buffer.size == 0:
         raise ImageDecodeError(f"empty compressed image ({what})")
     image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
@@ -219,12 +225,18 @@ def _imdecode(data, what: str) -> np.ndarray:
     return image
 
 
-def _from_bgr(image: np.ndarray, encoding: str, what: str) -> np.ndarray:
-    """An OpenCV-decoded image -> the pixel layout of `encoding`."""
+def _decoded_to_encoding(image: np.ndarray, encoding: str, stored_bgr: bool, what: str) -> np.ndarray:
+    """An OpenCV-decoded image -> the pixel layout of `encoding`.
+
+    `stored_bgr`: the colour was compressed in BGR order (OpenCV's, what imdecode assumes); otherwise it was
+    compressed in RGB order, so the decoded channels are swapped back to BGR first.
+    """
     dtype, channels = _LAYOUTS[encoding]
     if image.dtype != dtype:
         raise ImageDecodeError(f"{what}: decoded pixels are {image.dtype}, but {encoding!r} needs {dtype.name}")
     have = 1 if image.ndim == 2 else image.shape[2]
+    if have > 1 and channels > 1 and not stored_bgr:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR if have == 3 else cv2.COLOR_RGBA2BGRA)
     conversions = {
         (3, 3): None if encoding.startswith("bgr") else cv2.COLOR_BGR2RGB,
         (3, 4): cv2.COLOR_BGR2BGRA if encoding.startswith("bgr") else cv2.COLOR_BGR2RGBA,
@@ -263,7 +275,8 @@ def decompress(format: str, data) -> tuple[np.ndarray, str]:
         raise ImageDecodeError(f"unsupported compressed {what}; expected jpeg, png or compressedDepth")
     if original not in _LAYOUTS:
         raise ImageDecodeError(f"{what}: unsupported original encoding {original!r}; supported: {', '.join(_LAYOUTS)}")
-    return _from_bgr(_imdecode(data, what), original, what), original
+    stored_bgr = "compressed bgr" in transport  # compressed_image_transport's subscriber makes the same test
+    return _decoded_to_encoding(_imdecode(data, what), original, stored_bgr, what), original
 
 
 def _decompress_depth(original: str, transport: str, data, what: str) -> tuple[np.ndarray, str]:
@@ -271,9 +284,9 @@ def _decompress_depth(original: str, transport: str, data, what: str) -> tuple[n
         raise ImageDecodeError(f"unsupported compressedDepth {what}; only png is supported (not rvl)")
     if original not in ("16UC1", "32FC1"):
         raise ImageDecodeError(f"{what}: compressedDepth carries 16UC1 or 32FC1, not {original!r}")
-    raw = memoryview(np.ascontiguousarray(data, np.uint8) if isinstance(data, np.ndarray) else data).cast("B")
-    if len(raw) <= _DEPTH_HEADER.size:
-        raise ImageDecodeError(f"{what}: {len(raw)} bytes, too short for the {_DEPTH_HEADER.size}-byte header and a PNG")
+    raw = _byte_buffer(data)
+    if raw.size <= _DEPTH_HEADER.size:
+        raise ImageDecodeError(f"{what}: {raw.size} bytes, too short for the {_DEPTH_HEADER.size}-byte header and a PNG")
     kind, quant_a, quant_b = _DEPTH_HEADER.unpack_from(raw)
     if kind != _INV_DEPTH:
         raise ImageDecodeError(f"{what}: unknown compression format {kind} in the header (expected 0, INV_DEPTH)")
@@ -283,11 +296,10 @@ def _decompress_depth(original: str, transport: str, data, what: str) -> tuple[n
                                " channels; expected one 16-bit channel")
     if original == "16UC1":
         return stored, original
-    inverse = stored.astype(np.float32)
     with np.errstate(divide="ignore"):
-        depth = np.float32(quant_a) / (inverse - np.float32(quant_b))
+        depth = np.float32(quant_a) / (stored.astype(np.float32) - np.float32(quant_b))  # float32, as the C++ decoder
     depth[stored == 0] = np.nan
-    return depth.astype(np.float32), original
+    return depth, original
 
 
 def compress(image: np.ndarray, encoding: str, kind: str = "jpeg", jpeg_quality: int = 95,
@@ -296,6 +308,9 @@ def compress(image: np.ndarray, encoding: str, kind: str = "jpeg", jpeg_quality:
 
     kind: "jpeg" (lossy; 8-bit colour or mono8), "png" (lossless) or "compressedDepth" (16UC1 exact; 32FC1
     by inverse-depth quantisation up to `depth_max` metres, farther or invalid -> no reading).
+    Colour is stored in BGR order ("... compressed bgr8"), a one-channel image under its own encoding ("mono8;
+    jpeg compressed mono8"; older publishers leave that target empty, which `decompress` reads alike).
+    compressed_depth_image_transport also zeroes 16UC1 values beyond depth_max; here 16UC1 is kept exact.
     """
     encode_as(image, encoding)  # checks that the array fits the encoding
     if kind == "compressedDepth":
