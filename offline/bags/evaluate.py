@@ -380,7 +380,7 @@ def write_labels(bag, topic: str, writer: BagWriter) -> None:
 
 
 def summary_text(result: dict) -> str:
-    from rgbd_fusion_seg.ros.demo import _fmt
+    from rgbd_fusion_seg.ros.demo import format_number
 
     lat, colour = result["latency_ms"], result["latency_from_colour_ms"]
     stats = result.get("node_stats") or {}
@@ -394,14 +394,14 @@ def summary_text(result: dict) -> str:
         f"{stats.get('dropped_stale', '?')}, unpaired {stats.get('dropped_unpaired', '?')}, bad input "
         f"{stats.get('bad_input', '?')}, lost in transport {stats.get('lost_in_transport_rgb', '?')}/"
         f"{stats.get('lost_in_transport_aux', '?')})",
-        f"  latency:         p50 {_fmt(lat['p50'])} ms  p90 {_fmt(lat['p90'])} ms  p99 {_fmt(lat['p99'])} ms "
+        f"  latency:         p50 {format_number(lat['p50'])} ms  p90 {format_number(lat['p90'])} ms  p99 {format_number(lat['p99'])} ms "
         "(mask published - pair completed by the player)",
-        f"  from colour:     p50 {_fmt(colour['p50'])} ms  p90 {_fmt(colour['p90'])} ms  p99 {_fmt(colour['p99'])} ms",
-        f"  rate:            {_fmt(result['rate_hz'], 2)} Hz masks (played at {result['rate_factor']:g}x)",
+        f"  from colour:     p50 {format_number(colour['p50'])} ms  p90 {format_number(colour['p90'])} ms  p99 {format_number(colour['p99'])} ms",
+        f"  rate:            {format_number(result['rate_hz'], 2)} Hz masks (played at {result['rate_factor']:g}x)",
     ]
     if "miou" in result:
-        lines.append(f"  mIoU:            {_fmt(None if result['miou'] is None else 100 * result['miou'])} %   mAcc: "
-                     f"{_fmt(None if result['macc'] is None else 100 * result['macc'])} %   ({result['scored_frames']} "
+        lines.append(f"  mIoU:            {format_number(None if result['miou'] is None else 100 * result['miou'])} %   mAcc: "
+                     f"{format_number(None if result['macc'] is None else 100 * result['macc'])} %   ({result['scored_frames']} "
                      f"of {result['labelled_frames']} labelled frames scored)")
     lines.append(f"  output bag:      {result['output_bag']}")
     return "\n".join(lines)

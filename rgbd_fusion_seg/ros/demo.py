@@ -609,7 +609,8 @@ def write_outputs(out_dir: Path, frames: list[Frame], streamed: dict, received: 
     return {"overlays_dir": str(overlays_dir), "overlays_written": written, "contact_sheet": str(sheet_path) if sheet_path else None}
 
 
-def _fmt(value, digits=1) -> str:
+def format_number(value, digits=1) -> str:
+    """`value` with `digits` decimals, or "n/a" when it is missing or not finite."""
     return "n/a" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"
 
 
@@ -617,7 +618,7 @@ def report(result: dict, node_stats: dict | None, lighting_names: dict, log=prin
     lat = result["latency_ms"]
     log("")
     log(f"rgbd-fusion-seg demo: {result['method']} on {result['device']} ({result['frames_sent']} held-out frames, {result['size']})")
-    log(f"  frames sent:        {result['frames_sent']} (+{result['warmup_frames']} warm-up) at {_fmt(result['send_rate_hz'])} Hz")
+    log(f"  frames sent:        {result['frames_sent']} (+{result['warmup_frames']} warm-up) at {format_number(result['send_rate_hz'])} Hz")
     if node_stats:
         log(f"  pairs:              {node_stats.get('pairs', 'n/a')} (node ~/stats, warm-up included)")
     log(f"  masks received:     {result['masks_received']}")
@@ -626,15 +627,15 @@ def report(result: dict, node_stats: dict | None, lighting_names: dict, log=prin
         dropped = (f" (node: stale {node_stats.get('dropped_stale', '?')}, unpaired {node_stats.get('dropped_unpaired', '?')}, "
                    f"bad input {node_stats.get('bad_input', '?')})")
     log(f"  drops:              {result['drops']}{dropped}")
-    log(f"  latency (receiver): p50 {_fmt(lat['p50'])} ms  p90 {_fmt(lat['p90'])} ms  p99 {_fmt(lat['p99'])} ms  (stamp -> mask received)")
+    log(f"  latency (receiver): p50 {format_number(lat['p50'])} ms  p90 {format_number(lat['p90'])} ms  p99 {format_number(lat['p99'])} ms  (stamp -> mask received)")
     if node_stats:
         log(f"  latency (node):     p50 {node_stats.get('latency_p50_ms')} ms  p90 {node_stats.get('latency_p90_ms')} ms  "
             f"p99 {node_stats.get('latency_p99_ms')} ms  (~/stats: stamp -> publish)")
-    log(f"  rate:               {_fmt(result['rate_hz'])} Hz masks received")
-    log(f"  mIoU:               {_fmt(100 * result['miou'])} %   mAcc: {_fmt(100 * result['macc'])} %   "
-        f"(node's masks vs generated labels; training val mIoU {_fmt(100 * result['train_val_miou']) if result.get('train_val_miou') is not None else 'n/a'} %)")
+    log(f"  rate:               {format_number(result['rate_hz'])} Hz masks received")
+    log(f"  mIoU:               {format_number(100 * result['miou'])} %   mAcc: {format_number(100 * result['macc'])} %   "
+        f"(node's masks vs generated labels; training val mIoU {format_number(100 * result['train_val_miou']) if result.get('train_val_miou') is not None else 'n/a'} %)")
     for lighting, values in result["per_lighting"].items():
-        log(f"    {lighting} {lighting_names.get(lighting, ''):<26} mIoU {_fmt(100 * values['miou']):>5} %  mAcc {_fmt(100 * values['macc']):>5} %")
+        log(f"    {lighting} {lighting_names.get(lighting, ''):<26} mIoU {format_number(100 * values['miou']):>5} %  mAcc {format_number(100 * values['macc']):>5} %")
     log(f"  outputs:            {result['overlays_written']} overlays in {result['overlays_dir']}; "
         f"contact sheet {result['contact_sheet']}; figures in {result['summary']}")
 
