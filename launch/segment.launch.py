@@ -7,6 +7,9 @@ Every parameter of the node lives in a ros__parameters file, by default the inst
 config/segment.yaml (`params_file:=my.yaml` to use another). The launch arguments fusion_method,
 checkpoint, checkpoint_dir, modality and device override that file only when they are given a value:
 left empty (their default) they keep what the file says.
+
+rgb_topic and aux_topic remap the node's base names, so with `transport: {rgb: compressed}` in the params
+file the node subscribes to <rgb_topic>/compressed, as image_transport does.
 """
 import os
 

@@ -122,7 +122,7 @@ class RosClient:
     OUTPUTS = ("mask", "mask_color", "overlay", "confidence")
 
     def __init__(self, domain_id: int, node_name: str = "/segment_node", reliable_inputs: bool = True,
-                 rgb_topic: str = "rgb/image", aux_topic: str = "aux/image"):
+                 rgb_topic: str = "rgb/image", aux_topic: str = "aux/image", input_type=None):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticStatus
         from rclpy.executors import SingleThreadedExecutor
@@ -137,8 +137,8 @@ class RosClient:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE if reliable_inputs else ReliabilityPolicy.BEST_EFFORT)
-        self.rgb_pub = self.node.create_publisher(Image, rgb_topic, qos)
-        self.aux_pub = self.node.create_publisher(Image, aux_topic, qos)
+        self.rgb_pub = self.node.create_publisher(input_type or Image, rgb_topic, qos)
+        self.aux_pub = self.node.create_publisher(input_type or Image, aux_topic, qos)
         self.received: dict[str, list] = {name: [] for name in self.OUTPUTS}
         self.stats: list[dict[str, str]] = []
         self.node_name = node_name
@@ -231,6 +231,17 @@ def _parameter(name, value):
 # ---- messages ------------------------------------------------------------------------------------------
 
 
+class Stamps:
+    """Unique, increasing, current stamps (so that latency is meaningful)."""
+
+    def __init__(self):
+        self.last = 0
+
+    def __call__(self) -> int:
+        self.last = max(time.time_ns(), self.last + 10_000_000)
+        return self.last
+
+
 def image_msg(array_or_bytes, encoding: str, height: int, width: int, step: int, stamp_ns: int,
               frame_id: str = "camera", is_bigendian: bool = False):
     """A sensor_msgs/Image with exactly these fields (nothing is checked: tests build bad ones too)."""
@@ -242,6 +253,20 @@ def image_msg(array_or_bytes, encoding: str, height: int, width: int, step: int,
     msg.height, msg.width, msg.step = height, width, step
     msg.encoding, msg.is_bigendian = encoding, is_bigendian
     data = array_or_bytes.tobytes() if isinstance(array_or_bytes, np.ndarray) else bytes(array_or_bytes)
+    msg.data = array.array("B", data)
+    return msg
+
+
+def compressed_msg(image: np.ndarray, encoding: str, kind: str, stamp_ns: int, frame_id: str = "camera"):
+    """A sensor_msgs/CompressedImage as image_transport's publishers write it (image_codec.compress)."""
+    from sensor_msgs.msg import CompressedImage
+
+    from rgbd_fusion_seg.ros.image_codec import compress
+
+    msg = CompressedImage()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    msg.header.frame_id = frame_id
+    msg.format, data = compress(image, encoding, kind)
     msg.data = array.array("B", data)
     return msg
 

@@ -309,6 +309,46 @@ def test_bad_compressed_images_raise_a_clear_error(fmt, data, message):
     assert repr(fmt) in str(info.value)  # names the format
 
 
+def compressed(image, encoding, kind):
+    fmt, data = compress(image, encoding, kind)
+    return RosbagsCompressed(Header(Time(0, 0), "f"), fmt, np.frombuffer(data, np.uint8))
+
+
+def test_msg_decoders_take_compressed_images_too():
+    """colour_from_msg / aux_from_msg tell a CompressedImage by its `format` and decode what it holds."""
+    colour = smooth_colour()
+    np.testing.assert_array_equal(colour_from_msg(compressed(colour, "rgb8", "png")), colour)
+    assert np.abs(colour_from_msg(compressed(colour, "rgb8", "jpeg")).astype(int) - colour).mean() < 3
+    depth = pixels("16UC1", 6, 9)
+    depth[0, 0] = 0
+    raw = decode_aux("depth", *raw_fields(depth, "16UC1"))
+    for kind in ("compressedDepth", "png"):
+        decoded = aux_from_msg(compressed(depth, "16UC1", kind), "depth")
+        assert (decoded.unit, decoded.encoding) == ("m", "16UC1")
+        np.testing.assert_array_equal(decoded.image, raw.image)  # exact, NaN where 0
+    metres = np.linspace(0.5, 4.0, 54, dtype=np.float32).reshape(6, 9)
+    decoded = aux_from_msg(compressed(metres, "32FC1", "compressedDepth"), "depth")
+    assert decoded.unit == "m" and np.allclose(decoded.image, metres, atol=4.0**2 / 10100 + 1e-4)
+    thermal = aux_from_msg(compressed(depth, "mono16", "png"), "thermal")
+    assert thermal.unit == "raw16"
+    np.testing.assert_array_equal(thermal.image, depth.astype(np.float32))
+
+
+@pytest.mark.parametrize("source, call, message", [
+    (("16UC1", "png"), colour_from_msg, "format '16UC1; png compressed 16UC1': unsupported colour encoding '16UC1'"),
+    (("rgb8", "png"), lambda m: aux_from_msg(m, "depth"), "format 'rgb8; png compressed bgr8': unsupported depth"),
+    (("rgb8", "jpeg"), colour_from_msg, "cannot decode the compressed data \\(format 'rgb8; jpeg compressed bgr8'"),
+], ids=["16UC1-as-colour", "rgb8-as-depth", "truncated-jpeg"])
+def test_msg_decoders_name_the_format_of_a_bad_compressed_image(source, call, message):
+    encoding, kind = source
+    image = pixels("16UC1", 6, 9) if encoding == "16UC1" else smooth_colour()
+    bad = compressed(image, encoding, kind)
+    if kind == "jpeg":
+        bad.data = bad.data[:40]  # truncated
+    with pytest.raises(ImageDecodeError, match=message):
+        call(bad)
+
+
 def test_real_bag_jpeg_topic_decodes_close_to_the_raw_topic():
     frames = read_bag_images(BAGS / "rgbd_indoor", {"/camera/color/image_raw", "/camera/color/image_raw/compressed"})
     raw = {m.header.stamp.nanosec: m for t, m in frames if t == "/camera/color/image_raw"}

@@ -52,7 +52,8 @@ def test_real_bag_through_the_node(bag, tmp_path):
             client.wait_for_node(timeout=40)
             node.wait_for_log(r"serving method 'early'", timeout=40)
             text = node.log()
-            assert f"subscribed to {case['colour']} (colour) and {case['aux']} (aux) with QoS reliable" in text
+            assert (f"subscribed to {case['colour']} (colour, sensor_msgs/msg/Image) and {case['aux']} "
+                    "(aux, sensor_msgs/msg/Image) with QoS reliable") in text
 
             pairer = ApproximateTimePairer(queue_size=10, slop=0.05)  # the node's defaults
             expected, round_trips = [], []

@@ -9,21 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from ros_helpers import NodeProcess, RosClient, domain_id_for, image_msg, make_checkpoint, random_pair
+from ros_helpers import NodeProcess, RosClient, Stamps, domain_id_for, image_msg, make_checkpoint, random_pair
 
 DOMAIN = domain_id_for(11)
 MS = 1_000_000
-
-
-class Stamps:
-    """Unique, increasing, current stamps (so that latency is meaningful)."""
-
-    def __init__(self):
-        self.last = 0
-
-    def __call__(self) -> int:
-        self.last = max(time.time_ns(), self.last + 10 * MS)
-        return self.last
 
 
 next_stamp = Stamps()
@@ -98,7 +87,8 @@ def send_and_wait(client, rgb_msg, aux_msg, stamp, output="mask"):
 
 def test_logs_the_topics_and_qos_it_subscribed_with(node):
     text = node.log()
-    assert "subscribed to /rgb/image (colour) and /aux/image (aux) with QoS sensor_data (reliability best_effort" in text
+    assert ("subscribed to /rgb/image (colour, sensor_msgs/msg/Image) and /aux/image (aux, sensor_msgs/msg/Image) "
+            "with QoS sensor_data (reliability best_effort") in text
 
 
 def test_pairs_publish_every_output_with_the_colour_header(node, client):
@@ -381,10 +371,12 @@ def test_parameter_table_is_the_contract():
     assert params.defaults() == {
         "checkpoint": "", "fusion_method": "", "checkpoint_dir": "", "modality": "", "device": "auto",
         "precision": "fp32", "sync.queue_size": 10, "sync.slop": 0.05, "sync.exact": False,
-        "qos.profile": "sensor_data", "qos.depth": 5, "outputs.overlay": False, "outputs.confidence": False,
+        "qos.profile": "sensor_data", "qos.depth": 5, "transport.rgb": "raw", "transport.aux": "raw",
+        "outputs.overlay": False, "outputs.confidence": False,
         "overlay_alpha": 0.5, "depth_scale": 0.001, "aux_range": [], "stats_period": 5.0, "no_pair_timeout": 5.0,
     }
-    assert {s.name for s in params.PARAMETERS if s.read_only} == {"qos.profile", "qos.depth"}
+    assert {s.name for s in params.PARAMETERS if s.read_only} == {"qos.profile", "qos.depth", "transport.rgb",
+                                                                  "transport.aux"}
     assert all(s.description for s in params.PARAMETERS)
     for spec in params.PARAMETERS:
         assert params.validate(spec.name, spec.default) is None, spec.name
@@ -399,6 +391,8 @@ def test_parameter_table_is_the_contract():
     ("sync.queue_size", 0, ">= 1"),
     ("sync.slop", float("nan"), ">= 0"),
     ("qos.profile", "fast", "not one of"),
+    ("transport.rgb", "compressedDepth", "'compressedDepth' is not one of 'raw', 'compressed'"),
+    ("transport.aux", "theora", "not one of 'raw', 'compressed', 'compressedDepth'"),
     ("overlay_alpha", 1.5, "[0, 1]"),
     ("depth_scale", 0.0, "> 0"),
     ("aux_range", [1.0], "[] or [low, high]"),

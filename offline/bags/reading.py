@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from rgbd_fusion_seg.ros.demo import stamp_of as stamp_ns  # header stamp in ns, rclpy and rosbags messages alike
-from rgbd_fusion_seg.ros.image_codec import ImageDecodeError, decode_colour, decompress, pixel_view
+from rgbd_fusion_seg.ros.image_codec import ImageDecodeError, colour_from_msg, decompress, pixel_view
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
@@ -114,18 +114,10 @@ def pixels(msg, topic: str) -> tuple[np.ndarray, str]:
         raise ImageDecodeError(f"topic {topic!r}: {error}") from None
 
 
-def _fields(image: np.ndarray, encoding: str) -> tuple:
-    """Raw-message fields of pixels in native byte order (what `pixels` returns), for the codec's decoders."""
-    image = np.ascontiguousarray(image)
-    little = image.dtype.byteorder == "<" or (image.dtype.byteorder == "=" and np.little_endian) or image.itemsize == 1
-    return encoding, image.shape[0], image.shape[1], image.strides[0], not little, image.reshape(-1).view(np.uint8)
-
-
 def colour_of(msg, topic: str) -> np.ndarray:
     """HxWx3 uint8 RGB of an Image or CompressedImage message."""
-    image, encoding = pixels(msg, topic)
     try:
-        return decode_colour(*_fields(image, encoding))
+        return colour_from_msg(msg)
     except ImageDecodeError as error:
         raise ImageDecodeError(f"topic {topic!r}: {error}") from None
 

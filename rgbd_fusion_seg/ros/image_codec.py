@@ -2,7 +2,8 @@
 
 The functions at the top work on the raw fields of an image message (encoding, height, width, step,
 is_bigendian, data) and import nothing from ROS, so they are unit-tested without rclpy; the `*_msg`
-wrappers at the bottom take or build a `sensor_msgs.msg.Image`.
+wrappers at the bottom take or build a `sensor_msgs.msg.Image` (`colour_from_msg` and `aux_from_msg` also
+take a `sensor_msgs.msg.CompressedImage`).
 
 Decoding reads the message buffer through a numpy view whose row stride is the message's `step` (row
 padding is skipped, not copied) and whose byte order follows `is_bigendian`; a copy is made only where
@@ -34,6 +35,7 @@ Decompressing yields the pixels of the original encoding, so the result goes thr
 from __future__ import annotations
 
 import array
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -349,16 +351,30 @@ def compress(image: np.ndarray, encoding: str, kind: str = "jpeg", jpeg_quality:
     return f"{encoding}; {kind} compressed {target}", encoded.tobytes()
 
 
-# ---- sensor_msgs/Image wrappers ---------------------------------------------------------------------
+# ---- message wrappers (sensor_msgs/Image; CompressedImage decoded too) --------------------------------
+
+
+def _decode_msg(msg, decode):
+    """`decode(encoding, height, width, step, is_bigendian, data)` of an Image or of the image a CompressedImage
+    holds (told apart by its `format` field, which Image lacks); errors of a compressed one name its format."""
+    if not hasattr(msg, "format"):
+        return decode(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data)
+    pixels, encoding = decompress(msg.format, msg.data)
+    pixels = np.ascontiguousarray(pixels)  # native byte order, as OpenCV decodes
+    try:
+        return decode(encoding, pixels.shape[0], pixels.shape[1], pixels.strides[0], not np.little_endian, pixels)
+    except ImageDecodeError as error:
+        raise ImageDecodeError(f"format {msg.format!r}: {error}") from None
 
 
 def colour_from_msg(msg) -> np.ndarray:
-    return decode_colour(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data)
+    """sensor_msgs/Image or CompressedImage -> HxWx3 uint8 RGB."""
+    return _decode_msg(msg, decode_colour)
 
 
 def aux_from_msg(msg, modality: str, depth_scale: float = 0.001) -> DecodedAux:
-    return decode_aux(modality, msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data,
-                      depth_scale=depth_scale)
+    """sensor_msgs/Image or CompressedImage -> depth or thermal in its unit (see `decode_aux`)."""
+    return _decode_msg(msg, functools.partial(decode_aux, modality, depth_scale=depth_scale))
 
 
 def array_to_msg(image: np.ndarray, header):

@@ -23,6 +23,9 @@ from typing import Any, Callable
 QOS_PROFILES = ("sensor_data", "reliable", "system_default")
 MODALITIES = ("", "depth", "thermal")
 PRECISIONS = ("fp32", "fp16", "bf16")
+# image_transport's names: the topic is the base name, or `<base>/<transport>` carrying sensor_msgs/CompressedImage
+TRANSPORTS = ("raw", "compressed", "compressedDepth")
+COLOUR_TRANSPORTS = ("raw", "compressed")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 Validator = Callable[[Any], "str | None"]
@@ -146,6 +149,14 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   read_only=True, validate=_one_of(QOS_PROFILES), constraints="sensor_data | reliable | system_default"),
     ParameterSpec("qos.depth", "integer", 5, "Input subscription history depth.", read_only=True,
                   validate=_at_least_one, constraints=">= 1"),
+    ParameterSpec("transport.rgb", "string", "raw",
+                  "Colour input as image_transport sends it: 'raw' (sensor_msgs/Image on rgb/image) or 'compressed' "
+                  "(CompressedImage, jpeg or png, on <rgb/image as remapped>/compressed).",
+                  read_only=True, validate=_one_of(COLOUR_TRANSPORTS), constraints="raw | compressed"),
+    ParameterSpec("transport.aux", "string", "raw",
+                  "Aux input, like transport.rgb: 'raw' (aux/image), 'compressed' (png) or 'compressedDepth' "
+                  "(compressed_depth_image_transport: on <aux/image as remapped>/compressedDepth).",
+                  read_only=True, validate=_one_of(TRANSPORTS), constraints="raw | compressed | compressedDepth"),
     ParameterSpec("outputs.overlay", "bool", False, "Also publish ~/overlay (rgb8: the mask blended over the image)."),
     ParameterSpec("outputs.confidence", "bool", False,
                   "Also publish ~/confidence (32FC1: probability of the chosen class)."),

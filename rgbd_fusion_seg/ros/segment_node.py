@@ -3,6 +3,8 @@
 Topics (remap the inputs):
     in   rgb/image  sensor_msgs/Image   colour: rgb8, bgr8, rgba8, bgra8, mono8
     in   aux/image  sensor_msgs/Image   depth: 16UC1 (mm), 32FC1 (m); thermal: mono8, mono16/16UC1, 32FC1 (deg C)
+         with transport.rgb / transport.aux 'compressed' or 'compressedDepth': sensor_msgs/CompressedImage on
+         <base>/<transport> (image_transport's names; the base name is remapped first, as image_transport does)
     out  ~/mask        mono8 class ids (16UC1 beyond 256 classes)
     out  ~/mask_color  rgb8 palette colours
     out  ~/overlay     rgb8, when outputs.overlay
@@ -15,7 +17,8 @@ slot, newest wins); the worker decodes, runs the engine and publishes; models lo
 are swapped in whole, so the old model serves until the new one is ready.
 
 Run: `ros2 run rgbd_fusion_seg segment_node --ros-args -p checkpoint:=/path/mid.pt -r rgb/image:=/camera/color/image_raw`
-or `python -m rgbd_fusion_seg.ros.segment_node --ros-args --params-file config/segment.yaml`.
+or `python -m rgbd_fusion_seg.ros.segment_node --ros-args --params-file config/segment.yaml`; jpeg colour straight
+from a camera: `... -p transport.rgb:=compressed -r rgb/image:=/camera/color/image_raw` (-> .../image_raw/compressed).
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ from rclpy.qos import (
     qos_profile_sensor_data,
     qos_profile_system_default,
 )
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 from ..core.palette import colourise, overlay
 from ..core.preprocessing import PreprocessingError
@@ -89,6 +92,11 @@ def describe_qos(profile: str, qos: QoSProfile) -> str:
         f"{profile} (reliability {qos.reliability.name.lower()}, durability {qos.durability.name.lower()}, "
         f"history keep_last {qos.depth})"
     )
+
+
+def _type_name(msg_type) -> str:
+    """sensor_msgs.msg.Image -> "sensor_msgs/msg/Image", as `ros2 topic info` writes it."""
+    return "/".join(msg_type.__module__.split(".")[:2] + [msg_type.__name__])
 
 
 def stamp_ns(header) -> int:
@@ -151,15 +159,14 @@ class SegmentNode(Node):
         profile = self._config["qos.profile"]
         self._input_qos = make_qos(profile, self._config["qos.depth"])
         self._qos_text = describe_qos(profile, self._input_qos)
-        self._rgb_sub = self.create_subscription(
-            Image, RGB_TOPIC, self._on_rgb, self._input_qos, event_callbacks=self._transport_events(0)
-        )
-        self._aux_sub = self.create_subscription(
-            Image, AUX_TOPIC, self._on_aux, self._input_qos, event_callbacks=self._transport_events(1)
-        )
+        self._rgb_sub = self._subscribe(0)
+        self._aux_sub = self._subscribe(1)
         self.rgb_topic = self._rgb_sub.topic_name
         self.aux_topic = self._aux_sub.topic_name
-        self._log.info(f"subscribed to {self.rgb_topic} (colour) and {self.aux_topic} (aux) with QoS {self._qos_text}")
+        self._log.info(
+            f"subscribed to {self.rgb_topic} (colour, {_type_name(self._rgb_sub.msg_type)}) and {self.aux_topic} "
+            f"(aux, {_type_name(self._aux_sub.msg_type)}) with QoS {self._qos_text}"
+        )
         self._log.info(
             f"pairing: queue_size {self._config['sync.queue_size']}, "
             + ("exact stamps" if self._config["sync.exact"] else f"slop {self._config['sync.slop']} s")
@@ -365,6 +372,22 @@ class SegmentNode(Node):
 
     # ---- input: the executor thread only pairs and hands over ------------------------------------------
 
+    def _subscribe(self, stream: int):
+        """Subscribe as image_transport does: remap rules apply to the base name, then /<transport> is appended
+        (rcl matches a rule against a full name only, so `-r rgb/image:=/cam/image_raw` alone would leave
+        rgb/image/compressed as it is). A rule for the full name (`-r rgb/image/compressed:=...`) works too
+        when the base name is not remapped."""
+        base = (RGB_TOPIC, AUX_TOPIC)[stream]
+        transport = self._config[("transport.rgb", "transport.aux")[stream]]
+        if transport == "raw":
+            msg_type, topic = Image, base
+        else:
+            msg_type, topic = CompressedImage, f"{self.resolve_topic_name(base)}/{transport}"
+        # Decoding (and decompressing) happens on the inference worker, not in these callbacks.
+        callback = (self._on_rgb, self._on_aux)[stream]
+        return self.create_subscription(msg_type, topic, callback, self._input_qos,
+                                        event_callbacks=self._transport_events(stream))
+
     def _transport_events(self, stream: int) -> SubscriptionEventCallbacks:
         """Say so when the middleware cannot deliver: incompatible QoS, or messages lost in transport."""
         label = ("rgb", "aux")[stream]
@@ -391,13 +414,13 @@ class SegmentNode(Node):
 
         return SubscriptionEventCallbacks(incompatible_qos=incompatible, message_lost=lost)
 
-    def _on_rgb(self, msg: Image) -> None:
+    def _on_rgb(self, msg: Image | CompressedImage) -> None:
         self._on_image(0, msg)
 
-    def _on_aux(self, msg: Image) -> None:
+    def _on_aux(self, msg: Image | CompressedImage) -> None:
         self._on_image(1, msg)
 
-    def _on_image(self, stream: int, msg: Image) -> None:
+    def _on_image(self, stream: int, msg: Image | CompressedImage) -> None:
         pair = self._pairer.add(stream, stamp_ns(msg.header), msg)
         if pair is None:
             return
