@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import threading
 import time
 from typing import Any
@@ -603,11 +604,26 @@ class SegmentNode(Node):
         self._worker.stop(timeout=10.0)
 
 
+def _interrupt_without_exception() -> threading.Event:
+    """Make SIGINT only record itself in Python; rclpy's handler, installed on top, shuts the context down.
+
+    Python's default handler raises KeyboardInterrupt at whatever line runs next, which may be inside
+    rclpy's executor while it builds a Task: the half-built Task then prints an AttributeError traceback
+    from its __del__ at exit. Stopping through the context alone ends spin cleanly. A SIGINT that the
+    parent made ignored (a shell's `cmd &`) stays ignored.
+    """
+    interrupted = threading.Event()
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, lambda _signum, _frame: interrupted.set())
+    return interrupted
+
+
 def main(args=None) -> None:
     """Spin the node until SIGINT or SIGTERM, then stop the worker threads and exit 0, without a traceback."""
-    try:
-        rclpy.init(args=args)  # installs SIGINT and SIGTERM handlers: both shut the context down
-    except KeyboardInterrupt:
+    interrupted = _interrupt_without_exception()
+    rclpy.init(args=args)  # installs SIGINT and SIGTERM handlers on top: both shut the context down
+    if interrupted.is_set():  # arrived before rclpy's handler was in place
+        rclpy.try_shutdown()
         return
     node = None
     try:
