@@ -64,6 +64,9 @@ from .pairing import ApproximateTimePairer
 NODE_NAME = "segment_node"
 RGB_TOPIC = "rgb/image"
 AUX_TOPIC = "aux/image"
+# Beyond this, stamp -> publish is not a processing time: the stamps come from another clock (a bag replayed
+# without its clock, a camera without time sync).
+CLOCK_GAP_WARNING_S = 60.0
 
 _PARAMETER_TYPES = {
     "string": Parameter.Type.STRING,
@@ -132,6 +135,7 @@ class SegmentNode(Node):
         self._received_at_pair = (0, 0)  # frames received per stream when the last pair was made
         self._starved_warnings: dict[str, float] = {}  # problem kind -> when it was last warned
         self._frame_id_warned = False
+        self._clock_gap_warned = False
         self._served: ServedModel | None = None
         self._served_lock = threading.Lock()
         self._generation = 0
@@ -493,6 +497,12 @@ class SegmentNode(Node):
             confidence_pub.publish(float_to_msg(prediction.confidence, header))
         latency_s = (self.get_clock().now().nanoseconds - stamp_ns(header)) / 1e9
         self._latency.add(latency_s)
+        if abs(latency_s) > CLOCK_GAP_WARNING_S and not self._clock_gap_warned:
+            self._clock_gap_warned = True
+            self.get_logger().warning(
+                f"{self.rgb_topic} stamps are {latency_s:.0f} s from this node's clock, so the latency in ~/stats "
+                "is not a processing time; replaying a bag? play it with its clock (`rgbd-fusion-seg bag play "
+                "--clock`, `ros2 bag play --clock`) and set use_sim_time:=true. Warned once.")
         self._counters.add("frames_out")
 
     def _on_worker_error(self, job, error: BaseException) -> None:
