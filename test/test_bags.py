@@ -368,6 +368,7 @@ def evaluate(tmp_path, capsys, bag, *args) -> dict:
     lat = report["latency_ms"]
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] < 10_000
     assert report["masks_received"] + report["drops"] == report["pairs_expected"]
+    assert "node processing:" in text.out and 0 < float(report["node_stats"]["processing_p50_ms"]) < 10_000
     return report | {"_counts": counts, "_out": text.out}
 
 

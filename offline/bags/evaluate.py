@@ -226,7 +226,8 @@ def score(recorded: Recorded, labels: dict, num_classes: int, class_names) -> di
         "latency_ms": percentiles(latency),
         "latency_from_colour_ms": percentiles(from_colour),
         "rate_hz": rate,
-        # The node's own latency and rate are "now - stamp": meaningless for a bag recorded at another time.
+        # The node's own latency and rate are "now - stamp": meaningless for a bag recorded at another time;
+        # its processing time (pair completed -> publish) is kept.
         "node_stats": {k: v for k, v in recorded.stats[-1].items() if not k.startswith(("latency", "rate"))}
         if recorded.stats else None,
     }
@@ -397,6 +398,8 @@ def summary_text(result: dict) -> str:
         f"  latency:         p50 {format_number(lat['p50'])} ms  p90 {format_number(lat['p90'])} ms  p99 {format_number(lat['p99'])} ms "
         "(mask published - pair completed by the player)",
         f"  from colour:     p50 {format_number(colour['p50'])} ms  p90 {format_number(colour['p90'])} ms  p99 {format_number(colour['p99'])} ms",
+        f"  node processing: p50 {stats.get('processing_p50_ms', '?')} ms  p90 {stats.get('processing_p90_ms', '?')} ms  "
+        f"p99 {stats.get('processing_p99_ms', '?')} ms (node's ~/stats: pair completed - mask published)",
         f"  rate:            {format_number(result['rate_hz'], 2)} Hz masks (played at {result['rate_factor']:g}x)",
     ]
     if "miou" in result:

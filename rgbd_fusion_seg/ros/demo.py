@@ -631,6 +631,8 @@ def report(result: dict, node_stats: dict | None, lighting_names: dict, log=prin
     if node_stats:
         log(f"  latency (node):     p50 {node_stats.get('latency_p50_ms')} ms  p90 {node_stats.get('latency_p90_ms')} ms  "
             f"p99 {node_stats.get('latency_p99_ms')} ms  (~/stats: stamp -> publish)")
+        log(f"  processing (node):  p50 {node_stats.get('processing_p50_ms')} ms  p90 {node_stats.get('processing_p90_ms')} ms  "
+            f"p99 {node_stats.get('processing_p99_ms')} ms  (~/stats: pair completed -> publish)")
     log(f"  rate:               {format_number(result['rate_hz'])} Hz masks received")
     log(f"  mIoU:               {format_number(100 * result['miou'])} %   mAcc: {format_number(100 * result['macc'])} %   "
         f"(node's masks vs generated labels; training val mIoU {format_number(100 * result['train_val_miou']) if result.get('train_val_miou') is not None else 'n/a'} %)")

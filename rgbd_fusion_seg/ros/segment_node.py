@@ -129,7 +129,8 @@ class SegmentNode(Node):
         self._counters = _Counters(
             "bad_input", "frames_out", "dropped_no_model", "inference_errors", "lost_rgb", "lost_aux"
         )
-        self._latency = LatencyWindow()
+        self._latency = LatencyWindow()  # colour stamp -> masks published: the camera-to-mask latency
+        self._processing = LatencyWindow()  # pair completed -> masks published: this node alone, any clock
         self._start = time.monotonic()
         self._last_pair = None  # monotonic time of the last pair
         self._received_at_pair = (0, 0)  # frames received per stream when the last pair was made
@@ -444,7 +445,7 @@ class SegmentNode(Node):
             self._counters.add("dropped_no_model")
             self._log_throttled("no_model", "warning", f"pair dropped: no model is served ({self._idle_reason})", 10.0)
             return
-        self._worker.submit((rgb_msg, aux_msg))
+        self._worker.submit((rgb_msg, aux_msg, time.monotonic()))
 
     # ---- the inference worker ---------------------------------------------------------------------------
 
@@ -458,7 +459,7 @@ class SegmentNode(Node):
         if served is None:
             self._counters.add("dropped_no_model")
             return
-        rgb_msg, aux_msg = job
+        rgb_msg, aux_msg, paired_at = job
         try:
             rgb = colour_from_msg(rgb_msg)
         except ImageDecodeError as error:
@@ -497,6 +498,7 @@ class SegmentNode(Node):
             confidence_pub.publish(float_to_msg(prediction.confidence, header))
         latency_s = (self.get_clock().now().nanoseconds - stamp_ns(header)) / 1e9
         self._latency.add(latency_s)
+        self._processing.add(time.monotonic() - paired_at)
         if abs(latency_s) > CLOCK_GAP_WARNING_S and not self._clock_gap_warned:
             self._clock_gap_warned = True
             self.get_logger().warning(
@@ -564,12 +566,14 @@ class SegmentNode(Node):
 
     def stats(self) -> dict[str, str]:
         p50, p90, p99 = self._latency.percentiles_ms()
+        processing = dict(zip(("p50", "p90", "p99"), self._processing.percentiles_ms()))
         counts = self._pairer.counts
         served = self._served
         return {
             "latency_p50_ms": f"{p50:.1f}",
             "latency_p90_ms": f"{p90:.1f}",
             "latency_p99_ms": f"{p99:.1f}",
+            **{f"processing_{name}_ms": f"{value:.1f}" for name, value in processing.items()},
             "rate_hz": f"{self._latency.rate_hz(max(self._config['stats_period'], 1.0)):.2f}",
             "frames_in_rgb": str(counts.received[0]),
             "frames_in_aux": str(counts.received[1]),
@@ -601,7 +605,8 @@ class SegmentNode(Node):
         self._stats_pub.publish(status)
         self._log.info(
             f"{values['rate_hz']} Hz, latency p50/p90/p99 {values['latency_p50_ms']}/{values['latency_p90_ms']}/"
-            f"{values['latency_p99_ms']} ms; in {values['frames_in_rgb']}/{values['frames_in_aux']}, "
+            f"{values['latency_p99_ms']} ms (stamp -> publish), processing p50/p90 {values['processing_p50_ms']}/"
+            f"{values['processing_p90_ms']} ms (pair -> publish); in {values['frames_in_rgb']}/{values['frames_in_aux']}, "
             f"pairs {values['pairs']}, out {values['frames_out']}, dropped unpaired {values['dropped_unpaired']} "
             f"stale {values['dropped_stale']} no-model {values['dropped_no_model']}, bad input {values['bad_input']}; "
             f"model {values['model']}"
