@@ -106,13 +106,15 @@ def test_encodings_round_trip_through_export_and_import(colour_encoding, modalit
         np.testing.assert_array_equal(np.stack([b[1] for b in back]), originals)
 
 
-@pytest.mark.parametrize("compress_colour, compress_aux", [("png", "compressedDepth"), ("jpeg", "png")])
+@pytest.mark.parametrize("compress_colour, compress_aux",
+                         [("png", "compressedDepth"), ("png", "compressedDepth-rvl"), ("jpeg", "png")])
 def test_compressed_topics_export_like_raw_ones(compress_colour, compress_aux, tmp_path):
-    """A bag with CompressedImage colour and depth (16UC1 in png / compressedDepth) exports the same pixels."""
+    """A bag with CompressedImage colour and depth (16UC1 in png / compressedDepth png or rvl) exports the same
+    pixels."""
     export(BAGS / "rgbd_indoor", tmp_path / "raw_set", INDOOR["rgb"], INDOOR["aux"], "depth")
     made = import_dataset(open_source(tmp_path / "raw_set"), tmp_path / "bag", compress_colour=compress_colour,
                           compress_aux=compress_aux)
-    suffix = "/compressedDepth" if compress_aux == "compressedDepth" else "/compressed"
+    suffix = "/compressedDepth" if compress_aux.startswith("compressedDepth") else "/compressed"
     assert made["colour_topic"] == "/camera/color/image_raw/compressed"
     assert made["aux_topic"] == f"/camera/depth/image_raw{suffix}"
     with reading(tmp_path / "bag") as reader:

@@ -8,6 +8,7 @@ import pytest
 from rosbags.image import message_to_cvimage
 from rosbags.typesys import Stores, get_typestore
 
+from rgbd_fusion_seg.ros import rvl
 from rgbd_fusion_seg.ros.image_codec import (
     ImageDecodeError,
     aux_from_msg,
@@ -278,6 +279,24 @@ def test_compressed_depth_16uc1_is_exact_with_its_12_byte_header():
     assert np.isnan(decoded.image[0, 0]) and decoded.unit == "m"
 
 
+def test_compressed_depth_rvl_has_width_and_height_before_the_stream():
+    depth = pixels("16UC1", 6, 9)
+    depth[0, :4] = 0
+    fmt, data = compress(depth, "16UC1", "compressedDepth-rvl")
+    assert fmt == "16UC1; compressedDepth rvl"
+    assert struct.unpack("<iffII", data[:20]) == (0, 0.0, 0.0, 9, 6) and data[20:] == rvl.encode(depth)
+    back, encoding = decompress(fmt, data)
+    assert encoding == "16UC1" and back.dtype == np.uint16
+    np.testing.assert_array_equal(back, depth)
+    # 32FC1 goes through the same inverse-depth quantisation whichever codec carries it
+    metres = np.linspace(0.3, 9.5, 48, dtype=np.float32).reshape(6, 8)
+    metres[0, 0] = np.nan
+    as_png, _ = decompress(*compress(metres, "32FC1", "compressedDepth"))
+    as_rvl, encoding = decompress(*compress(metres, "32FC1", "compressedDepth-rvl"))
+    assert encoding == "32FC1"
+    np.testing.assert_array_equal(as_rvl, as_png)  # NaN where NaN
+
+
 def test_compressed_depth_32fc1_uses_inverse_depth_quantisation():
     depth = np.linspace(0.3, 9.5, 48, dtype=np.float32).reshape(6, 8)
     depth[0, 0], depth[0, 1], depth[0, 2] = np.nan, 12.0, 0.0  # no reading, beyond depth_max, invalid
@@ -295,7 +314,10 @@ def test_compressed_depth_32fc1_uses_inverse_depth_quantisation():
 
 @pytest.mark.parametrize("fmt, data, message", [
     ("rgb8; webp compressed bgr8", b"x", "unsupported compressed format"),
-    ("16UC1; compressedDepth rvl", bytes(20), "only png is supported"),
+    ("16UC1; compressedDepth zstd", bytes(20), "expected png or rvl"),
+    ("16UC1; compressedDepth rvl", bytes(16), "too short for RVL's width and height"),
+    ("16UC1; compressedDepth rvl", bytes(12) + struct.pack("<II", 0, 480) + bytes(4), "says 0x480 pixels"),
+    ("16UC1; compressedDepth rvl", bytes(12) + struct.pack("<II", 4, 1) + bytes.fromhex("0000a1"), "truncated"),
     ("rgb8; compressedDepth png", bytes(20), "carries 16UC1 or 32FC1"),
     ("16UC1; compressedDepth png", bytes(8), "too short for the 12-byte header"),
     ("16UC1; compressedDepth png", struct.pack("<iff", 3, 0, 0) + b"\x89PNG", "unknown compression format 3"),
@@ -322,7 +344,7 @@ def test_msg_decoders_take_compressed_images_too():
     depth = pixels("16UC1", 6, 9)
     depth[0, 0] = 0
     raw = decode_aux("depth", *raw_fields(depth, "16UC1"))
-    for kind in ("compressedDepth", "png"):
+    for kind in ("compressedDepth", "compressedDepth-rvl", "png"):
         decoded = aux_from_msg(compressed(depth, "16UC1", kind), "depth")
         assert (decoded.unit, decoded.encoding) == ("m", "16UC1")
         np.testing.assert_array_equal(decoded.image, raw.image)  # exact, NaN where 0

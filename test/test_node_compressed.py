@@ -1,7 +1,7 @@
 """segment_node with compressed inputs (transport.rgb / transport.aux), as image_transport users run it.
 
-One node process: jpeg or png colour on the remapped base name + /compressed, 16UC1 depth as compressedDepth on a
-topic remapped by its full name, corrupt messages counted as bad input. A bad transport value at start is
+One node process: jpeg or png colour on the remapped base name + /compressed, 16UC1 depth as compressedDepth (png
+or rvl inside) on a topic remapped by its full name, corrupt messages counted as bad input. A bad transport value at start is
 checked in-process (no second node process).
 """
 import array
@@ -20,12 +20,13 @@ DEPTH = "/camera/depth/image_rect_raw/compressedDepth"  # remapped by its full n
 next_stamp = Stamps()
 
 
-def compressed_pair(stamp, colour_kind="jpeg", depth_shape=(48, 64)):
+def compressed_pair(stamp, colour_kind="jpeg", depth_shape=(48, 64), depth_kind="compressedDepth"):
     y, x = np.mgrid[0:48, 0:64]
     rgb = np.stack([x * 4, y * 5, (x + y) * 2], -1).astype(np.uint8)  # smooth: jpeg keeps it close
     depth = np.random.default_rng(stamp % 2**32).integers(300, 5000, depth_shape, dtype=np.uint16)
+    depth[: depth_shape[0] // 4] = 0  # no readings
     return (compressed_msg(rgb, "rgb8", colour_kind, stamp, "color_optical"),
-            compressed_msg(depth, "16UC1", "compressedDepth", stamp, "color_optical"))
+            compressed_msg(depth, "16UC1", depth_kind, stamp, "color_optical"))
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +69,15 @@ def test_logs_the_transport_topics_types_and_qos(node):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("colour_kind, depth_shape", [("jpeg", (48, 64)), ("png", (48, 64)), ("jpeg", (24, 32))])
-def test_compressed_pairs_give_masks_with_the_colour_header(node, client, colour_kind, depth_shape):
+@pytest.mark.parametrize("colour_kind, depth_shape, depth_kind", [
+    ("jpeg", (48, 64), "compressedDepth"), ("png", (48, 64), "compressedDepth"), ("jpeg", (24, 32), "compressedDepth"),
+    ("jpeg", (48, 64), "compressedDepth-rvl"),
+])
+def test_compressed_pairs_give_masks_with_the_colour_header(node, client, colour_kind, depth_shape, depth_kind):
     stamp = next_stamp()
-    rgb_msg, depth_msg = compressed_pair(stamp, colour_kind, depth_shape)
-    assert rgb_msg.format == f"rgb8; {colour_kind} compressed bgr8" and depth_msg.format == "16UC1; compressedDepth png"
+    rgb_msg, depth_msg = compressed_pair(stamp, colour_kind, depth_shape, depth_kind)
+    codec = "rvl" if depth_kind.endswith("rvl") else "png"
+    assert rgb_msg.format == f"rgb8; {colour_kind} compressed bgr8" and depth_msg.format == f"16UC1; compressedDepth {codec}"
     client.publish_pair(rgb_msg, depth_msg)
     client.wait_for_stamp(stamp)
     mask = next(m for m in client.received["mask"] if m.header.stamp == rgb_msg.header.stamp)
@@ -94,6 +99,8 @@ def test_corrupt_compressed_messages_are_bad_input_and_the_node_serves_on(node, 
          "unsupported compressed format 'rgb8; theora'"),
         (DEPTH, lambda s: (compressed_pair(s)[0], corrupt(compressed_pair(s)[1])),
          "(format '16UC1; compressedDepth png'"),
+        (DEPTH, lambda s: (compressed_pair(s)[0], corrupt(compressed_pair(s, depth_kind="compressedDepth-rvl")[1])),
+         "format '16UC1; compressedDepth rvl': the stream ends"),
     ]
     before = int(client.fresh_stats()["bad_input"])
     for count, (topic, make, named) in enumerate(cases, start=1):

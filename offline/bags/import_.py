@@ -14,8 +14,9 @@ trained on that data set serves the bag as it is (and export -> import is exact)
     float32 metres / degrees C (TIFF)       -> 32FC1     anything else (e.g. MM5 T16 counts) -> 32FC1 of the
                                                          loader's decoded values (metres or degrees C)
 
-`--compress-colour jpeg|png` and `--compress-aux png|compressedDepth` write sensor_msgs/CompressedImage
-instead, on the image_transport topic names (`<topic>/compressed`, `<topic>/compressedDepth`).
+`--compress-colour jpeg|png` and `--compress-aux png|compressedDepth|compressedDepth-rvl` write
+sensor_msgs/CompressedImage instead, on the image_transport topic names (`<topic>/compressed`,
+`<topic>/compressedDepth`).
 
 Stamps: `--rate` Hz from `--start`; a folder's stamps.csv (from `bag export`) is used instead when --rate
 is not given, so export -> import keeps the recorded stamps. Each message's recorded time is its stamp.
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from rgbd_fusion_seg.core.preprocessing import depth_to_metres
+from rgbd_fusion_seg.ros.image_codec import DEPTH_KINDS
 
 from .reading import BagError
 from .writing import STORAGES, BagWriter, compressed_message, image_message
@@ -100,7 +102,7 @@ def import_dataset(source: Source, out, storage="mcap", rate: float | None = Non
     if rate is not None and rate <= 0:
         raise BagError(f"--rate must be positive, got {rate}")
     aux_topic = aux_topic or f"/camera/{source.modality}/image_raw"
-    suffixes = {None: "", "jpeg": "/compressed", "png": "/compressed", "compressedDepth": "/compressedDepth"}
+    suffixes = {None: "", "jpeg": "/compressed", "png": "/compressed", **dict.fromkeys(DEPTH_KINDS, "/compressedDepth")}
     colour_topic, aux_topic = colour_topic + suffixes[compress_colour], aux_topic + suffixes[compress_aux]
 
     def message(image, encoding, stamp, kind, option):
@@ -153,7 +155,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--colour-encoding", choices=("rgb8", "bgr8"), default="rgb8")
     parser.add_argument("--compress-colour", choices=("jpeg", "png"), default=None,
                         help="write colour as CompressedImage on <colour-topic>/compressed")
-    parser.add_argument("--compress-aux", choices=("png", "compressedDepth"), default=None,
+    parser.add_argument("--compress-aux", choices=("png", *DEPTH_KINDS), default=None,
                         help="write aux as CompressedImage on <aux-topic>/compressed or /compressedDepth")
     parser.add_argument("--lighting", default="RGB1", help="MM5: lighting folder (default RGB1)")
     parser.add_argument("--aux-folder", default=None, help="aux folder as the layout names it (MM5: D16, T8, T16 ...; "

@@ -5,7 +5,7 @@
 
 Messages go out as recorded (their serialised bytes, no re-encoding) on publishers with reliable QoS, at
 recorded time / rate. `--clock` also publishes rosgraph_msgs/Clock on /clock (the bag's time) for nodes run
-with use_sim_time. `--decompress` turns sensor_msgs/CompressedImage topics (jpeg, png, compressedDepth)
+with use_sim_time. `--decompress` turns sensor_msgs/CompressedImage topics (jpeg, png, compressedDepth png/rvl)
 into sensor_msgs/Image on the image_transport base topic (`.../compressed` -> `...`), which is what
 segment_node subscribes to. Topics whose message type has no Python package here are skipped with a warning.
 """

@@ -25,11 +25,12 @@ sensor_msgs/CompressedImage (`decompress` / `compress`), the formats of image_tr
         colour is stored in BGR order when <target> starts with "bgr" (what its publisher writes), else in
         RGB order, as its subscriber reads it; a plain "jpeg" or "png" from older publishers decodes to
         bgr8 / mono8 / mono16 as stored)
-    "<enc>; compressedDepth png" (or "<enc>; compressedDepth")            (compressed_depth_image_transport)
+    "<enc>; compressedDepth png" (or "<enc>; compressedDepth"), "<enc>; compressedDepth rvl"
+                                                                          (compressed_depth_image_transport)
         a 12-byte ConfigHeader (int32 format, 0 = INV_DEPTH; float32 depthQuantA, depthQuantB; little
-        endian) followed by a PNG. 16UC1: the PNG holds the raw 16-bit values (exact). 32FC1: the PNG holds
-        inverse depth, inv = uint16(A / d + B), 0 = no reading; decoded as d = A / (inv - B).
-        "compressedDepth rvl" is not supported.
+        endian) followed by a PNG, or for rvl by uint32 width, uint32 height and an RVL stream (`rvl.py`).
+        16UC1: the image holds the raw 16-bit values (exact). 32FC1: it holds inverse depth,
+        inv = uint16(A / d + B), 0 = no reading; decoded as d = A / (inv - B).
 Decompressing yields the pixels of the original encoding, so the result goes through the decoders above.
 """
 from __future__ import annotations
@@ -43,6 +44,7 @@ import cv2
 import numpy as np
 
 from ..core.preprocessing import depth_to_metres
+from . import rvl
 
 # encoding -> (element dtype, channels)
 _LAYOUTS: dict[str, tuple[np.dtype, int]] = {
@@ -212,6 +214,11 @@ def encode_as(image: np.ndarray, encoding: str) -> tuple[str, int, int, int, arr
 
 _DEPTH_HEADER = struct.Struct("<iff")  # ConfigHeader: compressionFormat (INV_DEPTH = 0), depthQuantA, depthQuantB
 _INV_DEPTH = 0
+_DEPTH_CODECS = {"compressedDepth": "png", "compressedDepth png": "png", "compressedDepth rvl": "rvl"}
+_RVL_SIZE = struct.Struct("<II")  # width, height before the RVL stream
+_RVL_MAX_PIXELS = 1 << 28  # a size beyond any depth camera: the header is corrupt
+# compress() kinds for compressed_depth_image_transport -> its codec
+DEPTH_KINDS = {"compressedDepth": "png", "compressedDepth-rvl": "rvl"}
 # compressed_depth_image_transport's defaults for 32FC1: farthest depth coded, and the quantisation depth
 DEPTH_MAX_M = 10.0
 DEPTH_QUANTIZATION = 100.0
@@ -281,18 +288,33 @@ def decompress(format: str, data) -> tuple[np.ndarray, str]:
     return _decoded_to_encoding(_imdecode(data, what), original, stored_bgr, what), original
 
 
+def _rvl_image(payload: np.ndarray, what: str) -> np.ndarray:
+    """uint32 width, uint32 height, then the RVL stream -> the uint16 image."""
+    if payload.size < _RVL_SIZE.size:
+        raise ImageDecodeError(f"{what}: {payload.size} bytes after the header, too short for RVL's width and height")
+    width, height = _RVL_SIZE.unpack_from(payload)
+    if not 0 < width * height <= _RVL_MAX_PIXELS:
+        raise ImageDecodeError(f"{what}: the RVL data says {width}x{height} pixels: corrupt")
+    try:
+        return rvl.decode(payload[_RVL_SIZE.size:], width * height).reshape(height, width)
+    except rvl.RVLError as error:
+        raise ImageDecodeError(f"{what}: {error}") from None
+
+
 def _decompress_depth(original: str, transport: str, data, what: str) -> tuple[np.ndarray, str]:
-    if transport not in ("compressedDepth", "compressedDepth png"):
-        raise ImageDecodeError(f"unsupported compressedDepth {what}; only png is supported (not rvl)")
+    codec = _DEPTH_CODECS.get(transport)
+    if codec is None:
+        raise ImageDecodeError(f"unsupported compressedDepth {what}; expected png or rvl")
     if original not in ("16UC1", "32FC1"):
         raise ImageDecodeError(f"{what}: compressedDepth carries 16UC1 or 32FC1, not {original!r}")
     raw = _byte_buffer(data)
     if raw.size <= _DEPTH_HEADER.size:
-        raise ImageDecodeError(f"{what}: {raw.size} bytes, too short for the {_DEPTH_HEADER.size}-byte header and a PNG")
+        raise ImageDecodeError(f"{what}: {raw.size} bytes, too short for the {_DEPTH_HEADER.size}-byte header and an image")
     kind, quant_a, quant_b = _DEPTH_HEADER.unpack_from(raw)
     if kind != _INV_DEPTH:
         raise ImageDecodeError(f"{what}: unknown compression format {kind} in the header (expected 0, INV_DEPTH)")
-    stored = _imdecode(raw[_DEPTH_HEADER.size:], what)
+    payload = raw[_DEPTH_HEADER.size:]
+    stored = _rvl_image(payload, what) if codec == "rvl" else _imdecode(payload, what)
     if stored.dtype != np.uint16 or stored.ndim != 2:
         raise ImageDecodeError(f"{what}: the PNG holds {stored.dtype} x {1 if stored.ndim == 2 else stored.shape[2]}"
                                " channels; expected one 16-bit channel")
@@ -308,14 +330,15 @@ def compress(image: np.ndarray, encoding: str, kind: str = "jpeg", jpeg_quality:
              depth_max: float = DEPTH_MAX_M, depth_quantization: float = DEPTH_QUANTIZATION) -> tuple[str, bytes]:
     """Pixels of `encoding` -> (CompressedImage format, data), as image_transport's publishers write them.
 
-    kind: "jpeg" (lossy; 8-bit colour or mono8), "png" (lossless) or "compressedDepth" (16UC1 exact; 32FC1
-    by inverse-depth quantisation up to `depth_max` metres, farther or invalid -> no reading).
+    kind: "jpeg" (lossy; 8-bit colour or mono8), "png" (lossless) or "compressedDepth" / "compressedDepth-rvl"
+    (png or RVL inside; 16UC1 exact; 32FC1 by inverse-depth quantisation up to `depth_max` metres, farther
+    or invalid -> no reading).
     Colour is stored in BGR order ("... compressed bgr8"), a one-channel image under its own encoding ("mono8;
     jpeg compressed mono8"; older publishers leave that target empty, which `decompress` reads alike).
     compressed_depth_image_transport also zeroes 16UC1 values beyond depth_max; here 16UC1 is kept exact.
     """
     encode_as(image, encoding)  # checks that the array fits the encoding
-    if kind == "compressedDepth":
+    if kind in DEPTH_KINDS:
         if encoding == "16UC1":
             header, stored = _DEPTH_HEADER.pack(_INV_DEPTH, 0.0, 0.0), image
         elif encoding == "32FC1":
@@ -328,12 +351,17 @@ def compress(image: np.ndarray, encoding: str, kind: str = "jpeg", jpeg_quality:
             header = _DEPTH_HEADER.pack(_INV_DEPTH, float(quant_a), float(quant_b))
         else:
             raise ValueError(f"compressedDepth carries 16UC1 or 32FC1, not {encoding!r}")
-        ok, png = cv2.imencode(".png", stored)
-        if not ok:
-            raise ValueError(f"OpenCV could not encode a {encoding!r} image as compressedDepth png")
-        return f"{encoding}; compressedDepth png", header + png.tobytes()
+        codec = DEPTH_KINDS[kind]
+        if codec == "rvl":
+            body = _RVL_SIZE.pack(stored.shape[1], stored.shape[0]) + rvl.encode(stored)
+        else:
+            ok, png = cv2.imencode(".png", stored)
+            if not ok:
+                raise ValueError(f"OpenCV could not encode a {encoding!r} image as compressedDepth png")
+            body = png.tobytes()
+        return f"{encoding}; compressedDepth {codec}", header + body
     if kind not in ("jpeg", "png"):
-        raise ValueError(f"unknown compression {kind!r}; expected jpeg, png or compressedDepth")
+        raise ValueError(f"unknown compression {kind!r}; expected jpeg, png, {' or '.join(DEPTH_KINDS)}")
     channels = _LAYOUTS[encoding][1]
     if channels == 1:
         if kind == "jpeg" and image.dtype != np.uint8:

@@ -155,7 +155,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   read_only=True, validate=_one_of(COLOUR_TRANSPORTS), constraints="raw | compressed"),
     ParameterSpec("transport.aux", "string", "raw",
                   "Aux input, like transport.rgb: 'raw' (aux/image), 'compressed' (png) or 'compressedDepth' "
-                  "(compressed_depth_image_transport: on <aux/image as remapped>/compressedDepth).",
+                  "(compressed_depth_image_transport, png or rvl: on <aux/image as remapped>/compressedDepth).",
                   read_only=True, validate=_one_of(TRANSPORTS), constraints="raw | compressed | compressedDepth"),
     ParameterSpec("outputs.overlay", "bool", False, "Also publish ~/overlay (rgb8: the mask blended over the image)."),
     ParameterSpec("outputs.confidence", "bool", False,
