@@ -2,9 +2,12 @@
 validation metrics that agree with a single-process evaluation. The real thing runs 2 Gloo processes."""
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -49,6 +52,29 @@ def start_torchrun(config_path, cwd) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
 
 
+def kill_tree(root: int) -> None:
+    """SIGKILL a process and all its descendants at once, as a lost machine would (torchrun starts its
+    workers in sessions of their own, so killing its process group would leave them running)."""
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def finish(job: subprocess.Popen) -> str:
     try:
         out, err = job.communicate(timeout=300)
@@ -60,8 +86,9 @@ def finish(job: subprocess.Popen) -> str:
 
 @pytest.mark.slow
 def test_two_gloo_processes_train_resume_exactly_and_agree_with_single_process_metrics(tiny_raw, tmp_path):
-    # 9 training frames, global batch 4 (2 per rank): 2 steps per epoch, 4 in all; augmentation on.
-    train_section = {"epochs": 2, "batch_size": 4, "augment": True, "lr_schedule": "constant"}
+    # 9 training frames, global batch 4 (2 per rank): 2 steps per epoch, 12 in all (so that 11 steps are left
+    # to run when the kill comes); augmentation on.
+    train_section = {"epochs": 6, "batch_size": 4, "augment": True, "lr_schedule": "constant"}
 
     def write(name, **train_changes):
         raw = tiny_raw(train={**train_section, **train_changes}, out_dir=str(tmp_path / name))
@@ -69,23 +96,37 @@ def test_two_gloo_processes_train_resume_exactly_and_agree_with_single_process_m
         path.write_text(yaml.safe_dump(raw))
         return path
 
-    # the uninterrupted run and one that stops mid-epoch 2 (as a kill after a checkpoint would), side by side
+    # the uninterrupted run, and beside it one killed (torchrun and both workers, SIGKILL) after its first
+    # checkpoint, mid-epoch 1
     reference_job = start_torchrun(write("reference"), tmp_path)
-    finish(start_torchrun(write("resumed", max_steps=3), tmp_path))
+    resumed_config = write("resumed", checkpoint_every_steps=1)
+    killed = start_torchrun(resumed_config, tmp_path)
+    seen, deadline = [], time.monotonic() + 240
+    try:
+        for line in killed.stdout:
+            seen.append(line)
+            if "checkpoint last.pt: epoch=0 step_in_epoch=1 " in line:
+                kill_tree(killed.pid)
+                break
+            assert time.monotonic() < deadline, "".join(seen)
+    finally:
+        kill_tree(killed.pid)
+        killed.wait()
+    assert killed.returncode == -signal.SIGKILL, "".join(seen)
     reference_out = finish(reference_job)
-    assert reference_out.count("checkpoint last.pt: epoch=2 step_in_epoch=0 global_step=4 (finished)") == 1
-    assert reference_out.count("finished 4 steps") == 1 and reference_out.count("final checkpoint") == 1
+    assert reference_out.count("checkpoint last.pt: epoch=6 step_in_epoch=0 global_step=12 (finished)") == 1
+    assert reference_out.count("finished 12 steps") == 1 and reference_out.count("final checkpoint") == 1
     assert len(list((tmp_path / "reference" / "tensorboard").glob("events.*"))) == 1  # rank 0 logs only
 
-    stopped = load_checkpoint(tmp_path / "resumed" / "last.pt").train_state
-    assert (stopped["epoch"], stopped["step_in_epoch"], stopped["world_size"]) == (1, 1, 2)
-    assert len(stopped["rng_per_rank"]) == 2
-    resumed_out = finish(start_torchrun(write("resumed"), tmp_path))
-    assert "at epoch 2, step 1 of 2 (global step 3 of 4)" in resumed_out
+    stopped = load_checkpoint(tmp_path / "resumed" / "last.pt").train_state  # never half written
+    assert stopped["world_size"] == 2 and len(stopped["rng_per_rank"]) == 2
+    assert 1 <= stopped["global_step"] < 12, stopped  # the kill came before the end
+    resumed_out = finish(start_torchrun(resumed_config, tmp_path))
+    assert f"(global step {stopped['global_step']} of 12)" in resumed_out, resumed_out
 
     reference = load_checkpoint(tmp_path / "reference" / "last.pt")
     resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")
-    assert resumed.train_state["global_step"] == 4
+    assert resumed.train_state["global_step"] == 12
     for key, value in reference.state_dict.items():
         assert torch.equal(value, resumed.state_dict[key]), key
 
