@@ -32,21 +32,22 @@ def _numbers(stream) -> np.ndarray:
     if data.size % 4:
         raise RVLError(f"{data.size} bytes are not whole 32-bit words: the stream is truncated")
     most_significant_first = data.reshape(-1, 4)[:, ::-1].reshape(-1)  # little-endian words
-    nibbles = np.empty(2 * data.size, np.int32)
+    nibbles = np.empty(2 * data.size, np.uint8)
     nibbles[0::2], nibbles[1::2] = most_significant_first >> 4, most_significant_first & 0xF
     ends = np.flatnonzero(nibbles < 8)  # a number ends at a nibble without the "more follows" bit
     if ends.size == 0:
         raise RVLError("the stream holds no complete number")
     starts = np.concatenate(([0], ends[:-1] + 1))
-    longest = int((ends - starts).max()) + 1
+    lengths = ends - starts + 1
+    longest = int(lengths.max())
     if longest > _MAX_GROUPS:
         raise RVLError(f"a number of {longest} 3-bit groups is longer than any RVL writes: the stream is corrupt")
-    nibbles = nibbles[: ends[-1] + 1]
-    number_of_nibble = np.zeros(nibbles.size, np.int32)
-    np.cumsum(nibbles[:-1] < 8, out=number_of_nibble[1:])
-    group_index = np.arange(nibbles.size, dtype=np.int32) - starts[number_of_nibble].astype(np.int32)
-    summed = np.cumsum((nibbles & 7).astype(np.int64) << (3 * group_index))
-    return np.diff(summed[ends], prepend=0).astype(np.int32)
+    digits = nibbles & 7
+    numbers = digits[starts].astype(np.int32)
+    for group in range(1, longest):  # most numbers are one or two groups long: few, shrinking passes
+        longer = np.flatnonzero(lengths > group)
+        numbers[longer] += digits[starts[longer] + group].astype(np.int32) << (3 * group)
+    return numbers
 
 
 def decode(stream, num_pixels: int) -> np.ndarray:
@@ -71,8 +72,8 @@ def decode(stream, num_pixels: int) -> np.ndarray:
     is_count = np.zeros(index, bool)
     is_count[heads] = True
     is_count[np.asarray(heads) + 1] = True
-    codes = numbers[:index][~is_count].astype(np.int64)
-    deltas = (codes >> 1) ^ -(codes & 1)  # zigzag back to signed
+    codes = numbers[:index][~is_count]
+    deltas = (codes >> 1) ^ -(codes & 1)  # zigzag back to signed; int32 wraps like the uint16 it feeds
     nonzero = np.repeat(np.tile([False, True], len(heads)), runs)
     pixels = np.zeros(num_pixels, np.uint16)
     pixels[nonzero] = np.cumsum(deltas) & 0xFFFF  # each pixel is the previous non-zero one plus its delta
