@@ -501,7 +501,7 @@ class SegmentNode(Node):
         self._processing.add(time.monotonic() - paired_at)
         if abs(latency_s) > CLOCK_GAP_WARNING_S and not self._clock_gap_warned:
             self._clock_gap_warned = True
-            self.get_logger().warning(
+            self._log.warning(
                 f"{self.rgb_topic} stamps are {latency_s:.0f} s from this node's clock, so the latency in ~/stats "
                 "is not a processing time; replaying a bag? play it with its clock (`rgbd-fusion-seg bag play "
                 "--clock`, `ros2 bag play --clock`) and set use_sim_time:=true. Warned once.")
