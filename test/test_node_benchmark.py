@@ -33,3 +33,7 @@ def test_bench_node_reports_all_four_runs(tmp_path):
             assert row["sent"] > 0 and 0 < row["received"] <= row["sent"] and row["drops"] == row["sent"] - row["received"]
     assert data["node"]["node_stats"]["model"] == "mid"
     assert data["node_overhead_ratio_p50"] > 0
+    logs = {path.name: path.read_text() for path in tmp_path.rglob("*_node.log")}
+    assert set(logs) == {"segment_node.log", "naive_node.log"}, logs.keys()
+    for name, text in logs.items():  # both node processes were stopped with SIGINT, cleanly
+        assert "Traceback" not in text, (name, text[-3000:])

@@ -176,12 +176,16 @@ def naive_node_main(argv: list[str]) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
+    from .segment_node import interrupt_without_exception
+
     checkpoint, device = argv[0], argv[1]
+    interrupt_without_exception()  # stopped like segment_node: through the context, no traceback
     rclpy.init(args=argv)
     naive = NaiveSegmentNode(checkpoint, device)
     try:
-        rclpy.spin(naive.node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+        if rclpy.ok():  # a signal during start-up has already shut the context down
+            rclpy.spin(naive.node)
+    except ExternalShutdownException:
         pass
     finally:
         naive.node.destroy_node()

@@ -619,7 +619,7 @@ class SegmentNode(Node):
         self._worker.stop(timeout=10.0)
 
 
-def _interrupt_without_exception() -> threading.Event:
+def interrupt_without_exception() -> threading.Event:
     """Make SIGINT only record itself in Python; rclpy's handler, installed on top, shuts the context down.
 
     Python's default handler raises KeyboardInterrupt at whatever line runs next, which may be inside
@@ -635,7 +635,7 @@ def _interrupt_without_exception() -> threading.Event:
 
 def main(args=None) -> None:
     """Spin the node until SIGINT or SIGTERM, then stop the worker threads and exit 0, without a traceback."""
-    interrupted = _interrupt_without_exception()
+    interrupted = interrupt_without_exception()
     rclpy.init(args=args)  # installs SIGINT and SIGTERM handlers on top: both shut the context down
     if interrupted.is_set():  # arrived before rclpy's handler was in place
         rclpy.try_shutdown()
