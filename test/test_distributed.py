@@ -120,7 +120,8 @@ def test_two_gloo_processes_train_resume_exactly_and_agree_with_single_process_m
 
     stopped = load_checkpoint(tmp_path / "resumed" / "last.pt").train_state  # never half written
     assert stopped["world_size"] == 2 and len(stopped["rng_per_rank"]) == 2
-    assert 1 <= stopped["global_step"] < 12, stopped  # the kill came before the end
+    assert 1 <= stopped["global_step"] < 12, stopped["global_step"]  # the kill came before the end
+    print(f"killed at global step {stopped['global_step']} of 12")
     resumed_out = finish(start_torchrun(resumed_config, tmp_path))
     assert f"(global step {stopped['global_step']} of 12)" in resumed_out, resumed_out
 
