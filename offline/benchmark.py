@@ -177,7 +177,6 @@ def measure_training(method: str, args, device: torch.device, generator: torch.G
     result = {"train_images_per_s": args.train_batch * args.train_iters / elapsed}
     if device.type == "cuda":
         result["train_peak_mem_mib"] = torch.cuda.max_memory_allocated(device) / MIB
-    del model, optimiser
     return result
 
 

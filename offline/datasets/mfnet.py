@@ -25,7 +25,6 @@ from .base import FrameDataset, Sample, check_aux_choice, check_root, read_named
 from .imageio import DatasetError, raw8, read_image
 
 MFNET_CLASSES = ("unlabeled", "car", "person", "bike", "curve", "car_stop", "guardrail", "color_cone", "bump")
-MFNET_SPLITS = ("train", "val", "test", "test_day", "test_night")
 MFNET_AUX = ("thermal",)
 MFNET_LAYOUT = "images/<name>.png (4 channels: colour + thermal), labels/<name>.png, train.txt val.txt test.txt ..."
 GROUPS = {"D": "day", "N": "night"}

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -301,8 +301,3 @@ class MM5Dataset(FrameDataset):
 
     def describe(self) -> dict:
         return super().describe() | {"lightings": list(self.lightings), "label_folder": self.label_folder}
-
-
-def lighting_datasets(root, lightings: Iterable[str] = MM5_LIGHTINGS, **kwargs) -> dict[str, MM5Dataset]:
-    """One data set per lighting (the lighting study evaluates every model under each one separately)."""
-    return {lighting: MM5Dataset(root, lightings=lighting, **kwargs) for lighting in lightings}

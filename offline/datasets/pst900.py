@@ -28,7 +28,6 @@ from .imageio import DatasetError, depth_from_mm, read_single
 
 PST900_CLASSES = ("background", "fire_extinguisher", "backpack", "hand_drill", "survivor")
 PST900_SPLITS = ("train", "test")
-PST900_FOLDERS = ("rgb", "thermal", "thermal_raw", "depth", "labels")
 PST900_LAYOUT = "train/ and test/, each with rgb/ thermal/ thermal_raw/ depth/ labels/ (<stem>.png in each)"
 
 

@@ -77,10 +77,7 @@ class InferenceWorker:
         self._process = process
         self._on_error = on_error
         self._mailbox = Mailbox()
-        self.submitted = 0
         self.dropped_stale = 0
-        self.processed = 0
-        self.busy = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> "InferenceWorker":
@@ -89,7 +86,6 @@ class InferenceWorker:
 
     def submit(self, item) -> bool:
         """Hand over an item; True if it replaced one that was still waiting (counted in dropped_stale)."""
-        self.submitted += 1
         replaced = self._mailbox.put(item)
         if replaced:
             self.dropped_stale += 1
@@ -111,7 +107,6 @@ class InferenceWorker:
                 return
             if item is None:
                 continue
-            self.busy = True
             try:
                 self._process(item)
             except Exception as error:  # noqa: BLE001 - the worker must outlive any one frame
@@ -119,9 +114,6 @@ class InferenceWorker:
                     self._on_error(item, error)
                 except Exception:  # noqa: BLE001
                     pass
-            finally:
-                self.busy = False
-                self.processed += 1
 
 
 class LatencyWindow:
@@ -362,7 +354,6 @@ class BackgroundLoader:
         self._mailbox = Mailbox()
         self._thread = threading.Thread(target=self._run, name="model-loader", daemon=True)
         self._thread.start()
-        self.loading: LoadRequest | None = None
 
     def request(self, request: LoadRequest) -> None:
         self._mailbox.put(request)
@@ -380,12 +371,9 @@ class BackgroundLoader:
                 return
             if request is None:
                 continue
-            self.loading = request
             try:
                 served = self._load(request.path, request.device, request.precision, request.aux_range)
             except Exception as error:  # noqa: BLE001 - any failure keeps the old model serving
-                self.loading = None
                 self._on_failed(request, error)
                 continue
-            self.loading = None
             self._on_loaded(request, served)

@@ -30,10 +30,6 @@ class Pair:
     first_stamp: int
     second_stamp: int
 
-    @property
-    def difference_ns(self) -> int:
-        return abs(self.first_stamp - self.second_stamp)
-
 
 @dataclass
 class PairingCounts:
