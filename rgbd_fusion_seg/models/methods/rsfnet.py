@@ -1,4 +1,4 @@
-"""RSFNet (Li et al., "Residual Spatial Fusion Network for RGB-Thermal Semantic Segmentation", seed 001).
+"""RSFNet (Li et al., "Residual Spatial Fusion Network for RGB-Thermal Semantic Segmentation"; docs/methods.md).
 
 - Asymmetric encoder (III-B): a large RGB backbone and a small one for the one-channel modality, from
   torchvision: `encoders="resnet50-resnet18"` (the paper's default for its ablations), "resnet101-resnet34"
