@@ -3,6 +3,7 @@ the real PST900 frame, augmentation, the catalogue, the data section of the conf
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -114,6 +115,21 @@ def test_mfnet_layout_errors(copy_of):
     shutil.rmtree(root / "images")
     with pytest.raises(DatasetError, match=r"lacks folder\(s\) images/; it has: labels/.*expected the MFNet layout"):
         MFNetDataset(root, split="train")
+
+
+def test_named_split_entries_that_leave_the_data_root_are_refused(copy_of, tmp_path):
+    """MFNet and folder-layout split lists: '..' and absolute entries would read frames from elsewhere."""
+    for name, loader, folder, stem in (("mfnet", MFNetDataset, "images", "00001D"), ("mm", FolderDataset, "rgb", "frame_0001")):
+        root = copy_of(name)
+        outside = tmp_path / f"outside_{name}"
+        shutil.copytree(root, outside)
+        for entry in (f"../../outside_{name}/{folder}/{stem}", str(outside / folder / stem)):
+            (root / "escape.txt").write_text(f"{stem}\n{entry}\n")
+            pattern = rf"{re.escape(str(root / 'escape.txt'))} line 2: entry '{re.escape(entry)}' leaves the data root"
+            with pytest.raises(DatasetError, match=pattern):
+                loader(root, split="escape")
+            with pytest.raises(DatasetError, match=rf"split list item 1: entry '{re.escape(entry)}' leaves the data root"):
+                loader(root, split=[stem, entry])
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The MM5 loader on generated data in the true on-disk layout: decoding, splits, checks and errors."""
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -126,6 +127,23 @@ def test_csv_txt_keyword_and_list_splits_agree(source, tmp_path):
     assert read_split(source, pandas_style) == ["3", "4"]
     with pytest.raises(DatasetError, match="lists no frames"):
         read_split(source, [])
+
+
+def test_split_entries_that_leave_the_data_root_are_refused(root, tmp_path):
+    """A list entry climbing out with '..' or naming an absolute path would read a file from elsewhere."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(root / "RGB2" / "1.png", outside / "1.png")  # a readable frame, so only the check can refuse it
+    for entry in ("../../outside/1", str(outside / "1")):
+        for name, text in (("split.txt", f"2\n# comment\n{entry}\n"), ("split.csv", f"ID\n2\n{entry}\n")):
+            (root / name).write_text(text)
+            pattern = rf"{re.escape(str(root / name))} line 3: entry '{re.escape(entry)}' leaves the data root"
+            with pytest.raises(DatasetError, match=pattern):
+                MM5Dataset(root, lightings="RGB2", split=name)
+        with pytest.raises(DatasetError, match=rf"split list item 1: entry '{re.escape(entry)}' leaves the data root"):
+            MM5Dataset(root, lightings="RGB2", split=["2", entry])
+    (root / "split.txt").write_text("2\nfolder/../1\n")  # a path that stays inside is an ordinary stem
+    assert read_split(root, "split.txt") == ["2", "folder/../1"]
 
 
 def test_three_channel_labels(source, root):

@@ -61,13 +61,30 @@ def clean_stem(entry: str) -> str:
     return match.group(1) if match else entry
 
 
+def checked_entry(entry: str, where: str) -> str:
+    """`entry` if it names a file inside the layout's folders. An absolute path or one that climbs out
+    with '..' would make the loader read a file from anywhere on the machine, so it is refused."""
+    normal = os.path.normpath(entry)
+    if os.path.isabs(entry) or normal == os.pardir or normal.startswith(os.pardir + os.sep):
+        raise DatasetError(
+            f"{where}: entry {entry!r} leaves the data root (absolute paths and '..' are refused): "
+            "a split lists stems, relative to the layout's folders"
+        )
+    return entry
+
+
+def checked_entries(entries) -> list[str]:
+    """The stems of a split given as a list (e.g. in the config), each inside the data root."""
+    return [checked_entry(str(entry), f"split list item {i}") for i, entry in enumerate(entries)]
+
+
 def read_text_list(path: Path) -> list[str]:
     """One stem per line (first word; blank lines and # comments skipped)."""
     stems = []
-    for line in Path(path).read_text().splitlines():
+    for line_no, line in enumerate(Path(path).read_text().splitlines(), start=1):
         line = line.strip()
         if line and not line.startswith("#"):
-            stems.append(clean_stem(line.split()[0]))
+            stems.append(checked_entry(clean_stem(line.split()[0]), f"{path} line {line_no}"))
     return stems
 
 
@@ -85,14 +102,14 @@ def read_csv_list(path: Path) -> list[str]:
     for line_no, row in enumerate(body, start=2 if body is not rows else 1):
         if column >= len(row):
             raise DatasetError(f"{path} line {line_no}: no column {column} in {row}")
-        stems.append(clean_stem(row[column]))
+        stems.append(checked_entry(clean_stem(row[column]), f"{path} line {line_no}"))
     return stems
 
 
 def read_named_split(root: Path, split, title: str, layout: str) -> tuple[list[str], str]:
     """(names, split name): `split` is a list of names, a .txt path, or the name of <root>/<split>.txt."""
     if isinstance(split, (list, tuple)):
-        return [str(name) for name in split], "list"
+        return checked_entries(split), "list"
     path = Path(split)
     if path.suffix != ".txt":
         path = root / f"{split}.txt"

@@ -39,7 +39,7 @@ import numpy as np
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 
 from .augment import Augmentation
-from .base import FrameDataset, Sample, check_root, clean_stem, read_csv_list, read_text_list, require_folders
+from .base import FrameDataset, Sample, check_root, checked_entries, clean_stem, read_csv_list, read_text_list, require_folders
 from .imageio import DatasetError, celsius_from_t16, depth_from_mm, raw8, raw8_with_holes, read_single
 
 MM5_LIGHTINGS = tuple(f"RGB{k}" for k in range(1, 9))
@@ -175,7 +175,7 @@ def read_split(root, split) -> list[str]:
     "train" / "eval" / "val" / "test" (the public loader's list_<name>_f.txt, else the seed study's csv)."""
     root = Path(root)
     if isinstance(split, (list, tuple)):
-        stems = [clean_stem(str(s)) for s in split]
+        stems = checked_entries(clean_stem(str(s)) for s in split)
         source = "list"
     else:
         path = Path(split)
