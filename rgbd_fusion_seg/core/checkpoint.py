@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,16 +100,71 @@ def _current_umask() -> int:
     return mask
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+EXPECTED = "expected a .pt file written by `rgbd-fusion-seg train`"
+
+
+def read_checkpoint_dict(path: str | os.PathLike, *, mmap: bool = False) -> dict:
+    """The raw dict stored in checkpoint `path`; CheckpointError says what the file is if it is not one.
+
+    The file's kind is checked before torch reads it, because torch's own errors for a text file, a
+    folder or another zip archive ("pop from empty list", "does not exist") do not say what is wrong.
+    `mmap=True` maps the weights instead of reading them (a cheap look at a large file).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    _check_is_torch_zip(path)
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # torch raises many types for a damaged file
-        raise CheckpointError(f"checkpoint {path} cannot be read: {error}") from error
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be read: {first_line}") from error
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a {FORMAT} checkpoint (no matching 'format' field)")
+    return raw
+
+
+def _check_is_torch_zip(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    reason = _why_not_torch_zip(path)
+    if reason:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {reason}, {EXPECTED}")
+
+
+def _why_not_torch_zip(path: Path) -> str | None:
+    """torch.save writes a zip archive holding `<name>/data.pkl`; what `path` is instead, or None."""
+    if path.is_dir():
+        return "it is a directory"
+    if not path.is_file():
+        return "it is not a regular file"
+    with path.open("rb") as handle:
+        head = handle.read(64)
+    if not head:
+        return "the file is empty"
+    if not head.startswith(b"PK"):
+        return f"it is not a zip-format PyTorch checkpoint ({_describe_start(head)})"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile:
+        return "it is a truncated or damaged zip archive (an interrupted copy?)"
+    if not any(name.endswith("/data.pkl") for name in names):
+        return "it is a zip archive but not a PyTorch checkpoint (no data.pkl inside)"
+    return None
+
+
+def _describe_start(head: bytes) -> str:
+    if head.startswith(b"\x80"):  # pickle protocol 2+: torch.save(..., _use_new_zipfile_serialization=False)
+        return "it is a pickle stream, as the legacy torch.save format or pickle.dump write"
+    text = head.decode("utf-8", errors="ignore")  # the 64-byte cut may split the last character
+    if len(text.encode("utf-8")) >= len(head) - 3 and all(c.isprintable() or c.isspace() for c in text):
+        first_line = (text.strip().splitlines() or [""])[0]
+        return f"it starts with text {first_line[:40]!r}"
+    return f"it starts with bytes {head[:8].hex(' ')}"
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    path = Path(path)
+    raw = read_checkpoint_dict(path)
     try:
         model = raw["model"]
         return Checkpoint(

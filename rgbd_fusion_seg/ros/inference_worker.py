@@ -210,23 +210,11 @@ def inspect_checkpoint(path: str | os.PathLike, *, method: str | None = None, mo
     The file is memory-mapped, so the weights are not read; their names and shapes are compared with the
     method's. `method` / `modality`, when given, must match the checkpoint's.
     """
-    import torch
-
-    from ..core.checkpoint import FORMAT, CheckpointError
+    from ..core.checkpoint import CheckpointError, read_checkpoint_dict
     from ..models import UnknownMethodError
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # not a zip-format file: mmap is not possible
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001
-        raise CheckpointError(f"checkpoint {path} cannot be read: {error}") from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path} is not a {FORMAT} checkpoint (no matching 'format' field)")
+    raw = read_checkpoint_dict(path, mmap=True)
     try:
         found_method = str(raw["model"]["method"])
         num_classes = int(raw["model"]["num_classes"])
