@@ -103,6 +103,22 @@ def _type_name(msg_type) -> str:
     return "/".join(msg_type.__module__.split(".")[:2] + [msg_type.__name__])
 
 
+def log_at(logger, level: str, message: str) -> None:
+    """Log `message` at `level` ("error", "warning" or "info").
+
+    rclpy binds each call site (file, line and bytecode offset) to the first severity logged through it and
+    raises ValueError for any other severity there later, so every severity has its own call below.
+    """
+    if level == "error":
+        logger.error(message)
+    elif level == "warning":
+        logger.warning(message)
+    elif level == "info":
+        logger.info(message)
+    else:
+        raise ValueError(f"unknown log level {level!r}")
+
+
 def stamp_ns(header) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
@@ -374,7 +390,7 @@ class SegmentNode(Node):
     def _go_idle(self, reason: str, level: str = "error") -> None:
         self._idle_reason = reason
         message = f"{reason}; no model: running idle until a valid `checkpoint` parameter is set"
-        (self._log.error if level == "error" else self._log.warning)(message)
+        log_at(self._log, level, message)
 
     # ---- input: the executor thread only pairs and hands over ------------------------------------------
 
@@ -529,7 +545,7 @@ class SegmentNode(Node):
             if last is not None and now - last < period:
                 return
             self._throttle[key] = now
-        getattr(self._log, level)(message)
+        log_at(self._log, level, message)
 
     def _watchdog(self) -> None:
         """Warn when no pair was made for no_pair_timeout: once per kind of problem per starved spell."""
