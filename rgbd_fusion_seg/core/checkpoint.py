@@ -15,7 +15,9 @@ code runs on load). Everything the node needs to serve the model is in it:
 """
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -31,6 +33,10 @@ FORMAT = "rgbd_fusion_seg/1"
 
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable, or does not describe a model this package can build."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, size limit, I/O error); the file at the path is as before."""
 
 
 @dataclass
@@ -77,8 +83,24 @@ class Checkpoint:
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
-    """Write to a temporary file beside `path`, flush it to disk, then rename: a kill never leaves half a file."""
+    """Write `checkpoint` to `path` atomically; on a failed write raise CheckpointWriteError saying why and
+    what is left at `path` (the previous checkpoint, untouched, or nothing)."""
     path = Path(path)
+    try:
+        _write_atomically(checkpoint, path)
+    except (OSError, RuntimeError) as error:
+        cause = _write_failure_cause(error)
+        if cause is None:  # not a failed write (e.g. an object torch cannot pickle): a bug, keep its traceback
+            raise
+        left = f"the previous {path.name} is intact" if path.is_file() else f"there was no {path.name} before and none is left"
+        raise CheckpointWriteError(
+            f"cannot save checkpoint {path}: {cause} ({_free_space(path.parent)}); {left}, and no temporary file remains"
+        ) from error
+    return path
+
+
+def _write_atomically(checkpoint: Checkpoint, path: Path) -> None:
+    """Write to a temporary file beside `path`, flush it to disk, then rename: a kill never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -91,7 +113,34 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    return path
+
+
+_WRITE_CAUSES = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+                 errno.EFBIG: "the file exceeds the size limit for this process or file system"}
+
+
+def _write_failure_cause(error: BaseException) -> str | None:
+    """Why a write failed, in words, or None if `error` is no write failure.
+
+    torch.save reports a failed write of the file handle as a RuntimeError from its zip writer
+    ("[enforce fail at inline_container.cc:...]", "PytorchStreamWriter failed writing file ...") raised
+    while the handle's OSError is being handled, so the OSError is found on the exception's context chain.
+    """
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return _WRITE_CAUSES.get(seen.errno) or f"the write failed: {seen.strerror or seen}"
+        seen = seen.__cause__ or seen.__context__
+    if "PytorchStreamWriter" in str(error) or "inline_container" in str(error):
+        return f"the write failed: {str(error).splitlines()[0]}"
+    return None
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free in {folder}"
+    except OSError:
+        return f"free space in {folder} unknown"
 
 
 def _current_umask() -> int:
