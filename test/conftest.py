@@ -1,16 +1,58 @@
-"""Shared fixtures: a tiny generated data set in the true MM5 on-disk layout, and a `slow` marker."""
+"""Shared fixtures: a tiny generated data set in the true MM5 on-disk layout, the test bags, the optional
+external frames, and a `slow` marker.
+
+Every test runs from the repository alone, except those that need frames whose licence keeps them out of
+it (the PST900 frames, GPL-3.0): they run when RGBD_FUSION_SEG_REALDATA names a folder holding them, and
+otherwise the end of the run lists each of them as NOT RUN.
+"""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 TINY_MM5 = {"num_frames": 12, "seed": 0, "height": 64, "width": 80, "val_fraction": 0.25}
+REALDATA_VARIABLE = "RGBD_FUSION_SEG_REALDATA"
+PST900_FRAMES = ("pst900_rgb.png", "pst900_thermal_mono8.png")
+NOT_RUN = pytest.StashKey[list]()
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
+    config.stash[NOT_RUN] = []
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    not_run = config.stash.get(NOT_RUN, [])
+    if not_run:
+        terminalreporter.section("tests NOT RUN: external data missing", yellow=True, bold=True)
+        for nodeid, reason in not_run:
+            terminalreporter.line(f"NOT RUN: {nodeid}: {reason}")
+
+
+@pytest.fixture(scope="session")
+def bags(tmp_path_factory) -> Path:
+    """A folder of test bags, by name: talker_{mcap,sqlite3} and cdr_test_{mcap,sqlite3} (recorded by ROS 2),
+    rgbd_indoor and rgbt_layout (built from the real frames in test/data; see recorded_bags.py)."""
+    from recorded_bags import build_test_bags
+
+    return build_test_bags(tmp_path_factory.mktemp("bags"))
+
+
+@pytest.fixture
+def pst900_realdata(request) -> Path:
+    """The external folder with the PST900 frames; without it the test is skipped and listed as NOT RUN."""
+    folder = os.environ.get(REALDATA_VARIABLE)
+    missing = [name for name in PST900_FRAMES if not folder or not (Path(folder) / name).is_file()]
+    if missing:
+        where = (f"{REALDATA_VARIABLE}={folder} lacks {', '.join(missing)}" if folder
+                 else f"set {REALDATA_VARIABLE} to a folder holding {', '.join(PST900_FRAMES)}")
+        reason = f"needs the real PST900 frames (GPL-3.0, kept out of the repository) ({where})"
+        request.config.stash[NOT_RUN].append((request.node.nodeid, reason))
+        pytest.skip(f"NOT RUN: {reason}")
+    return Path(folder)
 
 
 @pytest.fixture(scope="session")

@@ -19,8 +19,6 @@ import numpy as np
 from rgbd_fusion_seg.ros.parameters import ros_arguments
 
 REPO = Path(__file__).resolve().parents[1]
-REALDATA = Path(os.environ.get("RGBD_FUSION_SEG_REALDATA", REPO.parent / "shared" / "realdata"))
-BAGS = REALDATA / "rosbag2"
 
 
 def domain_id_for(salt: int) -> int:

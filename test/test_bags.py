@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_experiment
-from ros_helpers import BAGS, domain_id_for
+from ros_helpers import domain_id_for
 from rgbd_fusion_seg.offline.bags.export import export
 from rgbd_fusion_seg.offline.bags.import_ import import_dataset, open_source
 from rgbd_fusion_seg.offline.bags.reading import BagError, deserialize, messages, pixels, reading, stamp_ns
@@ -52,10 +52,10 @@ def folder_images(root: Path, modality: str) -> dict[str, tuple[np.ndarray, np.n
 
 @pytest.mark.parametrize("bag, topics, modality, unit", [
     pytest.param("rgbd_indoor", INDOOR, "depth", "mm", marks=pytest.mark.slow),
-    ("rgbt_subterranean", SUBT, "thermal", "raw8"),
+    ("rgbt_layout", SUBT, "thermal", "raw8"),
 ])
-def test_real_bag_export_import_round_trips_pixel_for_pixel(bag, topics, modality, unit, tmp_path):
-    first = export(BAGS / bag, tmp_path / "first", topics["rgb"], topics["aux"], modality, log=lambda *a: None)
+def test_real_bag_export_import_round_trips_pixel_for_pixel(bag, topics, modality, unit, tmp_path, bags):
+    first = export(bags / bag, tmp_path / "first", topics["rgb"], topics["aux"], modality, log=lambda *a: None)
     assert first["aux_unit"] == unit and first["source"]["pairs"] == first["source"]["colour_messages"]
     assert not (tmp_path / "first" / "labels").exists()
     result = import_dataset(open_source(tmp_path / "first"), tmp_path / "bag")  # stamps.csv: the recorded stamps
@@ -69,7 +69,7 @@ def test_real_bag_export_import_round_trips_pixel_for_pixel(bag, topics, modalit
             assert a.dtype == b.dtype and a.shape == b.shape
             np.testing.assert_array_equal(a, b)
     # and the imported bag holds the recorded aux pixels, as recorded (16UC1 / mono8)
-    recorded = {s: (image, enc) for s, image, enc in bag_images(BAGS / bag, topics["aux"])}
+    recorded = {s: (image, enc) for s, image, enc in bag_images(bags / bag, topics["aux"])}
     for stamp, image, encoding in bag_images(tmp_path / "bag", result["aux_topic"]):
         assert encoding == recorded[stamp][1]
         np.testing.assert_array_equal(image, recorded[stamp][0])
@@ -108,10 +108,10 @@ def test_encodings_round_trip_through_export_and_import(colour_encoding, modalit
 
 @pytest.mark.parametrize("compress_colour, compress_aux",
                          [("png", "compressedDepth"), ("png", "compressedDepth-rvl"), ("jpeg", "png")])
-def test_compressed_topics_export_like_raw_ones(compress_colour, compress_aux, tmp_path):
+def test_compressed_topics_export_like_raw_ones(compress_colour, compress_aux, tmp_path, bags):
     """A bag with CompressedImage colour and depth (16UC1 in png / compressedDepth png or rvl) exports the same
     pixels."""
-    export(BAGS / "rgbd_indoor", tmp_path / "raw_set", INDOOR["rgb"], INDOOR["aux"], "depth")
+    export(bags / "rgbd_indoor", tmp_path / "raw_set", INDOOR["rgb"], INDOOR["aux"], "depth")
     made = import_dataset(open_source(tmp_path / "raw_set"), tmp_path / "bag", compress_colour=compress_colour,
                           compress_aux=compress_aux)
     suffix = "/compressedDepth" if compress_aux.startswith("compressedDepth") else "/compressed"
@@ -159,55 +159,55 @@ def test_bag_commands_build_their_parser_without_torch_or_rclpy():
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
-def test_recordings_without_images_give_clear_errors(storage, tmp_path, capsys):
-    code = cli(["bag", "export", str(BAGS / f"talker_{storage}"), "--rgb-topic", "/camera/color/image_raw",
+def test_recordings_without_images_give_clear_errors(storage, tmp_path, capsys, bags):
+    code = cli(["bag", "export", str(bags / f"talker_{storage}"), "--rgb-topic", "/camera/color/image_raw",
                 "--aux-topic", "/camera/depth/image_raw", "--modality", "depth", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert code == 2 and "has no topic '/camera/color/image_raw'" in err
     assert "/topic (std_msgs/msg/String, 10 messages)" in err and "/rosout (rcl_interfaces/msg/Log" in err
     assert not (tmp_path / "x").exists()
 
-    code = cli(["bag", "evaluate", str(BAGS / f"cdr_test_{storage}"), "--rgb-topic", "/test_topic", "--aux-topic",
+    code = cli(["bag", "evaluate", str(bags / f"cdr_test_{storage}"), "--rgb-topic", "/test_topic", "--aux-topic",
                 "/array_topic", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "e")])
     assert code == 2 and "does not exist" in capsys.readouterr().err  # the checkpoint is checked first
     with pytest.raises(BagError, match=r"'/test_topic' .* has type test_msgs/msg/BasicTypes; the colour topic must be"):
-        export(BAGS / f"cdr_test_{storage}", tmp_path / "y", "/test_topic", "/array_topic", "depth")
-    code = cli(["bag", "play", str(BAGS / f"cdr_test_{storage}")])
+        export(bags / f"cdr_test_{storage}", tmp_path / "y", "/test_topic", "/array_topic", "depth")
+    code = cli(["bag", "play", str(bags / f"cdr_test_{storage}")])
     captured = capsys.readouterr()
     assert code == 2 and "skipping /array_topic (test_msgs/msg/Arrays): no Python message package" in captured.out
     assert "nothing to play" in captured.err and "/test_topic (test_msgs/msg/BasicTypes, 3 messages)" in captured.err
-    with reading(BAGS / f"cdr_test_{storage}") as reader:
+    with reading(bags / f"cdr_test_{storage}") as reader:
         connection, _, raw = next(iter(messages(reader, [])))
         with pytest.raises(BagError, match="test_msgs/msg/.* is not known to the rosbags type store"):
             deserialize(raw, connection)
 
 
 @pytest.mark.parametrize("rate", ["0", "-1", "nan", "fast"])
-def test_a_bad_rate_is_refused_before_anything_starts(rate, capsys):
-    for action in (["play", str(BAGS / "rgbd_indoor")],
-                   ["evaluate", str(BAGS / "rgbd_indoor"), "--rgb-topic", INDOOR["rgb"], "--aux-topic", INDOOR["aux"]]):
+def test_a_bad_rate_is_refused_before_anything_starts(rate, capsys, bags):
+    for action in (["play", str(bags / "rgbd_indoor")],
+                   ["evaluate", str(bags / "rgbd_indoor"), "--rgb-topic", INDOOR["rgb"], "--aux-topic", INDOOR["aux"]]):
         with pytest.raises(SystemExit) as info:  # an argparse usage error: no checkpoint trained, no node started
             cli(["bag", *action, "--rate", rate])
         assert info.value.code == 2 and "must be a speed factor > 0" in capsys.readouterr().err
 
 
-def test_missing_truncated_and_wrong_bags(tmp_path):
+def test_missing_truncated_and_wrong_bags(tmp_path, bags):
     with pytest.raises(BagError, match="no bag at"):
         export(tmp_path / "nothing", tmp_path / "a", "/c", "/d", "depth")
     (tmp_path / "empty").mkdir()
     with pytest.raises(BagError, match="no metadata.yaml"):
         export(tmp_path / "empty", tmp_path / "a", "/c", "/d", "depth")
-    broken = Path(shutil.copytree(BAGS / "rgbd_indoor", tmp_path / "broken"))
+    broken = Path(shutil.copytree(bags / "rgbd_indoor", tmp_path / "broken"))
     data = (broken / "rgbd_indoor.mcap").read_bytes()
     (broken / "rgbd_indoor.mcap").chmod(0o644)
     (broken / "rgbd_indoor.mcap").write_bytes(data[: len(data) // 2])
     with pytest.raises(BagError, match=r"cannot read bag .*broken|could not be read to the end"):
         export(broken, tmp_path / "b", INDOOR["rgb"], INDOOR["aux"], "depth")
     with pytest.raises(BagError, match="'/thermal/image_raw' is mono8, which the folder layout cannot hold as depth"):
-        export(BAGS / "rgbt_subterranean", tmp_path / "c", SUBT["rgb"], SUBT["aux"], "depth")
+        export(bags / "rgbt_layout", tmp_path / "c", SUBT["rgb"], SUBT["aux"], "depth")
     assert not (tmp_path / "c").exists()  # refused before anything is written
     with pytest.raises(BagError, match="exists already"):
-        BagWriter(BAGS / "rgbd_indoor")
+        BagWriter(bags / "rgbd_indoor")
 
 
 def test_import_errors_name_the_option_or_the_file(tmp_path):
@@ -266,7 +266,7 @@ def test_a_writer_interrupted_part_way_leaves_a_valid_bag(tmp_path):
 # ---- play ----------------------------------------------------------------------------------------------
 
 
-def test_play_decompresses_with_recorded_timing_and_clock(tmp_path):
+def test_play_decompresses_with_recorded_timing_and_clock(tmp_path, bags):
     """The jpeg topic comes out as sensor_msgs/Image on the base topic, at half speed, with /clock."""
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from rosgraph_msgs.msg import Clock
@@ -284,7 +284,7 @@ def test_play_decompresses_with_recorded_timing_and_clock(tmp_path):
         session.node.create_subscription(Clock, "/clock", clocks.append, 10)
         options = PlayOptions(topics=[INDOOR["jpeg"]], rate=0.5, decompress=True, clock_hz=20.0,
                               remap={INDOOR["jpeg"]: "/replay/color"})
-        player = Player(session.node, BAGS / "rgbd_indoor", options)
+        player = Player(session.node, bags / "rgbd_indoor", options)
         assert wait_until(lambda: all(player.subscriber_counts().values()), 10.0)
         counts = player.run()
         player.close()
@@ -292,7 +292,7 @@ def test_play_decompresses_with_recorded_timing_and_clock(tmp_path):
     finally:
         session.close()
     assert counts[INDOOR["jpeg"]] == 8 and counts["seconds"] == pytest.approx(2 * 0.4672, abs=0.15)
-    raw = {s: image for s, image, _ in bag_images(BAGS / "rgbd_indoor", INDOOR["rgb"])}
+    raw = {s: image for s, image, _ in bag_images(bags / "rgbd_indoor", INDOOR["rgb"])}
     for _, msg in received:
         assert msg.encoding == "rgb8"  # the recorded format says "rgb8; jpeg compressed bgr8"
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
@@ -302,7 +302,7 @@ def test_play_decompresses_with_recorded_timing_and_clock(tmp_path):
     assert len(clocks) > 10 and clocks[-1].clock.sec == 1_700_000_000
 
 
-def test_play_start_offset_loop_and_remap_errors():
+def test_play_start_offset_loop_and_remap_errors(bags):
     import threading
 
     from rgbd_fusion_seg.offline.bags.play import PlayOptions, Player, parse_remaps
@@ -317,7 +317,7 @@ def test_play_start_offset_loop_and_remap_errors():
             stop.set() if len(played) == 14 else None
 
         options = PlayOptions(topics=[SUBT["rgb"]], rate=20.0, start_offset=0.25, loop=True)
-        player = Player(session.node, BAGS / "rgbt_subterranean", options, on_played=collect)
+        player = Player(session.node, bags / "rgbt_layout", options, on_played=collect)
         counts = player.run(stop)
         player.close()
         # from 0.25 s on, /rgb/image_raw has 3 frames (0.301, 0.401, 0.501 s): played again and again
@@ -325,14 +325,14 @@ def test_play_start_offset_loop_and_remap_errors():
         assert stamps[:6] == [299, 400, 500, 299, 400, 500] and counts[SUBT["rgb"]] == 14
         assert all(p.topic == SUBT["rgb"] and p.msgtype == "sensor_msgs/msg/Image" for p in played)
         with pytest.raises(BagError, match=r"has no topic '/nope'.*\n  /rgb/image_raw \(sensor_msgs/msg/Image, 6"):
-            Player(session.node, BAGS / "rgbt_subterranean", PlayOptions(topics=["/nope"]))
+            Player(session.node, bags / "rgbt_layout", PlayOptions(topics=["/nope"]))
         with pytest.raises(BagError, match="past the end"):
-            Player(session.node, BAGS / "rgbt_subterranean", PlayOptions(start_offset=5.0)).run()
+            Player(session.node, bags / "rgbt_layout", PlayOptions(start_offset=5.0)).run()
         with pytest.raises(BagError, match="no Python message package"):
-            Player(session.node, BAGS / "cdr_test_mcap", PlayOptions(topics=["/test_topic"]))
+            Player(session.node, bags / "cdr_test_mcap", PlayOptions(topics=["/test_topic"]))
         # decompressed, the jpeg topic would go out on the raw colour topic's name
         with pytest.raises(BagError, match="would both be played on '/camera/color/image_raw'; use --remap"):
-            Player(session.node, BAGS / "rgbd_indoor", PlayOptions(decompress=True))
+            Player(session.node, bags / "rgbd_indoor", PlayOptions(decompress=True))
         with pytest.raises(ValueError, match="bad --remap"):
             parse_remaps(["/a=/b"])
     finally:
@@ -375,8 +375,8 @@ def evaluate(tmp_path, capsys, bag, *args) -> dict:
 
 
 @pytest.mark.slow
-def test_evaluate_rgbd_indoor_raw_and_jpeg(checkpoints, tmp_path, capsys):
-    report = evaluate(tmp_path / "raw", capsys, BAGS / "rgbd_indoor", "--rgb-topic", INDOOR["rgb"], "--aux-topic",
+def test_evaluate_rgbd_indoor_raw_and_jpeg(checkpoints, tmp_path, capsys, bags):
+    report = evaluate(tmp_path / "raw", capsys, bags / "rgbd_indoor", "--rgb-topic", INDOOR["rgb"], "--aux-topic",
                       INDOOR["aux"], "--checkpoint", str(checkpoints["depth"]), "--overlays")
     assert report["pairs_expected"] == 8 and report["frames_in_bag"] == {INDOOR["rgb"]: 8, INDOOR["aux"]: 8}
     assert int(report["node_stats"]["pairs"]) == 8 + report["warm_up_frames"]  # warm-up pairs included
@@ -384,27 +384,27 @@ def test_evaluate_rgbd_indoor_raw_and_jpeg(checkpoints, tmp_path, capsys):
     assert report["_counts"]["/rgbd_fusion_seg_bag/segment_node/mask_color"] == report["masks_received"]
     assert len(list((tmp_path / "raw" / "overlays").glob("*.png"))) == report["masks_received"]
     assert "miou" not in report  # no label topic
-    report = evaluate(tmp_path / "jpeg", capsys, BAGS / "rgbd_indoor", "--rgb-topic", INDOOR["jpeg"], "--aux-topic",
+    report = evaluate(tmp_path / "jpeg", capsys, bags / "rgbd_indoor", "--rgb-topic", INDOOR["jpeg"], "--aux-topic",
                       INDOOR["aux"], "--checkpoint", str(checkpoints["depth"]), "--rate", "0.5")
     assert report["pairs_expected"] == 8 and report["topics"]["rgb"]["msgtype"] == "sensor_msgs/msg/CompressedImage"
     assert report["_counts"]["/camera/color/image_raw"] == 8  # played decompressed, on the base topic
 
 
 @pytest.mark.slow
-def test_evaluate_rgbt_subterranean_thermal(checkpoints, tmp_path, capsys):
-    report = evaluate(tmp_path, capsys, BAGS / "rgbt_subterranean", "--rgb-topic", SUBT["rgb"], "--aux-topic", SUBT["aux"],
+def test_evaluate_rgbt_layout_thermal(checkpoints, tmp_path, capsys, bags):
+    report = evaluate(tmp_path, capsys, bags / "rgbt_layout", "--rgb-topic", SUBT["rgb"], "--aux-topic", SUBT["aux"],
                       "--checkpoint", str(checkpoints["thermal"]), "--rate", "0.5")
     assert report["modality"] == "thermal" and report["pairs_expected"] == 6
     assert report["node_stats"]["bad_input"] == "0"
     # the depth checkpoint is refused for the thermal bag before any node starts
-    code = cli(["bag", "evaluate", str(BAGS / "rgbt_subterranean"), "--rgb-topic", SUBT["rgb"], "--aux-topic", SUBT["aux"],
+    code = cli(["bag", "evaluate", str(bags / "rgbt_layout"), "--rgb-topic", SUBT["rgb"], "--aux-topic", SUBT["aux"],
                 "--checkpoint", str(checkpoints["depth"]), "--modality", "thermal", "--out", str(tmp_path / "refused")])
     assert code == 2 and "trained on depth" in capsys.readouterr().err
     for bag, message in (("talker_sqlite3", re.escape("has no topic '/rgb/image_raw' (asked for as the colour topic); "
                                                       "its topics: /topic (std_msgs/msg/String, 10 messages)")),
                          ("cdr_test_mcap", "'/test_topic' in bag .* has type test_msgs/msg/BasicTypes")):
         colour = "/test_topic" if bag.startswith("cdr") else SUBT["rgb"]
-        code = cli(["bag", "evaluate", str(BAGS / bag), "--rgb-topic", colour, "--aux-topic", SUBT["aux"],
+        code = cli(["bag", "evaluate", str(bags / bag), "--rgb-topic", colour, "--aux-topic", SUBT["aux"],
                     "--checkpoint", str(checkpoints["thermal"]), "--out", str(tmp_path / bag)])
         assert code == 2 and re.search(message, capsys.readouterr().err)
         assert not (tmp_path / bag).exists()
@@ -425,14 +425,14 @@ def test_evaluate_an_imported_mm5_bag_with_labels_gives_miou(checkpoints, mm5_ro
 
 
 @pytest.mark.slow
-def test_evaluate_interrupted_leaves_a_valid_partial_bag_and_no_node(checkpoints, tmp_path):
+def test_evaluate_interrupted_leaves_a_valid_partial_bag_and_no_node(checkpoints, tmp_path, bags):
     """Ctrl-C while the bag plays: exit 130, the node is stopped, outputs/ is a valid bag of what was written."""
     import os
     import signal
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "rgbd_fusion_seg.offline.cli", "bag", "evaluate", str(BAGS / "rgbd_indoor"),
+    command = [sys.executable, "-m", "rgbd_fusion_seg.offline.cli", "bag", "evaluate", str(bags / "rgbd_indoor"),
                "--rgb-topic", INDOOR["rgb"], "--aux-topic", INDOOR["aux"], "--checkpoint", str(checkpoints["depth"]),
                "--rate", "0.05", "--out", str(tmp_path), "--domain-id", str(DOMAIN)]
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -2,7 +2,6 @@
 the real PST900 frame, augmentation, the catalogue, the data section of the config, and every bad input."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
@@ -27,7 +26,6 @@ from rgbd_fusion_seg.offline.datasets.pst900 import PST900Dataset
 from rgbd_fusion_seg.offline.datasets.pst900 import default_aux_normalisation as pst900_aux
 
 REPO = Path(__file__).resolve().parents[1]
-REALDATA = Path(os.environ.get("RGBD_FUSION_SEG_REALDATA", Path(__file__).resolve().parents[2] / "shared" / "realdata"))
 NATIVE = Preprocessing(input_size=None)
 H, W = 48, 64
 
@@ -180,12 +178,12 @@ def test_pst900_bad_inputs(copy_of):
         PST900Dataset(root, split="test", aux_folder="depth")
 
 
-def test_pst900_reads_the_real_frame(tmp_path):
+def test_pst900_reads_the_real_frame(pst900_realdata, tmp_path):
     """The real 1280x720 PST900 colour and thermal frames in a PST900 layout, labels written here."""
     root = tmp_path / "PST900"
     for folder, source in (("rgb", "pst900_rgb.png"), ("thermal", "pst900_thermal_mono8.png")):
         (root / "train" / folder).mkdir(parents=True)
-        shutil.copy(REALDATA / source, root / "train" / folder / "real.png")
+        shutil.copy(pst900_realdata / source, root / "train" / folder / "real.png")
     labels = np.zeros((720, 1280), np.uint8)
     labels[300:500, 600:900] = 4  # a "survivor" box
     (root / "train" / "labels").mkdir()
@@ -193,8 +191,8 @@ def test_pst900_reads_the_real_frame(tmp_path):
     dataset = PST900Dataset(root, split="train")
     raw = dataset.read_raw(0)
     assert raw["rgb"].shape == (720, 1280, 3) and raw["aux"].shape == (720, 1280)
-    assert np.array_equal(raw["rgb"], read(REALDATA / "pst900_rgb.png")[..., ::-1])
-    assert np.array_equal(raw["aux"], read(REALDATA / "pst900_thermal_mono8.png").astype(np.float32))
+    assert np.array_equal(raw["rgb"], read(pst900_realdata / "pst900_rgb.png")[..., ::-1])
+    assert np.array_equal(raw["aux"], read(pst900_realdata / "pst900_thermal_mono8.png").astype(np.float32))
     assert dataset.validate()["class_pixels"] == [720 * 1280 - 200 * 300, 0, 0, 0, 200 * 300]
     recipe = load_config(REPO / "config" / "experiments" / "pst900" / "base.yaml").data.augmentation
     augmented = PST900Dataset(root, split="train", augment=True, augmentation=Augmentation.from_config(recipe))
@@ -369,7 +367,7 @@ def test_data_section_errors(tmp_path):
         ({"augmentation": {"rotate": 200}}, r"more than a half turn"),
         ({"augmentation": {"scale": [1.5, 1.0]}}, r"high must be at least low"),
         ({"rgb_std": [1, 0, 1]}, r"'data.rgb_std'"),
-        ({"dataset": "nyu"}, r"'nyu' is not one of mm5, mfnet, pst900, fmb, folder"),
+        ({"dataset": "nyu"}, r"'nyu' is not one of fmb, folder, mfnet, mm5, pst900"),
     ]
     for data, message in cases:
         with pytest.raises(ConfigError, match=message):

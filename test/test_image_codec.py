@@ -24,7 +24,7 @@ from rgbd_fusion_seg.ros.image_codec import (
     pixel_view,
     rgb_to_msg,
 )
-from ros_helpers import BAGS, read_bag_images, rosbags_to_ros
+from ros_helpers import read_bag_images, rosbags_to_ros
 
 TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
 RosbagsImage = TYPESTORE.types["sensor_msgs/msg/Image"]
@@ -168,10 +168,10 @@ def test_codec_functions_import_without_ros():
 
 @pytest.mark.parametrize("bag, colour_topic, aux_topic, modality", [
     ("rgbd_indoor", "/camera/color/image_raw", "/camera/depth/image_rect_raw", "depth"),
-    ("rgbt_subterranean", "/rgb/image_raw", "/thermal/image_raw", "thermal"),
+    ("rgbt_layout", "/rgb/image_raw", "/thermal/image_raw", "thermal"),
 ])
-def test_real_bag_frames_decode_and_round_trip(bag, colour_topic, aux_topic, modality):
-    frames = read_bag_images(BAGS / bag, {colour_topic, aux_topic})
+def test_real_bag_frames_decode_and_round_trip(bag, colour_topic, aux_topic, modality, bags):
+    frames = read_bag_images(bags / bag, {colour_topic, aux_topic})
     assert frames
     for topic, bag_msg in frames:
         msg = rosbags_to_ros(bag_msg)
@@ -371,8 +371,8 @@ def test_msg_decoders_name_the_format_of_a_bad_compressed_image(source, call, me
         call(bad)
 
 
-def test_real_bag_jpeg_topic_decodes_close_to_the_raw_topic():
-    frames = read_bag_images(BAGS / "rgbd_indoor", {"/camera/color/image_raw", "/camera/color/image_raw/compressed"})
+def test_real_bag_jpeg_topic_decodes_close_to_the_raw_topic(bags):
+    frames = read_bag_images(bags / "rgbd_indoor", {"/camera/color/image_raw", "/camera/color/image_raw/compressed"})
     raw = {m.header.stamp.nanosec: m for t, m in frames if t == "/camera/color/image_raw"}
     jpeg = [m for t, m in frames if t.endswith("/compressed")]
     assert len(jpeg) == 8

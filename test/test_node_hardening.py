@@ -3,6 +3,7 @@
 The module's node starts idle (no checkpoint), so that the "no model is served" warning comes first, as it
 does for a user who starts the node before choosing a checkpoint; `serving` then gives it one.
 """
+import re
 import time
 
 import numpy as np
@@ -31,7 +32,7 @@ def node(client, tmp_path_factory):
     log = tmp_path_factory.mktemp("node_log") / "segment_node.log"
     with NodeProcess(log, DOMAIN, parameters={"stats_period": 0.5, "no_pair_timeout": 1.0}) as process:
         client.wait_for_node()
-        process.wait_for_log("no checkpoint given")
+        process.wait_for_log("no checkpoint given", timeout=60)  # torch is imported first: slow on a busy machine
         yield process
         print(process.log())  # shown with -s or on failure
 
@@ -73,3 +74,44 @@ def test_bad_input_is_logged_after_the_no_model_warning(node, client, checkpoint
     stats = client.fresh_stats(predicate=lambda s: int(s["bad_input"]) >= 1)
     assert stats["inference_errors"] == "0", stats
     assert "Logger severity cannot be changed" not in text and "inference failed" not in text
+
+
+def test_a_future_stamped_burst_then_good_frames_yields_masks(serving, client):
+    """10 depth frames stamped 1000 s ahead once filled the pairing queue: no mask for ~1000 s after."""
+    future = next_stamp() + 1000 * 10**9
+    for index in range(10):
+        _, aux_msg = random_pair(future + index * 66_000_000)
+        client.aux_pub.publish(aux_msg)
+        client.spin_for(0.02)
+    good = []
+    for _ in range(15):
+        good.append(next_stamp())
+        client.publish_pair(*random_pair(good[-1]))
+        client.spin_for(0.066)
+    client.wait_for_stamp(good[-1], timeout=10)
+    text = serving.wait_for_log(r"/aux/image: stamps jumped back \d+\.\d{3} s .*dropped the 10 frames queued")
+    assert text.count("stamps jumped back") == 1, text
+    assert 999 < float(re.search(r"stamps jumped back (\S+) s", text).group(1)) < 1001
+
+
+def test_a_ros_time_jump_back_clears_the_queues(client):
+    """In-process: with use_sim_time, /clock going back (a bag restarted) drops every queued frame, with a warning."""
+    from rclpy.parameter import Parameter
+    from rclpy.time import Time
+
+    from rgbd_fusion_seg.ros.segment_node import SegmentNode
+
+    node = SegmentNode(context=client.context, namespace="time_jump",
+                       parameter_overrides=[Parameter("use_sim_time", value=True)])
+    try:
+        clock = node.get_clock()
+        clock.set_ros_time_override(Time(seconds=1000, clock_type=clock.clock_type))
+        for stamp in (1000, 1001):
+            node._on_rgb(random_pair(stamp * 10**9)[0])
+        assert node._pairer.pending() == (2, 0)
+        clock.set_ros_time_override(Time(seconds=10, clock_type=clock.clock_type))
+        assert node._pairer.pending() == (0, 0)
+        assert node._pairer.counts.dropped == [2, 0]
+    finally:
+        node.shutdown()
+        node.destroy_node()

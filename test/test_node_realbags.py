@@ -1,7 +1,8 @@
-"""The real recordings in shared/realdata/rosbag2 replayed into the node at native size.
+"""Camera bags of real frames (test/recorded_bags.py) replayed into the node at native size.
 
 rgbd_indoor (mcap): rgb8 + 16UC1 at 512x424, 15 Hz, depth jitter up to 6 ms, different frame_ids.
-rgbt_subterranean (sqlite3): bgr8 + mono8 at 1280x720, 10 Hz, thermal jitter up to 20 ms.
+rgbt_layout (sqlite3): bgr8 + mono8 at 1280x720, 10 Hz, aux jitter up to 20 ms, different frame_ids.
+rgbt_subterranean: the same layout from the real PST900 frames, where RGBD_FUSION_SEG_REALDATA has them.
 
 The bag is replayed in its recorded order; after each message that completes a pair the replay waits for
 that frame's mask, so every pairing colour frame must come back (no newest-pair-wins drops to excuse).
@@ -15,27 +16,38 @@ import numpy as np
 import pytest
 
 from rgbd_fusion_seg.ros.pairing import ApproximateTimePairer
-from ros_helpers import BAGS, NodeProcess, RosClient, domain_id_for, make_checkpoint, read_bag_images, rosbags_to_ros
+from recorded_bags import pst900_bag
+from ros_helpers import NodeProcess, RosClient, domain_id_for, make_checkpoint, read_bag_images, rosbags_to_ros
 
 DOMAIN = domain_id_for(23)
 NUM_CLASSES = 5
 
+RGBT = dict(colour="/rgb/image_raw", aux="/thermal/image_raw", modality="thermal", unit="raw8", high=255.0,
+            size=(720, 1280), frames=6)
 BAG_CASES = {
     "rgbd_indoor": dict(colour="/camera/color/image_raw", aux="/camera/depth/image_rect_raw", modality="depth",
                         unit="m", high=10.0, size=(424, 512), frames=8),
-    "rgbt_subterranean": dict(colour="/rgb/image_raw", aux="/thermal/image_raw", modality="thermal",
-                              unit="raw8", high=255.0, size=(720, 1280), frames=6),
+    "rgbt_layout": RGBT,
+    "rgbt_subterranean": RGBT,
 }
+
+
+@pytest.fixture(params=list(BAG_CASES))
+def bag(request, bags, tmp_path):
+    """(name, folder) of each case; the PST900 one is built here from the external frames."""
+    if request.param == "rgbt_subterranean":
+        return request.param, pst900_bag(tmp_path, request.getfixturevalue("pst900_realdata"))
+    return request.param, bags / request.param
 
 
 def stamp_of(msg) -> int:
     return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
-@pytest.mark.parametrize("bag", list(BAG_CASES))
 def test_real_bag_through_the_node(bag, tmp_path):
+    bag, folder = bag
     case = BAG_CASES[bag]
-    frames = [(topic, rosbags_to_ros(msg)) for topic, msg in read_bag_images(BAGS / bag, {case["colour"], case["aux"]})]
+    frames = [(topic, rosbags_to_ros(msg)) for topic, msg in read_bag_images(folder, {case["colour"], case["aux"]})]
     checkpoint = tmp_path / f"{bag}.pt"
     parameters = {
         "checkpoint": str(checkpoint),

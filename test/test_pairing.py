@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from rgbd_fusion_seg.ros.pairing import ApproximateTimePairer
-from ros_helpers import BAGS, read_bag_images
+from ros_helpers import read_bag_images
 
 MS = 1_000_000
 
@@ -103,17 +103,84 @@ def test_reconfigure_and_clear():
         pairer.configure(queue_size=1, slop=-1)
 
 
+def camera(start_ns, frames, period_ms=1000 / 15):
+    """Colour then depth with equal stamps, `frames` of them from `start_ns`, as a driver publishes them."""
+    events = []
+    for index in range(frames):
+        stamp = int(start_ns + index * period_ms * MS)
+        events += [(0, stamp), (1, stamp)]
+    return events
+
+
+def recording_jumps():
+    jumps = []
+    return jumps, lambda stream, jump_ns, dropped: jumps.append((stream, round(jump_ns / 1e9, 3), dropped))
+
+
+def test_a_burst_stamped_in_the_future_does_not_stop_pairing():
+    """10 depth frames 1000 s ahead fill the queue; message_filters would then evict every correct depth frame
+    on arrival (older than all queued) for 1000 s. The depth queue is dropped at the first step back."""
+    jumps, on_jump = recording_jumps()
+    pairer = ApproximateTimePairer(queue_size=10, slop=0.05, on_stamp_jump=on_jump)
+    now = 1_700_000_000 * 10**9
+    assert feed(pairer, camera(now, 15)) and pairer.pending() == (0, 0)
+    assert feed(pairer, [(1, now + 1000 * 10**9 + i * 66 * MS) for i in range(10)]) == []
+    good = camera(now + 2 * 10**9, 30)
+    pairs = feed(pairer, good)
+    assert pairs == [(stamp, stamp) for stream, stamp in good if stream == 0]  # every frame, from the first
+    assert jumps == [(1, 998.594, 10)]  # one jump, on the depth stream, its 10 future frames dropped
+    assert pairer.counts.dropped == [0, 10]
+
+
+def test_a_future_burst_before_any_good_frame_and_both_streams_looping():
+    jumps, on_jump = recording_jumps()
+    pairer = ApproximateTimePairer(queue_size=10, slop=0.05, on_stamp_jump=on_jump)
+    feed(pairer, [(1, 5000 * 10**9 + i * 66 * MS) for i in range(12)])  # the very first depth frames
+    assert len(feed(pairer, camera(0, 20))) == 20
+    assert jumps == [(1, 5000.726, 10)]
+    jumps.clear()
+    # A bag of 2 s played in a loop: both streams go back 2 s at once; unpaired frames of the last loop
+    # (a colour frame whose depth was lost) must not block the next loop.
+    pairer = ApproximateTimePairer(queue_size=10, slop=0.05, on_stamp_jump=on_jump)
+    loop = camera(0, 30)
+    for _ in range(3):
+        assert len(feed(pairer, loop + [(0, 2_100 * MS)])) == 30
+    assert [stream for stream, _, _ in jumps] == [0, 1, 0, 1]
+
+
+def test_small_steps_back_delay_pairing_by_at_most_their_size():
+    jumps, on_jump = recording_jumps()
+    pairer = ApproximateTimePairer(queue_size=10, slop=0.01, on_stamp_jump=on_jump)
+    feed(pairer, [(1, 1000 * MS + i * 66 * MS) for i in range(10)])  # depth up to 1.6 s, colour never came
+    good = camera(900 * MS, 30)  # 0.7 s back: under the threshold, so kept as message_filters would
+    pairs = feed(pairer, good)
+    assert jumps == []
+    assert pairs and min(a for a, _ in pairs) - 900 * MS <= 700 * MS + 66 * MS
+    assert pairs[-1] == (good[-2][1], good[-1][1])
+
+
+def test_gaps_and_late_frames_are_not_jumps():
+    jumps, on_jump = recording_jumps()
+    pairer = ApproximateTimePairer(queue_size=10, slop=0.05, on_stamp_jump=on_jump)
+    events = camera(0, 10) + camera(60 * 10**9, 10)  # a driver pausing for a minute
+    events += [(0, 70 * 10**9 + i * 66 * MS) for i in range(5)] + [(1, 70 * 10**9 + i * 66 * MS) for i in range(5)]
+    assert len(feed(pairer, events + jittered_streams())) == 25 + 60
+    assert jumps == []
+
+
 @pytest.mark.parametrize("bag, colour_topic, aux_topic, frames", [
     ("rgbd_indoor", "/camera/color/image_raw", "/camera/depth/image_rect_raw", 8),
-    ("rgbt_subterranean", "/rgb/image_raw", "/thermal/image_raw", 6),
+    ("rgbt_layout", "/rgb/image_raw", "/thermal/image_raw", 6),
 ])
-def test_real_bag_stamps_pair_every_colour_frame(bag, colour_topic, aux_topic, frames):
-    pairer = ApproximateTimePairer(queue_size=10, slop=0.05)
+def test_real_bag_stamps_pair_every_colour_frame(bag, colour_topic, aux_topic, frames, bags):
+    jumps, on_jump = recording_jumps()
+    pairer = ApproximateTimePairer(queue_size=10, slop=0.05, on_stamp_jump=on_jump)
     events = [
         (0 if topic == colour_topic else 1, msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
-        for topic, msg in read_bag_images(BAGS / bag, {colour_topic, aux_topic})
+        for topic, msg in read_bag_images(bags / bag, {colour_topic, aux_topic})
     ]
     pairs = feed(pairer, events)
     assert len(pairs) == frames
     assert sorted(a for a, _ in pairs) == sorted(s for stream, s in events if stream == 0)
     assert max(abs(a - b) for a, b in pairs) <= 20 * MS
+    assert jumps == []

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rgbd_fusion_seg.ros import rvl
-from ros_helpers import BAGS, read_bag_images
+from ros_helpers import read_bag_images
 
 
 def reference_encode(pixels) -> bytes:
@@ -70,8 +70,8 @@ def test_matches_the_reference_byte_for_byte_and_round_trips(name, image):
     np.testing.assert_array_equal(rvl.decode(stream, image.size).reshape(image.shape), image)
 
 
-def test_real_depth_frame_round_trips_and_compresses():
-    depth = [msg for _, msg in read_bag_images(BAGS / "rgbd_indoor", {"/camera/depth/image_rect_raw"})][0]
+def test_real_depth_frame_round_trips_and_compresses(bags):
+    depth = [msg for _, msg in read_bag_images(bags / "rgbd_indoor", {"/camera/depth/image_rect_raw"})][0]
     image = np.frombuffer(bytes(depth.data), np.uint16).reshape(depth.height, depth.width)
     assert (image == 0).any() and (image != 0).any()  # a real sensor's holes
     stream = rvl.encode(image)

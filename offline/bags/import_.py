@@ -1,6 +1,6 @@
 """`rgbd-fusion-seg bag import`: a data set split -> a bag, so any data set replays through the node.
 
-    rgbd-fusion-seg bag import DATASET --out BAG [--dataset folder|mm5|mfnet|pst900|fmb] [--split all]
+    rgbd-fusion-seg bag import DATASET --out BAG [--dataset folder|mm5|mfnet|pst900|fmb|...] [--split all]
                                [--aux-folder D16] [--lighting RGB1] [--rate 10] [--storage mcap|sqlite3]
 
 The split is opened through the data set catalogue (`offline.datasets.catalog.open_dataset`, labels
@@ -52,11 +52,14 @@ class Source:
 
 def open_source(path, split=None, lighting="RGB1", aux_folder=None, dataset=None) -> Source:
     from rgbd_fusion_seg.offline.datasets.catalog import open_dataset
+    from rgbd_fusion_seg.offline.datasets.registry import layout_names
 
     root = Path(path).expanduser()
     if not root.is_dir():
         raise BagError(f"no data set folder {root}")
     kind = dataset or ("folder" if (root / "dataset.yaml").is_file() else "mm5")
+    if kind not in layout_names():
+        raise BagError(f"--dataset {kind!r} is not a data set layout; registered: {', '.join(layout_names())}")
     split = split or ("all" if kind == "folder" else "val")
     opened = open_dataset(dataset=kind, root=root, split=split, preprocessing=None, aux_folder=aux_folder,
                           lightings=[lighting], require_labels=False)
@@ -141,8 +144,9 @@ def import_dataset(source: Source, out, storage="mcap", rate: float | None = Non
 
 def add_arguments(parser) -> None:
     parser.add_argument("dataset", help="data set folder: folder layout (dataset.yaml), MM5, MFNet, PST900, FMB")
-    parser.add_argument("--dataset", dest="kind", choices=("folder", "mm5", "mfnet", "pst900", "fmb"), default=None,
-                        help="layout (default: folder if there is a dataset.yaml, else mm5)")
+    parser.add_argument("--dataset", dest="kind", default=None, metavar="LAYOUT",
+                        help="a data set layout of offline/datasets/registry.py (mm5, mfnet, folder, ...; "
+                             "default: folder if there is a dataset.yaml, else mm5)")
     parser.add_argument("--out", required=True, help="new bag folder")
     parser.add_argument("--split", default=None, help="split (folder: <split>.txt, default all; others: default val)")
     parser.add_argument("--storage", choices=STORAGES, default="mcap", help="bag storage (default mcap)")

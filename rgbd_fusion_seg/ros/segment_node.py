@@ -32,6 +32,8 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.clock import JumpThreshold, TimeJump
+from rclpy.duration import Duration
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import ExternalShutdownException
@@ -59,7 +61,7 @@ from .inference_worker import (
     ServedModel,
     inspect_checkpoint,
 )
-from .pairing import ApproximateTimePairer
+from .pairing import STAMP_JUMP_BACK_S, ApproximateTimePairer
 
 NODE_NAME = "segment_node"
 RGB_TOPIC = "rgb/image"
@@ -164,7 +166,13 @@ class SegmentNode(Node):
         model_ok = self._check_startup_values()
 
         self._pairer = ApproximateTimePairer(
-            self._config["sync.queue_size"], self._config["sync.slop"], self._config["sync.exact"]
+            self._config["sync.queue_size"], self._config["sync.slop"], self._config["sync.exact"],
+            on_stamp_jump=self._on_stamp_jump,
+        )
+        # A ROS time jump back (/clock of a bag that loops or restarts) makes every queued message stale.
+        self._time_jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(seconds=-STAMP_JUMP_BACK_S), on_clock_change=False),
+            post_callback=self._on_time_jump,
         )
         self._loader = BackgroundLoader(self._on_model_loaded, self._on_model_failed)
         self._worker = InferenceWorker(self._process_pair, self._on_worker_error).start()
@@ -441,6 +449,22 @@ class SegmentNode(Node):
 
     def _on_aux(self, msg: Image | CompressedImage) -> None:
         self._on_image(1, msg)
+
+    def _on_stamp_jump(self, stream: int, jump_ns: int, dropped: int) -> None:
+        topic = (self.rgb_topic, self.aux_topic)[stream]
+        self._log_throttled(
+            f"stamp_jump:{stream}", "warning",
+            f"{topic}: stamps jumped back {jump_ns / 1e9:.3f} s (a driver restart, a bag looping?): dropped the "
+            f"{dropped} frames queued before the jump, which nothing could pair with; pairing goes on from the new "
+            "stamps", 10.0,
+        )
+
+    def _on_time_jump(self, jump: TimeJump) -> None:
+        dropped = self._pairer.clear()
+        self._log.warning(
+            f"ROS time jumped back {-jump.delta.nanoseconds / 1e9:.3f} s (/clock restarted?): dropped the {dropped} "
+            "queued frames; pairing goes on from the new time"
+        )
 
     def _on_image(self, stream: int, msg: Image | CompressedImage) -> None:
         pair = self._pairer.add(stream, stamp_ns(msg.header), msg)
