@@ -70,7 +70,6 @@ from rgbd_fusion_seg.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 from .datasets.mm5 import MM5_LIGHTINGS  # noqa: F401 (study.py and the tests import it from here)
 
-DATASETS = ("mm5", "mfnet", "pst900", "fmb", "folder")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant", "poly")
 
@@ -323,6 +322,12 @@ def _aux_range(value, where):
     return [low, high]
 
 
+def _dataset(value, where):
+    from .datasets.registry import layout_names  # every layout module registers itself there
+
+    return _choice(layout_names())(value, where)
+
+
 def _optional_str(value, where):
     return None if value is None else _str(value, where)
 
@@ -456,7 +461,7 @@ def _generate(value, where):
 SCHEMA: dict[str, dict[str, Validator]] = {
     "model": {"method": _method, "pretrained": _bool, "options": _mapping},
     "data": {
-        "dataset": _choice(DATASETS),
+        "dataset": _dataset,
         "root": _str,
         "lightings": _lightings,
         "aux_folder": _optional_str,

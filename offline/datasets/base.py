@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from rgbd_fusion_seg.core.palette import default_palette
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing, prepare_inputs, resize_labels
 
 from .augment import IGNORE_INDEX, Augmentation, augment_frame
@@ -161,14 +162,63 @@ def require_folders(root: Path, title: str, folders: Sequence[str], layout: str)
 # The dataset
 
 
-class FrameDataset(Dataset):
-    """Base class; subclasses call `_setup(...)` from their constructor (module docstring)."""
+class OpenOptions(NamedTuple):
+    """What the catalogue (catalog.open_dataset) passes to a layout's `open`; each layout reads its own."""
 
-    dataset_name = "frames"  # the catalogue's name ("mm5", "mfnet", ...)
+    split: object
+    preprocessing: Preprocessing | None
+    num_classes: int | None
+    aux_folder: str
+    augment: bool
+    augmentation: Augmentation | None
+    lightings: object = "all"  # MM5
+    label_folder: str | None = None  # MM5
+    fmb_classes: int | None = None  # FMB
+    require_labels: bool = True  # the folder layout
+
+
+class FrameDataset(Dataset):
+    """Base class; subclasses call `_setup(...)` from their constructor (module docstring). A subclass
+    registered with registry.register_layout describes its layout in the class attributes below."""
+
+    dataset_name = "frames"  # the catalogue's name, `data.dataset` ("mm5", "mfnet", ...)
     title = "frame"  # for messages ("MM5", "MFNet", ...)
+    # Class names by id (None: read from the data set) and their colours (None: core.palette's default).
+    METAINFO: dict = {"classes": None, "palette": None}
+    classes_fixed = True  # METAINFO's classes are the layout's (MM5: only a default; classes.txt may differ)
+    aux_choices: tuple[str, ...] = ()  # values of data.aux_folder; the first is the default
+    default_label_folder = "labels"
+    label_folder_configurable = False  # MM5: data.label_folder may name another folder
+    config_options: dict = {}  # data-section fields only this layout reads, with their defaults
     # Files besides the samples' that decoding depends on (folder: dataset.yaml); dataset_cache.py
     # fingerprints them with the samples' files, so editing one makes a cached validation report stale.
     settings_files: tuple[Path, ...] = ()
+
+    # -- the layout, for the catalogue and the config (subclasses override what differs) ---------------
+
+    @classmethod
+    def open(cls, root: Path, options: OpenOptions) -> "FrameDataset":
+        """One split of the data set at `root` (catalog.open_dataset)."""
+        return cls(root, split=options.split, aux_folder=options.aux_folder, preprocessing=options.preprocessing,
+                   num_classes=options.num_classes, augment=options.augment, augmentation=options.augmentation)
+
+    @classmethod
+    def aux_normalisation(cls, aux_folder: str, root: Path | None) -> AuxNormalisation:
+        """The aux range a model trained on this aux choice uses unless data.aux_range overrides it."""
+        raise NotImplementedError(f"{cls.__name__} must define aux_normalisation")
+
+    @classmethod
+    def expected_num_classes(cls, data) -> int | None:
+        """The class count a validated config `data` section implies (None: read from the data set)."""
+        classes = cls.METAINFO.get("classes")
+        return len(classes) if cls.classes_fixed and classes else None
+
+    @classmethod
+    def palette(cls, num_classes: int) -> list[tuple[int, int, int]]:
+        palette = cls.METAINFO.get("palette")
+        if palette is not None and len(palette) >= num_classes:
+            return [tuple(colour) for colour in palette[:num_classes]]
+        return default_palette(num_classes)
 
     # -- construction -------------------------------------------------------------------------------
 

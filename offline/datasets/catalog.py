@@ -1,11 +1,6 @@
-"""The one place that knows which loader serves which `data.dataset`, its aux choices, class counts and
-default normalisation; used by config validation, training and evaluation.
-
-    mm5     MM5Dataset      aux: an MM5 folder (D_FocusN default)   classes: classes.txt (32 for MM5)
-    mfnet   MFNetDataset    aux: thermal                            9 classes
-    pst900  PST900Dataset   aux: thermal | thermal_raw | depth      5 classes
-    fmb     FMBDataset      aux: Infrared                           15 or 14 (data.fmb_classes)
-    folder  FolderDataset   aux: auto | depth | thermal             dataset.yaml's class list
+"""Which loader serves which `data.dataset`, read from the layout registry (registry.py); used by config
+validation, training, evaluation and `bag import`. Each layout's aux choices, label folder, classes and
+default normalisation are class attributes and class methods of its FrameDataset (base.py).
 """
 from __future__ import annotations
 
@@ -14,42 +9,39 @@ from pathlib import Path
 
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 
-from . import fmb, folder, mfnet, mm5, pst900
 from .augment import Augmentation
-from .imageio import DatasetError
+from .base import OpenOptions
+from .registry import layout, layout_names
 
-AUX_CHOICES = {
-    "mm5": tuple(mm5.AUX_FOLDERS),
-    "mfnet": mfnet.MFNET_AUX,
-    "pst900": tuple(pst900.PST900_AUX),
-    "fmb": fmb.FMB_AUX,
-    "folder": folder.FOLDER_AUX,
-}
-# The label folder each layout fixes (MM5's is configurable: ANNO_CLASS by default).
-LABEL_FOLDERS = {"mm5": "ANNO_CLASS", "mfnet": "labels", "pst900": "labels", "fmb": "Label", "folder": "labels"}
-FIXED_CLASS_COUNTS = {"mfnet": len(mfnet.MFNET_CLASSES), "pst900": len(pst900.PST900_CLASSES)}
+
+def _check_foreign_options(data, name: str) -> None:
+    """A data-section field that only another layout reads must keep its default."""
+    for other in layout_names():
+        for option, default in layout(other).config_options.items():
+            if other != name and getattr(data, option) != default:
+                raise ValueError(f"field 'data.{option}' applies to dataset {other} only (dataset is {name})")
 
 
 def check_data_config(data) -> None:
     """Check a validated `data` section against its dataset; fill null aux_folder / label_folder with the
     dataset's defaults. Raises ValueError naming the field."""
     name = data.dataset
-    choices = AUX_CHOICES[name]
+    cls = layout(name)
+    choices = cls.aux_choices
     if data.aux_folder is None:
         data.aux_folder = choices[0]
     elif data.aux_folder not in choices:
         raise ValueError(f"field 'data.aux_folder': {data.aux_folder!r} is not an aux choice of {name}; "
                          f"choose one of {', '.join(choices)}")
     if data.label_folder is None:
-        data.label_folder = LABEL_FOLDERS[name]
-    elif name != "mm5" and data.label_folder != LABEL_FOLDERS[name]:
+        data.label_folder = cls.default_label_folder
+    elif not cls.label_folder_configurable and data.label_folder != cls.default_label_folder:
         raise ValueError(f"field 'data.label_folder': the {name} layout keeps its labels in "
-                         f"{LABEL_FOLDERS[name]}/, not {data.label_folder!r} (leave it out)")
-    if data.fmb_classes != 15 and name != "fmb":
-        raise ValueError(f"field 'data.fmb_classes' applies to dataset fmb only (dataset is {name})")
-    expected = data.fmb_classes if name == "fmb" else FIXED_CLASS_COUNTS.get(name)
+                         f"{cls.default_label_folder}/, not {data.label_folder!r} (leave it out)")
+    _check_foreign_options(data, name)
+    expected = cls.expected_num_classes(data)
     if expected is not None and data.num_classes not in (None, expected):
-        why = f" with fmb_classes {data.fmb_classes}" if name == "fmb" else ""
+        why = "".join(f" with {option} {getattr(data, option)}" for option in cls.config_options)
         raise ValueError(f"field 'data.num_classes' is {data.num_classes} but {name}{why} has {expected} classes "
                          f"(set {expected} or null)")
 
@@ -57,12 +49,7 @@ def check_data_config(data) -> None:
 def default_aux_normalisation(dataset: str, aux_folder: str, root=None) -> AuxNormalisation:
     """The aux range a model trained on (dataset, aux choice) uses unless data.aux_range overrides it
     (the folder layout reads its unit from <root>/dataset.yaml)."""
-    if dataset == "folder":
-        return folder.default_aux_normalisation(root, aux_folder)
-    module = {"mm5": mm5, "mfnet": mfnet, "pst900": pst900, "fmb": fmb}.get(dataset)
-    if module is None:
-        raise DatasetError(f"dataset {dataset!r} has no loader; known: {', '.join(AUX_CHOICES)}")
-    return module.default_aux_normalisation(aux_folder)
+    return layout(dataset).aux_normalisation(aux_folder, root)
 
 
 def build_preprocessing(config) -> Preprocessing:
@@ -96,22 +83,11 @@ def open_dataset(
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data root {root} does not exist (set data.root or pass --data-root)")
-    if dataset not in AUX_CHOICES:
-        raise DatasetError(f"dataset {dataset!r} has no loader; known: {', '.join(AUX_CHOICES)}")
-    aux_folder = aux_folder or AUX_CHOICES[dataset][0]
+    cls = layout(dataset)
     if isinstance(augmentation, dict):
         augmentation = Augmentation.from_config(augmentation)
-    common = dict(preprocessing=preprocessing, augment=augment, augmentation=augmentation, aux_folder=aux_folder)
-    if dataset == "mm5":
-        return mm5.MM5Dataset(root, lightings=lightings, label_folder=label_folder or "ANNO_CLASS", split=split,
-                              num_classes=num_classes, **common)
-    if dataset == "mfnet":
-        return mfnet.MFNetDataset(root, split=split, num_classes=num_classes, **common)
-    if dataset == "pst900":
-        return pst900.PST900Dataset(root, split=split, num_classes=num_classes, **common)
-    if dataset == "fmb":
-        classes = fmb_classes or num_classes or 15
-        if num_classes is not None and num_classes != classes:
-            raise DatasetError(f"num_classes={num_classes} does not match fmb_classes={classes}")
-        return fmb.FMBDataset(root, split=split, fmb_classes=classes, **common)
-    return folder.FolderDataset(root, split=split, num_classes=num_classes, require_labels=require_labels, **common)
+    options = OpenOptions(split=split, preprocessing=preprocessing, num_classes=num_classes,
+                          aux_folder=aux_folder or cls.aux_choices[0], augment=augment, augmentation=augmentation,
+                          lightings=lightings, label_folder=label_folder, fmb_classes=fmb_classes,
+                          require_labels=require_labels)
+    return cls.open(root, options)

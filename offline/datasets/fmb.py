@@ -24,8 +24,9 @@ import numpy as np
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 
 from .augment import Augmentation
-from .base import IGNORE_INDEX, FrameDataset, Sample, check_aux_choice, check_root, require_folders
+from .base import IGNORE_INDEX, FrameDataset, OpenOptions, Sample, check_aux_choice, check_root, require_folders
 from .imageio import DatasetError, raw8, read_labels, read_single
+from .registry import register_layout
 
 FMB_CLASSES = (
     "unlabeled", "road", "sidewalk", "building", "lamp", "sign", "vegetation", "sky", "person", "car",
@@ -48,11 +49,33 @@ def fmb_class_names(fmb_classes: int) -> tuple[str, ...]:
     return FMB_CLASSES if fmb_classes == 15 else FMB_CLASSES[1:]
 
 
+@register_layout
 class FMBDataset(FrameDataset):
     """One split folder of FMB. `preprocessing=None`: native 600x800, ImageNet mean/std, infrared [0, 255]."""
 
     dataset_name = "fmb"
     title = "FMB"
+    METAINFO = {"classes": FMB_CLASSES, "palette": None}
+    aux_choices = FMB_AUX
+    default_label_folder = "Label"
+    config_options = {"fmb_classes": 15}
+
+    @classmethod
+    def open(cls, root, options: OpenOptions) -> "FMBDataset":
+        """`fmb_classes` defaults to `num_classes` (14 or 15), so a checkpoint's class count reopens its data."""
+        classes = options.fmb_classes or options.num_classes or 15
+        if options.num_classes is not None and options.num_classes != classes:
+            raise DatasetError(f"num_classes={options.num_classes} does not match fmb_classes={classes}")
+        return cls(root, split=options.split, fmb_classes=classes, aux_folder=options.aux_folder,
+                   preprocessing=options.preprocessing, augment=options.augment, augmentation=options.augmentation)
+
+    @classmethod
+    def aux_normalisation(cls, aux_folder: str, root=None) -> AuxNormalisation:
+        return default_aux_normalisation(aux_folder)
+
+    @classmethod
+    def expected_num_classes(cls, data) -> int:
+        return data.fmb_classes
 
     def __init__(
         self,

@@ -32,8 +32,9 @@ import yaml
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 
 from .augment import Augmentation
-from .base import IGNORE_INDEX, FrameDataset, Sample, check_root, read_named_split, require_folders
+from .base import IGNORE_INDEX, FrameDataset, OpenOptions, Sample, check_root, read_named_split, require_folders
 from .imageio import DatasetError, depth_from_mm, read_image, read_labels, read_single
+from .registry import register_layout
 
 FORMAT = "rgbd_fusion_seg/folder/1"
 FOLDER_LAYOUT = "dataset.yaml, rgb/, depth/ or thermal/, labels/, <split>.txt (see offline/datasets/folder.py)"
@@ -108,12 +109,24 @@ def _find(listing: dict[str, str], stem: str, folder: Path, suffixes) -> Path:
     return folder / (stem + suffixes[0])
 
 
+@register_layout
 class FolderDataset(FrameDataset):
     """A split of a folder-layout data set. `preprocessing=None`: native size, ImageNet mean/std, the
     unit's default range."""
 
     dataset_name = "folder"
     title = "folder"
+    aux_choices = FOLDER_AUX
+
+    @classmethod
+    def open(cls, root, options: OpenOptions) -> "FolderDataset":
+        return cls(root, split=options.split, aux_folder=options.aux_folder, preprocessing=options.preprocessing,
+                   num_classes=options.num_classes, augment=options.augment, augmentation=options.augmentation,
+                   require_labels=options.require_labels)
+
+    @classmethod
+    def aux_normalisation(cls, aux_folder: str, root=None) -> AuxNormalisation:
+        return default_aux_normalisation(root, aux_folder)  # the unit is in <root>/dataset.yaml
 
     def __init__(
         self,

@@ -23,6 +23,7 @@ from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 from .augment import Augmentation
 from .base import FrameDataset, Sample, check_aux_choice, check_root, read_named_split, require_folders
 from .imageio import DatasetError, raw8, read_image
+from .registry import register_layout
 
 MFNET_CLASSES = ("unlabeled", "car", "person", "bike", "curve", "car_stop", "guardrail", "color_cone", "bump")
 MFNET_AUX = ("thermal",)
@@ -39,12 +40,19 @@ def day_or_night(name: str) -> str:
     return GROUPS.get(name[-1:].upper(), "other")
 
 
+@register_layout
 class MFNetDataset(FrameDataset):
     """MFNet frames; samples carry group "day" / "night". `preprocessing=None`: native size, ImageNet
     mean/std, thermal [0, 255] -> [0, 1]."""
 
     dataset_name = "mfnet"
     title = "MFNet"
+    METAINFO = {"classes": MFNET_CLASSES, "palette": None}
+    aux_choices = MFNET_AUX
+
+    @classmethod
+    def aux_normalisation(cls, aux_folder: str, root=None) -> AuxNormalisation:
+        return default_aux_normalisation(aux_folder)
 
     def __init__(
         self,

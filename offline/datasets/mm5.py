@@ -39,8 +39,11 @@ import numpy as np
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 
 from .augment import Augmentation
-from .base import FrameDataset, Sample, check_root, checked_entries, clean_stem, read_csv_list, read_text_list, require_folders
+from .base import (
+    FrameDataset, OpenOptions, Sample, check_root, checked_entries, clean_stem, read_csv_list, read_text_list, require_folders,
+)  # fmt: skip
 from .imageio import DatasetError, celsius_from_t16, depth_from_mm, raw8, raw8_with_holes, read_single
+from .registry import register_layout
 
 MM5_LIGHTINGS = tuple(f"RGB{k}" for k in range(1, 9))
 DEPTH16_RANGE_M = (0.0, 4.0)  # D16 default: metres; the Azure Kinect's NFOV range is about 0.5-3.9 m
@@ -213,6 +216,7 @@ def _as_lightings(lightings) -> list[str]:
 MM5_LAYOUT = "RGB1..RGB8/, an aux folder (D_FocusN, D16, T8, T16, ...), ANNO_CLASS/, frames sharing a stem"
 
 
+@register_layout
 class MM5Dataset(FrameDataset):
     """(stem, lighting) samples of MM5, returned as network-ready tensors (base.FrameDataset).
 
@@ -227,6 +231,21 @@ class MM5Dataset(FrameDataset):
 
     dataset_name = "mm5"
     title = "MM5"
+    METAINFO = {"classes": MM5_CLASSES, "palette": None}
+    classes_fixed = False  # classes.txt or label_mapping.csv may list others (mm5_class_names)
+    aux_choices = tuple(AUX_FOLDERS)
+    default_label_folder = "ANNO_CLASS"
+    label_folder_configurable = True
+
+    @classmethod
+    def open(cls, root, options: OpenOptions) -> "MM5Dataset":
+        return cls(root, lightings=options.lightings, label_folder=options.label_folder or cls.default_label_folder,
+                   split=options.split, aux_folder=options.aux_folder, preprocessing=options.preprocessing,
+                   num_classes=options.num_classes, augment=options.augment, augmentation=options.augmentation)
+
+    @classmethod
+    def aux_normalisation(cls, aux_folder: str, root=None) -> AuxNormalisation:
+        return default_aux_normalisation(aux_folder)
 
     def __init__(
         self,

@@ -25,6 +25,7 @@ from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 from .augment import Augmentation
 from .base import FrameDataset, Sample, check_aux_choice, check_root, require_folders
 from .imageio import DatasetError, depth_from_mm, read_single
+from .registry import register_layout
 
 PST900_CLASSES = ("background", "fire_extinguisher", "backpack", "hand_drill", "survivor")
 PST900_SPLITS = ("train", "test")
@@ -51,12 +52,19 @@ def default_aux_normalisation(aux_folder: str = "thermal") -> AuxNormalisation:
     return AuxNormalisation(modality=modality, unit=unit, low=low, high=high)
 
 
+@register_layout
 class PST900Dataset(FrameDataset):
     """One split folder of PST900. `preprocessing=None`: native 720x1280, ImageNet mean/std, the aux
     choice's default range."""
 
     dataset_name = "pst900"
     title = "PST900"
+    METAINFO = {"classes": PST900_CLASSES, "palette": None}
+    aux_choices = tuple(PST900_AUX)
+
+    @classmethod
+    def aux_normalisation(cls, aux_folder: str, root=None) -> AuxNormalisation:
+        return default_aux_normalisation(aux_folder)
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Small synthetic data sets in the exact on-disk layouts of MFNet, PST900, FMB and the generic folder layout.
+"""Small synthetic data sets in the exact on-disk layouts of MM5, MFNet, PST900, FMB and the generic folder layout.
 
 For tests and for smoke runs of the benchmark configs without the real data (`rgbd-fusion-seg train
 --config config/experiments/mfnet/base.yaml --data-root <replica>`). The frames are the scenes of
@@ -9,6 +9,7 @@ thermal. Each layout maps the generator's ten classes onto its own class list (`
 Everything is a deterministic function of (seed, frame number, size), as in synth.py. Each writer returns
 {"root", "splits": {split: [stems]}, "classes"}.
 
+    write_mm5_replica      synth.generate_mm5's MM5 layout, train / eval lists
     write_mfnet_replica    images/<name>.png  4 channels, OpenCV order B, G, R, thermal (8-bit); names end in
                            D (day: normal light) or N (night: synth's "very dark + noise" lighting);
                            labels/<name>.png; train/val/test (2:1:1 of day and of night), test_day, test_night
@@ -33,6 +34,7 @@ from .fmb import FMB_CLASSES
 from .imageio import celsius_from_t16
 from .mfnet import MFNET_CLASSES
 from .pst900 import PST900_CLASSES
+from .registry import register_replica, replica_names, replica_writer
 
 # synth ids: 0 background, 1 apple, 2 fake_apple, 3 orange, 4 fake_orange, 5 lemon, 6 mug, 7 hot_mug,
 # 8 plate, 9 book -> the layout's class ids
@@ -72,6 +74,15 @@ def _check_count(num_frames: int, minimum: int, why: str) -> None:
         raise ValueError(f"num_frames must be at least {minimum} ({why}), got {num_frames}")
 
 
+@register_replica("mm5")
+def write_mm5_replica(root, num_frames: int = 8, height: int = 48, width: int = 64, seed: int = 0) -> dict:
+    """MM5 layout: synth.generate_mm5 (every lighting, depth and thermal folders, both split forms)."""
+    summary = synth.generate_mm5(root, num_frames=num_frames, seed=seed, height=height, width=width)
+    return {"root": summary["root"], "splits": {"train": summary["train"], "eval": summary["eval"]},
+            "classes": summary["classes"]}
+
+
+@register_replica("mfnet")
 def write_mfnet_replica(root, num_frames: int = 8, height: int = 48, width: int = 64, seed: int = 0) -> dict:
     """MFNet layout: odd frame numbers are day ("00001D"), even ones night ("00002N")."""
     _check_count(num_frames, 8, "every split needs a day and a night frame")
@@ -92,6 +103,7 @@ def write_mfnet_replica(root, num_frames: int = 8, height: int = 48, width: int 
     return {"root": str(root), "splits": splits, "classes": list(MFNET_CLASSES)}
 
 
+@register_replica("pst900")
 def write_pst900_replica(root, num_frames: int = 6, height: int = 36, width: int = 64, seed: int = 0) -> dict:
     """PST900 layout: every third frame is in test/, the others in train/."""
     _check_count(num_frames, 3, "train/ and test/ both need a frame")
@@ -116,6 +128,7 @@ def write_pst900_replica(root, num_frames: int = 6, height: int = 36, width: int
     return {"root": str(root), "splits": splits, "classes": list(PST900_CLASSES)}
 
 
+@register_replica("fmb")
 def write_fmb_replica(root, num_frames: int = 8, height: int = 48, width: int = 64, seed: int = 0) -> dict:
     """FMB layout (15-class ids on disk, 0 = unlabeled): every fourth frame is in test/."""
     _check_count(num_frames, 2, "train/ and test/ both need a frame")
@@ -152,6 +165,7 @@ def _folder_aux(frame: synth.SynthFrame, modality: str, unit: str) -> tuple[np.n
     return celsius_from_t16(frame.thermal_t16), ".tiff"
 
 
+@register_replica("folder")
 def write_folder_dataset(
     root,
     modality: str = "thermal",
@@ -191,22 +205,20 @@ def write_folder_dataset(
     return {"root": str(root), "splits": splits, "classes": list(synth.CLASSES) if labelled else []}
 
 
-WRITERS = {
-    "mfnet": write_mfnet_replica,
-    "pst900": write_pst900_replica,
-    "fmb": write_fmb_replica,
-    "folder": write_folder_dataset,
-}
-
-if __name__ == "__main__":  # python -m rgbd_fusion_seg.offline.datasets.replicas mfnet /tmp/mfnet
+def main(argv=None) -> None:
+    """python -m rgbd_fusion_seg.offline.datasets.replicas mfnet /tmp/mfnet (any layout with a replica writer)"""
     parser = argparse.ArgumentParser(description="write a small synthetic data set in a benchmark layout")
-    parser.add_argument("layout", choices=WRITERS)
+    parser.add_argument("layout", choices=replica_names())
     parser.add_argument("root")
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, nargs=2, default=(48, 64), metavar=("H", "W"))
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    summary = WRITERS[args.layout](args.root, num_frames=args.frames, height=args.size[0], width=args.size[1],
-                                   seed=args.seed)
+    args = parser.parse_args(argv)
+    summary = replica_writer(args.layout)(args.root, num_frames=args.frames, height=args.size[0],
+                                          width=args.size[1], seed=args.seed)
     print(f"wrote {args.layout} replica to {summary['root']}: "
           + ", ".join(f"{split} {len(stems)}" for split, stems in summary["splits"].items()))
+
+
+if __name__ == "__main__":
+    main()
