@@ -207,7 +207,7 @@ def test_runtime_fusion_method_switch_and_refusals(node, client, all_checkpoints
         "modality": [("thermal", "trained on depth"), ("sonar", "not one of")],
         "device": [("cuda:99", "cuda:99"), ("gpu", "is not 'auto', 'cpu', 'cuda' or 'cuda:N'")],
         "precision": [("fp64", "not one of")],
-        "sync.slop": [(-1.0, "must be a finite number >= 0")],
+        "sync.slop": [(-1.0, "must be in [0, 1] s, got -1.0")],
         "aux_range": [([3.0, 1.0], "high > low")],
     }
     for name, cases in refusals.items():
@@ -321,7 +321,7 @@ def test_idle_start_then_checkpoint_parameter_and_load_failures(all_checkpoints,
         assert client.get_parameters(names) == {"sync.queue_size": 7, "sync.slop": 0.03, "outputs.overlay": True,
                                                 "no_pair_timeout": 2.0, "overlay_alpha": 0.5, "qos.profile": "reliable"}
         text = node.log()
-        assert "overlay_alpha: must be in [0, 1], got 7.0; using the default 0.5" in text
+        assert "overlay_alpha: must be in [0, 1], got 7.0 (an opacity" in text and "; using the default 0.5" in text
         assert "with QoS reliable (reliability reliable" in text
 
         # A best-effort publisher cannot feed a reliable subscription: the node says so.
@@ -390,16 +390,16 @@ def test_parameter_table_is_the_contract():
     ("checkpoint_dir", "/no/such/dir", "is not a directory"),
     ("device", "tpu", "is not 'auto'"),
     ("precision", "int8", "not one of"),
-    ("sync.queue_size", 0, ">= 1"),
-    ("sync.slop", float("nan"), ">= 0"),
+    ("sync.queue_size", 0, "an integer in [1, 300]"),
+    ("sync.slop", float("nan"), "in [0, 1] s, got nan"),
     ("qos.profile", "fast", "not one of"),
     ("transport.rgb", "compressedDepth", "'compressedDepth' is not one of 'raw', 'compressed'"),
     ("transport.aux", "theora", "not one of 'raw', 'compressed', 'compressedDepth'"),
     ("overlay_alpha", 1.5, "[0, 1]"),
-    ("depth_scale", 0.0, "> 0"),
+    ("depth_scale", 0.0, "in [1e-05, 1] m per unit"),
     ("aux_range", [1.0], "[] or [low, high]"),
-    ("stats_period", -1.0, "> 0"),
-    ("no_pair_timeout", 0.0, "> 0"),
+    ("stats_period", -1.0, "in [0.1, 3600] s"),
+    ("no_pair_timeout", 0.0, "in [0.5, 3600] s"),
 ])
 def test_parameter_validation_gives_a_reason(name, value, reason):
     from rgbd_fusion_seg.ros.parameters import validate

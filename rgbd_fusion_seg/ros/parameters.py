@@ -32,6 +32,48 @@ Validator = Callable[[Any], "str | None"]
 
 
 @dataclass(frozen=True)
+class Bounds:
+    """The closed range [low, high] a number (or each number of an array) must lie in, and why.
+
+    Also the parameter's validator; `constraints` is what `ros2 param describe` and the docs show.
+    """
+    low: float
+    high: float
+    why: str
+    unit: str = ""
+    integer: bool = False
+    min_width: float | None = None  # arrays [low, high]: the smallest high - low
+
+    @property
+    def range_text(self) -> str:
+        return f"[{self.low:g}, {self.high:g}]" + (f" {self.unit}" if self.unit else "")
+
+    @property
+    def constraints(self) -> str:
+        if self.min_width is not None:
+            return f"[] or [low, high] with high > low by at least {self.min_width:g}, values in {self.range_text}"
+        return ("an integer in " if self.integer else "in ") + self.range_text
+
+    def __call__(self, value) -> str | None:
+        if self.min_width is not None:
+            return self._check_pair(value)
+        well_typed = isinstance(value, int) and not isinstance(value, bool) if self.integer else _finite(value)
+        if well_typed and self.low <= value <= self.high:
+            return None
+        return f"must be {self.constraints}, got {value!r} ({self.why})"
+
+    def _check_pair(self, value) -> str | None:
+        values = list(value)
+        if not values:
+            return None
+        if len(values) != 2 or not all(_finite(v) for v in values):
+            return f"must be [] or [low, high] (two finite numbers), got {values!r}"
+        if not all(self.low <= v <= self.high for v in values) or values[1] - values[0] < self.min_width:
+            return f"must be {self.constraints}, got {values!r} ({self.why})"
+        return None
+
+
+@dataclass(frozen=True)
 class ParameterSpec:
     name: str
     type: str  # "string" | "integer" | "double" | "bool" | "double_array"
@@ -39,7 +81,15 @@ class ParameterSpec:
     description: str
     read_only: bool = False
     validate: Validator | None = None
-    constraints: str = ""
+    constraints: str = ""  # derived from `validate` when it carries its own (Bounds, one-of choices)
+
+    def __post_init__(self):
+        if not self.constraints and hasattr(self.validate, "constraints"):
+            object.__setattr__(self, "constraints", self.validate.constraints)
+
+    @property
+    def bounds(self) -> Bounds | None:
+        return self.validate if isinstance(self.validate, Bounds) else None
 
 
 # ---- validators: value -> None (good) or the reason it is refused ----------------------------------
@@ -49,28 +99,14 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _positive(value) -> str | None:
-    return None if _finite(value) and value > 0 else f"must be a finite number > 0, got {value!r}"
-
-
-def _non_negative(value) -> str | None:
-    return None if _finite(value) and value >= 0 else f"must be a finite number >= 0, got {value!r}"
-
-
-def _at_least_one(value) -> str | None:
-    return None if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else f"must be an integer >= 1, got {value!r}"
-
-
-def _unit_interval(value) -> str | None:
-    return None if _finite(value) and 0.0 <= value <= 1.0 else f"must be in [0, 1], got {value!r}"
-
-
 def _one_of(choices) -> Validator:
     def check(value):
         if value in choices:
             return None
         shown = ", ".join(repr(c) for c in choices)
         return f"{value!r} is not one of {shown}"
+
+    check.constraints = " | ".join(choice or "''" for choice in choices)
     return check
 
 
@@ -102,21 +138,12 @@ def _device(value: str) -> str | None:
         import torch
 
         if not torch.cuda.is_available():
-            return f"device {value!r} was asked for but CUDA is not available on this machine"
+            return f"device {value!r} was asked for but CUDA is not available on this machine; use 'auto' or 'cpu'"
         index = int(value.split(":")[1]) if ":" in value else 0
-        if index >= torch.cuda.device_count():
-            return f"device {value!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-    return None
-
-
-def _aux_range(value) -> str | None:
-    values = list(value)
-    if not values:
-        return None
-    if len(values) != 2 or not all(_finite(v) for v in values):
-        return f"must be [] or [low, high] (two finite numbers), got {values!r}"
-    if not values[1] > values[0]:
-        return f"must be [low, high] with high > low, got {values!r}"
+        count = torch.cuda.device_count()
+        if index >= count:
+            return (f"device {value!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
+                    "use one of those, 'auto' or 'cpu'")
     return None
 
 
@@ -134,44 +161,51 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   validate=_existing_dir),
     ParameterSpec("modality", "string", "",
                   "Aux stream modality, 'depth' or 'thermal'; must match the checkpoint's. Empty: the checkpoint's.",
-                  validate=_one_of(MODALITIES), constraints="'', 'depth' or 'thermal'"),
+                  validate=_one_of(MODALITIES)),
     ParameterSpec("device", "string", "auto", "Inference device: 'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:N'.",
                   validate=_device, constraints="auto | cpu | cuda | cuda:N"),
     ParameterSpec("precision", "string", "fp32", "Inference precision on CUDA (CPU always runs fp32).",
-                  validate=_one_of(PRECISIONS), constraints="fp32 | fp16 | bf16"),
+                  validate=_one_of(PRECISIONS)),
     ParameterSpec("sync.queue_size", "integer", 10, "Messages queued per input stream while waiting for a partner.",
-                  validate=_at_least_one, constraints=">= 1"),
+                  validate=Bounds(1, 300, "each queued message is a whole image; 300 is 10 s at 30 Hz, longer than a partner "
+                                 "is worth waiting for", integer=True)),
     ParameterSpec("sync.slop", "double", 0.05, "Largest stamp difference (s) of a colour/aux pair.",
-                  validate=_non_negative, constraints=">= 0"),
+                  validate=Bounds(0.0, 1.0, "images more than a second apart do not show the same scene; a 9 Hz "
+                                 "thermal camera's period is 0.11 s", unit="s")),
     ParameterSpec("sync.exact", "bool", False, "Pair only messages with equal stamps (ignores sync.slop)."),
     ParameterSpec("qos.profile", "string", "sensor_data",
                   "Input subscription QoS: 'sensor_data' (best effort), 'reliable' or 'system_default'.",
-                  read_only=True, validate=_one_of(QOS_PROFILES), constraints="sensor_data | reliable | system_default"),
+                  read_only=True, validate=_one_of(QOS_PROFILES)),
     ParameterSpec("qos.depth", "integer", 5, "Input subscription history depth.", read_only=True,
-                  validate=_at_least_one, constraints=">= 1"),
+                  validate=Bounds(1, 100, "the middleware keeps this many whole images per input, and the node only "
+                                 "uses the newest pair", integer=True)),
     ParameterSpec("transport.rgb", "string", "raw",
                   "Colour input as image_transport sends it: 'raw' (sensor_msgs/Image on rgb/image) or 'compressed' "
                   "(CompressedImage, jpeg or png, on <rgb/image as remapped>/compressed).",
-                  read_only=True, validate=_one_of(COLOUR_TRANSPORTS), constraints="raw | compressed"),
+                  read_only=True, validate=_one_of(COLOUR_TRANSPORTS)),
     ParameterSpec("transport.aux", "string", "raw",
                   "Aux input, like transport.rgb: 'raw' (aux/image), 'compressed' (png) or 'compressedDepth' "
                   "(compressed_depth_image_transport, png or rvl: on <aux/image as remapped>/compressedDepth).",
-                  read_only=True, validate=_one_of(TRANSPORTS), constraints="raw | compressed | compressedDepth"),
+                  read_only=True, validate=_one_of(TRANSPORTS)),
     ParameterSpec("outputs.overlay", "bool", False, "Also publish ~/overlay (rgb8: the mask blended over the image)."),
     ParameterSpec("outputs.confidence", "bool", False,
                   "Also publish ~/confidence (32FC1: probability of the chosen class)."),
-    ParameterSpec("overlay_alpha", "double", 0.5, "Opacity of the mask in ~/overlay.", validate=_unit_interval,
-                  constraints="[0, 1]"),
+    ParameterSpec("overlay_alpha", "double", 0.5, "Opacity of the mask in ~/overlay.",
+                  validate=Bounds(0.0, 1.0, "an opacity: 0 shows the image alone, 1 the mask alone")),
     ParameterSpec("depth_scale", "double", 0.001, "Metres per unit of 16UC1 depth (0.001: millimetres).",
-                  validate=_positive, constraints="> 0"),
+                  validate=Bounds(1e-5, 1.0, "16UC1 holds up to 65535 units: below 1e-05 m the farthest depth is "
+                                  "0.65 m, above 1 m a unit is coarser than any depth camera", unit="m per unit")),
     ParameterSpec("aux_range", "double_array", [],
                   "Override [low, high] of the checkpoint's aux normalisation, in its unit. Empty: the checkpoint's.",
-                  validate=_aux_range, constraints="[] or [low, high], high > low"),
+                  validate=Bounds(-1e5, 1e5, "no aux unit reaches beyond 65535 (raw16), and the range divides the "
+                                  "aux values, so a narrower one only amplifies noise", min_width=1e-3)),
     ParameterSpec("stats_period", "double", 5.0, "Seconds between ~/stats messages and log lines.",
-                  validate=_positive, constraints="> 0"),
+                  validate=Bounds(0.1, 3600.0, "each period publishes ~/stats and logs a line: faster floods the "
+                                  "log, slower than an hour leaves the node unmonitored", unit="s")),
     ParameterSpec("no_pair_timeout", "double", 5.0,
                   "Warn when no colour/aux pair was made for this long (s), naming both topics and the QoS.",
-                  validate=_positive, constraints="> 0"),
+                  validate=Bounds(0.5, 3600.0, "the watchdog looks every 0.5 s; longer than an hour leaves dead inputs "
+                                  "unreported", unit="s")),
 )
 
 PARAMETERS_BY_NAME: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}

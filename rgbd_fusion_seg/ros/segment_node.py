@@ -336,6 +336,11 @@ class SegmentNode(Node):
 
     def _plan_model(self, config: dict, explicit: set[str], startup: bool = False) -> LoadRequest | None:
         """Check the model a configuration asks for; a LoadRequest if it must be (re)loaded, else None."""
+        for name in sorted(params.MODEL_PARAMETERS - explicit):
+            # A value refused at start stays set (the node idles): no change may load a model around it.
+            reason = params.validate(name, config[name])
+            if reason:
+                raise ValueError(f"{reason} (set {name} too, in the same request)")
         if not startup and "checkpoint" in explicit and config["checkpoint"]:
             # A checkpoint set at runtime is checked even when fusion_method will pick the file to serve.
             summary = inspect_checkpoint(config["checkpoint"], modality=config["modality"] or None)
