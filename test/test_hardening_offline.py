@@ -9,11 +9,17 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from test_core import make_checkpoint
 from rgbd_fusion_seg.core.checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint, save_checkpoint
+from rgbd_fusion_seg.offline.bags import export as export_module
+from rgbd_fusion_seg.offline.bags.export import export
+from rgbd_fusion_seg.offline.bags.import_ import import_dataset, open_source
+from rgbd_fusion_seg.offline.bags.reading import BagError, reading
+from rgbd_fusion_seg.offline.bags.writing import BagWriter, OutputNotWrittenError, image_message
 from rgbd_fusion_seg.ros.inference_worker import inspect_checkpoint
 
 EXPECTED = "expected a .pt file written by `rgbd-fusion-seg train`"
@@ -172,3 +178,135 @@ def test_train_on_a_full_disk_ends_with_one_line_and_the_previous_last_pt(tiny_r
     assert error.endswith("the previous last.pt is intact, and no temporary file remains\n") and "Traceback" not in error
     assert last.read_bytes() == before
     assert not list(last.parent.glob(".*.tmp"))
+
+
+# ---- bag export / import: a complete result or nothing ------------------------------------------------
+
+
+def write_depth_bag(path, frames=6, noisy_from=None, storage="mcap"):
+    """`frames` colour (rgb8 /c) + depth (16UC1 /d) pairs, 10 Hz; from frame `noisy_from` on, the images are
+    noise (files that compress badly: large), before it constant (small)."""
+    rng = np.random.default_rng(0)
+    with BagWriter(path, storage) as writer:
+        for index in range(frames):
+            stamp = 1_000_000_000 + index * 100_000_000
+            noisy = noisy_from is not None and index >= noisy_from
+            rgb = rng.integers(0, 256, (48, 64, 3), np.uint8) if noisy else np.full((48, 64, 3), index, np.uint8)
+            depth = rng.integers(0, 65535, (48, 64), np.uint16) if noisy else np.full((48, 64), 1000, np.uint16)
+            writer.write_message("/c", stamp, image_message(rgb, "rgb8", stamp, "cam"))
+            writer.write_message("/d", stamp, image_message(depth, "16UC1", stamp, "cam"))
+    return path
+
+
+def failing_on_call(number, function, error_number=errno.ENOSPC):
+    """`function`, except that its `number`-th call raises OSError(error_number), as a full disk does."""
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == number:
+            raise OSError(error_number, os.strerror(error_number))
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+def assert_nothing_left(out):
+    assert not out.exists(), sorted(p.name for p in out.rglob("*"))
+    assert not list(out.parent.glob(f".{out.name}.*")), "staging folder left behind"
+
+
+def test_export_failing_mid_write_leaves_nothing_and_the_rerun_succeeds(tmp_path, monkeypatch):
+    bag, out = write_depth_bag(tmp_path / "in"), tmp_path / "sets" / "exported"
+    monkeypatch.setattr(export_module, "write_image", failing_on_call(5, export_module.write_image))  # frame 3's rgb
+    with pytest.raises(OutputNotWrittenError) as error:
+        export(bag, out, "/c", "/d", "depth", log=lambda *a: None)
+    assert str(error.value) == (f"writing export folder {out} failed: no space left on the device; nothing was written "
+                                f"to {out} (the partial export folder was removed; run the command again)")
+    assert_nothing_left(out)
+    monkeypatch.undo()
+    assert export(bag, out, "/c", "/d", "depth")["source"]["pairs"] == 6
+    assert (out / "all.txt").read_text().split() == [f"{i:06d}" for i in range(6)]
+
+
+def test_export_refused_mid_bag_leaves_nothing(tmp_path):
+    """A bad input found part way (the aux encoding changes) no longer leaves the frames written before it."""
+    with BagWriter(tmp_path / "in") as writer:
+        for index, encoding in enumerate(["16UC1", "16UC1", "32FC1"]):
+            stamp = 1_000_000_000 + index * 100_000_000
+            writer.write_message("/c", stamp, image_message(np.zeros((4, 6, 3), np.uint8), "rgb8", stamp, "cam"))
+            depth = np.ones((4, 6), np.uint16 if encoding == "16UC1" else np.float32)
+            writer.write_message("/d", stamp, image_message(depth, encoding, stamp, "cam"))
+    out = tmp_path / "exported"
+    with pytest.raises(BagError, match=rf"changes encoding mid-bag \(mm -> m at stamp 1200000000\); a folder data set "
+                                       rf"has one aux unit; nothing was written to {re.escape(str(out))} "):
+        export(tmp_path / "in", out, "/c", "/d", "depth")
+    assert_nothing_left(out)
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_import_failing_mid_write_leaves_nothing_and_the_rerun_succeeds(storage, tmp_path, monkeypatch):
+    export(write_depth_bag(tmp_path / "in"), tmp_path / "set", "/c", "/d", "depth")
+    out = tmp_path / "bag"
+    monkeypatch.setattr(BagWriter, "write", failing_on_call(7, BagWriter.write))  # in frame 3 of 6
+    with pytest.raises(OutputNotWrittenError) as error:
+        import_dataset(open_source(tmp_path / "set"), out, storage)
+    assert str(error.value) == (f"writing bag {out} failed: no space left on the device; nothing was written to {out} "
+                                "(the partial bag was removed; run the command again)")
+    assert_nothing_left(out)
+    monkeypatch.undo()
+    result = import_dataset(open_source(tmp_path / "set"), out, storage)
+    assert result["bag"] == str(out) and result["frames"] == 6
+    with reading(out) as reader:
+        assert sorted((c.topic, c.msgcount) for c in reader.connections) == [
+            ("/camera/color/image_raw", 6), ("/camera/depth/image_raw", 6)]
+
+
+def test_outputs_are_still_never_overwritten(tmp_path):
+    bag = write_depth_bag(tmp_path / "in", frames=2)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "mine.txt").write_text("keep")
+    with pytest.raises(BagError, match=r"export folder .*taken exists already and is not an empty folder"):
+        export(bag, tmp_path / "taken", "/c", "/d", "depth")
+    export(bag, tmp_path / "set", "/c", "/d", "depth")
+    with pytest.raises(BagError, match=r"bag .*taken exists already and is not an empty folder"):
+        import_dataset(open_source(tmp_path / "set"), tmp_path / "taken")
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["mine.txt"]
+    (tmp_path / "empty").mkdir()  # an empty folder made for the output is fine, as before
+    assert export(bag, tmp_path / "empty", "/c", "/d", "depth")["source"]["pairs"] == 2
+
+
+UNDER_A_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+from rgbd_fusion_seg.offline.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def under_a_file_size_limit(limit_bytes, *command):
+    return subprocess.run([sys.executable, "-c", UNDER_A_FILE_SIZE_LIMIT, str(limit_bytes), *map(str, command)],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow  # fresh interpreters
+def test_a_real_write_failure_in_bag_export_and_import(tmp_path):
+    """The kernel refuses the writes part way (RLIMIT_FSIZE: EFBIG, as a full disk gives ENOSPC)."""
+    bag, exported = write_depth_bag(tmp_path / "in", frames=6, noisy_from=3), tmp_path / "set"
+    result = under_a_file_size_limit(4096, "bag", "export", bag, "--rgb-topic", "/c", "--aux-topic", "/d",
+                                     "--modality", "depth", "--out", exported)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (f"rgbd-fusion-seg bag: error: writing export folder {exported} failed: the file exceeds "
+                             f"the size limit for this process or file system; nothing was written to {exported} "
+                             "(the partial export folder was removed; run the command again)\n")
+    assert_nothing_left(exported)
+    export(bag, exported, "/c", "/d", "depth")
+    for storage in ("mcap", "sqlite3"):
+        out = tmp_path / f"bag_{storage}"
+        result = under_a_file_size_limit(64 * 1024, "bag", "import", exported, "--out", out, "--storage", storage)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"rgbd-fusion-seg bag: error: writing bag {out} failed: "), result.stderr
+        assert result.stderr.rstrip().endswith("(the partial bag was removed; run the command again)")
+        assert_nothing_left(out)
+        assert import_dataset(open_source(exported), out, storage)["frames"] == 6

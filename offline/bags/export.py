@@ -30,6 +30,7 @@ from rgbd_fusion_seg.ros.pairing import ApproximateTimePairer
 from rgbd_fusion_seg.ros.parameters import PARAMETERS_BY_NAME
 
 from .reading import BagError, colour_of, deserialize, first_image, image_connection, messages, pixels, reading, stamp_ns
+from .writing import new_output_folder, refuse_existing_output
 
 # segment_node's pairing defaults, so that a bag pairs here as the node pairs it live
 NODE_QUEUE_SIZE = PARAMETERS_BY_NAME["sync.queue_size"].default
@@ -56,66 +57,76 @@ def aux_file(modality: str, encoding: str, topic: str) -> tuple[str, str, type]:
 
 
 def write_image(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), image):
-        raise OSError(f"could not write {path}")
+    """Encoded in memory, then written by Python: a failed write raises OSError with its cause (cv2.imwrite
+    only returns False)."""
+    encoded, data = cv2.imencode(path.suffix, image)
+    if not encoded:
+        raise BagError(f"cannot encode a {image.dtype} {image.shape} image as {path.suffix} for {path.name}")
+    path.write_bytes(data.tobytes())
 
 
 def export(bag, out, rgb_topic: str, aux_topic: str, modality: str, queue_size: int = NODE_QUEUE_SIZE,
            slop: float = NODE_SLOP, log=print) -> dict:
-    from rgbd_fusion_seg.offline.datasets.folder import FORMAT
-
+    """Write the data set at `out` whole, or nothing there (it is written beside `out`, then renamed)."""
     out = Path(out).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise BagError(f"export folder {out} is not empty; choose a new one")
+    refuse_existing_output(out, "export folder")
     if modality not in AUX_FILES:
         raise BagError(f"unknown modality {modality!r}; expected depth or thermal")
-    pairer = ApproximateTimePairer(queue_size, slop)
-    rows, resized, unit = [], 0, None
     with reading(bag) as reader:
         connections = [image_connection(reader, rgb_topic, "colour"), image_connection(reader, aux_topic, "aux")]
         aux_file(modality, first_image(reader, connections[1]).encoding, aux_topic)  # before anything is written
-        (out / "rgb").mkdir(parents=True, exist_ok=True)
-        (out / modality).mkdir(exist_ok=True)
-        for connection, _, raw in messages(reader, connections):
-            msg = deserialize(raw, connection)
-            pair = pairer.add(0 if connection.topic == rgb_topic else 1, stamp_ns(msg), msg)
-            if pair is None:
-                continue
-            rgb = colour_of(pair.first, rgb_topic)
-            aux, encoding = pixels(pair.second, aux_topic)
-            frame_unit, suffix, dtype = aux_file(modality, encoding, aux_topic)
-            if unit not in (None, frame_unit):
-                raise BagError(f"aux topic {aux_topic!r} changes encoding mid-bag ({unit} -> {frame_unit} at stamp "
-                               f"{pair.second_stamp}); a folder data set has one aux unit")
-            unit = frame_unit
-            aux = np.ascontiguousarray(aux, dtype=dtype)  # native byte order for the image writer
-            if aux.shape != rgb.shape[:2]:
-                aux = cv2.resize(aux, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
-                resized += 1
-            stem = f"{len(rows):06d}"
-            write_image(out / "rgb" / f"{stem}.png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-            write_image(out / modality / f"{stem}{suffix}", aux)
-            rows.append((stem, pair.first_stamp, pair.second_stamp))
-        counts = pairer.counts
-        bag_path = str(Path(reader.path).resolve())
+        with new_output_folder(out, "export folder") as folder:
+            info = _write_pairs(reader, connections, folder, modality, ApproximateTimePairer(queue_size, slop))
+    if info["source"]["aux_resized_to_colour"]:
+        log(f"warning: {info['source']['aux_resized_to_colour']} aux image(s) differed in size from their colour "
+            "image and were resized to it (nearest neighbour, as the node does)")
+    return info
+
+
+def _write_pairs(reader, connections, folder: Path, modality: str, pairer: ApproximateTimePairer) -> dict:
+    """The pairs of the bag's two image topics, as the node makes them -> the folder layout; its dataset.yaml."""
+    from rgbd_fusion_seg.offline.datasets.folder import FORMAT
+
+    rgb_topic, aux_topic = (connection.topic for connection in connections)
+    (folder / "rgb").mkdir(parents=True)
+    (folder / modality).mkdir()
+    rows, resized, unit = [], 0, None
+    for connection, _, raw in messages(reader, connections):
+        msg = deserialize(raw, connection)
+        pair = pairer.add(0 if connection.topic == rgb_topic else 1, stamp_ns(msg), msg)
+        if pair is None:
+            continue
+        rgb = colour_of(pair.first, rgb_topic)
+        aux, encoding = pixels(pair.second, aux_topic)
+        frame_unit, suffix, dtype = aux_file(modality, encoding, aux_topic)
+        if unit not in (None, frame_unit):
+            raise BagError(f"aux topic {aux_topic!r} changes encoding mid-bag ({unit} -> {frame_unit} at stamp "
+                           f"{pair.second_stamp}); a folder data set has one aux unit")
+        unit = frame_unit
+        aux = np.ascontiguousarray(aux, dtype=dtype)  # native byte order for the image writer
+        if aux.shape != rgb.shape[:2]:
+            aux = cv2.resize(aux, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
+            resized += 1
+        stem = f"{len(rows):06d}"
+        write_image(folder / "rgb" / f"{stem}.png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        write_image(folder / modality / f"{stem}{suffix}", aux)
+        rows.append((stem, pair.first_stamp, pair.second_stamp))
+    counts, bag_path = pairer.counts, str(Path(reader.path).resolve())
     if not rows:
-        raise BagError(f"no colour/aux pairs in {bag_path} within slop {slop} s ({counts.received[0]} colour and "
-                       f"{counts.received[1]} aux messages); try a larger --slop")
-    if resized:
-        log(f"warning: {resized} aux image(s) differed in size from their colour image and were resized to it "
-            "(nearest neighbour, as the node does)")
+        raise BagError(f"no colour/aux pairs in {bag_path} within slop {pairer.slop} s ({counts.received[0]} colour "
+                       f"and {counts.received[1]} aux messages); try a larger --slop")
     info = {
         "format": FORMAT,
         "modality": modality,
         "aux_unit": unit,
         "ignore_index": 255,
-        "source": {"bag": bag_path, "rgb_topic": rgb_topic, "aux_topic": aux_topic, "queue_size": queue_size,
-                   "slop": slop, "pairs": len(rows), "colour_messages": counts.received[0],
+        "source": {"bag": bag_path, "rgb_topic": rgb_topic, "aux_topic": aux_topic, "queue_size": pairer.queue_size,
+                   "slop": pairer.slop, "pairs": len(rows), "colour_messages": counts.received[0],
                    "aux_messages": counts.received[1], "aux_resized_to_colour": resized},
     }
-    (out / "dataset.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
-    (out / "all.txt").write_text("".join(f"{stem}\n" for stem, _, _ in rows))
-    (out / "stamps.csv").write_text("stem,rgb_stamp_ns,aux_stamp_ns\n" + "".join(f"{s},{a},{b}\n" for s, a, b in rows))
+    (folder / "dataset.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+    (folder / "all.txt").write_text("".join(f"{stem}\n" for stem, _, _ in rows))
+    (folder / "stamps.csv").write_text("stem,rgb_stamp_ns,aux_stamp_ns\n" + "".join(f"{s},{a},{b}\n" for s, a, b in rows))
     return info
 
 

@@ -33,7 +33,7 @@ from rgbd_fusion_seg.core.preprocessing import depth_to_metres
 from rgbd_fusion_seg.ros.image_codec import DEPTH_KINDS
 
 from .reading import BagError
-from .writing import STORAGES, BagWriter, compressed_message, image_message
+from .writing import STORAGES, BagWriter, compressed_message, image_message, new_output_folder
 
 # (decoded unit, stored dtype) -> the encoding that carries the stored values unchanged
 STORED_ENCODINGS = {("m", np.uint16): "16UC1", ("m", np.float32): "32FC1", ("raw8", np.uint8): "mono8",
@@ -118,7 +118,7 @@ def import_dataset(source: Source, out, storage="mcap", rate: float | None = Non
     start_ns, period_ns = int(start_s * 1e9), int(round(1e9 / (rate or 10.0)))
     labelled = 0
     dataset = source.dataset
-    with BagWriter(out, storage) as writer:
+    with new_output_folder(out, "bag") as staged, BagWriter(staged, storage) as writer:  # whole, or nothing at out
         for index, sample in enumerate(dataset.samples):
             colour_stamp = aux_stamp = start_ns + index * period_ns
             if rate is None and sample.stem in source.stamps:
@@ -138,7 +138,7 @@ def import_dataset(source: Source, out, storage="mcap", rate: float | None = Non
                     raise BagError(f"{sample.files['label']}: labels are {labels.dtype}; mono8 needs uint8 class ids")
                 writer.write_message(label_topic, colour_stamp, image_message(labels, "mono8", colour_stamp, frame_id))
                 labelled += 1
-    return {"bag": str(writer.path), "frames": len(dataset.samples), "labelled": labelled, "topics": dict(writer.counts),
+    return {"bag": str(Path(out).expanduser()), "frames": len(dataset.samples), "labelled": labelled, "topics": dict(writer.counts),
             "colour_topic": colour_topic, "aux_topic": aux_topic, "label_topic": label_topic if labelled else None}
 
 

@@ -1,14 +1,24 @@
-"""Writing rosbag2 bags with `rosbags`: always closed into a valid bag, even part-written.
+"""Writing rosbag2 bags with `rosbags`, and output folders that are complete or absent.
 
 `rosbags.rosbag2.Writer` used as a context manager *aborts* on an exception (no metadata.yaml: not a bag).
 `BagWriter` closes instead, so an evaluation interrupted by an error or Ctrl-C leaves a valid bag holding
 what was written so far. Writes are serialised by a lock: recorder callbacks and the player write from
 different threads.
+
+`new_output_folder` is for outputs that are only useful whole (`bag export`'s data set, `bag import`'s
+bag): they are written beside their path and renamed into place at the end, so a failed run leaves
+nothing there and the same command can simply be run again.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import sqlite3
+import tempfile
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -17,6 +27,44 @@ from rgbd_fusion_seg.ros.image_codec import compress, encode_as
 from .reading import COMPRESSED, IMAGE, BagError, typestore
 
 STORAGES = ("mcap", "sqlite3")
+
+
+class OutputNotWrittenError(OSError):
+    """Writing an output failed (disk full, I/O error); its partial files were removed."""
+
+
+def refuse_existing_output(out: Path, what: str) -> None:
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise BagError(f"{what} {out} exists already and is not an empty folder; choose a new path "
+                       "(outputs are never overwritten)")
+
+
+@contextlib.contextmanager
+def new_output_folder(out, what: str) -> Iterator[Path]:
+    """The path to write folder `out` at: a hidden sibling, renamed to `out` when the block ends without
+    error and deleted when it does not. A failure's message then says that nothing was written to `out`.
+    (A SIGKILL leaves the hidden `.<name>.*.partial` sibling, never a partial `out`.)"""
+    from rosbags.rosbag2 import WriterError
+
+    out = Path(out).expanduser()
+    refuse_existing_output(out, what)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        yield staging / out.name  # named as `out`: a bag's files are named after its folder
+        os.replace(staging / out.name, out)  # atomic; `out` is absent or an empty folder
+    except BaseException as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        removed = f"nothing was written to {out} (the partial {what} was removed; run the command again)"
+        if isinstance(error, BagError):
+            raise BagError(f"{error}; {removed}") from error
+        if isinstance(error, (OSError, sqlite3.Error, WriterError)):
+            from rgbd_fusion_seg.core.checkpoint import write_failure_cause
+
+            raise OutputNotWrittenError(f"writing {what} {out} failed: {write_failure_cause(error) or error}; "
+                                        f"{removed}") from error
+        raise
+    staging.rmdir()
 
 
 class BagWriter:

@@ -89,7 +89,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
     try:
         _write_atomically(checkpoint, path)
     except (OSError, RuntimeError) as error:
-        cause = _write_failure_cause(error)
+        cause = write_failure_cause(error)
         if cause is None:  # not a failed write (e.g. an object torch cannot pickle): a bug, keep its traceback
             raise
         left = f"the previous {path.name} is intact" if path.is_file() else f"there was no {path.name} before and none is left"
@@ -119,8 +119,8 @@ _WRITE_CAUSES = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the
                  errno.EFBIG: "the file exceeds the size limit for this process or file system"}
 
 
-def _write_failure_cause(error: BaseException) -> str | None:
-    """Why a write failed, in words, or None if `error` is no write failure.
+def write_failure_cause(error: BaseException) -> str | None:
+    """Why a write failed, in words ("no space left on the device"), or None if `error` is no write failure.
 
     torch.save reports a failed write of the file handle as a RuntimeError from its zip writer
     ("[enforce fail at inline_container.cc:...]", "PytorchStreamWriter failed writing file ...") raised
