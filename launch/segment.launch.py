@@ -4,9 +4,10 @@
         rgb_topic:=/camera/color/image_raw aux_topic:=/camera/aligned_depth_to_color/image_raw
 
 Every parameter of the node lives in a ros__parameters file, by default the installed
-config/segment.yaml (`params_file:=my.yaml` to use another). The launch arguments fusion_method,
-checkpoint, checkpoint_dir, modality and device override that file only when they are given a value:
-left empty (their default) they keep what the file says.
+config/segment.yaml (`params_file:=my.yaml` to use another). The launch arguments named after parameters
+(fusion_method, checkpoint, checkpoint_dir, modality and device: those the node's parameter table marks
+`launch_argument`) override that file only when they are given a value: left empty (their default) they
+keep what the file says.
 
 rgb_topic and aux_topic remap the node's base names, so with `transport: {rgb: compressed}` in the params
 file the node subscribes to <rgb_topic>/compressed, as image_transport does.
@@ -19,17 +20,15 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from rgbd_fusion_seg.ros.contract import launch_parameter_arguments, launch_remap_description
+
 PACKAGE = "rgbd_fusion_seg"
 EXECUTABLE = "segment_node"
 
-# Launch arguments that set the node parameter of the same name when non-empty.
-PARAMETER_ARGUMENTS = {
-    "fusion_method": "Fusion method to serve (loads <checkpoint_dir>/<method>.pt); empty: keep params_file's value",
-    "checkpoint": "Path to a rgbd_fusion_seg checkpoint (.pt); empty: keep params_file's value",
-    "checkpoint_dir": "Folder of <method>.pt checkpoints for fusion_method switches; empty: keep params_file's value",
-    "modality": "Auxiliary modality, depth or thermal (must match the checkpoint); empty: keep params_file's value",
-    "device": "Inference device: auto, cpu, cuda or cuda:N; empty: keep params_file's value",
-}
+# Launch arguments that set the node parameter of the same name when non-empty: the parameters marked
+# `launch_argument` in the node's parameter table, with its descriptions (rgbd_fusion_seg.ros.contract and
+# .parameters are plain data: no ROS or torch import).
+PARAMETER_ARGUMENTS = launch_parameter_arguments()
 
 
 def _node(context, *args, **kwargs):
@@ -59,12 +58,10 @@ def generate_launch_description():
     default_params = os.path.join(get_package_share_directory(PACKAGE), "config", "segment.yaml")
     arguments = [DeclareLaunchArgument(name, default_value="", description=text) for name, text in PARAMETER_ARGUMENTS.items()]
     arguments += [
-        DeclareLaunchArgument("rgb_topic", default_value="/camera/color/image_raw", description="Colour image topic (sensor_msgs/Image)"),
-        DeclareLaunchArgument(
-            "aux_topic",
-            default_value="/camera/aligned_depth_to_color/image_raw",
-            description="Depth or thermal image topic aligned to the colour image (sensor_msgs/Image)",
-        ),
+        DeclareLaunchArgument("rgb_topic", default_value="/camera/color/image_raw",
+                              description=launch_remap_description("rgb/image")),
+        DeclareLaunchArgument("aux_topic", default_value="/camera/aligned_depth_to_color/image_raw",
+                              description=launch_remap_description("aux/image")),
         DeclareLaunchArgument("params_file", default_value=default_params, description="Node parameter file (ros__parameters YAML)"),
         DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node and its outputs"),
         DeclareLaunchArgument(

@@ -88,10 +88,20 @@ def test_launch_file_names_the_packages_executable():
     assert getattr(keywords["package"], "id", None) == "PACKAGE" and getattr(keywords["executable"], "id", None) == "EXECUTABLE"
 
 
-def test_launch_file_parameter_overrides_are_declared_by_the_node(parameter_table):
-    names = set(_module_constant("PARAMETER_ARGUMENTS"))
+def test_launch_file_parameter_overrides_are_declared_by_the_node(parameter_table, launched):
+    names = set(launched.parameter_arguments)
     unknown = names - set(parameter_table.PARAMETERS_BY_NAME) - BUILTIN_PARAMETERS
     assert not unknown, f"the launch file sets parameters the node does not declare: {sorted(unknown)}"
+
+
+def test_launch_arguments_are_the_tables_with_its_descriptions(parameter_table, launched):
+    marked = {spec.name: spec for spec in parameter_table.PARAMETERS if spec.launch_argument}
+    assert set(launched.parameter_arguments) == set(marked)
+    for name, spec in marked.items():
+        description = launched.declared[name].kwargs["description"]
+        assert description.startswith(spec.description) and "keep params_file's value" in description
+    for argument, base in (("rgb_topic", "rgb/image"), ("aux_topic", "aux/image")):
+        assert base in launched.declared[argument].kwargs["description"]
 
 
 def test_launch_file_default_config_is_installed():
@@ -217,6 +227,7 @@ def launched(monkeypatch):
         return nodes[0].kwargs
 
     launch.declared = {a.name: a for a in declared}
+    launch.parameter_arguments = namespace["PARAMETER_ARGUMENTS"]
     return launch
 
 
@@ -266,7 +277,7 @@ def test_launch_arguments_become_parameters_and_remappings(launched, parameter_t
 @pytest.fixture(scope="module")
 def ros_env():
     pytest.importorskip("rclpy")
-    from rgbd_fusion_seg.ros.demo import ros_environment
+    from rgbd_fusion_seg.ros.harness import ros_environment
 
     return ros_environment(domain_id=random.Random(os.getpid()).randint(1, 100))
 
@@ -279,7 +290,7 @@ def test_node_starts_with_the_config_file_and_reports_its_parameters(tmp_path, r
     from sensor_msgs.msg import Image
 
     from rgbd_fusion_seg.ros.benchmark import make_untrained_checkpoint
-    from rgbd_fusion_seg.ros.demo import NodeProcess, RosSession, image_msg, wait_until
+    from rgbd_fusion_seg.ros.harness import NodeProcess, RosSession, image_msg, wait_until
 
     checkpoint = make_untrained_checkpoint(tmp_path / "mid.pt", method="mid", input_size=(32, 40))
     namespace = f"/launch_test_{os.getpid()}"

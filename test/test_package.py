@@ -233,10 +233,11 @@ def test_colcon_installed_python_package_is_complete_and_importable(colcon_insta
     for module in ("core/engine.py", "models/registry.py", "ros/segment_node.py", "offline/__init__.py",
                    "offline/train.py", "offline/metrics.py", "offline/datasets/synth.py"):
         assert (installed / module).is_file(), f"the installed package lacks {module}"
-    # The installed copy (not the source tree) imports, offline subpackage included.
+    # The installed copy (not the source tree) imports, offline subpackage included, and the contract module
+    # the installed launch file imports.
     code = (
         "import rgbd_fusion_seg, rgbd_fusion_seg.offline.metrics, rgbd_fusion_seg.offline.datasets.synth, "
-        "rgbd_fusion_seg.core.engine; print(rgbd_fusion_seg.__file__); "
+        "rgbd_fusion_seg.core.engine, rgbd_fusion_seg.ros.contract; print(rgbd_fusion_seg.__file__); "
         "print(rgbd_fusion_seg.offline.metrics.__file__)"
     )
     env = dict(os.environ, PYTHONPATH=str(site))

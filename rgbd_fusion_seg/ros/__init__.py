@@ -3,6 +3,7 @@
 - `image_codec`: sensor_msgs/Image <-> numpy (ROS-free functions over the raw fields, thin message wrappers)
 - `pairing`: two-stream timestamp pairing with message_filters' ApproximateTimeSynchronizer semantics
 - `parameters`: the node's one parameter table and the validation of runtime changes
+- `contract`: the node's topics, and the docs tables, config/segment.yaml and launch arguments made from both tables
 - `inference_worker`: the one-slot inference thread, model loading and the latency/rate window
 - `segment_node`: the `segment_node` executable
 

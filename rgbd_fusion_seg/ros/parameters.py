@@ -1,4 +1,5 @@
-"""The segment node's parameters: one table (name, type, default, description, read-only flag, validation).
+"""The segment node's parameters: one table (name, type, default, description, read-only flag, validation,
+the section it is documented under, whether the launch file sets it).
 
 The node declares every parameter from `PARAMETERS` and validates every change (at start and through the
 set-parameters callback) with `validate`, which returns None for a good value or the reason a value is
@@ -10,7 +11,8 @@ refused. Nested names use dots, so a params file writes them nested:
         sync: {queue_size: 10, slop: 0.05}
         outputs: {overlay: true}
 
-No ROS import here: the table is plain data, tested without rclpy.
+No ROS import here (and nothing heavy: the launch file imports it): the table is plain data, tested without
+rclpy. `contract.py` renders it, with the topics, into the docs, config/segment.yaml and the launch arguments.
 """
 from __future__ import annotations
 
@@ -82,6 +84,9 @@ class ParameterSpec:
     read_only: bool = False
     validate: Validator | None = None
     constraints: str = ""  # derived from `validate` when it carries its own (Bounds, one-of choices)
+    section: str = ""  # heading it is documented under (config/segment.yaml, docs)
+    launch_argument: bool = False  # segment.launch.py has an argument that sets it
+    example: Any = None  # a value to show where the default cannot be written (ROS cannot type `[]`)
 
     def __post_init__(self):
         if not self.constraints and hasattr(self.validate, "constraints"):
@@ -106,7 +111,7 @@ def _one_of(choices) -> Validator:
         shown = ", ".join(repr(c) for c in choices)
         return f"{value!r} is not one of {shown}"
 
-    check.constraints = " | ".join(choice or "''" for choice in choices)
+    check.constraints = ", ".join(choice or "''" for choice in choices)
     return check
 
 
@@ -147,65 +152,95 @@ def _device(value: str) -> str | None:
     return None
 
 
+MODEL = "Model"
+PAIRING = "Pairing of rgb/image and aux/image (message_filters ApproximateTimeSynchronizer semantics)"
+QOS = "Subscription QoS"
+TRANSPORT = "Input transport, named as image_transport names it"
+OUTPUTS = "Outputs"
+DECODING = "Decoding of the auxiliary image"
+MONITORING = "Monitoring"
+SECTION_NOTES = {
+    QOS: "Must be compatible with the camera driver's, or no message ever arrives.",
+    TRANSPORT: "raw: sensor_msgs/Image on the topic itself. compressed / compressedDepth: sensor_msgs/CompressedImage "
+               "on <topic>/compressed / <topic>/compressedDepth, where <topic> is rgb/image or aux/image after "
+               "remapping (-r rgb/image:=/camera/color/image_raw -> /camera/color/image_raw/compressed). Decoded on "
+               "the inference worker.",
+}
+
 PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("checkpoint", "string", "",
-                  "Checkpoint file to serve. Changing it loads the file in the background; the old model serves "
-                  "until the new one is ready. Empty: the node waits idle for one.",
-                  validate=_existing_file),
+                  "Checkpoint to serve (.pt written by `rgbd-fusion-seg train`); it carries the method, classes, "
+                  "palette and preprocessing. Changing it at runtime loads the new file in the background (the old "
+                  "model serves until then); a file that cannot be served is refused. Empty: the node runs idle "
+                  "until one is set.",
+                  validate=_existing_file, constraints="'' or a checkpoint file", section=MODEL, launch_argument=True),
     ParameterSpec("fusion_method", "string", "",
-                  "Fusion method to serve. Empty: the checkpoint's own method. Setting a method loads "
-                  "<checkpoint_dir>/<method>.pt (unless `checkpoint` already holds that method).",
-                  validate=_fusion_method),
+                  "Fusion method to serve (docs/methods.md). Empty: the checkpoint's own method. Setting a method "
+                  "loads <checkpoint_dir>/<method>.pt (unless `checkpoint` already holds that method); refused if "
+                  "unknown or missing.",
+                  validate=_fusion_method, constraints="'' or a registered method", section=MODEL,
+                  launch_argument=True),
     ParameterSpec("checkpoint_dir", "string", "",
-                  "Folder holding <method>.pt files for fusion_method switches. Empty: the checkpoint's folder.",
-                  validate=_existing_dir),
+                  "Folder where <method>.pt checkpoints are looked up for fusion_method switches. Empty: the "
+                  "checkpoint's folder.",
+                  validate=_existing_dir, constraints="'' or a folder", section=MODEL, launch_argument=True),
     ParameterSpec("modality", "string", "",
-                  "Aux stream modality, 'depth' or 'thermal'; must match the checkpoint's. Empty: the checkpoint's.",
-                  validate=_one_of(MODALITIES)),
-    ParameterSpec("device", "string", "auto", "Inference device: 'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:N'.",
-                  validate=_device, constraints="auto | cpu | cuda | cuda:N"),
-    ParameterSpec("precision", "string", "fp32", "Inference precision on CUDA (CPU always runs fp32).",
-                  validate=_one_of(PRECISIONS)),
-    ParameterSpec("sync.queue_size", "integer", 10, "Messages queued per input stream while waiting for a partner.",
-                  validate=Bounds(1, 300, "each queued message is a whole image; 300 is 10 s at 30 Hz, longer than a partner "
-                                 "is worth waiting for", integer=True)),
-    ParameterSpec("sync.slop", "double", 0.05, "Largest stamp difference (s) of a colour/aux pair.",
+                  "Auxiliary modality on aux/image, depth or thermal; must match the checkpoint's (refused otherwise). Empty: whatever "
+                  "the checkpoint was trained on.",
+                  validate=_one_of(MODALITIES), section=MODEL, launch_argument=True),
+    ParameterSpec("device", "string", "auto",
+                  "Inference device: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N. A CUDA device this "
+                  "machine lacks is refused.",
+                  validate=_device, constraints="auto, cpu, cuda, cuda:N", section=MODEL, launch_argument=True),
+    ParameterSpec("precision", "string", "fp32", "Inference precision on CUDA (the CPU always runs fp32).",
+                  validate=_one_of(PRECISIONS), section=MODEL),
+    ParameterSpec("sync.queue_size", "integer", 10, "Messages of each stream kept while waiting for a partner.",
+                  validate=Bounds(1, 300, "each queued message is a whole image; 300 is 10 s at 30 Hz, longer than a "
+                                  "partner is worth waiting for", integer=True), section=PAIRING),
+    ParameterSpec("sync.slop", "double", 0.05,
+                  "Largest stamp difference (seconds) between the colour and aux image of a pair.",
                   validate=Bounds(0.0, 1.0, "images more than a second apart do not show the same scene; a 9 Hz "
-                                 "thermal camera's period is 0.11 s", unit="s")),
-    ParameterSpec("sync.exact", "bool", False, "Pair only messages with equal stamps (ignores sync.slop)."),
+                                  "thermal camera's period is 0.11 s", unit="s"), section=PAIRING),
+    ParameterSpec("sync.exact", "bool", False,
+                  "true: pair only identical stamps (ExactTime); false: nearest stamps within sync.slop.",
+                  section=PAIRING),
     ParameterSpec("qos.profile", "string", "sensor_data",
-                  "Input subscription QoS: 'sensor_data' (best effort), 'reliable' or 'system_default'.",
-                  read_only=True, validate=_one_of(QOS_PROFILES)),
-    ParameterSpec("qos.depth", "integer", 5, "Input subscription history depth.", read_only=True,
-                  validate=Bounds(1, 100, "the middleware keeps this many whole images per input, and the node only "
-                                 "uses the newest pair", integer=True)),
-    ParameterSpec("transport.rgb", "string", "raw",
-                  "Colour input as image_transport sends it: 'raw' (sensor_msgs/Image on rgb/image) or 'compressed' "
-                  "(CompressedImage, jpeg or png, on <rgb/image as remapped>/compressed).",
-                  read_only=True, validate=_one_of(COLOUR_TRANSPORTS)),
+                  "sensor_data (best effort, what camera drivers publish), reliable or system_default.",
+                  read_only=True, validate=_one_of(QOS_PROFILES), section=QOS),
+    ParameterSpec("qos.depth", "integer", 5, "History depth of the input subscriptions.", read_only=True,
+                  validate=Bounds(1, 100, "the middleware keeps this many whole images per input, and the node "
+                                  "only uses the newest pair", integer=True), section=QOS),
+    ParameterSpec("transport.rgb", "string", "raw", "Colour: raw, or compressed (jpeg or png).",
+                  read_only=True, validate=_one_of(COLOUR_TRANSPORTS), section=TRANSPORT),
     ParameterSpec("transport.aux", "string", "raw",
-                  "Aux input, like transport.rgb: 'raw' (aux/image), 'compressed' (png) or 'compressedDepth' "
-                  "(compressed_depth_image_transport, png or rvl: on <aux/image as remapped>/compressedDepth).",
-                  read_only=True, validate=_one_of(TRANSPORTS)),
-    ParameterSpec("outputs.overlay", "bool", False, "Also publish ~/overlay (rgb8: the mask blended over the image)."),
+                  "Depth or thermal: raw, compressed (png) or compressedDepth (compressed_depth_image_transport, png "
+                  "or rvl: 16UC1 exact, 32FC1 as inverse depth).",
+                  read_only=True, validate=_one_of(TRANSPORTS), section=TRANSPORT),
+    ParameterSpec("outputs.overlay", "bool", False,
+                  "Publish ~/overlay (rgb8: the colour mask blended over the camera image).", section=OUTPUTS),
     ParameterSpec("outputs.confidence", "bool", False,
-                  "Also publish ~/confidence (32FC1: probability of the chosen class)."),
+                  "Publish ~/confidence (32FC1: softmax probability of the chosen class).", section=OUTPUTS),
     ParameterSpec("overlay_alpha", "double", 0.5, "Opacity of the mask in ~/overlay.",
-                  validate=Bounds(0.0, 1.0, "an opacity: 0 shows the image alone, 1 the mask alone")),
-    ParameterSpec("depth_scale", "double", 0.001, "Metres per unit of 16UC1 depth (0.001: millimetres).",
+                  validate=Bounds(0.0, 1.0, "an opacity: 0 shows the image alone, 1 the mask alone"), section=OUTPUTS),
+    ParameterSpec("depth_scale", "double", 0.001,
+                  "Metres per unit of 16UC1 depth (0.001: millimetres, the REP 118 convention; 0 = no reading).",
                   validate=Bounds(1e-5, 1.0, "16UC1 holds up to 65535 units: below 1e-05 m the farthest depth is "
-                                  "0.65 m, above 1 m a unit is coarser than any depth camera", unit="m per unit")),
+                                  "0.65 m, above 1 m a unit is coarser than any depth camera", unit="m per unit"),
+                  section=DECODING),
     ParameterSpec("aux_range", "double_array", [],
-                  "Override [low, high] of the checkpoint's aux normalisation, in its unit. Empty: the checkpoint's.",
+                  "[low, high] overriding the checkpoint's aux normalisation range, in its unit (m for depth, "
+                  "degrees C for calibrated thermal). Empty: the checkpoint's.",
                   validate=Bounds(-1e5, 1e5, "no aux unit reaches beyond 65535 (raw16), and the range divides the "
-                                  "aux values, so a narrower one only amplifies noise", min_width=1e-3)),
-    ParameterSpec("stats_period", "double", 5.0, "Seconds between ~/stats messages and log lines.",
+                                  "aux values, so a narrower one only amplifies noise", min_width=1e-3),
+                  section=DECODING, example=[0.2, 5.0]),
+    ParameterSpec("stats_period", "double", 5.0,
+                  "Seconds between ~/stats messages (latency p50/p90/p99, rate, pairs, drops) and their log lines.",
                   validate=Bounds(0.1, 3600.0, "each period publishes ~/stats and logs a line: faster floods the "
-                                  "log, slower than an hour leaves the node unmonitored", unit="s")),
+                                  "log, slower than an hour leaves the node unmonitored", unit="s"), section=MONITORING),
     ParameterSpec("no_pair_timeout", "double", 5.0,
-                  "Warn when no colour/aux pair was made for this long (s), naming both topics and the QoS.",
-                  validate=Bounds(0.5, 3600.0, "the watchdog looks every 0.5 s; longer than an hour leaves dead inputs "
-                                  "unreported", unit="s")),
+                  "Warn when no colour/aux pair has been made for this many seconds (naming both topics and the QoS).",
+                  validate=Bounds(0.5, 3600.0, "the watchdog looks every 0.5 s; longer than an hour leaves dead "
+                                  "inputs unreported", unit="s"), section=MONITORING),
 )
 
 PARAMETERS_BY_NAME: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}

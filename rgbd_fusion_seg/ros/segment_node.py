@@ -1,16 +1,9 @@
 """segment_node: pairs a colour stream with a depth or thermal stream and publishes semantic masks.
 
-Topics (remap the inputs):
-    in   rgb/image  sensor_msgs/Image   colour: rgb8, bgr8, rgba8, bgra8, mono8
-    in   aux/image  sensor_msgs/Image   depth: 16UC1 (mm), 32FC1 (m); thermal: mono8, mono16/16UC1, 32FC1 (deg C)
-         with transport.rgb / transport.aux 'compressed' or 'compressedDepth': sensor_msgs/CompressedImage on
-         <base>/<transport> (image_transport's names; the base name is remapped first, as image_transport does)
-    out  ~/mask        mono8 class ids (16UC1 beyond 256 classes)
-    out  ~/mask_color  rgb8 palette colours
-    out  ~/overlay     rgb8, when outputs.overlay
-    out  ~/confidence  32FC1, when outputs.confidence
-    out  ~/stats       diagnostic_msgs/DiagnosticStatus, every stats_period seconds
-Every output carries the colour image's header. Parameters: see `parameters.py`.
+Its contract, topics and parameters, is one table in `contract.py` and `parameters.py` (rendered into
+docs/node.md and config/segment.yaml by `python -m rgbd_fusion_seg.ros.contract`): colour on rgb/image and
+depth or thermal on aux/image in (remap them; compressed transports on <base>/<transport>); ~/mask,
+~/mask_color, ~/overlay, ~/confidence and ~/stats out, every image with the colour image's header.
 
 Threads: the executor thread only pairs messages and hands the newest pair to the inference worker (one
 slot, newest wins); the worker decodes, runs the engine and publishes; models load on a loader thread and
