@@ -173,23 +173,12 @@ class NaiveSegmentNode:
 
 def naive_node_main(argv: list[str]) -> int:
     """`python -m rgbd_fusion_seg.ros.benchmark naive-node CHECKPOINT DEVICE --ros-args ...`."""
-    import rclpy
-    from rclpy.executors import ExternalShutdownException
-
-    from .segment_node import interrupt_without_exception
+    from .spinning import run_until_stopped
 
     checkpoint, device = argv[0], argv[1]
-    interrupt_without_exception()  # stopped like segment_node: through the context, no traceback
-    rclpy.init(args=argv)
-    naive = NaiveSegmentNode(checkpoint, device)
-    try:
-        if rclpy.ok():  # a signal during start-up has already shut the context down
-            rclpy.spin(naive.node)
-    except ExternalShutdownException:
-        pass
-    finally:
-        naive.node.destroy_node()
-        rclpy.try_shutdown()
+    # Stopped like segment_node: a signal ends the spin between callbacks, then the node goes, then the
+    # context, so no callback publishes on a context that is gone.
+    run_until_stopped(lambda _stopping: NaiveSegmentNode(checkpoint, device).node, argv)
     return 0
 
 
@@ -200,11 +189,7 @@ def naive_node_main(argv: list[str]) -> int:
 def _summary(latencies_s, receive_ns=(), sent: int | None = None) -> dict:
     p50, p90, p99 = percentiles_ms(latencies_s)
     received = len(latencies_s)
-    rate = float("nan")
-    if len(receive_ns) > 1:
-        span = (max(receive_ns) - min(receive_ns)) / 1e9
-        rate = (len(receive_ns) - 1) / span if span > 0 else float("nan")
-    result = {"p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "rate_hz": rate, "received": received}
+    result = {"p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "rate_hz": rate_hz(receive_ns), "received": received}
     if sent is not None:
         result["sent"] = sent
         result["drops"] = sent - received

@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import copy
 import os
-import signal
 import threading
 import time
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.clock import JumpThreshold, TimeJump
 from rclpy.duration import Duration
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import InvalidParameterTypeException
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (
@@ -55,6 +52,7 @@ from .inference_worker import (
     inspect_checkpoint,
 )
 from .pairing import STAMP_JUMP_BACK_S, ApproximateTimePairer
+from .spinning import run_until_stopped
 
 NODE_NAME = "segment_node"
 RGB_TOPIC = "rgb/image"
@@ -132,7 +130,8 @@ class _Counters:
 
 
 class SegmentNode(Node):
-    def __init__(self, **kwargs):
+    def __init__(self, *, stopping: threading.Event | None = None, **kwargs):
+        """`stopping`: set when the process is asked to stop; a start-up that sees it loads no model."""
         super().__init__(NODE_NAME, **kwargs)
         self._log = self.get_logger()
         self._throttle: dict[str, float] = {}
@@ -154,6 +153,7 @@ class SegmentNode(Node):
         self._target: tuple[str, str, str] | None = None  # (path, device, precision) last asked for
         self._idle_reason = "no model loaded yet"
         self._shutting_down = False
+        self._publishing = threading.Lock()  # held by the worker while it publishes; `shutdown` waits for it
 
         self._config = self._declare_parameters()
         model_ok = self._check_startup_values()
@@ -209,7 +209,7 @@ class SegmentNode(Node):
             except ValueError as error:  # CheckpointError is a ValueError
                 self._go_idle(f"{error}")
             else:
-                if not self.context.ok():  # a signal arrived while the checkpoint was checked
+                if stopping is not None and stopping.is_set():  # a signal arrived while torch was imported
                     return
                 if request is None:
                     self._go_idle("no checkpoint given: set the `checkpoint` parameter (or fusion_method with "
@@ -527,13 +527,18 @@ class SegmentNode(Node):
             self._bad_input(f"{self.rgb_topic} + {self.aux_topic}", str(error))
             return
         header = rgb_msg.header
-        self._mask_pub.publish(mask_to_msg(prediction.mask, header))
-        self._mask_color_pub.publish(rgb_to_msg(colourise(prediction.mask, served.palette), header))
+        outputs = [(self._mask_pub, mask_to_msg(prediction.mask, header)),
+                   (self._mask_color_pub, rgb_to_msg(colourise(prediction.mask, served.palette), header))]
         if overlay_pub is not None and self._config["outputs.overlay"]:
             blended = overlay(rgb, prediction.mask, served.palette, self._config["overlay_alpha"])
-            overlay_pub.publish(rgb_to_msg(blended, header))
+            outputs.append((overlay_pub, rgb_to_msg(blended, header)))
         if want_confidence:
-            confidence_pub.publish(float_to_msg(prediction.confidence, header))
+            outputs.append((confidence_pub, float_to_msg(prediction.confidence, header)))
+        with self._publishing:
+            if self._shutting_down:  # the node is being destroyed: its publishers may be gone
+                return
+            for publisher, msg in outputs:
+                publisher.publish(msg)
         latency_s = (self.get_clock().now().nanoseconds - stamp_ns(header)) / 1e9
         self._latency.add(latency_s)
         self._processing.add(time.monotonic() - paired_at)
@@ -546,7 +551,7 @@ class SegmentNode(Node):
         self._counters.add("frames_out")
 
     def _on_worker_error(self, job, error: BaseException) -> None:
-        if self._shutting_down or not self.context.ok():
+        if self._shutting_down:
             return
         self._counters.add("inference_errors")
         self._log_throttled(f"worker:{type(error).__name__}", "error",
@@ -651,53 +656,20 @@ class SegmentNode(Node):
         )
 
     def shutdown(self) -> None:
-        """Stop the threads, waiting for a frame or a load in progress (they run C++ code: torch, DDS)."""
-        self._shutting_down = True
+        """Stop the threads, waiting for a frame or a load in progress (they run C++ code: torch, DDS).
+
+        Once this returns nothing publishes, even if a thread outlived its join timeout: the worker checks
+        `_shutting_down` under the publishing lock.
+        """
+        with self._publishing:
+            self._shutting_down = True
         self._loader.stop(timeout=30.0)
         self._worker.stop(timeout=10.0)
 
 
-def interrupt_without_exception() -> threading.Event:
-    """Make SIGINT only record itself in Python; rclpy's handler, installed on top, shuts the context down.
-
-    Python's default handler raises KeyboardInterrupt at whatever line runs next, which may be inside
-    rclpy's executor while it builds a Task: the half-built Task then prints an AttributeError traceback
-    from its __del__ at exit. Stopping through the context alone ends spin cleanly. A SIGINT that the
-    parent made ignored (a shell's `cmd &`) stays ignored.
-    """
-    interrupted = threading.Event()
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, lambda _signum, _frame: interrupted.set())
-    return interrupted
-
-
 def main(args=None) -> None:
-    """Spin the node until SIGINT or SIGTERM, then stop the worker threads and exit 0, without a traceback."""
-    interrupted = interrupt_without_exception()
-    rclpy.init(args=args)  # installs SIGINT and SIGTERM handlers on top: both shut the context down
-    if interrupted.is_set():  # arrived before rclpy's handler was in place
-        rclpy.try_shutdown()
-        return
-    node = None
-    try:
-        node = SegmentNode()  # torch is imported here, inside the handlers' reach
-        if rclpy.ok():  # a signal during start-up has already shut the context down: nothing to spin
-            rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        if rclpy.ok():
-            raise
-        # A signal shut the context down between two steps of start-up or spin; rclpy reports that as an
-        # RCLError ("the given context is not valid"). It is a normal shutdown.
-    finally:
-        if node is not None:
-            node.shutdown()
-            try:
-                node.destroy_node()
-            except Exception:  # noqa: BLE001 - the context may be gone already
-                pass
-        rclpy.try_shutdown()
+    """Spin the node until SIGINT or SIGTERM, then stop its threads and exit 0, without a traceback."""
+    run_until_stopped(lambda stopping: SegmentNode(stopping=stopping), args, stop_threads=SegmentNode.shutdown)
 
 
 if __name__ == "__main__":
