@@ -189,7 +189,11 @@ def naive_node_main(argv: list[str]) -> int:
 def _summary(latencies_s, receive_ns=(), sent: int | None = None) -> dict:
     p50, p90, p99 = percentiles_ms(latencies_s)
     received = len(latencies_s)
-    result = {"p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "rate_hz": rate_hz(receive_ns), "received": received}
+    rate = float("nan")
+    if len(receive_ns) > 1:
+        span = (max(receive_ns) - min(receive_ns)) / 1e9
+        rate = (len(receive_ns) - 1) / span if span > 0 else float("nan")
+    result = {"p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "rate_hz": rate, "received": received}
     if sent is not None:
         result["sent"] = sent
         result["drops"] = sent - received
