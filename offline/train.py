@@ -31,19 +31,21 @@ weights, the output folder. Then:
   averaged by DistributedDataParallel; BatchNorm statistics are per process (no SyncBatchNorm), rank 0's
   are kept. Validation is sharded and its confusion matrix summed; only rank 0 writes checkpoints,
   TensorBoard logs (its own per-step loss; the epoch mean is over all ranks) and console lines.
+
+Where each part lives: this file checks the inputs, builds the run from the config (data, model, loss,
+optimiser), resumes it from last.pt and starts it; train_loop.py holds the engine (`TrainState`, the
+`Trainer` with its step and epoch loop, the data order, the schedule); train_hooks.py what happens
+around the steps (`PeriodicCheckpoint`, `Validation`, `Progress`), as detectron2's trainer and hooks do.
 """
 from __future__ import annotations
 
 import argparse
-import math
-import random
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from rgbd_fusion_seg.core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from rgbd_fusion_seg.core.engine import resolve_device
@@ -53,13 +55,18 @@ from rgbd_fusion_seg.models.losses import build_seg_loss
 
 from . import distributed
 from .config import ConfigError, ExperimentConfig, dump_config, load_config
-from .datasets.catalog import build_preprocessing, open_dataset
-from .metrics import ConfusionMatrix, SegmentationMetrics, metrics_from_confusion
 from .dataset_cache import validated_report
+from .datasets.catalog import build_preprocessing, open_dataset
 from .pseudo_labels import with_extra_targets
+from .train_hooks import (Checkpointer, PeriodicCheckpoint, Progress, TrainingLog, Validation,
+                          clean_stale_temporaries)
+from .train_loop import (EpochBatchSampler, Trainer, TrainState, epoch_permutation, learning_rate, loader_options,
+                         seed_everything)
 
-LAST = "last.pt"
-BEST = "best.pt"
+# The data order and the schedule live in train_loop.py; they are part of what training promises.
+__all__ = ["EpochBatchSampler", "epoch_permutation", "learning_rate", "slim_checkpoint", "train", "add_arguments",
+           "add_override_arguments", "run"]
+
 # Fields that may change between a run and its resumption (they do not change what was trained so far).
 RESUMABLE_CHANGES = {
     "experiment",
@@ -74,105 +81,6 @@ RESUMABLE_CHANGES = {
     "train.save_best",
     "study",
 }
-
-
-# ----------------------------------------------------------------------------------------------------
-# Data
-
-
-def epoch_permutation(num_items: int, seed: int, epoch: int) -> torch.Tensor:
-    """The order of an epoch, a function of (seed, epoch) only, so a resumed run replays it exactly."""
-    generator = torch.Generator()
-    generator.manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 1))
-    return torch.randperm(num_items, generator=generator)
-
-
-class EpochBatchSampler(Sampler):
-    """Batches of one epoch's permutation, starting at batch `start_batch` (to resume mid-epoch). Under
-    torchrun each batch is a global one and this rank gets its share: items rank, rank + world_size, ..."""
-
-    def __init__(self, num_items: int, batch_size: int, seed: int, epoch: int, start_batch: int = 0,
-                 rank: int = 0, world_size: int = 1):
-        self.rank = rank
-        self.world_size = world_size
-        self.num_items = num_items
-        self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = epoch
-        self.start_batch = start_batch
-
-    @staticmethod
-    def batches_per_epoch(num_items: int, batch_size: int) -> int:
-        return num_items // batch_size if num_items >= batch_size else 1
-
-    def all_batches(self) -> list[list[int]]:
-        order = epoch_permutation(self.num_items, self.seed, self.epoch).tolist()
-        count = self.batches_per_epoch(self.num_items, self.batch_size)
-        return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(count)]
-
-    def __iter__(self):
-        for batch in self.all_batches()[self.start_batch :]:
-            yield batch[self.rank :: self.world_size]
-
-    def __len__(self) -> int:
-        return max(0, self.batches_per_epoch(self.num_items, self.batch_size) - self.start_batch)
-
-
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-
-
-# ----------------------------------------------------------------------------------------------------
-# Schedule, RNG, resume checks
-
-
-def learning_rate(step: int, total_steps: int, config: ExperimentConfig) -> float:
-    """Learning rate for optimiser step `step` (0-based)."""
-    train = config.train
-    if train.warmup_steps and step < train.warmup_steps:
-        return train.lr * (step + 1) / train.warmup_steps
-    if train.lr_schedule == "constant":
-        return train.lr
-    span = max(1, total_steps - train.warmup_steps)
-    progress = min(1.0, (step - train.warmup_steps) / span)
-    floor = train.lr * train.min_lr_ratio
-    if train.lr_schedule == "poly":
-        return floor + (train.lr - floor) * (1.0 - progress) ** train.poly_power
-    return floor + (train.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    python = state["python"]
-    random.setstate((python[0], tuple(python[1]), python[2]))
-    name, key, *rest = state["numpy"]
-    np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -197,54 +105,6 @@ def _config_differences(saved: dict, current: dict) -> list[str]:
     return changed
 
 
-def _clean_stale_temporaries(out_dir: Path) -> None:
-    """A kill during save_checkpoint can leave its temporary file; the checkpoint itself is intact."""
-    for name in (LAST, BEST):
-        for stale in out_dir.glob(f".{name}.*.tmp"):
-            stale.unlink(missing_ok=True)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Validation
-
-
-@torch.no_grad()
-def run_validation(model, loader, num_classes: int, device: torch.device, amp: bool, ignore_index: int = 255,
-                   context: distributed.Distributed = distributed.Distributed()):
-    """Metrics over `loader`; under torchrun each rank scores its shard and the matrices are summed."""
-    model.eval()
-    confusion = ConfusionMatrix(num_classes, ignore_index=ignore_index)
-    for batch in loader:
-        batch = _to_device(batch, device)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            logits = model(batch["rgb"], batch["aux"]).logits
-        confusion.update(logits.argmax(dim=1), batch["label"])
-    model.train()
-    return metrics_from_confusion(context.all_reduce_sum(torch.from_numpy(confusion.matrix)).numpy())
-
-
-class _NoWriter:
-    """Takes the TensorBoard writer's place on ranks other than 0."""
-
-    def add_scalar(self, *args, **kwargs) -> None:
-        pass
-
-    flush = close = add_scalar
-
-
-def metrics_summary(metrics: SegmentationMetrics, classes: list[str]) -> dict:
-    return {
-        "miou": metrics.miou,
-        "macc": metrics.macc,
-        "pixel_accuracy": metrics.pixel_accuracy,
-        "per_class_iou": {name: float(v) for name, v in zip(classes, metrics.iou)},
-    }
-
-
-# ----------------------------------------------------------------------------------------------------
-# Training
-
-
 def slim_checkpoint(path: str | Path) -> Path:
     """Rewrite a finished run's checkpoint with its weights and a small record of the run, dropping the
     optimiser, scaler and RNG state (about two thirds of the file). The run can no longer be extended."""
@@ -254,6 +114,10 @@ def slim_checkpoint(path: str | Path) -> Path:
             "best_miou", "history", "config")
     checkpoint.train_state = {key: state[key] for key in keep if key in state} | {"slimmed": True}
     return save_checkpoint(checkpoint, path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
 
 
 def train(
@@ -279,20 +143,50 @@ def train(
 
 def _train(config: ExperimentConfig, context: distributed.Distributed, torch_device: torch.device, *,
            resume: bool, progress: bool | None, log) -> Path:
-    if not context.is_main:
-        log, progress = (lambda message: None), False
-    log = log or (lambda message: print(message, flush=True))
-    if progress is None:
-        progress = sys.stderr.isatty()
-    train_cfg = config.train
+    if context.is_main:
+        line = log or (lambda message: print(message, flush=True))
+        show_bar = sys.stderr.isatty() if progress is None else progress
+    else:
+        line, show_bar = (lambda message: None), False
     out_dir = config.out_path
-    root = config.data_root
-
+    training_log = TrainingLog(line, out_dir / "tensorboard" if context.is_main else None)
     # ---- everything is checked before any training time is spent
     preprocessing = build_preprocessing(config)
+    train_set, val_set, trainer = _build_trainer(config, context, torch_device, preprocessing)
+    checkpointer = Checkpointer(out_dir, _checkpoint_description(config, preprocessing, train_set, val_set),
+                                training_log)
+    saved = _last_checkpoint(config, context, checkpointer.last_path, resume)
+    if saved is None:
+        line(f"{config.experiment}: {config.model.method} on {len(train_set)} train / {len(val_set)} val frames "
+             f"({', '.join(train_set.groups)}), {trainer.state.total_steps} steps on {torch_device}, output in {out_dir}")
+    elif int(saved.train_state["global_step"]) >= trainer.state.total_steps:
+        line(f"{config.experiment}: already finished ({int(saved.train_state['global_step'])} steps) in {out_dir}")
+        return checkpointer.last_path
+    else:
+        _continue_from(trainer, saved, checkpointer.last_path, line)
+    if context.is_main:
+        dump_config(config, out_dir / "config.yaml")
+    training_log.open_tensorboard(first_step=trainer.state.global_step)
+    val_loader = DataLoader(val_set, batch_size=config.train.batch_size,
+                            sampler=range(context.rank, len(val_set), context.world_size),  # this rank's shard
+                            generator=torch.Generator().manual_seed(config.train.seed),  # see Trainer._epoch_loader
+                            **loader_options(config, torch_device))
+    trainer.hooks = [  # in this order: an epoch's loss line comes before its validation, last.pt after both
+        Progress(training_log, show_bar),
+        Validation(val_loader, list(train_set.classes), config.loss.ignore_index, config.train.val_every,
+                   training_log, checkpointer if config.train.save_best else None),
+        PeriodicCheckpoint(checkpointer, config.train.checkpoint_every_steps, config.train.checkpoint_every_epochs),
+    ]
+    trainer.train()
+    training_log.close()
+    return checkpointer.last_path
+
+
+def _open_datasets(config: ExperimentConfig, context: distributed.Distributed, preprocessing):
+    """(train_set, val_set, the training set's validation report), every file checked."""
     data_kwargs = dict(
         dataset=config.data.dataset,
-        root=root,
+        root=config.data_root,
         lightings=config.data.lightings,
         aux_folder=config.data.aux_folder,
         label_folder=config.data.label_folder,
@@ -300,7 +194,7 @@ def _train(config: ExperimentConfig, context: distributed.Distributed, torch_dev
         num_classes=config.data.num_classes,
         fmb_classes=config.data.fmb_classes,
     )
-    train_set = open_dataset(split=config.data.train_split, augment=train_cfg.augment,
+    train_set = open_dataset(split=config.data.train_split, augment=config.train.augment,
                              augmentation=config.data.augmentation, **data_kwargs)
     val_set = open_dataset(split=config.data.val_split, augment=False, **data_kwargs)
     if not context.is_main:
@@ -312,19 +206,34 @@ def _train(config: ExperimentConfig, context: distributed.Distributed, torch_dev
         context.barrier()
     if len(train_set) == 0:
         raise ConfigError(f"{config.source}: the training split {config.data.train_split!r} has no frames")
-    classes = list(train_set.classes)
-    num_classes = config.data.num_classes or len(classes)
-    if len(classes) != num_classes:
-        raise ConfigError(
-            f"{config.source}: field 'data.num_classes' is {num_classes} but {root} lists {len(classes)} classes"
-        )
+    num_classes = config.data.num_classes or len(train_set.classes)
+    if len(train_set.classes) != num_classes:
+        raise ConfigError(f"{config.source}: field 'data.num_classes' is {num_classes} but {config.data_root} "
+                          f"lists {len(train_set.classes)} classes")
+    return train_set, val_set, train_report
 
+
+def _build_optimizer(config: ExperimentConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    train = config.train
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay)
+    if train.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.SGD(parameters, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+
+
+def _build_trainer(config: ExperimentConfig, context: distributed.Distributed, device: torch.device, preprocessing):
+    """(train_set, val_set, a Trainer at step 0); raises on any bad input before the output folder exists."""
+    train_cfg = config.train
+    train_set, val_set, train_report = _open_datasets(config, context, preprocessing)
+    num_classes = len(train_set.classes)
     # Seed before the model is built: its initial weights are part of what the seed reproduces (a resumed
     # run then restores the RNG state saved in last.pt).
-    _seed_everything(train_cfg.seed)
+    seed_everything(train_cfg.seed)
     model = build_model(config.model.method, num_classes, **config.model_kwargs())
     if context.rank:  # every rank its own augmentation stream; rank 0 keeps the single-process one
-        _seed_everything(int(np.random.SeedSequence([train_cfg.seed, context.rank]).generate_state(1)[0]))
+        seed_everything(int(np.random.SeedSequence([train_cfg.seed, context.rank]).generate_state(1)[0]))
     seg_loss = build_seg_loss(
         num_classes,
         ce=config.loss.ce,
@@ -333,37 +242,36 @@ def _train(config: ExperimentConfig, context: distributed.Distributed, torch_dev
         ignore_index=config.loss.ignore_index,
         pixel_counts=train_report["class_pixels"],
         ohem=config.loss.ohem,
-    ).to(torch_device)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ).to(device)
+    config.out_path.mkdir(parents=True, exist_ok=True)
     if context.is_main:
-        _clean_stale_temporaries(out_dir)
+        clean_stale_temporaries(config.out_path)
     if context.enabled and (train_cfg.batch_size % context.world_size or len(train_set) < train_cfg.batch_size):
         raise ConfigError(
             f"{config.source}: field 'train.batch_size' is the global batch: {train_cfg.batch_size} must be a "
             f"multiple of the {context.world_size} processes and at most the {len(train_set)} training samples"
         )
-
     steps_per_epoch = EpochBatchSampler.batches_per_epoch(len(train_set), train_cfg.batch_size)
     total_steps = train_cfg.epochs * steps_per_epoch
     if train_cfg.max_steps is not None:
         total_steps = min(total_steps, train_cfg.max_steps)
-    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    model.to(device)
+    trainer = Trainer(config, context, device, model=model, optimizer=_build_optimizer(config, model),
+                      seg_loss=seg_loss, train_set=train_set, state=TrainState(steps_per_epoch, total_steps))
+    return train_set, val_set, trainer
 
-    model.to(torch_device)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    if train_cfg.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(parameters, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    elif train_cfg.optimizer == "adam":
-        optimizer = torch.optim.Adam(parameters, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(parameters, lr=train_cfg.lr, momentum=train_cfg.momentum,
-                                    weight_decay=train_cfg.weight_decay)
-    use_amp = train_cfg.amp and torch_device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    data_record = {
+def _checkpoint_description(config: ExperimentConfig, preprocessing, train_set, val_set) -> dict:
+    """The Checkpoint fields that stay the same for the whole run (see Checkpointer)."""
+    num_classes = len(train_set.classes)
+    # Rebuilding the model from the checkpoint must not look for ImageNet weights again: the state
+    # dict holds every weight, so the stored options say pretrained=False (the init is recorded apart).
+    options = dict(config.model_kwargs())
+    if "pretrained" in options:
+        options["pretrained"] = False
+    data = {
         "dataset": config.data.dataset,
-        "root": str(root),
+        "root": str(config.data_root),
         "lightings": getattr(train_set, "lightings", None),  # MM5 only: what evaluation reopens
         "groups": train_set.groups,
         "aux_folder": config.data.aux_folder,
@@ -372,230 +280,46 @@ def _train(config: ExperimentConfig, context: distributed.Distributed, torch_dev
         "val_split": config.data.val_split,
         "num_train": len(train_set),
         "num_val": len(val_set),
+        "init": "imagenet" if config.model.pretrained else "scratch",
     }
-    # Rebuilding the model from the checkpoint must not look for ImageNet weights again: the state
-    # dict holds every weight, so the stored options say pretrained=False (the init is recorded apart).
-    stored_options = dict(config.model_kwargs())
-    if "pretrained" in stored_options:
-        stored_options["pretrained"] = False
+    return dict(method=config.model.method, num_classes=num_classes, classes=list(train_set.classes),
+                palette=[list(c) for c in default_palette(num_classes)], preprocessing=preprocessing,
+                options=options, data=data)
 
-    # ---- resume
-    epoch, step_in_epoch, global_step = 0, 0, 0
-    best_miou = float("-inf")
-    history: list[dict] = []
-    latest_metrics: dict = {}
-    last_path = out_dir / LAST
+
+def _last_checkpoint(config: ExperimentConfig, context: distributed.Distributed, last_path: Path,
+                     resume: bool) -> Checkpoint | None:
+    """last.pt to resume from (checked against `config`), or None to start from step 0."""
     context.agree(last_path.is_file(), f"whether {last_path} exists")
-    if resume and last_path.is_file():
-        saved = load_checkpoint(last_path)
-        state = saved.train_state
-        if not state:
-            raise CheckpointError(f"{last_path} has no training state to resume from; pass --no-resume to start over")
-        differences = _config_differences(state.get("config", {}), config.to_dict())
-        if differences:
-            raise ConfigError(
-                f"{last_path} was written by a different configuration ({'; '.join(differences)}); "
-                "use another --out-dir, or --no-resume to start over"
-            )
-        epoch, step_in_epoch, global_step = int(state["epoch"]), int(state["step_in_epoch"]), int(state["global_step"])
-        if global_step >= total_steps:
-            log(f"{config.experiment}: already finished ({global_step} steps) in {out_dir}")
-            return last_path
-        if "optimizer" not in state:
-            raise CheckpointError(
-                f"{last_path} keeps only the final weights (slimmed after a study scored it), so its training "
-                "cannot be extended; pass --no-resume to train again from scratch"
-            )
-        model.load_state_dict(saved.state_dict)
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):  # empty when written by a run without AMP (e.g. on the CPU)
-            scaler.load_state_dict(state["scaler"])
-        per_rank = state.get("rng_per_rank") or [state["rng"]]
-        if len(per_rank) == context.world_size:
-            _set_rng_state(per_rank[context.rank])
-        else:  # another process count: rank 0 goes on exactly, the others keep their fresh streams
-            if context.is_main:
-                _set_rng_state(state["rng"])
-            log(f"note: {last_path} was written by {len(per_rank)} process(es), this run has {context.world_size}; "
-                "the batches are the same but the augmentation of ranks > 0 is not")
-        best_miou = float(state.get("best_miou", float("-inf")))
-        history = list(state.get("history", []))
-        latest_metrics = dict(saved.metrics)
-        log(f"{config.experiment}: resuming from {last_path} at epoch {epoch + 1}, step {step_in_epoch} of "
-            f"{steps_per_epoch} (global step {global_step} of {total_steps})")
-    else:
-        log(f"{config.experiment}: {config.model.method} on {len(train_set)} train / {len(val_set)} val frames "
-            f"({', '.join(train_set.groups)}), {total_steps} steps on {torch_device}, output in {out_dir}")
-    if context.is_main:
-        dump_config(config, out_dir / "config.yaml")
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=global_step if global_step else None)
-    else:
-        writer = _NoWriter()
-
-    def make_checkpoint(rng_states: list | None) -> Checkpoint:
-        """The checkpoint now; with every rank's RNG state (`rng_states`) it can be resumed from."""
-        train_state = None
-        if rng_states is not None:
-            train_state = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": {"kind": train_cfg.lr_schedule, "global_step": global_step, "total_steps": total_steps},
-                "scaler": scaler.state_dict(),
-                "epoch": epoch,
-                "step_in_epoch": step_in_epoch,
-                "global_step": global_step,
-                "total_steps": total_steps,
-                "steps_per_epoch": steps_per_epoch,
-                "finished": global_step >= total_steps,
-                "best_miou": best_miou,
-                "history": history,
-                "rng": rng_states[0],
-                **({"rng_per_rank": rng_states} if context.enabled else {}),
-                "world_size": context.world_size,
-                "sampler": {"scheme": "randperm(SeedSequence([seed, epoch]))", "seed": train_cfg.seed, "epoch": epoch},
-                "config": config.to_dict(),
-            }
-        return Checkpoint(
-            method=config.model.method,
-            num_classes=num_classes,
-            classes=classes,
-            palette=[list(c) for c in default_palette(num_classes)],
-            preprocessing=preprocessing,
-            state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
-            options=stored_options,
-            data=data_record | {"init": "imagenet" if config.model.pretrained else "scratch"},
-            metrics=latest_metrics | {"epoch": epoch, "global_step": global_step, "best_val_miou": best_miou},
-            train_state=train_state,
+    if not (resume and last_path.is_file()):
+        return None
+    saved = load_checkpoint(last_path)
+    if not saved.train_state:
+        raise CheckpointError(f"{last_path} has no training state to resume from; pass --no-resume to start over")
+    differences = _config_differences(saved.train_state.get("config", {}), config.to_dict())
+    if differences:
+        raise ConfigError(
+            f"{last_path} was written by a different configuration ({'; '.join(differences)}); "
+            "use another --out-dir, or --no-resume to start over"
         )
+    return saved
 
-    def save_last(reason: str) -> None:
-        rng_states = context.gather(_rng_state())  # every rank takes part
-        context.copy_buffers_from_main(model)
-        if context.is_main:
-            save_checkpoint(make_checkpoint(rng_states), last_path)
-            writer.flush()
-        context.barrier()  # no rank goes on (or ends) before last.pt is complete
-        log(f"checkpoint {last_path.name}: epoch={epoch} step_in_epoch={step_in_epoch} "
-            f"global_step={global_step} ({reason})")
 
-    loader_kwargs = dict(
-        num_workers=train_cfg.num_workers,
-        pin_memory=torch_device.type == "cuda",
-        worker_init_fn=_seed_worker,
-    )
-    # Every loader gets its own generator: creating an iterator draws a worker base seed from it, and
-    # drawing that from the global RNG would shift the augmentation sequence of a resumed run.
-    val_loader = DataLoader(val_set, batch_size=train_cfg.batch_size,
-                            sampler=range(context.rank, len(val_set), context.world_size),  # this rank's shard
-                            generator=torch.Generator().manual_seed(train_cfg.seed), **loader_kwargs)
-
-    def validate_now() -> None:
-        nonlocal best_miou, latest_metrics
-        if len(val_set) == 0:
-            return
-        context.copy_buffers_from_main(model)
-        metrics = run_validation(model, val_loader, num_classes, torch_device, use_amp, config.loss.ignore_index,
-                                 context)
-        latest_metrics = {"val": metrics_summary(metrics, classes)}
-        history.append({"epoch": epoch, "global_step": global_step, "miou": metrics.miou, "macc": metrics.macc})
-        writer.add_scalar("val/miou", metrics.miou, global_step)
-        writer.add_scalar("val/macc", metrics.macc, global_step)
-        writer.add_scalar("val/pixel_accuracy", metrics.pixel_accuracy, global_step)
-        improved = not math.isnan(metrics.miou) and metrics.miou > best_miou
-        if improved:
-            best_miou = metrics.miou
-            if train_cfg.save_best and context.is_main:
-                save_checkpoint(make_checkpoint(None), out_dir / BEST)
-        log(f"epoch {epoch + 1}/{num_epochs}: val mIoU {100 * metrics.miou:.2f} mAcc {100 * metrics.macc:.2f}"
-            f"{' (best)' if improved else ''}")
-
-    from tqdm import tqdm
-
-    forward = model
-    if context.enabled:  # averages the gradients over the ranks in backward()
-        forward = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[torch_device.index] if torch_device.type == "cuda" else None
+def _continue_from(trainer: Trainer, saved: Checkpoint, last_path: Path, line) -> None:
+    """Load an unfinished run's last.pt into `trainer`."""
+    if "optimizer" not in saved.train_state:
+        raise CheckpointError(
+            f"{last_path} keeps only the final weights (slimmed after a study scored it), so its training "
+            "cannot be extended; pass --no-resume to train again from scratch"
         )
-    model.train()
-    started = time.monotonic()
-    while global_step < total_steps:
-        sampler = EpochBatchSampler(len(train_set), train_cfg.batch_size, train_cfg.seed, epoch, step_in_epoch,
-                                    rank=context.rank, world_size=context.world_size)
-        worker_seed = int(np.random.SeedSequence([train_cfg.seed, epoch, 1 + context.rank]).generate_state(1)[0])
-        loader = DataLoader(train_set, batch_sampler=sampler, generator=torch.Generator().manual_seed(worker_seed),
-                            **loader_kwargs)
-        bar = tqdm(
-            total=min(steps_per_epoch, step_in_epoch + total_steps - global_step),
-            initial=step_in_epoch,
-            desc=f"{config.experiment} epoch {epoch + 1}/{num_epochs}",
-            disable=not progress,
-            dynamic_ncols=True,
-            leave=False,
-        )
-        loss_sum, loss_count = 0.0, 0
-        for batch in loader:
-            batch = _to_device(batch, torch_device)
-            lr = learning_rate(global_step, total_steps, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(torch_device.type, dtype=torch.float16, enabled=use_amp):
-                output = forward(batch["rgb"], batch["aux"])
-                loss, parts = model.compute_loss(output, batch, seg_loss)
-            # Under AMP an inf/NaN step is normal: GradScaler skips it and lowers its scale.
-            if not use_amp and not torch.isfinite(loss.detach()):
-                raise FloatingPointError(
-                    f"{config.experiment}: the loss became {float(loss)} at step {global_step}; "
-                    "lower train.lr or check the data"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if train_cfg.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(parameters, train_cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            global_step += 1
-            step_in_epoch += 1
-            loss_value = float(loss.detach())
-            loss_sum += loss_value
-            loss_count += 1
-            writer.add_scalar("train/loss", loss_value, global_step)
-            for name, value in parts.items():
-                writer.add_scalar(f"train/{name}", value, global_step)
-            writer.add_scalar("train/lr", lr, global_step)
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-            bar.update(1)
-            if global_step >= total_steps:
-                break
-            if (
-                train_cfg.checkpoint_every_steps
-                and global_step % train_cfg.checkpoint_every_steps == 0
-                and step_in_epoch < steps_per_epoch
-            ):
-                save_last("periodic")
-        bar.close()
-        epoch_done = step_in_epoch >= steps_per_epoch
-        finished = global_step >= total_steps
-        if context.enabled:  # the epoch's mean over every rank's steps
-            sums = context.all_reduce_sum(torch.tensor([loss_sum, loss_count], dtype=torch.float64))
-            loss_sum, loss_count = sums.tolist()
-        if loss_count:
-            log(f"epoch {epoch + 1}/{num_epochs}: step {global_step}/{total_steps}, "
-                f"mean train loss {loss_sum / loss_count:.4f}")
-        if finished or (epoch_done and (epoch + 1) % train_cfg.val_every == 0):
-            validate_now()
-        if epoch_done:
-            epoch += 1
-            step_in_epoch = 0
-        if finished or epoch % train_cfg.checkpoint_every_epochs == 0:
-            save_last("finished" if finished else "epoch end")
-
-    writer.close()
-    elapsed = time.monotonic() - started
-    best = f"; best val mIoU {100 * best_miou:.2f}" if best_miou > float("-inf") else ""
-    log(f"{config.experiment}: finished {global_step} steps in {elapsed:.1f} s{best}")
-    return last_path
+    context, state = trainer.context, trainer.state
+    written_by = trainer.load_state_dict(saved.train_state, saved.state_dict)
+    if written_by != context.world_size:
+        line(f"note: {last_path} was written by {written_by} process(es), this run has {context.world_size}; "
+             "the batches are the same but the augmentation of ranks > 0 is not")
+    state.latest_metrics = dict(saved.metrics)
+    line(f"{trainer.config.experiment}: resuming from {last_path} at epoch {state.epoch + 1}, step "
+         f"{state.step_in_epoch} of {state.steps_per_epoch} (global step {state.global_step} of {state.total_steps})")
 
 
 # ----------------------------------------------------------------------------------------------------
