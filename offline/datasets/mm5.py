@@ -40,7 +40,8 @@ from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 
 from .augment import Augmentation
 from .base import (
-    FrameDataset, OpenOptions, Sample, check_root, checked_entries, clean_stem, read_csv_list, read_text_list, require_folders,
+    FrameDataset, OpenOptions, Sample, check_root, checked_entries, clean_stem, read_csv_list, read_text_list,
+    require_folders,
 )  # fmt: skip
 from .imageio import DatasetError, celsius_from_t16, depth_from_mm, raw8, raw8_with_holes, read_single
 from .registry import register_layout
