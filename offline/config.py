@@ -4,63 +4,30 @@ A file may start from another with `base: other.yaml` (a path relative to the fi
 section by section (mappings merge key by key, everything else, lists included, is replaced). Command-line
 overrides (`--set train.epochs=2`) are applied after the merge and before validation, so a typo there is
 reported like a typo in the file. `${experiment}` (or any `${section.field}`) in a string is replaced by
-that field's value.
+that field's value. Relative `data.root` and `out_dir` are resolved against the current directory (not the
+YAML file), so the same config works from the repository root with `--data-root` / `--out-dir`.
 
-Sections and their fields (defaults = the MM5 study's published recipe):
+Every field is declared once, in `CONFIG` below: its default (the MM5 study's published recipe), its
+validator and its meaning, and whether it may change when a run resumes. The typed sections
+(`ExperimentConfig`), the defaults, the resumable fields (`RESUMABLE_FIELDS`) and the table of fields in
+docs/training.md derive from it:
 
-    experiment: name                      # used for out_dir and in the checkpoint
-    model:  method, pretrained, options    # options go to build_model(method, num_classes, **options)
-    data:   dataset, root, lightings, aux_folder, label_folder, train_split, val_split,
-            input_size, num_classes, aux_range, fmb_classes, augmentation, rgb_mean, rgb_std
-            (see "The data section" below)
-    train:  epochs, batch_size, optimizer, lr, momentum, weight_decay, lr_schedule, poly_power,
-            warmup_steps, min_lr_ratio, amp, num_workers, seed, max_steps, val_every, augment,
-            checkpoint_every_steps, checkpoint_every_epochs, save_best, grad_clip
-            (batch_size is the global batch under torchrun: offline/distributed.py)
-    loss:   ce, dice, class_weights (null | [w0, ...] | log_frequency),
-            ohem (null | {threshold, min_kept_fraction}), ignore_index
-    study:  methods, lightings, checkpoint, generate, slim_checkpoints   # only read by `study`
-    out_dir: where checkpoints and logs go
+    python -m rgbd_fusion_seg.offline.config --table                       # print the table
+    python -m rgbd_fusion_seg.offline.config --update-docs docs/training.md  # rewrite it between the markers
 
-The data section (one loader per `dataset`: offline/datasets/catalog.py):
-
-    dataset       mm5 | mfnet | pst900 | fmb | folder
-    aux_folder    which auxiliary image feeds the model, named as the layout names it (null or absent:
-                  the dataset's default, the first choice listed):
-                    mm5     D_FocusN | D_Focus | D | D16 | D_16 | T8 | T16   (the MM5 folder)
-                    mfnet   thermal                  (the 4th channel of images/<name>.png)
-                    pst900  thermal | thermal_raw | depth   (the folder in train/ and test/)
-                    fmb     Infrared
-                    folder  auto | depth | thermal   (auto: the modality dataset.yaml names)
-    label_folder  mm5: the label folder (ANNO_CLASS); the other layouts fix theirs (null = that one)
-    lightings     mm5 only: RGB1..RGB8 or "all"
-    train_split, val_split   mm5: list_*_f.txt / *_dataset.csv / a list of stems; mfnet: train | val | test |
-                  test_day | test_night; pst900 and fmb: train | test (the folder); folder: <split>.txt;
-                  mfnet and folder also take a list of names
-    num_classes   null = the dataset's class list; mfnet 9, pst900 5, fmb 15 or 14 (see fmb_classes)
-    fmb_classes   15: "unlabeled" is class 0 and counted; 14: unlabeled -> ignore (255), ids shift down by 1
-    aux_range     [low, high] in the aux image's unit replacing the loader's default normalisation range
-    rgb_mean, rgb_std   colour normalisation (ImageNet by default; [0,0,0] / [1,1,1] feeds inputs in [0, 1])
-    augmentation  used when train.augment is true, in this order:
-                    rotate         degrees: a random rotation in [-rotate, rotate] (0 = off)
-                    hflip          a horizontal flip with probability 0.5
-                    scale          [low, high]: random zoom factor (1.25 = objects 25 % larger)
-                    crop           [h, w] output crop (null = the frame's own size), cut at a random place,
-                                   padded with "no reading" / ignore where the zoomed frame is smaller
-                    colour_jitter  j: brightness, contrast and saturation each scaled by U(1-j, 1+j) (0 = off)
-                  The default ({hflip: true, scale: [1.0, 1.25], crop: null, rotate: 0, colour_jitter: 0})
-                  is the MM5 study's zoom-and-flip.
-
-Relative `data.root` and `out_dir` are resolved against the current directory (not the YAML file), so
-the same config works from the repository root with `--data-root` / `--out-dir` overriding them.
+Checks that relate several fields (the aux choice of the chosen dataset, class weights against the class
+count, ...) are in `_check_consistency`.
 """
 from __future__ import annotations
 
+import argparse
 import copy
+import inspect
+import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -69,136 +36,11 @@ import yaml
 from rgbd_fusion_seg.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 from .datasets.mm5 import MM5_LIGHTINGS  # noqa: F401 (study.py and the tests import it from here)
-
-OPTIMIZERS = ("adamw", "adam", "sgd")
-LR_SCHEDULES = ("cosine", "constant", "poly")
-
-
-# The MM5 study's augmentation (random horizontal flip, random zoom up to 1.25); see offline/datasets/augment.py
-DEFAULT_AUGMENTATION = {"hflip": True, "scale": [1.0, 1.25], "crop": None, "rotate": 0.0, "colour_jitter": 0.0}
-
-DEFAULT_EXPERIMENT = "experiment"
-DEFAULT_OUT_DIR = "runs/${experiment}"
+from .datasets.synth import generate_mm5
 
 
 class ConfigError(ValueError):
     """A configuration file or override that cannot be used; the message names the file and the field."""
-
-
-# ----------------------------------------------------------------------------------------------------
-# Typed view of a validated configuration
-
-
-@dataclass
-class ModelConfig:
-    method: str = "rgb"
-    pretrained: bool = False
-    options: dict = field(default_factory=dict)
-
-
-@dataclass
-class DataConfig:
-    dataset: str = "mm5"
-    root: str = "data/MM5_SEG"
-    lightings: list[str] | str = field(default_factory=lambda: ["RGB3"])
-    aux_folder: str | None = None  # null: the dataset's default (mm5: D_FocusN), filled in by validate()
-    label_folder: str | None = None  # null: the layout's label folder (mm5: ANNO_CLASS)
-    train_split: str | list[str] = "train_dataset.csv"
-    val_split: str | list[str] = "eval_dataset.csv"
-    input_size: list[int] | None = field(default_factory=lambda: [224, 224])
-    num_classes: int | None = 32
-    aux_range: list[float] | None = None
-    fmb_classes: int = 15
-    augmentation: dict = field(default_factory=lambda: dict(DEFAULT_AUGMENTATION))
-    rgb_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    rgb_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 300
-    batch_size: int = 32
-    optimizer: str = "adamw"
-    lr: float = 1.0e-3
-    momentum: float = 0.9  # SGD only (RSFNet: SGD, lr 0.01, momentum 0.9, weight decay 5e-4, poly 0.9)
-    weight_decay: float = 1.0e-2
-    # The MM5 study does not say which schedule it used. Cosine decay per step from lr to
-    # lr * min_lr_ratio over the whole run (after an optional linear warm-up) is the default here:
-    # it is the common choice for AdamW on segmentation and does not need tuning of decay epochs.
-    lr_schedule: str = "cosine"
-    poly_power: float = 0.9  # `poly`: lr * (1 - progress) ** poly_power after the warm-up (RSFNet, DeepLab)
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-    amp: bool = True
-    num_workers: int = 2
-    seed: int = 0
-    max_steps: int | None = None
-    val_every: int = 1
-    augment: bool = True
-    checkpoint_every_steps: int | None = 200
-    checkpoint_every_epochs: int = 1
-    save_best: bool = True
-    grad_clip: float | None = None
-
-
-@dataclass
-class LossConfig:
-    ce: float = 1.0
-    dice: float = 1.0
-    # null, one weight per class, or "log_frequency": w_c = 1 / ln(1.05 + p_c) from the training labels
-    # (RSFNet); the class pixel counts come from the dataset's full validation, cached per dataset.
-    class_weights: list[float] | str | None = None
-    # null, or {threshold: 0.7, min_kept_fraction: 0.0625}: OHEM cross-entropy (SARTM; see models/losses.py)
-    ohem: dict | None = None
-    ignore_index: int = 255
-
-
-@dataclass
-class StudyConfig:
-    methods: list[str] | None = None  # None = every registered method
-    lightings: list[str] | None = None  # None = RGB1..RGB8
-    checkpoint: str = "last"  # which checkpoint of each run is evaluated: "last" or "best" (by val mIoU)
-    generate: dict | None = None  # {num_frames, seed, height, width, val_fraction}: synthesise data if missing
-    slim_checkpoints: bool = True  # drop optimiser/RNG state from a run's last.pt once it is scored
-
-
-@dataclass
-class ExperimentConfig:
-    experiment: str = DEFAULT_EXPERIMENT
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    study: StudyConfig = field(default_factory=StudyConfig)
-    out_dir: str = DEFAULT_OUT_DIR
-    source: str | None = None  # the YAML file it came from (for messages); not part of the schema
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data.pop("source")
-        return data
-
-    @property
-    def data_root(self) -> Path:
-        return resolve_path(self.data.root)
-
-    @property
-    def out_path(self) -> Path:
-        return resolve_path(self.out_dir)
-
-    def model_kwargs(self) -> dict:
-        """Keyword options for build_model: the method's options plus `pretrained` where it takes one."""
-        from rgbd_fusion_seg.models import method_options
-
-        kwargs = dict(self.model.options)
-        if "pretrained" in method_options(self.model.method):
-            kwargs["pretrained"] = self.model.pretrained
-        return kwargs
-
-
-def resolve_path(value: str | os.PathLike) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else Path.cwd() / path
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -228,7 +70,8 @@ def _int(minimum: int | None = None, optional: bool = False) -> Validator:
     return check
 
 
-def _float(minimum: float | None = None, optional: bool = False, exclusive: bool = False) -> Validator:
+def _float(minimum: float | None = None, optional: bool = False, exclusive: bool = False,
+           below: float | None = None, at_most: float | None = None) -> Validator:
     def check(value, where):
         if value is None and optional:
             return None
@@ -242,6 +85,10 @@ def _float(minimum: float | None = None, optional: bool = False, exclusive: bool
         value = float(value)
         if minimum is not None and (value <= minimum if exclusive else value < minimum):
             _fail(where, f"must be {'greater than' if exclusive else 'at least'} {minimum}, got {value}")
+        if below is not None and value >= below:
+            _fail(where, f"must be below {below:g}, got {value}")
+        if at_most is not None and value > at_most:
+            _fail(where, f"must be at most {at_most:g}, got {value}")
         return value
 
     return check
@@ -257,6 +104,10 @@ def _str(value, where):
     if not isinstance(value, str) or not value.strip():
         _fail(where, f"expected a non-empty string, got {_describe(value)}")
     return value
+
+
+def _optional_str(value, where):
+    return None if value is None else _str(value, where)
 
 
 def _choice(choices) -> Validator:
@@ -287,6 +138,10 @@ def _str_list(value, where, allow_all: bool = False):
     if len(set(value)) != len(value):
         _fail(where, f"lists a name twice: {value}")
     return list(value)
+
+
+def _optional_str_list(value, where):
+    return None if value is None else _str_list(value, where)
 
 
 def _lightings(value, where):
@@ -322,16 +177,6 @@ def _aux_range(value, where):
     return [low, high]
 
 
-def _dataset(value, where):
-    from .datasets.registry import layout_names  # every layout module registers itself there
-
-    return _choice(layout_names())(value, where)
-
-
-def _optional_str(value, where):
-    return None if value is None else _str(value, where)
-
-
 def _rgb_triple(positive: bool) -> Validator:
     def check(value, where):
         if not isinstance(value, list) or len(value) != 3:
@@ -364,35 +209,6 @@ def _jitter(value, where):
     return strength
 
 
-AUGMENTATION_FIELDS = {
-    "hflip": _bool,
-    "scale": _scale_range,
-    "crop": _input_size,
-    "rotate": _degrees,
-    "colour_jitter": _jitter,
-}
-
-
-def _augmentation(value, where):
-    value = _mapping(value, where)
-    unknown = sorted(set(value) - set(AUGMENTATION_FIELDS))
-    if unknown:
-        _fail(where, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(AUGMENTATION_FIELDS)}")
-    checked = {key: AUGMENTATION_FIELDS[key](v, f"{where}.{key}") for key, v in value.items()}
-    return DEFAULT_AUGMENTATION | checked
-
-
-def _check_data(config: "ExperimentConfig") -> None:
-    """The data fields that depend on each other: the aux choice and class count of the chosen dataset.
-    Fills aux_folder / label_folder left null with the dataset's defaults."""
-    from .datasets.catalog import check_data_config
-
-    try:
-        check_data_config(config.data)
-    except ValueError as error:
-        raise ConfigError(f"{config.source}: {error}") from None
-
-
 def _class_weights(value, where):
     if value is None or value == "log_frequency":
         return value
@@ -401,20 +217,10 @@ def _class_weights(value, where):
     _fail(where, f'expected null, "log_frequency" or a list of per-class weights, got {_describe(value)}')
 
 
-OHEM_DEFAULTS = {"threshold": 0.7, "min_kept_fraction": 1.0 / 16}
+def _dataset(value, where):
+    from .datasets.registry import layout_names  # every layout module registers itself there
 
-
-def _ohem(value, where):
-    if value is None:
-        return None
-    value = _mapping(value, where)
-    unknown = sorted(set(value) - set(OHEM_DEFAULTS))
-    if unknown:
-        _fail(where, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(OHEM_DEFAULTS)}")
-    checked = OHEM_DEFAULTS | {key: _float(minimum=0.0)(v, f"{where}.{key}") for key, v in value.items()}
-    if not 0 < checked["threshold"] <= 1 or checked["min_kept_fraction"] > 1:
-        _fail(where, f"threshold must lie in (0, 1] and min_kept_fraction in [0, 1], got {checked}")
-    return checked
+    return _choice(layout_names())(value, where)
 
 
 def _method(value, where):
@@ -435,86 +241,307 @@ def _methods(value, where):
     return names
 
 
-def _optional_str_list(value, where):
-    return None if value is None else _str_list(value, where)
+def _ohem_bounds(checked: dict, where: str) -> dict:
+    if not 0 < checked["threshold"] <= 1 or checked["min_kept_fraction"] > 1:
+        _fail(where, f"threshold must lie in (0, 1] and min_kept_fraction in [0, 1], got {checked}")
+    return checked
 
 
-GENERATE_FIELDS = {
-    "num_frames": _int(minimum=2),
-    "seed": _int(),
-    "height": _int(minimum=8),
-    "width": _int(minimum=8),
-    "val_fraction": _float(minimum=0.0),
+# ----------------------------------------------------------------------------------------------------
+# The declaration of every field
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config field: everything about it is said here and nowhere else."""
+
+    default: Any  # deep-copied into each config; for a mapping of sub-fields, see `_sub_fields`
+    check: Validator
+    doc: str
+    resumable: bool = False  # may change between a run and its resumption: it does not change what was trained
+
+
+@dataclass(frozen=True)
+class Section:
+    doc: str
+    fields: dict[str, Field]
+
+
+def _defaults(fields: dict[str, Field]) -> dict:
+    return {key: copy.deepcopy(item.default) for key, item in fields.items()}
+
+
+def _sub_fields(fields: dict[str, Field], *, optional: bool, defaults: bool, then=None) -> Validator:
+    """A mapping of named sub-fields (null allowed when `optional`); with `defaults`, unset sub-fields
+    take theirs. `then(checked, where)` checks the sub-fields together."""
+
+    def check(value, where):
+        if value is None and optional:
+            return None
+        value = _mapping(value, where)
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            _fail(where, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+        checked = {key: fields[key].check(v, f"{where}.{key}") for key, v in value.items()}
+        if defaults:
+            checked = _defaults(fields) | checked
+        return then(checked, where) if then else checked
+
+    check.sub_fields = fields  # for the docs table
+    return check
+
+
+AUGMENTATION = {  # data.augmentation (datasets/augment.py)
+    "hflip": Field(True, _bool, "a horizontal flip with probability 0.5"),
+    "scale": Field([1.0, 1.25], _scale_range, "[low, high]: random zoom factor (1.25 = objects 25 % larger)"),
+    "crop": Field(None, _input_size, "[h, w] output crop (null = the frame's own size), cut at a random place, "
+                                      "padded with 'no reading' / ignore where the zoomed frame is smaller"),
+    "rotate": Field(0.0, _degrees, "degrees: a random rotation in [-rotate, rotate] (0 = off)"),
+    "colour_jitter": Field(0.0, _jitter, "j: brightness, contrast and saturation each scaled by U(1-j, 1+j) (0 = off)"),
+}
+OHEM = {  # loss.ohem (models/losses.py)
+    "threshold": Field(0.7, _float(minimum=0.0), "pixels whose true-class probability is below it are hard"),
+    "min_kept_fraction": Field(1.0 / 16, _float(minimum=0.0), "at least this share of the pixels is kept"),
+}
+_GENERATOR = inspect.signature(generate_mm5).parameters
+GENERATE = {  # study.generate: synth.generate_mm5's arguments; an unset one keeps the generator's default
+    "num_frames": Field(_GENERATOR["num_frames"].default, _int(minimum=2), "frames to generate"),
+    "seed": Field(_GENERATOR["seed"].default, _int(), "the generator's seed"),
+    "height": Field(_GENERATOR["height"].default, _int(minimum=8), "image height"),
+    "width": Field(_GENERATOR["width"].default, _int(minimum=8), "image width"),
+    "val_fraction": Field(_GENERATOR["val_fraction"].default, _float(minimum=0.0), "share of the frames in the "
+                                                                                   "validation list"),
+}
+
+CONFIG: dict[str, Field | Section] = {
+    "experiment": Field("experiment", _str, "the run's name: in out_dir's default and in the checkpoint",
+                        resumable=True),
+    "model": Section("which network is trained", {
+        "method": Field("rgb", _method, "fusion method, a name of the model registry (docs/methods.md)"),
+        "pretrained": Field(False, _bool, "start the encoder from ImageNet weights (methods that have them)"),
+        "options": Field({}, _mapping, "the method's keyword options: build_model(method, num_classes, **options)"),
+    }),
+    "data": Section("the data set and how its frames become network inputs (offline/datasets/)", {
+        "dataset": Field("mm5", _dataset, "the layout, a name of the dataset registry (docs/datasets.md)"),
+        "root": Field("data/MM5_SEG", _str, "the data set folder; --data-root overrides it", resumable=True),
+        "lightings": Field(["RGB3"], _lightings, 'mm5 only: the lighting folders RGB1..RGB8 trained on, or "all"'),
+        "aux_folder": Field(None, _optional_str, "the auxiliary image fed to the model, named as the layout names "
+                                                 "it (mm5: D_FocusN, D16, T16, ...); null: the layout's default"),
+        "label_folder": Field(None, _optional_str, "mm5: the label folder (null: ANNO_CLASS); the other layouts fix "
+                                                   "theirs (leave it null)"),
+        "train_split": Field("train_dataset.csv", _split, "mm5: list_*_f.txt, *_dataset.csv or a list of stems; "
+                             "mfnet: train, val, test, test_day or test_night; pst900 and fmb: train or test (the "
+                             "folder); folder: <split>.txt; mfnet and folder also take a list of names"),
+        "val_split": Field("eval_dataset.csv", _split, "the validation split, in train_split's forms"),
+        "input_size": Field([224, 224], _input_size, "[height, width] the network sees; null: each frame's own size"),
+        "num_classes": Field(32, _int(minimum=2, optional=True), "null: the layout's class list; mfnet 9, pst900 5, "
+                                                                 "fmb 15 or 14 (see fmb_classes)"),
+        "aux_range": Field(None, _aux_range, "[low, high] in the aux image's unit, mapped to [0, 1] instead of the "
+                                             "layout's default range"),
+        "fmb_classes": Field(15, _choice((14, 15)), 'fmb only: 15 counts "unlabeled" as class 0; 14 makes it '
+                                                    "ignore (255) and shifts the ids down by 1"),
+        "augmentation": Field(_defaults(AUGMENTATION), _sub_fields(AUGMENTATION, optional=False, defaults=True),
+                              "used when train.augment is true; the default is the MM5 study's zoom-and-flip"),
+        "rgb_mean": Field(list(IMAGENET_MEAN), _rgb_triple(positive=False),
+                          "colour normalisation mean (ImageNet's; [0, 0, 0] with std [1, 1, 1] feeds [0, 1])"),
+        "rgb_std": Field(list(IMAGENET_STD), _rgb_triple(positive=True), "colour normalisation standard deviation"),
+    }),
+    "train": Section("the optimisation (offline/train.py)", {
+        "epochs": Field(300, _int(minimum=1), "passes over the training split", resumable=True),
+        "batch_size": Field(32, _int(minimum=1), "frames per step; under torchrun the global batch, split between "
+                                                 "the ranks (offline/distributed.py)"),
+        "optimizer": Field("adamw", _choice(("adamw", "adam", "sgd")), "adamw, adam or sgd"),
+        "lr": Field(1.0e-3, _float(minimum=0.0, exclusive=True), "the learning rate after the warm-up"),
+        "momentum": Field(0.9, _float(minimum=0.0, below=1.0), "sgd only (RSFNet: sgd, lr 0.01, momentum 0.9, "
+                                                               "weight_decay 5e-4, poly 0.9)"),
+        "weight_decay": Field(1.0e-2, _float(minimum=0.0), "the optimiser's weight decay"),
+        # The MM5 study does not say which schedule it used; cosine is the common choice for AdamW on
+        # segmentation and needs no tuning of decay epochs.
+        "lr_schedule": Field("cosine", _choice(("cosine", "constant", "poly")), "cosine: per step from lr to "
+                             "lr * min_lr_ratio over the run; poly: lr * (1 - progress) ** poly_power; constant"),
+        "poly_power": Field(0.9, _float(minimum=0.0, exclusive=True), "poly's power (RSFNet, DeepLab)"),
+        "warmup_steps": Field(0, _int(minimum=0), "steps of linear warm-up to lr before the schedule"),
+        "min_lr_ratio": Field(0.0, _float(minimum=0.0, at_most=1.0), "cosine ends at lr * min_lr_ratio"),
+        "amp": Field(True, _bool, "mixed precision (fp16 autocast) on CUDA; the CPU trains in fp32"),
+        "num_workers": Field(2, _int(minimum=0), "data loader worker processes", resumable=True),
+        "seed": Field(0, _int(minimum=0), "seeds the initial weights, each epoch's order and the augmentation"),
+        "max_steps": Field(None, _int(minimum=1, optional=True), "stop after this many steps (null: every epoch)",
+                           resumable=True),
+        "val_every": Field(1, _int(minimum=1), "validate every n-th epoch", resumable=True),
+        "augment": Field(True, _bool, "augment the training frames with data.augmentation"),
+        "checkpoint_every_steps": Field(200, _int(minimum=1, optional=True), "write last.pt every n steps (null: "
+                                        "only at epoch ends)", resumable=True),
+        "checkpoint_every_epochs": Field(1, _int(minimum=1), "write last.pt at the end of every n-th epoch",
+                                         resumable=True),
+        "save_best": Field(True, _bool, "write best.pt whenever the validation mIoU improves", resumable=True),
+        "grad_clip": Field(None, _float(minimum=0.0, optional=True, exclusive=True), "clip the gradient norm to "
+                                                                                     "this (null: no clipping)"),
+    }),
+    "loss": Section("what is minimised (models/losses.py)", {
+        "ce": Field(1.0, _float(minimum=0.0), "weight of the cross-entropy"),
+        "dice": Field(1.0, _float(minimum=0.0), "weight of the Dice loss"),
+        "class_weights": Field(None, _class_weights, 'null, one weight per class, or "log_frequency": w_c = '
+                               "1 / ln(1.05 + p_c) from the training labels' class frequencies (RSFNet)"),
+        "ohem": Field(None, _sub_fields(OHEM, optional=True, defaults=True, then=_ohem_bounds),
+                      "null, or a mapping: OHEM cross-entropy over the hard pixels (SARTM)"),
+        "ignore_index": Field(255, _int(), "the label id no loss or metric counts"),
+    }),
+    "study": Section("only read by `rgbd-fusion-seg study` (offline/study.py)", {
+        "methods": Field(None, _methods, "the methods trained (null: every registered one)", resumable=True),
+        "lightings": Field(None, _optional_str_list, "the lightings trained on (null: RGB1..RGB8)", resumable=True),
+        "checkpoint": Field("last", _choice(("last", "best")), "which checkpoint of each run is scored: last, or "
+                                                               "best (by validation mIoU)", resumable=True),
+        "generate": Field(None, _sub_fields(GENERATE, optional=True, defaults=False), "null, or a mapping: "
+                          "generate MM5-layout data at data.root when it is missing", resumable=True),
+        "slim_checkpoints": Field(True, _bool, "drop the optimiser and RNG state from a run's last.pt once it is "
+                                               "scored", resumable=True),
+    }),
+    "out_dir": Field("runs/${experiment}", _str, "where checkpoints and logs go; --out-dir overrides it",
+                     resumable=True),
 }
 
 
-def _generate(value, where):
-    if value is None:
-        return None
-    value = _mapping(value, where)
-    unknown = sorted(set(value) - set(GENERATE_FIELDS))
-    if unknown:
-        _fail(where, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(GENERATE_FIELDS)}")
-    return {key: GENERATE_FIELDS[key](v, f"{where}.{key}") for key, v in value.items()}
+# ----------------------------------------------------------------------------------------------------
+# What derives from the declaration: the typed sections, the defaults, the resumable fields
 
 
-SCHEMA: dict[str, dict[str, Validator]] = {
-    "model": {"method": _method, "pretrained": _bool, "options": _mapping},
-    "data": {
-        "dataset": _dataset,
-        "root": _str,
-        "lightings": _lightings,
-        "aux_folder": _optional_str,
-        "label_folder": _optional_str,
-        "train_split": _split,
-        "val_split": _split,
-        "input_size": _input_size,
-        "num_classes": _int(minimum=2, optional=True),
-        "aux_range": _aux_range,
-        "fmb_classes": _choice((14, 15)),
-        "augmentation": _augmentation,
-        "rgb_mean": _rgb_triple(positive=False),
-        "rgb_std": _rgb_triple(positive=True),
-    },
-    "train": {
-        "epochs": _int(minimum=1),
-        "batch_size": _int(minimum=1),
-        "optimizer": _choice(OPTIMIZERS),
-        "lr": _float(minimum=0.0, exclusive=True),
-        "momentum": _float(minimum=0.0),
-        "weight_decay": _float(minimum=0.0),
-        "lr_schedule": _choice(LR_SCHEDULES),
-        "poly_power": _float(minimum=0.0, exclusive=True),
-        "warmup_steps": _int(minimum=0),
-        "min_lr_ratio": _float(minimum=0.0),
-        "amp": _bool,
-        "num_workers": _int(minimum=0),
-        "seed": _int(minimum=0),
-        "max_steps": _int(minimum=1, optional=True),
-        "val_every": _int(minimum=1),
-        "augment": _bool,
-        "checkpoint_every_steps": _int(minimum=1, optional=True),
-        "checkpoint_every_epochs": _int(minimum=1),
-        "save_best": _bool,
-        "grad_clip": _float(minimum=0.0, optional=True, exclusive=True),
-    },
-    "loss": {
-        "ce": _float(minimum=0.0),
-        "dice": _float(minimum=0.0),
-        "class_weights": _class_weights,
-        "ohem": _ohem,
-        "ignore_index": _int(),
-    },
-    "study": {
-        "methods": _methods,
-        "lightings": _optional_str_list,
-        "checkpoint": _choice(("last", "best")),
-        "generate": _generate,
-        "slim_checkpoints": _bool,
-    },
-}
-SCALARS: dict[str, Validator] = {"experiment": _str, "out_dir": _str}
-SECTION_TYPES = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "loss": LossConfig, "study": StudyConfig}
+SECTIONS = {name: item for name, item in CONFIG.items() if isinstance(item, Section)}
+SCALARS = {name: item for name, item in CONFIG.items() if isinstance(item, Field)}
+DEFAULT_AUGMENTATION = _defaults(AUGMENTATION)  # the loaders' default (test_datasets_rgbt checks they agree)
+
+
+def _resumable_fields() -> frozenset[str]:
+    """Fields that may change between a run and its resumption: a section's name when all of it may."""
+    names = {name for name, item in SCALARS.items() if item.resumable}
+    for name, section in SECTIONS.items():
+        resumable = [key for key, item in section.fields.items() if item.resumable]
+        names |= {name} if len(resumable) == len(section.fields) else {f"{name}.{key}" for key in resumable}
+    return frozenset(names)
+
+
+RESUMABLE_FIELDS = _resumable_fields()
+
+
+def _default_of(item: Field):
+    return field(default_factory=lambda: copy.deepcopy(item.default))
+
+
+def _section_type(name: str, section: Section) -> type:
+    fields = [(key, Any, _default_of(item)) for key, item in section.fields.items()]
+    cls = make_dataclass(f"{name.capitalize()}Config", fields)
+    cls.__module__ = __name__  # so that pickle finds it
+    cls.__doc__ = f"The validated `{name}` section: {section.doc}."
+    return cls
+
+
+SECTION_TYPES = {name: _section_type(name, section) for name, section in SECTIONS.items()}
+globals().update({cls.__name__: cls for cls in SECTION_TYPES.values()})  # ModelConfig, DataConfig, ... by name
+
+
+class _ExperimentMethods:
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("source")
+        return data
+
+    @property
+    def data_root(self) -> Path:
+        return resolve_path(self.data.root)
+
+    @property
+    def out_path(self) -> Path:
+        return resolve_path(self.out_dir)
+
+    def model_kwargs(self) -> dict:
+        """Keyword options for build_model: the method's options plus `pretrained` where it takes one."""
+        from rgbd_fusion_seg.models import method_options
+
+        kwargs = dict(self.model.options)
+        if "pretrained" in method_options(self.model.method):
+            kwargs["pretrained"] = self.model.pretrained
+        return kwargs
+
+
+def _experiment_type() -> type:
+    fields = [(name, Any, field(default_factory=SECTION_TYPES[name]) if name in SECTION_TYPES else _default_of(item))
+              for name, item in CONFIG.items()]
+    # the YAML file it came from (for messages); not part of the schema
+    fields.append(("source", "str | None", field(default=None)))
+    cls = make_dataclass("ExperimentConfig", fields, bases=(_ExperimentMethods,))
+    cls.__module__ = __name__
+    cls.__doc__ = "A validated experiment config: one attribute per section and top-level field of CONFIG."
+    return cls
+
+
+ExperimentConfig = _experiment_type()
+
+
+def resolve_path(value: str | os.PathLike) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else Path.cwd() / path
+
+
+# ----------------------------------------------------------------------------------------------------
+# The table of fields in docs/training.md
+
+DOCS_MARKERS = ("<!-- config:fields -->", "<!-- /config:fields -->")
+
+
+_MARKDOWN_ESCAPES = str.maketrans({"|": "\\|", "*": "\\*", "<": "&lt;", ">": "&gt;"})
+
+
+def _cell(text: str) -> str:
+    return text.translate(_MARKDOWN_ESCAPES)
+
+
+def _field_rows(dotted: str, item: Field) -> list[str]:
+    sub_fields = getattr(item.check, "sub_fields", None)
+    default = "the fields below" if sub_fields and item.default is not None else f"`{json.dumps(item.default)}`"
+    rows = [f"| `{dotted}` | {_cell(default)} | {'yes' if item.resumable else ''} | {_cell(item.doc)} |"]
+    for key, sub in (sub_fields or {}).items():
+        rows += _field_rows(f"{dotted}.{key}", sub)
+    return rows
+
+
+def fields_table() -> str:
+    """Every field as a markdown table: name, default, whether it may change on resume, meaning."""
+    rows = ["| field | default | may change on resume | meaning |", "| --- | --- | --- | --- |"]
+    for name, item in CONFIG.items():
+        if isinstance(item, Field):
+            rows += _field_rows(name, item)
+            continue
+        rows.append(f"| **{name}** | | | {_cell(item.doc)} |")
+        for key, sub in item.fields.items():
+            rows += _field_rows(f"{name}.{key}", sub)
+    return "\n".join(rows) + "\n"
+
+
+def docs_with_table(text: str, where: str) -> str:
+    """`text` (docs/training.md) with the region between DOCS_MARKERS replaced by `fields_table()`."""
+    start, end = DOCS_MARKERS
+    if start not in text or end not in text or text.index(start) > text.index(end):
+        raise ConfigError(f"{where} lacks the markers {start} ... {end} around the table of config fields")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{fields_table()}{end}{tail}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="the table of experiment config fields, from CONFIG")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--table", action="store_true", help="print the markdown table")
+    group.add_argument("--update-docs", metavar="MD", help="rewrite the table between the markers in MD")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(fields_table(), end="")
+        return 0
+    path = Path(args.update_docs)
+    updated = docs_with_table(path.read_text(), str(path))
+    staged = path.with_name(path.name + ".tmp")
+    staged.write_text(updated)
+    os.replace(staged, path)  # whole, or not at all
+    print(f"wrote the table of {sum(1 for _ in fields_table().splitlines()) - 2} rows into {path}")
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -626,18 +653,19 @@ def _interpolate(raw: dict, where: str) -> dict:
 def validate(raw: dict, source: str = "<config>") -> ExperimentConfig:
     """Check every section and field (unknown ones included) and build the typed configuration."""
     raw = dict(raw)
-    raw.setdefault("experiment", DEFAULT_EXPERIMENT)
-    raw.setdefault("out_dir", DEFAULT_OUT_DIR)
+    for name, item in SCALARS.items():  # before interpolation: out_dir's default refers to ${experiment}
+        raw.setdefault(name, item.default)
     raw = _interpolate(raw, source)
-    known = set(SCHEMA) | set(SCALARS)
+    known = set(CONFIG)
     unknown = sorted(str(k) for k in set(raw) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     values: dict[str, Any] = {}
-    for name, check in SCALARS.items():
+    for name, item in SCALARS.items():
         if name in raw:
-            values[name] = check(raw[name], f"{source}: field '{name}'")
-    for section, fields in SCHEMA.items():
+            values[name] = item.check(raw[name], f"{source}: field '{name}'")
+    for section, declared in SECTIONS.items():
+        fields = declared.fields
         given = raw.get(section) or {}
         if not isinstance(given, dict):
             raise ConfigError(f"{source}: section '{section}' must be a mapping, got {_describe(given)}")
@@ -647,11 +675,22 @@ def validate(raw: dict, source: str = "<config>") -> ExperimentConfig:
                 f"{source}: unknown field(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
                 f"known in '{section}': {', '.join(fields)}"
             )
-        checked = {key: fields[key](value, f"{source}: field '{section}.{key}'") for key, value in given.items()}
+        checked = {key: fields[key].check(value, f"{source}: field '{section}.{key}'") for key, value in given.items()}
         values[section] = SECTION_TYPES[section](**checked)
     config = ExperimentConfig(**values, source=source)
     _check_consistency(config)
     return config
+
+
+def _check_data(config: ExperimentConfig) -> None:
+    """The data fields that depend on each other: the aux choice and class count of the chosen dataset.
+    Fills aux_folder / label_folder left null with the dataset's defaults."""
+    from .datasets.catalog import check_data_config
+
+    try:
+        check_data_config(config.data)
+    except ValueError as error:
+        raise ConfigError(f"{config.source}: {error}") from None
 
 
 def _check_consistency(config: ExperimentConfig) -> None:
@@ -681,10 +720,6 @@ def _check_consistency(config: ExperimentConfig) -> None:
         raise ConfigError(f"{source}: fields 'loss.ce' and 'loss.dice' are both 0: nothing would be trained")
     if config.loss.ohem is not None and config.loss.ce == 0:
         raise ConfigError(f"{source}: field 'loss.ohem' selects pixels for the cross-entropy, but loss.ce is 0")
-    if config.train.min_lr_ratio > 1:
-        raise ConfigError(f"{source}: field 'train.min_lr_ratio' must be at most 1, got {config.train.min_lr_ratio}")
-    if config.train.momentum >= 1:
-        raise ConfigError(f"{source}: field 'train.momentum' must be below 1, got {config.train.momentum}")
 
 
 def load_config(
@@ -727,3 +762,7 @@ def dump_config(config: ExperimentConfig, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return path
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -7,13 +7,20 @@ import pytest
 import yaml
 
 from rgbd_fusion_seg.offline.config import (
+    CONFIG,
+    DOCS_MARKERS,
     MM5_LIGHTINGS,
+    RESUMABLE_FIELDS,
+    SECTION_TYPES,
     ConfigError,
+    Section,
     config_from_dict,
     deep_merge,
+    fields_table,
     load_config,
     replace_fields,
 )
+from rgbd_fusion_seg.offline.config import main as config_main
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "config" / "experiments"
@@ -155,3 +162,67 @@ def test_replace_fields_revalidates():
 
 def test_deep_merge_replaces_lists():
     assert deep_merge({"a": {"b": [1, 2], "c": 1}}, {"a": {"b": [3]}}) == {"a": {"b": [3], "c": 1}}
+
+
+# ----------------------------------------------------------------------------------------------------
+# One declaration per field (CONFIG): defaults, validation, the docs table and the resumable fields derive
+
+
+def declared_fields():
+    """(dotted name, Field) for every top-level field and section field of CONFIG."""
+    for name, item in CONFIG.items():
+        if isinstance(item, Section):
+            yield from ((f"{name}.{key}", field) for key, field in item.fields.items())
+        else:
+            yield name, item
+
+
+def test_every_declared_field_has_its_default_and_is_validated_by_its_declaration(tmp_path):
+    defaults = {name: cls() for name, cls in SECTION_TYPES.items()}
+    path = write(tmp_path / "exp.yaml", {"experiment": "x"})
+    for dotted, field in declared_fields():
+        section, _, key = dotted.partition(".")
+        if key:
+            value = getattr(defaults[section], key)
+            assert value == field.default, dotted
+            if isinstance(value, (list, dict)):
+                assert value is not field.default, f"{dotted}: each config gets its own copy of the default"
+        with pytest.raises(ConfigError, match=rf"{path}: field '{dotted}'"):  # a list in a list: no field takes it
+            load_config(path, ["out_dir=runs", f"{dotted}=[[]]"])
+
+
+def test_resumable_fields_derive_from_the_declaration():
+    from rgbd_fusion_seg.offline import train
+
+    assert train.RESUMABLE_CHANGES == RESUMABLE_FIELDS  # the copy train.py checks a resumed run against
+    resumable = {dotted for dotted, field in declared_fields() if field.resumable}
+    assert "study" in RESUMABLE_FIELDS and all(f"study.{key}" in resumable for key in CONFIG["study"].fields)
+    assert {name for name in RESUMABLE_FIELDS if "." in name} <= resumable
+
+
+def test_docs_training_lists_every_field_as_declared():
+    """docs/training.md's table of fields is fields_table(): `python -m rgbd_fusion_seg.offline.config
+    --update-docs docs/training.md` rewrites it after a field changes."""
+    text = (REPO / "docs" / "training.md").read_text()
+    start, end = DOCS_MARKERS
+    assert start in text and end in text, f"docs/training.md lacks the markers {start} ... {end}"
+    assert text.split(start, 1)[1].split(end, 1)[0] == "\n" + fields_table(), (
+        "docs/training.md's table of config fields differs from offline/config.py's CONFIG; regenerate it with "
+        "python -m rgbd_fusion_seg.offline.config --update-docs docs/training.md"
+    )
+    for dotted, field in declared_fields():
+        assert f"| `{dotted}` |" in text, dotted
+
+
+def test_the_docs_table_is_rewritten_between_the_markers_only(tmp_path):
+    doc = tmp_path / "training.md"
+    doc.write_text(f"# Training\n\nbefore\n{DOCS_MARKERS[0]}\nstale\n{DOCS_MARKERS[1]}\nafter\n")
+    assert config_main(["--update-docs", str(doc)]) == 0
+    text = doc.read_text()
+    assert text == f"# Training\n\nbefore\n{DOCS_MARKERS[0]}\n{fields_table()}{DOCS_MARKERS[1]}\nafter\n"
+    assert config_main(["--update-docs", str(doc)]) == 0 and doc.read_text() == text  # idempotent
+    assert "| `train.epochs` | `300` | yes | passes over the training split |" in text
+    doc.write_text("# Training\nno markers\n")
+    with pytest.raises(ConfigError, match="lacks the markers"):
+        config_main(["--update-docs", str(doc)])
+    assert doc.read_text() == "# Training\nno markers\n"
