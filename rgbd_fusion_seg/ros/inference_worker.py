@@ -156,12 +156,29 @@ class LatencyWindow:
 
 @dataclass(frozen=True)
 class CheckpointSummary:
+    """What one cheap read of a checkpoint file found; `require` says whether it can serve a configuration."""
+
     path: str
     method: str
     num_classes: int
     modality: str
     unit: str
     uses_aux: bool
+    weights_problem: str | None = None  # why the weights do not fit the method, when they do not
+
+    def require(self, *, method: str | None = None, modality: str | None = None) -> "CheckpointSummary":
+        """This summary if the file can serve `method` / `modality` (None: any); else CheckpointError."""
+        from ..core.checkpoint import CheckpointError
+
+        if method and self.method != method:
+            raise CheckpointError(f"checkpoint {self.path} holds method {self.method!r}, not {method!r}")
+        if modality and self.uses_aux and self.modality != modality:
+            raise CheckpointError(
+                f"checkpoint {self.path} was trained on {self.modality} ({self.unit}), but modality is {modality!r}"
+            )
+        if self.weights_problem:
+            raise CheckpointError(f"checkpoint {self.path}: {self.weights_problem}")
+        return self
 
 
 def _method_uses_aux(method: str) -> bool:
@@ -204,12 +221,9 @@ def _weights_fit(method: str, num_classes: int, options: dict, state_dict: dict)
     return None
 
 
-def inspect_checkpoint(path: str | os.PathLike, *, method: str | None = None, modality: str | None = None) -> CheckpointSummary:
-    """Check, cheaply, that `path` can be served; raise CheckpointError with the reason if not.
-
-    The file is memory-mapped, so the weights are not read; their names and shapes are compared with the
-    method's. `method` / `modality`, when given, must match the checkpoint's.
-    """
+def read_checkpoint_summary(path: str | os.PathLike) -> CheckpointSummary:
+    """Read a checkpoint cheaply: memory-mapped, so the weights are not read, only their names and shapes
+    compared with the method's. Raises CheckpointError for a file that is no servable checkpoint at all."""
     from ..core.checkpoint import CheckpointError, read_checkpoint_dict
     from ..models import UnknownMethodError
 
@@ -227,16 +241,14 @@ def inspect_checkpoint(path: str | os.PathLike, *, method: str | None = None, mo
         uses_aux = _method_uses_aux(found_method)
     except UnknownMethodError as error:
         raise CheckpointError(f"checkpoint {path}: {error}") from None
-    if method and found_method != method:
-        raise CheckpointError(f"checkpoint {path} holds method {found_method!r}, not {method!r}")
-    if modality and uses_aux and spec.aux.modality != modality:
-        raise CheckpointError(
-            f"checkpoint {path} was trained on {spec.aux.modality} ({spec.aux.unit}), but modality is {modality!r}"
-        )
-    reason = _weights_fit(found_method, num_classes, options, state_dict)
-    if reason:
-        raise CheckpointError(f"checkpoint {path}: {reason}")
-    return CheckpointSummary(str(path), found_method, num_classes, spec.aux.modality, spec.aux.unit, uses_aux)
+    return CheckpointSummary(str(path), found_method, num_classes, spec.aux.modality, spec.aux.unit, uses_aux,
+                             weights_problem=_weights_fit(found_method, num_classes, options, state_dict))
+
+
+def inspect_checkpoint(path: str | os.PathLike, *, method: str | None = None, modality: str | None = None) -> CheckpointSummary:
+    """Check, cheaply, that `path` can be served (with `method` / `modality`, when given, matching the
+    checkpoint's); raise CheckpointError with the reason if not."""
+    return read_checkpoint_summary(path).require(method=method, modality=modality)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from a camera: `... -p transport.rgb:=compressed -r rgb/image:=/camera/color/ima
 from __future__ import annotations
 
 import copy
-import os
 import threading
 import time
 from typing import Any
@@ -49,8 +48,8 @@ from .inference_worker import (
     LatencyWindow,
     LoadRequest,
     ServedModel,
-    inspect_checkpoint,
 )
+from .model_selection import choose_model, needs_load
 from .pairing import STAMP_JUMP_BACK_S, ApproximateTimePairer
 from .spinning import run_until_stopped
 
@@ -306,56 +305,15 @@ class SegmentNode(Node):
         self._log.info(f"parameters set: {', '.join(f'{k}={v!r}' for k, v in changes.items())}")
         return SetParametersResult(successful=True)
 
-    def _resolve_model_path(self, config: dict) -> str | None:
-        """The file to serve for this configuration (None: nothing to serve). Raises CheckpointError."""
-        checkpoint, method, folder = config["checkpoint"], config["fusion_method"], config["checkpoint_dir"]
-        if not method:
-            return checkpoint or None
-        if checkpoint:
-            try:
-                if inspect_checkpoint(checkpoint).method == method:
-                    return checkpoint
-            except ValueError:
-                pass  # fusion_method decides which file is served; the checkpoint need not be valid here
-        folder = folder or (os.path.dirname(os.path.abspath(checkpoint)) if checkpoint else "")
-        if not folder:
-            raise ValueError(
-                f"fusion_method {method!r} needs checkpoint_dir (or a checkpoint beside the <method>.pt files)"
-            )
-        path = os.path.join(folder, f"{method}.pt")
-        if not os.path.isfile(path):
-            raise ValueError(f"fusion_method {method!r}: no checkpoint {path}")
-        return path
-
     def _plan_model(self, config: dict, explicit: set[str], startup: bool = False) -> LoadRequest | None:
         """Check the model a configuration asks for; a LoadRequest if it must be (re)loaded, else None."""
-        for name in sorted(params.MODEL_PARAMETERS - explicit):
-            # A value refused at start stays set (the node idles): no change may load a model around it.
-            reason = params.validate(name, config[name])
-            if reason:
-                raise ValueError(f"{reason} (set {name} too, in the same request)")
-        if not startup and "checkpoint" in explicit and config["checkpoint"]:
-            # A checkpoint set at runtime is checked even when fusion_method will pick the file to serve.
-            summary = inspect_checkpoint(config["checkpoint"], modality=config["modality"] or None)
-            method = config["fusion_method"]
-            if method and summary.method != method and "fusion_method" not in explicit:
-                raise ValueError(
-                    f"checkpoint {config['checkpoint']} holds method {summary.method!r} but fusion_method is "
-                    f"{method!r}; set fusion_method to '' or {summary.method!r} in the same request"
-                )
-        path = self._resolve_model_path(config)
-        if path is None:
-            if self._served is not None and not startup:
-                raise ValueError("checkpoint '' would leave nothing to serve; set another checkpoint instead")
-            return None
-        summary = inspect_checkpoint(path, method=config["fusion_method"] or None, modality=config["modality"] or None)
-        target = (os.path.abspath(summary.path), config["device"], config["precision"])
-        if target == self._target and not (explicit & {"checkpoint", "fusion_method"}):
+        choice = choose_model(config, explicit, serving=self._served is not None, startup=startup)
+        if choice is None or not needs_load(choice, self._target, explicit):
             return None
         self._generation += 1
-        self._target = target
+        self._target = choice.target
         what = ", ".join(sorted(explicit & params.MODEL_PARAMETERS)) or "start"
-        return LoadRequest(self._generation, summary.path, config["device"], config["precision"],
+        return LoadRequest(self._generation, choice.summary.path, choice.device, choice.precision,
                            tuple(config["aux_range"]), reason=what)
 
     # ---- model loading --------------------------------------------------------------------------------

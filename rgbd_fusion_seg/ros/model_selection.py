@@ -1,0 +1,110 @@
+"""Which checkpoint file a configuration of the node serves, and whether serving it needs a (re)load.
+
+The node asks this for every model parameter change (`checkpoint`, `fusion_method`, `checkpoint_dir`,
+`modality`, `device`, `precision`) and at start. A set-parameters request must be answered at once, accepted
+or refused with the reason, so the files are inspected while it waits; each file is read once per decision
+(memory-mapped: names and shapes, not the weights), and the full load runs later on the loader thread.
+
+No ROS import: plain functions over the configuration dict, tested without rclpy.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from . import parameters as params
+from .inference_worker import CheckpointSummary, read_checkpoint_summary
+
+# Asking for one of these again reloads the file, even when it is the one being served.
+RELOAD_PARAMETERS = frozenset({"checkpoint", "fusion_method"})
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The checkpoint a configuration serves, checked against it, and where it runs."""
+
+    summary: CheckpointSummary
+    device: str
+    precision: str
+
+    @property
+    def target(self) -> tuple[str, str, str]:
+        """What identifies a served model: two choices with the same target serve the same engine."""
+        return os.path.abspath(self.summary.path), self.device, self.precision
+
+
+class _Inspections:
+    """Reads each file once per decision; a failure is remembered as well as a summary."""
+
+    def __init__(self, read: Callable[[str], CheckpointSummary]):
+        self._read = read
+        self._results: dict[str, CheckpointSummary | ValueError] = {}
+
+    def __call__(self, path: str) -> CheckpointSummary:
+        key = os.path.abspath(path)
+        if key not in self._results:
+            try:
+                self._results[key] = self._read(path)
+            except ValueError as error:  # CheckpointError is a ValueError
+                self._results[key] = error
+        result = self._results[key]
+        if isinstance(result, ValueError):
+            raise result
+        return result
+
+
+def choose_model(config: Mapping, changed: set[str], *, serving: bool, startup: bool = False,
+                 read: Callable[[str], CheckpointSummary] = read_checkpoint_summary) -> ModelChoice | None:
+    """The model `config` asks for, or None when it asks for none (no checkpoint at start).
+
+    `changed`: the parameters this request sets (at start: those given). `serving`: a model is served now.
+    Raises ValueError (CheckpointError) with the reason the configuration cannot be served.
+    """
+    for name in sorted(params.MODEL_PARAMETERS - changed):
+        # A value refused at start stays set (the node idles): no change may load a model around it.
+        reason = params.validate(name, config[name])
+        if reason:
+            raise ValueError(f"{reason} (set {name} too, in the same request)")
+    inspect = _Inspections(read)
+    checkpoint, method, modality = config["checkpoint"], config["fusion_method"], config["modality"] or None
+    if not startup and "checkpoint" in changed and checkpoint:
+        # A checkpoint set at runtime is checked even when fusion_method will pick the file to serve.
+        summary = inspect(checkpoint).require(modality=modality)
+        if method and summary.method != method and "fusion_method" not in changed:
+            raise ValueError(
+                f"checkpoint {checkpoint} holds method {summary.method!r} but fusion_method is {method!r}; set "
+                f"fusion_method to '' or {summary.method!r} in the same request"
+            )
+    path = _model_path(config, inspect)
+    if path is None:
+        if serving and not startup:
+            raise ValueError("checkpoint '' would leave nothing to serve; set another checkpoint instead")
+        return None
+    summary = inspect(path).require(method=method or None, modality=modality)
+    return ModelChoice(summary, config["device"], config["precision"])
+
+
+def _model_path(config: Mapping, inspect: _Inspections) -> str | None:
+    """The file to serve: the checkpoint, unless fusion_method names another method (<folder>/<method>.pt)."""
+    checkpoint, method, folder = config["checkpoint"], config["fusion_method"], config["checkpoint_dir"]
+    if not method:
+        return checkpoint or None
+    if checkpoint:
+        try:
+            if inspect(checkpoint).method == method:
+                return checkpoint
+        except ValueError:
+            pass  # fusion_method decides which file is served; the checkpoint need not be valid here
+    folder = folder or (os.path.dirname(os.path.abspath(checkpoint)) if checkpoint else "")
+    if not folder:
+        raise ValueError(f"fusion_method {method!r} needs checkpoint_dir (or a checkpoint beside the <method>.pt files)")
+    path = os.path.join(folder, f"{method}.pt")
+    if not os.path.isfile(path):
+        raise ValueError(f"fusion_method {method!r}: no checkpoint {path}")
+    return path
+
+
+def needs_load(choice: ModelChoice, current_target: tuple[str, str, str] | None, changed: set[str]) -> bool:
+    """Whether serving `choice` means loading it: another file, device or precision, or a file asked for again."""
+    return choice.target != current_target or bool(changed & RELOAD_PARAMETERS)

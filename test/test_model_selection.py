@@ -1,0 +1,146 @@
+"""Model selection without ROS: which file a configuration serves, each file read once, and when to load."""
+from collections import Counter
+
+import pytest
+
+from rgbd_fusion_seg.core.checkpoint import CheckpointError
+from rgbd_fusion_seg.ros import parameters as params
+from rgbd_fusion_seg.ros.inference_worker import CheckpointSummary, read_checkpoint_summary
+from rgbd_fusion_seg.ros.model_selection import choose_model, needs_load
+from ros_helpers import make_checkpoint
+
+
+class FakeFiles:
+    """Checkpoint files in a folder (real, empty files, so existence checks work) with the summaries they hold."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.summaries: dict[str, CheckpointSummary | Exception] = {}
+        self.reads = Counter()
+
+    def add(self, name, method="early", modality="depth", weights_problem=None, broken=None) -> str:
+        path = str(self.folder / name)
+        (self.folder / name).write_bytes(b"")
+        self.summaries[path] = broken or CheckpointSummary(path, method, 4, modality, "m", method != "rgb",
+                                                           weights_problem)
+        return path
+
+    def read(self, path):
+        self.reads[path] += 1
+        found = self.summaries.get(str(path)) or CheckpointError(f"checkpoint {path} does not exist")
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+
+def config(**values):
+    return {**params.defaults(), "device": "cpu", **values}
+
+
+@pytest.fixture
+def files(tmp_path):
+    return FakeFiles(tmp_path)
+
+
+def choose(files, cfg, changed, serving=True, startup=False):
+    return choose_model(cfg, set(changed), serving=serving, startup=startup, read=files.read)
+
+
+def test_a_runtime_checkpoint_matching_fusion_method_is_read_once(files):
+    """The old node read this file three times on the executor thread for one request."""
+    early = files.add("early.pt", "early")
+    choice = choose(files, config(checkpoint=early, fusion_method="early"), {"checkpoint", "fusion_method"})
+    assert choice.summary.path == early and choice.device == "cpu"
+    assert files.reads == {early: 1}
+
+
+def test_fusion_method_serves_the_method_file_beside_the_checkpoint(files):
+    early, mid = files.add("early.pt", "early"), files.add("mid.pt", "mid")
+    choice = choose(files, config(checkpoint=early, fusion_method="mid"), {"fusion_method"})
+    assert choice.summary.method == "mid" and choice.summary.path == mid
+    assert files.reads == {early: 1, mid: 1}
+
+
+def test_fusion_method_looks_in_checkpoint_dir(files, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    late = FakeFiles(other)
+    late.summaries, late.reads = files.summaries, files.reads
+    path = late.add("late.pt", "late")
+    choice = choose(files, config(checkpoint_dir=str(other), fusion_method="late"), {"fusion_method"})
+    assert choice.summary.path == path
+
+
+def test_fusion_method_needs_a_folder_and_its_file(files):
+    with pytest.raises(ValueError, match="needs checkpoint_dir"):
+        choose(files, config(fusion_method="mid"), {"fusion_method"})
+    early = files.add("early.pt", "early")
+    with pytest.raises(ValueError, match=r"fusion_method 'late': no checkpoint .*late.pt"):
+        choose(files, config(checkpoint=early, fusion_method="late"), {"fusion_method"})
+
+
+def test_a_broken_checkpoint_does_not_block_the_method_file_fusion_method_picks(files):
+    broken = files.add("broken.pt", broken=CheckpointError("checkpoint broken.pt is a text file"))
+    mid = files.add("mid.pt", "mid")
+    choice = choose(files, config(checkpoint=broken, fusion_method="mid"), {"fusion_method"})
+    assert choice.summary.path == mid
+    # ...but a broken checkpoint set in this very request is refused, read once.
+    with pytest.raises(CheckpointError, match="is a text file"):
+        choose(files, config(checkpoint=broken, fusion_method="mid"), {"checkpoint"})
+    assert files.reads[broken] == 2  # once per decision
+
+
+def test_a_runtime_checkpoint_of_another_method_than_fusion_method_is_refused(files):
+    early = files.add("early.pt", "early")
+    files.add("mid.pt", "mid")
+    with pytest.raises(ValueError, match="holds method 'early' but fusion_method is 'mid'"):
+        choose(files, config(checkpoint=early, fusion_method="mid"), {"checkpoint"})
+    # Both in one request: fusion_method picks mid.pt beside it.
+    assert choose(files, config(checkpoint=early, fusion_method="mid"), {"checkpoint", "fusion_method"})
+
+
+def test_checks_keep_their_order_method_modality_weights(files):
+    misfit = files.add("se.pt", "early", modality="depth", weights_problem="weights do not fit method 'early'")
+    with pytest.raises(CheckpointError, match="holds method 'early', not 'se'"):
+        choose(files, config(checkpoint=misfit, fusion_method="se"), {"fusion_method"})
+    with pytest.raises(CheckpointError, match="trained on depth .* but modality is 'thermal'"):
+        choose(files, config(checkpoint=misfit, modality="thermal"), {"modality"})
+    with pytest.raises(CheckpointError, match="weights do not fit"):
+        choose(files, config(checkpoint=misfit), {"checkpoint"})
+
+
+def test_an_rgb_only_checkpoint_ignores_the_modality(files):
+    rgb = files.add("rgb.pt", "rgb", modality="depth")
+    assert choose(files, config(checkpoint=rgb, modality="thermal"), {"checkpoint", "modality"})
+
+
+def test_no_checkpoint_is_idle_at_start_and_refused_while_serving(files):
+    assert choose(files, config(), {"checkpoint", "fusion_method"}, serving=False, startup=True) is None
+    assert choose(files, config(), {"checkpoint"}, serving=False) is None
+    with pytest.raises(ValueError, match="would leave nothing to serve"):
+        choose(files, config(), {"checkpoint"}, serving=True)
+
+
+def test_a_value_refused_at_start_blocks_every_model_change(files):
+    early = files.add("early.pt", "early")
+    with pytest.raises(ValueError, match=r"precision: .*'fp64'.*\(set precision too, in the same request\)"):
+        choose(files, config(checkpoint=early, precision="fp64"), {"checkpoint"})
+    assert choose(files, config(checkpoint=early, precision="fp32"), {"checkpoint", "precision"})
+
+
+def test_needs_load_only_for_another_target_or_a_file_asked_for_again(files):
+    early = files.add("early.pt", "early")
+    choice = choose(files, config(checkpoint=early), {"checkpoint"})
+    assert needs_load(choice, None, {"device"})
+    assert not needs_load(choice, choice.target, {"modality"})
+    assert needs_load(choice, choice.target, {"checkpoint"})
+    assert needs_load(choice, (choice.target[0], "cuda", "fp32"), {"device"})
+
+
+def test_read_checkpoint_summary_reads_a_real_file_once(tmp_path):
+    path = make_checkpoint(tmp_path / "mid.pt", "mid", num_classes=4)
+    summary = read_checkpoint_summary(path)
+    assert (summary.method, summary.num_classes, summary.modality, summary.uses_aux) == ("mid", 4, "depth", True)
+    assert summary.weights_problem is None and summary.require(method="mid", modality="depth") is summary
+    misfit = read_checkpoint_summary(make_checkpoint(tmp_path / "misfit.pt", "mid", num_classes_in_weights=6))
+    assert "weights do not fit method 'mid' with 4 classes" in misfit.weights_problem
