@@ -115,3 +115,58 @@ def test_a_ros_time_jump_back_clears_the_queues(client):
     finally:
         node.shutdown()
         node.destroy_node()
+
+
+def _colour_with_aux_of(stamp, aux_height, aux_width):
+    rgb_msg, _ = random_pair(stamp, height=48, width=64)
+    _, aux_msg = random_pair(stamp, height=aux_height, width=aux_width)
+    return rgb_msg, aux_msg
+
+
+def test_aux_of_another_size_is_warned_once_and_of_another_shape_refused(serving, client):
+    for _ in range(2):  # the same view at half the resolution: resized, with one warning for these sizes
+        stamp = next_stamp()
+        client.publish_pair(*_colour_with_aux_of(stamp, 24, 32))
+        client.wait_for_stamp(stamp)
+    text = serving.wait_for_log(r"/aux/image is 24x32 and /rgb/image 48x64 \(HxW\): the aux image is resized")
+    assert text.count("/aux/image is 24x32 and /rgb/image 48x64") == 1
+
+    before = int(client.fresh_stats()["bad_input"])
+    refused = {(1, 1): "aux 1x1 and colour 48x64 (HxW): aspect ratios 1.000 and 1.333 differ by 25.0%",
+               (48, 48): "aux 48x48 and colour 48x64 (HxW): aspect ratios 1.000 and 1.333 differ by 25.0%",
+               (40, 50): "aux 40x50 and colour 48x64 (HxW): aspect ratios 1.250 and 1.333 differ by 6.2%"}
+    for count, (aux_height, aux_width) in enumerate(refused, start=1):
+        stamp = next_stamp()
+        client.publish_pair(*_colour_with_aux_of(stamp, aux_height, aux_width))
+        client.fresh_stats(predicate=lambda s, n=before + count: int(s["bad_input"]) >= n)
+    for reason in refused.values():
+        serving.wait_for_log(re.escape(f"bad input on /rgb/image + /aux/image: {reason}"))
+    stats = client.fresh_stats()
+    assert int(stats["bad_input"]) == before + len(refused) and stats["inference_errors"] == "0", stats
+
+
+@pytest.mark.parametrize("colour, aux, problem", [
+    ((720, 1280), (480, 848), None),  # 16:9 at two resolutions, rounded: 0.6 % apart
+    ((480, 640), (120, 160), None),
+    ((960, 1280), (60, 80), None),  # a 16x smaller thermal image: the limit
+    ((480, 640), (960, 1280), None),  # larger aux: shrunk
+    ((480, 640), (1, 1), "aspect ratios 1.000 and 1.333 differ by 25.0% (more than 3%)"),
+    ((64, 64), (1, 1), "enlarged 64x (more than 16x)"),
+    ((480, 640), (512, 640), "aspect ratios 1.250 and 1.333 differ by 6.2%"),  # 5:4 thermal under 4:3 colour
+    ((1080, 1920), (480, 640), "differ by 25.0%"),
+])
+def test_check_aux_size(colour, aux, problem):
+    from rgbd_fusion_seg.core.preprocessing import Preprocessing, PreprocessingError, check_aux_size, prepare_inputs
+
+    rgb, aux_image = np.zeros((*colour, 3), np.uint8), np.zeros(aux, np.float32)
+    if problem is None:
+        check_aux_size(colour, aux)
+        rgb_in, aux_in = prepare_inputs(rgb, aux_image, Preprocessing(input_size=None))
+        assert aux_in.shape == (1, *colour)
+        return
+    for refuse in (lambda: check_aux_size(colour, aux),
+                   lambda: prepare_inputs(rgb, aux_image, Preprocessing(input_size=(32, 32)))):
+        with pytest.raises(PreprocessingError) as error:
+            refuse()
+        assert f"aux {aux[0]}x{aux[1]} and colour {colour[0]}x{colour[1]} (HxW)" in str(error.value)
+        assert problem in str(error.value)

@@ -24,8 +24,42 @@ MODALITIES = ("depth", "thermal")
 AUX_UNITS = ("m", "celsius", "raw8", "raw16")
 
 
+# Colour and aux images of different sizes are taken as one view at two resolutions: the aux image is
+# resized to the colour size. Aligned pairs differ in aspect ratio by rounding only (1280x720 against 848x480:
+# 0.6 %); 4:3 against 16:9 (33 %) or 5:4 against 4:3 (6.7 %) are different fields of view, a misconfigured pair
+# that resizing would silently misalign. 3 % lies well between the two.
+MAX_ASPECT_DIFFERENCE = 0.03
+# Enlarged more than this along a side, an aux image says next to nothing about the colour pixels it is
+# stretched over (a 1x1 placeholder, a thumbnail topic); 16x still admits an 80x60 thermal under 1280x960.
+MAX_AUX_UPSCALE = 16
+
+
 class PreprocessingError(ValueError):
     """An input does not fit the preprocessing a model was trained with."""
+
+
+def check_aux_size(colour_hw: tuple[int, int], aux_hw: tuple[int, int]) -> None:
+    """Raise PreprocessingError when an aux image of another size cannot be the colour image's view."""
+    (colour_h, colour_w), (aux_h, aux_w) = colour_hw, aux_hw
+    if (colour_h, colour_w) == (aux_h, aux_w):
+        return
+    sizes = f"aux {aux_h}x{aux_w} and colour {colour_h}x{colour_w} (HxW)"
+    if min(colour_h, colour_w, aux_h, aux_w) < 1:
+        raise PreprocessingError(f"{sizes}: an image is empty")
+    colour_aspect, aux_aspect = colour_w / colour_h, aux_w / aux_h
+    difference = abs(aux_aspect - colour_aspect) / colour_aspect
+    if difference > MAX_ASPECT_DIFFERENCE:
+        raise PreprocessingError(
+            f"{sizes}: aspect ratios {aux_aspect:.3f} and {colour_aspect:.3f} differ by {difference:.1%} (more than "
+            f"{MAX_ASPECT_DIFFERENCE:.0%}), so they are not one view at two resolutions; publish an aux image "
+            "registered to the colour camera (e.g. the driver's aligned depth)"
+        )
+    upscale = max(colour_h / aux_h, colour_w / aux_w)
+    if upscale > MAX_AUX_UPSCALE:
+        raise PreprocessingError(
+            f"{sizes}: the aux image would be enlarged {upscale:.0f}x (more than {MAX_AUX_UPSCALE}x) to the colour "
+            "size; is it the right topic?"
+        )
 
 
 @dataclass(frozen=True)
@@ -99,6 +133,7 @@ def prepare_inputs(rgb: np.ndarray, aux: np.ndarray | None, spec: Preprocessing)
             raise PreprocessingError(f"aux image must be HxW (one channel), got shape {aux.shape}")
         if aux.shape != (height, width):
             # Aligned sensors often differ in resolution; nearest keeps "no reading" pixels from bleeding.
+            check_aux_size((height, width), aux.shape)
             aux = cv2.resize(aux.astype(np.float32, copy=False), (width, height), interpolation=cv2.INTER_NEAREST)
     if spec.input_size is not None and spec.input_size != (height, width):
         out_h, out_w = spec.input_size

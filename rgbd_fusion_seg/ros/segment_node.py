@@ -145,6 +145,7 @@ class SegmentNode(Node):
         self._received_at_pair = (0, 0)  # frames received per stream when the last pair was made
         self._starved_warnings: dict[str, float] = {}  # problem kind -> when it was last warned
         self._frame_id_warned = False
+        self._resize_warned: set[tuple[tuple[int, int], tuple[int, int]]] = set()  # (colour, aux) sizes warned of
         self._clock_gap_warned = False
         self._served: ServedModel | None = None
         self._served_lock = threading.Lock()
@@ -481,9 +482,11 @@ class SegmentNode(Node):
         want_confidence = confidence_pub is not None and self._config["outputs.confidence"]
         try:
             prediction = served.engine.predict(rgb, aux, with_confidence=want_confidence)
-        except PreprocessingError as error:
+        except PreprocessingError as error:  # e.g. aux and colour of other aspect ratios: check_aux_size
             self._bad_input(f"{self.rgb_topic} + {self.aux_topic}", str(error))
             return
+        if aux is not None and aux.shape != rgb.shape[:2]:
+            self._warn_resized_once(rgb.shape[:2], aux.shape)
         header = rgb_msg.header
         outputs = [(self._mask_pub, mask_to_msg(prediction.mask, header)),
                    (self._mask_color_pub, rgb_to_msg(colourise(prediction.mask, served.palette), header))]
@@ -507,6 +510,16 @@ class SegmentNode(Node):
                 "is not a processing time; replaying a bag? play it with its clock (`rgbd-fusion-seg bag play "
                 "--clock`, `ros2 bag play --clock`) and set use_sim_time:=true. Warned once.")
         self._counters.add("frames_out")
+
+    def _warn_resized_once(self, colour_hw: tuple[int, int], aux_hw: tuple[int, int]) -> None:
+        if (colour_hw, aux_hw) in self._resize_warned:
+            return
+        self._resize_warned.add((colour_hw, aux_hw))
+        self._log.warning(
+            f"{self.aux_topic} is {aux_hw[0]}x{aux_hw[1]} and {self.rgb_topic} {colour_hw[0]}x{colour_hw[1]} (HxW): "
+            "the aux image is resized (nearest neighbour) to the colour size, taken as the same view at another "
+            "resolution. Warned once for these sizes."
+        )
 
     def _on_worker_error(self, job, error: BaseException) -> None:
         if self._shutting_down:
