@@ -7,7 +7,8 @@ Messages go out as recorded (their serialised bytes, no re-encoding) on publishe
 recorded time / rate. `--clock` also publishes rosgraph_msgs/Clock on /clock (the bag's time) for nodes run
 with use_sim_time. `--decompress` turns sensor_msgs/CompressedImage topics (jpeg, png, compressedDepth png/rvl)
 into sensor_msgs/Image on the image_transport base topic (`.../compressed` -> `...`), which is what
-segment_node subscribes to. Topics whose message type has no Python package here are skipped with a warning.
+segment_node subscribes to. Topics whose message type has no Python package here are skipped with a warning;
+so are types outside ROS 2's own message packages (PLAYABLE_PACKAGES): a bag's type names are never imported.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .reading import COMPRESSED, IMAGE, BagError, describe_topics, deserialize, messages, open_bag, pixels, stamp_ns
+from .reading import (COMPRESSED, IMAGE, BagError, describe_topics, deserialize, messages, open_bag, pixels, stamp_ns,
+                      typestore)
 from .writing import image_message, serialize
 
 COMPRESSED_SUFFIXES = ("/compressedDepth", "/compressed")
@@ -49,13 +51,29 @@ class Played:
     wall_ns: int  # time.time_ns() just before publish()
 
 
+# The message packages whose types bag play publishes: ROS 2's own (common_interfaces, rcl_interfaces, tf2 and
+# friends), all generated message code. A bag's type names are read from the file, so they are never imported
+# as they stand: a type is played only if it names one of these packages AND the rosbags type store defines it;
+# only then is `<package>.msg` imported. (rmw_dds_common, DDS discovery internals, is left out: replaying it
+# would confuse the ROS graph.)
+PLAYABLE_PACKAGES = frozenset({
+    "action_msgs", "actionlib_msgs", "builtin_interfaces", "diagnostic_msgs", "geometry_msgs", "lifecycle_msgs",
+    "nav_msgs", "rcl_interfaces", "rosbag2_interfaces", "rosgraph_msgs", "sensor_msgs", "shape_msgs",
+    "statistics_msgs", "std_msgs", "stereo_msgs", "tf2_msgs", "trajectory_msgs", "unique_identifier_msgs",
+    "visualization_msgs",
+})
+
+
 def message_class(msgtype: str):
-    """The rclpy message class of 'pkg/msg/Name', or None if its Python package is not installed."""
-    package, _, name = msgtype.rpartition("/")
+    """(the rclpy message class of 'pkg/msg/Name', None) or (None, why it cannot be played here)."""
+    package, _, name = msgtype.partition("/msg/")
+    if package not in PLAYABLE_PACKAGES or msgtype not in typestore().fielddefs:
+        return None, (f"it is not a type of ROS 2's own message packages (std_msgs, sensor_msgs, geometry_msgs, "
+                      f"tf2_msgs and {len(PLAYABLE_PACKAGES) - 4} more), and bag play never imports a module a bag names")
     try:
-        return getattr(importlib.import_module(package.replace("/", ".")), name)
-    except (ImportError, AttributeError):
-        return None
+        return getattr(importlib.import_module(f"{package}.msg"), name), None
+    except (ImportError, AttributeError) as error:
+        return None, f"{package} is not installed or lacks {name} ({error})"
 
 
 def decompressed_topic(topic: str) -> str:
@@ -114,12 +132,12 @@ class Player:
             decompress = options.decompress and connection.msgtype == COMPRESSED
             msgtype = IMAGE if decompress else connection.msgtype
             topic = options.remap.get(connection.topic, decompressed_topic(connection.topic) if decompress else connection.topic)
-            cls = message_class(msgtype)
+            cls, why_not = message_class(msgtype)
             if cls is None:
                 if options.topics:
                     raise BagError(f"topic {connection.topic!r} in bag {reader.path} has type {msgtype}, which has no "
-                                   "Python message package here (rclpy cannot publish it)")
-                self.log(f"skipping {connection.topic} ({msgtype}): no Python message package for it here")
+                                   f"Python message package here (rclpy cannot publish it): {why_not}")
+                self.log(f"skipping {connection.topic} ({msgtype}): no Python message package for it here: {why_not}")
                 continue
             clash = [source for source, target in self.routes.items() if target == topic]
             if clash:
@@ -223,7 +241,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from rgbd_fusion_seg.ros.demo import RosSession
+    from rgbd_fusion_seg.ros.harness import RosSession
 
     options = PlayOptions(topics=args.topics, rate=args.rate, start_offset=args.start_offset, loop=args.loop,
                           remap=parse_remaps(args.remap), clock_hz=args.clock, decompress=args.decompress)
