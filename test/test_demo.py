@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rgbd_fusion_seg.ros.demo import DEFAULT_METHOD
+from rgbd_fusion_seg.offline.demo_model import DEFAULT_METHOD
 
 pytest.importorskip("rclpy")
 
@@ -61,7 +61,7 @@ def test_demo_end_to_end(tmp_path):
     assert "stopped segment_node (exit status 0)" in text
 
     # The second run reuses the cached data and checkpoint instead of training again.
-    from rgbd_fusion_seg.ros.demo import DEFAULT_DATA, ensure_checkpoint, prepare_data
+    from rgbd_fusion_seg.offline.demo_model import DEFAULT_DATA, ensure_checkpoint, prepare_data
 
     lines = []
     spec = dict(DEFAULT_DATA, num_frames=12, height=64, width=80)
@@ -76,7 +76,8 @@ def test_demo_end_to_end(tmp_path):
 
 def test_demo_fails_cleanly_when_the_node_dies(tmp_path):
     """A node that exits at start-up: the demo reports it with the node's log instead of hanging."""
-    from rgbd_fusion_seg.ros.demo import DemoClient, NodeProcess, RosSession, ros_environment, stream
+    from rgbd_fusion_seg.ros.demo import DemoClient, stream
+    from rgbd_fusion_seg.ros.harness import NodeProcess, RosSession, ros_environment
 
     env = ros_environment(random.Random(os.getpid() + 11).randint(1, 100))
     node = NodeProcess(None, env=env, log_path=tmp_path / "node.log", module="rgbd_fusion_seg.no_such_module")

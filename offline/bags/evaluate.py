@@ -39,6 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
+from rgbd_fusion_seg.ros.harness import (NodeProcess, RosSession, drain, find_params_file, format_number, json_ready,
+                                         node_failure, parse_stats, percentiles, rate_hz, ros_environment, wait_until,
+                                         warm_up)
 from rgbd_fusion_seg.ros.image_codec import AUX_ENCODINGS
 from rgbd_fusion_seg.ros.pairing import ApproximateTimePairer
 
@@ -73,18 +76,6 @@ class Recorded:
     played: dict = field(default_factory=dict)  # colour stamp -> (colour played ns, pair completed ns)
     frames: dict = field(default_factory=dict)  # topic -> frames played
     warm_up_answers: int = 0
-
-
-def default_checkpoint(log) -> Path:
-    """The demo's cached depth model (trained on first use, about 5 minutes on 2 CPU cores)."""
-    from rgbd_fusion_seg.ros.demo import DEFAULT_DATA, DEFAULT_METHOD, DEFAULT_TRAIN, default_work_dir, ensure_checkpoint, prepare_data
-
-    work = default_work_dir()
-    data_root = prepare_data(work, DEFAULT_DATA, log)
-    path, _ = ensure_checkpoint(work, data_root, DEFAULT_METHOD, steps=DEFAULT_TRAIN["steps"],
-                                batch_size=DEFAULT_TRAIN["batch_size"], input_size=DEFAULT_TRAIN["input_size"],
-                                lr=DEFAULT_TRAIN["lr"], device="auto", retrain=False, log=log)
-    return path
 
 
 def check_inputs(bag, rgb_topic: str, aux_topic: str, label_topic: str | None, checkpoint, modality: str | None):
@@ -163,8 +154,6 @@ class Recorder:
         return on_output
 
     def _on_stats(self, msg) -> None:
-        from rgbd_fusion_seg.ros.demo import parse_stats
-
         with self.recorded.lock:
             self.recorded.stats.append(parse_stats(msg))
 
@@ -177,10 +166,8 @@ class Recorder:
             return sum(1 for s in stamps if s in self.recorded.masks)
 
 
-def warm_up(player: Player, bag, rgb_topic: str, aux_topic: str, recorded: Recorded, node, timeout: float) -> int:
+def send_warm_up(player: Player, bag, rgb_topic: str, aux_topic: str, recorded: Recorded, node, timeout: float) -> int:
     """Send the bag's first colour/aux pair, stamped WARMUP_STAMP, every 0.5 s until a mask comes back."""
-    from rgbd_fusion_seg.ros.demo import wait_until
-
     frames = []
     with reading(bag) as reader:
         for topic, role in ((rgb_topic, "colour"), (aux_topic, "aux")):
@@ -189,23 +176,12 @@ def warm_up(player: Player, bag, rgb_topic: str, aux_topic: str, recorded: Recor
             image, encoding = pixels(msg, topic)
             frames.append((player.publishers[topic][0], serialize(image_message(image, encoding, WARMUP_STAMP,
                                                                                  msg.header.frame_id))))
-    deadline, sent = time.monotonic() + timeout, 0
-    while not recorded.warm_up_answers:
-        if time.monotonic() > deadline or not node.alive():
-            raise RuntimeError(f"segment_node gave no mask for the warm-up frame within {timeout:.0f} s; last lines "
-                               f"of {node.log_path}:\n{node.log_tail()}")
+
+    def send() -> None:
         for publisher, data in frames:
             publisher.publish(data)
-        sent += 1
-        wait_until(lambda: recorded.warm_up_answers > 0, 0.5)
-    return sent
 
-
-def percentiles(values_s) -> dict:
-    """{"p50", "p90", "p99"} in milliseconds of latencies in seconds (NaN for none)."""
-    from rgbd_fusion_seg.ros.demo import percentiles_ms
-
-    return dict(zip(("p50", "p90", "p99"), percentiles_ms(values_s)))
+    return warm_up(send, lambda: recorded.warm_up_answers > 0, node, timeout)
 
 
 def score(recorded: Recorded, labels: dict, num_classes: int, class_names) -> dict:
@@ -216,8 +192,7 @@ def score(recorded: Recorded, labels: dict, num_classes: int, class_names) -> di
     answered = [s for s in expected if s in recorded.masks]
     latency = [(recorded.masks[s][0] - recorded.played[s][1]) / 1e9 for s in answered]  # seconds
     from_colour = [(recorded.masks[s][0] - recorded.played[s][0]) / 1e9 for s in answered]
-    sources = sorted(recorded.masks[s][0] for s in answered)
-    rate = (len(sources) - 1) / ((sources[-1] - sources[0]) / 1e9) if len(sources) > 1 and sources[-1] > sources[0] else None
+    sources = [recorded.masks[s][0] for s in answered]
     result = {
         "frames_in_bag": dict(recorded.frames),
         "pairs_expected": len(expected),
@@ -225,7 +200,7 @@ def score(recorded: Recorded, labels: dict, num_classes: int, class_names) -> di
         "drops": len(expected) - len(answered),
         "latency_ms": percentiles(latency),
         "latency_from_colour_ms": percentiles(from_colour),
-        "rate_hz": rate,
+        "rate_hz": rate_hz(sources),
         # The node's own latency and rate are "now - stamp": meaningless for a bag recorded at another time;
         # its processing time (pair completed -> publish) is kept.
         "node_stats": {k: v for k, v in recorded.stats[-1].items() if not k.startswith(("latency", "rate"))}
@@ -286,7 +261,7 @@ def write_pictures(bag, rgb_topic: str, recorded: Recorded, palette, out: Path, 
 
 def evaluate(args, log=print) -> dict:
     from rgbd_fusion_seg.core.checkpoint import load_checkpoint
-    from rgbd_fusion_seg.ros.demo import NodeProcess, RosSession, find_params_file, ros_environment, wait_until
+    from rgbd_fusion_seg.offline.demo_model import default_checkpoint
 
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     if checkpoint is None:
@@ -334,24 +309,15 @@ def evaluate(args, log=print) -> dict:
         ready = wait_until(lambda: recorder.serving() and all(player.subscriber_counts().values())
                            and session.node.count_publishers(f"{NODE}/mask") > 0, args.timeout, abort=lambda: not node.alive())
         if not ready:
-            raise RuntimeError(f"segment_node did not start serving within {args.timeout:.0f} s "
-                               f"({'exited' if not node.alive() else 'still running'}); last lines of {node.log_path}:\n"
-                               f"{node.log_tail()}")
-        result["warm_up_frames"] = warm_up(player, args.bag, args.rgb_topic, args.aux_topic, recorded, node, args.timeout)
+            raise RuntimeError(node_failure(f"segment_node did not start serving within {args.timeout:.0f} s", node))
+        result["warm_up_frames"] = send_warm_up(player, args.bag, args.rgb_topic, args.aux_topic, recorded, node, args.timeout)
         time.sleep(0.5)  # let the warm-up clear the node
         log(f"node serving and warmed up; playing at {args.rate:g}x:\n{player.describe()}")
         played = player.run()
         result["play_seconds"] = played.pop("seconds")
         with recorded.lock:
             expected = list(recorded.played)
-        last, changed = -1, time.monotonic()
-        while time.monotonic() - changed < 3.0:  # drain: until every pair is answered or nothing new for 3 s
-            count = recorder.answered(expected)
-            if count == len(expected):
-                break
-            if count != last:
-                last, changed = count, time.monotonic()
-            time.sleep(0.05)
+        drain(lambda: recorder.answered(expected), len(expected), quiet_s=3.0)
         seen = len(recorded.stats)
         wait_until(lambda: len(recorded.stats) > seen, 2.0)  # one more ~/stats after the last mask
     finally:
@@ -381,8 +347,6 @@ def write_labels(bag, topic: str, writer: BagWriter) -> None:
 
 
 def summary_text(result: dict) -> str:
-    from rgbd_fusion_seg.ros.demo import format_number
-
     lat, colour = result["latency_ms"], result["latency_from_colour_ms"]
     stats = result.get("node_stats") or {}
     frames = ", ".join(f"{topic} {count}" for topic, count in result["frames_in_bag"].items())
@@ -433,8 +397,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from rgbd_fusion_seg.ros.demo import json_ready
-
     try:
         result = evaluate(args, log=lambda line: print(line, flush=True))
     except RuntimeError as error:

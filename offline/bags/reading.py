@@ -14,7 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
-from rgbd_fusion_seg.ros.demo import stamp_of as stamp_ns  # header stamp in ns, rclpy and rosbags messages alike
+from rgbd_fusion_seg.ros.harness import stamp_of as stamp_ns  # header stamp in ns, rclpy and rosbags messages alike
 from rgbd_fusion_seg.ros.image_codec import ImageDecodeError, colour_from_msg, decompress, pixel_view
 
 IMAGE = "sensor_msgs/msg/Image"

@@ -43,7 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .demo import NodeProcess, RosSession, image_msg, json_ready, percentiles_ms, ros_environment, set_stamp, stamp_of, wait_until
+from .harness import (NodeProcess, RosSession, drain, image_msg, json_ready, node_failure, parse_stats, percentiles_ms,
+                      rate_hz, ros_environment, set_stamp, stamp_of, wait_until, warm_up)
 
 NAMESPACE = "/rgbd_fusion_seg_bench"
 RGB_TOPIC = f"{NAMESPACE}/camera/color/image_raw"
@@ -189,11 +190,7 @@ def naive_node_main(argv: list[str]) -> int:
 def _summary(latencies_s, receive_ns=(), sent: int | None = None) -> dict:
     p50, p90, p99 = percentiles_ms(latencies_s)
     received = len(latencies_s)
-    rate = float("nan")
-    if len(receive_ns) > 1:
-        span = (max(receive_ns) - min(receive_ns)) / 1e9
-        rate = (len(receive_ns) - 1) / span if span > 0 else float("nan")
-    result = {"p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "rate_hz": rate, "received": received}
+    result = {"p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "rate_hz": rate_hz(receive_ns), "received": received}
     if sent is not None:
         result["sent"] = sent
         result["drops"] = sent - received
@@ -266,6 +263,14 @@ class _Collector:
         with self.lock:
             self.received.setdefault(stamp_of(msg), now)
 
+    def count(self, stamps) -> int:
+        with self.lock:
+            return sum(1 for s in stamps if s in self.received)
+
+    def drain(self, stamps, timeout: float) -> None:
+        """Until every stamp is answered, nothing new came for 1.5 s, or `timeout` s."""
+        drain(lambda: self.count(stamps), len(stamps), quiet_s=1.5, timeout=timeout)
+
 
 def _run_publisher(env: dict, size, rate: float, duration: float) -> subprocess.Popen:
     options = {"rgb_topic": RGB_TOPIC, "depth_topic": DEPTH_TOPIC, "size": list(size), "rate": rate, "duration": duration}
@@ -291,21 +296,6 @@ def _latencies(stamps, received: dict) -> tuple[list[float], list[int]]:
     return [(received[s] - s) / 1e9 for s in answered], [received[s] for s in answered]
 
 
-def _drain(collector: _Collector, stamps, timeout: float = 5.0) -> None:
-    last, changed = -1, time.monotonic()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with collector.lock:
-            count = sum(1 for s in stamps if s in collector.received)
-        if count == len(stamps):
-            return
-        if count != last:
-            last, changed = count, time.monotonic()
-        elif time.monotonic() - changed > 1.5:
-            return
-        time.sleep(0.05)
-
-
 def bench_transport(session: RosSession, env: dict, size, rate: float, duration: float) -> dict:
     """(iii) publisher process -> this process, colour and depth; latency of a pair = the later arrival."""
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -320,7 +310,7 @@ def bench_transport(session: RosSession, env: dict, size, rate: float, duration:
     try:
         published = _publisher_result(_run_publisher(env, size, rate, duration), duration)
         stamps = published["stamps"]
-        _drain(depth, stamps, 3.0)
+        depth.drain(stamps, 3.0)
         with rgb.lock, depth.lock:
             both = {s: max(rgb.received[s], depth.received[s]) for s in stamps if s in rgb.received and s in depth.received}
         latencies, receive = _latencies(stamps, both)
@@ -338,8 +328,6 @@ def bench_node(session: RosSession, env: dict, node_command, node_name: str, siz
     from diagnostic_msgs.msg import DiagnosticStatus
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
-
-    from .demo import parse_stats
 
     node = node_command(log_path)
     collector = _Collector()
@@ -359,27 +347,25 @@ def bench_node(session: RosSession, env: dict, node_command, node_name: str, siz
             abort=lambda: not node.alive(),
         )
         if not connected:
-            raise RuntimeError(f"{node_name} did not come up:\n{node.log_tail()}")
-        # warm-up: until the node answers (it loads its model in the background)
+            raise RuntimeError(node_failure(f"{node_name} did not come up", node))
         rgb, depth = bench_frames(*size, count=1)[0]
         warm_rgb, warm_depth = image_msg(rgb), image_msg(depth)
-        deadline = time.monotonic() + ready_timeout
-        while not collector.received:
-            if time.monotonic() > deadline or not node.alive():
-                raise RuntimeError(f"{node_name} gave no mask:\n{node.log_tail()}")
+
+        def send_warm_up() -> None:
             stamp = time.time_ns()
             set_stamp(warm_rgb, stamp)
             set_stamp(warm_depth, stamp)
             rgb_pub.publish(warm_rgb)
             depth_pub.publish(warm_depth)
-            wait_until(lambda: bool(collector.received), 1.0)
+
+        warm_up(send_warm_up, lambda: bool(collector.received), node, ready_timeout, interval=1.0)
         time.sleep(1.0)  # let the warm-up frames clear the node
         ros.destroy_publisher(rgb_pub)
         ros.destroy_publisher(depth_pub)
         rgb_pub = depth_pub = None
         published = _publisher_result(_run_publisher(env, size, rate, duration), duration)
         stamps = published["stamps"]
-        _drain(collector, stamps, 10.0)
+        collector.drain(stamps, 10.0)
         with collector.lock:
             latencies, receive = _latencies(stamps, dict(collector.received))
         result = _summary(latencies, receive, sent=len(stamps))

@@ -41,19 +41,15 @@ What it does:
 It ends by itself, stops the node process, and returns non-zero if no mask arrived.
 
 The ROS traffic stays on this machine (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST unless set) and uses the
-namespace `/rgbd_fusion_seg_demo`; `--domain-id` isolates it further. The helpers here (`NodeProcess`,
-`ros_environment`, `image_msg`, `percentiles_ms`) are shared with the node benchmark and the tests.
+namespace `/rgbd_fusion_seg_demo`; `--domain-id` isolates it further. Starting the node, warming it up,
+draining its answers and the figures come from `harness.py`, shared with `bag evaluate` and `bench-node`;
+the data and the model from `offline/demo_model.py`.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -62,289 +58,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .parameters import ros_arguments
+from rgbd_fusion_seg.offline.demo_model import (DEFAULT_DATA, DEFAULT_METHOD, DEFAULT_TRAIN, default_work_dir,
+                                                 ensure_checkpoint, prepare_data)
 
-PACKAGE = "rgbd_fusion_seg"
+from .harness import (NodeProcess, RosSession, drain, find_params_file, format_number, image_msg, json_ready,
+                      node_failure, parse_stats, percentiles_ms, rate_hz, ros_environment, set_stamp, stamp_of,
+                      wait_until, warm_up)
+
 NAMESPACE = "/rgbd_fusion_seg_demo"
 RGB_TOPIC = f"{NAMESPACE}/camera/color/image_raw"
 DEPTH_TOPIC = f"{NAMESPACE}/camera/depth/image_raw"
 NODE_NAME = "segment_node"
 FRAME_ID = "demo_camera_color_optical_frame"
-
-# The embedded default: what the first run generates and trains (and what later runs find cached).
-DEFAULT_DATA = {"num_frames": 48, "seed": 0, "height": 240, "width": 320, "val_fraction": 0.25}
-DEFAULT_METHOD = "se"  # best of the study's fusion methods here, in every lighting (module docstring)
-DEFAULT_TRAIN = {"steps": 300, "batch_size": 8, "input_size": (96, 128), "lr": 2.0e-3}
-# Depth range of the generated scenes (table 0.75-1.30 m, wall 1.60 m): the demo normalises [0.5, 2.0] m.
-DEMO_AUX_RANGE_M = (0.5, 2.0)
-
-
-def default_work_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / PACKAGE / "demo"
-
-
-# ----------------------------------------------------------------------------------------------------
-# Shared helpers: environment, node process, messages, statistics
-
-
-def ros_environment(domain_id: int | None = None, base: dict | None = None) -> dict:
-    """The environment for the demo's processes: traffic kept on this machine, optional domain id."""
-    env = dict(os.environ if base is None else base)
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    if domain_id is not None:
-        env["ROS_DOMAIN_ID"] = str(int(domain_id))
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
-def find_params_file() -> Path | None:
-    """config/segment.yaml: installed share folder (colcon) first, else the source tree beside the package."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        installed = Path(get_package_share_directory(PACKAGE)) / "config" / "segment.yaml"
-        if installed.is_file():
-            return installed
-    except Exception:  # not installed by colcon, AMENT_PREFIX_PATH unset, or no ament_index_python
-        pass
-    source = Path(__file__).resolve().parents[2] / "config" / "segment.yaml"
-    return source if source.is_file() else None
-
-
-def percentiles_ms(values_s) -> tuple[float, float, float]:
-    """p50, p90, p99 in milliseconds of latencies in seconds (NaN for none)."""
-    if len(values_s) == 0:
-        return (float("nan"),) * 3
-    p50, p90, p99 = np.percentile(np.asarray(values_s, np.float64) * 1000.0, [50, 90, 99])
-    return float(p50), float(p90), float(p99)
-
-
-def image_msg(image: np.ndarray, stamp_ns: int = 0, frame_id: str = FRAME_ID):
-    """numpy -> sensor_msgs/Image (rgb8 / mono8 / 16UC1 / 32FC1 by dtype and shape), through the node's codec."""
-    from std_msgs.msg import Header
-
-    from .image_codec import array_to_msg
-
-    header = Header(frame_id=frame_id)
-    msg = array_to_msg(image, header)
-    set_stamp(msg, stamp_ns)
-    return msg
-
-
-def set_stamp(msg, stamp_ns: int) -> None:
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
-
-
-def stamp_of(msg) -> int:
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-
-
-class NodeProcess:
-    """The real segment_node in a child process (`python -m rgbd_fusion_seg.ros.segment_node --ros-args ...`).
-
-    Its output goes to `log_path`. `stop()` sends SIGINT (rclpy's clean shutdown), then SIGTERM, then SIGKILL.
-    """
-
-    def __init__(
-        self,
-        checkpoint: str | os.PathLike | None,
-        *,
-        params_file: str | os.PathLike | None = None,
-        parameters: dict | None = None,
-        namespace: str = "",
-        remappings: dict | None = None,
-        env: dict | None = None,
-        log_path: str | os.PathLike | None = None,
-        module: str = "rgbd_fusion_seg.ros.segment_node",
-        arguments: list[str] | None = None,
-    ):
-        values = dict(parameters or {})
-        if checkpoint is not None:
-            values["checkpoint"] = str(checkpoint)
-        remaps = {"__ns": namespace} if namespace else {}
-        remaps.update(remappings or {})
-        command = [sys.executable, "-m", module, *(arguments or []), *ros_arguments(params_file, values, remaps)]
-        self.command = command
-        self.log_path = Path(log_path) if log_path else None
-        self._log_file = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            command, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log_tail(self, lines: int = 30) -> str:
-        if not self.log_path or not self.log_path.is_file():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        if self.alive():
-            for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-                try:
-                    self.process.send_signal(sig)
-                    self.process.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-                except ProcessLookupError:
-                    break
-        if self._log_file is not subprocess.DEVNULL:
-            self._log_file.close()
-        return self.process.poll()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-
-
-class RosSession:
-    """An rclpy context of our own with one node spun by a background executor thread."""
-
-    def __init__(self, name: str, env: dict | None = None):
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.signals import SignalHandlerOptions
-
-        for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE"):
-            if env is not None and key in env:
-                os.environ[key] = env[key]  # read by rcl when the context is initialised
-        self.context = rclpy.Context()
-        rclpy.init(args=[], context=self.context, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node(name, context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, name=f"{name}-executor", daemon=True)
-        self._thread.start()
-
-    def _spin(self):
-        try:
-            self.executor.spin()
-        except Exception:  # shutdown while spinning
-            pass
-
-    def close(self):
-        import rclpy
-
-        try:
-            self.executor.shutdown(timeout_sec=2.0)
-            self.node.destroy_node()
-        finally:
-            rclpy.try_shutdown(context=self.context)
-            self._thread.join(timeout=2.0)
-
-
-def parse_stats(msg) -> dict:
-    return {kv.key: kv.value for kv in msg.values}
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.05, abort=None) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        if abort is not None and abort():
-            return False
-        time.sleep(interval)
-    return predicate()
-
-
-# ----------------------------------------------------------------------------------------------------
-# 1-2: data and model
-
-
-def _key(data: dict) -> str:
-    return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def prepare_data(work_dir: Path, spec: dict, log=print) -> Path:
-    """The generated MM5-layout set for `spec` (generate_mm5's arguments), generated once and cached."""
-    from rgbd_fusion_seg.offline.datasets.synth import generate_mm5
-
-    root = work_dir / "data" / f"mm5_synth_{spec['height']}x{spec['width']}_n{spec['num_frames']}_s{spec['seed']}_{_key(spec)}"
-    if (root / "synth_info.json").is_file():  # written last: its presence means the set is complete
-        return root
-    log(f"generating {spec['num_frames']} frames ({spec['height']}x{spec['width']}, seed {spec['seed']}) in MM5 layout -> {root}")
-    summary = generate_mm5(root, **spec)
-    log(f"  {len(summary['train'])} train / {len(summary['eval'])} held-out frames in {summary['seconds']:.1f} s")
-    return root
-
-
-def training_config(data_root: Path, out_dir: Path, method: str, steps: int, batch_size: int, input_size, lr: float) -> dict:
-    """The demo's experiment: all eight lightings as augmentation, D16 depth in metres, a fixed step count."""
-    return {
-        "experiment": f"demo_{method}",
-        "model": {"method": method, "pretrained": False, "options": {}},
-        "data": {
-            "dataset": "mm5",
-            "root": str(data_root),
-            "lightings": "all",
-            "aux_folder": "D16",  # uint16 mm -> metres, as a 16UC1 camera stream decodes in the node
-            "label_folder": "ANNO_CLASS",
-            "train_split": "list_train_f.txt",
-            "val_split": "list_eval_f.txt",
-            "input_size": [int(input_size[0]), int(input_size[1])],
-            "num_classes": None,
-            "aux_range": [float(v) for v in DEMO_AUX_RANGE_M],
-        },
-        "train": {
-            "epochs": 1000,
-            "max_steps": int(steps),
-            "batch_size": int(batch_size),
-            "lr": float(lr),
-            "optimizer": "adamw",
-            "lr_schedule": "cosine",
-            "warmup_steps": min(20, max(int(steps) // 10, 0)),
-            "amp": False,
-            "num_workers": 0,
-            "seed": 0,
-            "val_every": 1000,  # validate once, at the end
-            "augment": True,
-            "checkpoint_every_steps": 100,
-        },
-        "loss": {"ce": 1.0, "dice": 1.0},
-        "out_dir": str(out_dir),
-    }
-
-
-def ensure_checkpoint(work_dir: Path, data_root: Path, method: str, *, steps: int, batch_size: int, input_size,
-                      lr: float, device: str, retrain: bool, log=print) -> tuple[Path, dict]:
-    """Train (or resume, or reuse) the demo model; returns (serving checkpoint `<method>.pt`, its val metrics)."""
-    from rgbd_fusion_seg.core.checkpoint import load_checkpoint, save_checkpoint
-    from rgbd_fusion_seg.offline.config import config_from_dict
-    from rgbd_fusion_seg.offline.train import train
-
-    identity = training_config(Path("<data>"), Path("<out>"), method, steps, batch_size, input_size, lr)
-    identity["data_key"] = data_root.name
-    out_dir = work_dir / "models" / f"{method}_{_key(identity)}"
-    served = out_dir / f"{method}.pt"
-    if retrain and out_dir.exists():
-        shutil.rmtree(out_dir)
-    if served.is_file():
-        checkpoint = load_checkpoint(served)
-        log(f"using the cached {method} model {served} (trained earlier; --retrain to train again)")
-        return served, checkpoint.metrics.get("val", {})
-    raw = training_config(data_root, out_dir, method, steps, batch_size, input_size, lr)
-    config = config_from_dict(raw, source="demo")
-    from rgbd_fusion_seg.core.engine import resolve_device
-
-    log(f"training {method} for {steps} steps (batch {batch_size}, input {input_size[0]}x{input_size[1]}) on "
-        f"{resolve_device(device)}; "
-        "first run only, the checkpoint is cached")
-    started = time.monotonic()
-    last = train(config, resume=True, device=device, log=lambda line: log(f"  {line}"))
-    checkpoint = load_checkpoint(last)
-    checkpoint.train_state = None  # the served file needs no optimiser state
-    save_checkpoint(checkpoint, served)
-    for leftover in ("last.pt", "best.pt"):  # resumable training state (3x the weights): no longer needed
-        (out_dir / leftover).unlink(missing_ok=True)
-    log(f"  trained in {time.monotonic() - started:.0f} s -> {served}")
-    return served, checkpoint.metrics.get("val", {})
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -447,22 +172,18 @@ class DemoClient:
 def stream(client: DemoClient, frames: list[Frame], rate: float, node: NodeProcess, log=print,
            ready_timeout: float = 120.0, drain_timeout: float = 30.0) -> dict:
     """Warm up until the node answers, then publish every frame at `rate`; returns stamps and timings."""
-    messages = [(image_msg(f.rgb), image_msg(f.depth_mm)) for f in frames]
+    messages = [(image_msg(f.rgb, frame_id=FRAME_ID), image_msg(f.depth_mm, frame_id=FRAME_ID)) for f in frames]
 
-    # The node loads its model in the background: send the first frame every 0.5 s until a mask comes back.
     started = time.monotonic()
     if not wait_until(client.connected, ready_timeout, abort=lambda: not node.alive()):
-        raise RuntimeError(_node_failure("the node's topics did not connect", node))
+        raise RuntimeError(node_failure("the node's topics did not connect", node))
     warmup = []
-    while client.mask_count() == 0:
-        if not node.alive():
-            raise RuntimeError(_node_failure("the node exited during start-up", node))
-        if time.monotonic() - started > ready_timeout:
-            raise RuntimeError(_node_failure(f"no mask within {ready_timeout:.0f} s of start-up", node))
-        stamp = time.time_ns()
-        warmup.append(stamp)
-        client.publish(*messages[0], stamp)
-        wait_until(lambda: client.mask_count() > 0, 0.5)
+
+    def send_warm_up() -> None:
+        warmup.append(time.time_ns())
+        client.publish(*messages[0], warmup[-1])
+
+    warm_up(send_warm_up, lambda: client.mask_count() > 0, node, ready_timeout - (time.monotonic() - started))
     log(f"node ready after {time.monotonic() - started:.1f} s ({len(warmup)} warm-up frame(s)); "
         f"streaming {len(frames)} frames at {rate:g} Hz")
     wait_until(lambda: client.mask_count(warmup) == len(warmup), 2.0)
@@ -477,31 +198,13 @@ def stream(client: DemoClient, frames: list[Frame], rate: float, node: NodeProce
         stamp = time.time_ns()
         stamps.append(stamp)
         client.publish(rgb_msg, depth_msg, stamp)
-    stream_end = time.monotonic()
-    streaming_s = stream_end - t0
-
-    # Drain: until every frame is answered, or nothing new has come for a while.
-    last_count, last_change = -1, time.monotonic()
-    while time.monotonic() - stream_end < drain_timeout:
-        count = client.mask_count(stamps)
-        if count == len(stamps):
-            break
-        if count != last_count:
-            last_count, last_change = count, time.monotonic()
-        elif time.monotonic() - last_change > max(3.0, 4 * period):
-            break
-        time.sleep(0.05)
+    streaming_s = time.monotonic() - t0
+    drain(lambda: client.mask_count(stamps), len(stamps), quiet_s=max(3.0, 4 * period), timeout=drain_timeout)
     # One more ~/stats message after the last mask (the demo sets stats_period to 1 s).
     with client.lock:
         seen = len(client.received.stats)
     wait_until(lambda: len(client.received.stats) > seen, 3.0)
     return {"stamps": stamps, "warmup": warmup, "streaming_s": streaming_s}
-
-
-def _node_failure(what: str, node: NodeProcess) -> str:
-    code = node.process.poll()
-    status = f"exit status {code}" if code is not None else "still running"
-    return f"{what} ({status}); last lines of {node.log_path}:\n{node.log_tail()}"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -527,14 +230,13 @@ def evaluate(frames: list[Frame], streamed: dict, received: Received, num_classe
         per_lighting[frame.lighting].update(mask, frame.labels)
         answered.append(frame.index)
     sent = len(streamed["stamps"])
-    rate = (len(receive_times) - 1) / ((max(receive_times) - min(receive_times)) / 1e9) if len(receive_times) > 1 else float("nan")
     result = {
         "frames_sent": sent,
         "masks_received": len(latencies),
         "drops": sent - len(latencies),
         "warmup_frames": len(streamed["warmup"]),
         "latency_ms": dict(zip(("p50", "p90", "p99"), percentiles_ms(latencies))),
-        "rate_hz": rate,
+        "rate_hz": rate_hz(receive_times),
         "send_rate_hz": sent / streamed["streaming_s"] if streamed["streaming_s"] > 0 else float("nan"),
         "answered": answered,
     }
@@ -609,11 +311,6 @@ def write_outputs(out_dir: Path, frames: list[Frame], streamed: dict, received: 
     return {"overlays_dir": str(overlays_dir), "overlays_written": written, "contact_sheet": str(sheet_path) if sheet_path else None}
 
 
-def format_number(value, digits=1) -> str:
-    """`value` with `digits` decimals, or "n/a" when it is missing or not finite."""
-    return "n/a" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"
-
-
 def report(result: dict, node_stats: dict | None, lighting_names: dict, log=print) -> None:
     lat = result["latency_ms"]
     log("")
@@ -668,6 +365,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the node to answer")
 
 
+def start_node(checkpoint_path: Path, device: str, env: dict, log_path: Path) -> NodeProcess:
+    """segment_node as a user starts it, with the package's config/segment.yaml, on the demo's topics."""
+    return NodeProcess(
+        checkpoint_path,
+        params_file=find_params_file(),
+        parameters={
+            "device": device, "outputs.overlay": True, "stats_period": 1.0,
+            "checkpoint_dir": str(checkpoint_path.parent),
+            # Our "camera" publishes reliably, so the node may subscribe reliably: with Fast DDS's default
+            # socket buffers, best-effort loses most frames above a few hundred kB (640x480 rgb8 is 900 kB).
+            "qos.profile": "reliable",
+        },
+        namespace=NAMESPACE,
+        remappings={"rgb/image": RGB_TOPIC, "aux/image": DEPTH_TOPIC},
+        env=env,
+        log_path=log_path,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     def log(line: str = "") -> None:
         print(line, flush=True)
@@ -700,23 +416,8 @@ def run(args: argparse.Namespace) -> int:
     frames = load_frames(data_root, args.frames, lightings)
 
     env = ros_environment(args.domain_id)
-    params_file = find_params_file()
     node_device = "cpu" if args.device == "auto" and not _cuda() else ("cuda" if args.device == "auto" else args.device)
-    node = NodeProcess(
-        checkpoint_path,
-        params_file=params_file,
-        parameters={
-            "device": node_device, "outputs.overlay": True, "stats_period": 1.0,
-            "checkpoint_dir": str(checkpoint_path.parent),
-            # Our "camera" publishes reliably, so the node may subscribe reliably: with Fast DDS's default
-            # socket buffers, best-effort loses most frames above a few hundred kB (640x480 rgb8 is 900 kB).
-            "qos.profile": "reliable",
-        },
-        namespace=NAMESPACE,
-        remappings={"rgb/image": RGB_TOPIC, "aux/image": DEPTH_TOPIC},
-        env=env,
-        log_path=out_dir / "node.log",
-    )
+    node = start_node(checkpoint_path, node_device, env, out_dir / "node.log")
     log(f"started segment_node (pid {node.process.pid}): {' '.join(node.command[1:])}")
     session = None
     try:
@@ -754,21 +455,6 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def json_ready(value):
-    """numpy scalars -> Python, NaN/inf -> None (strict JSON), paths -> str, recursively."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
 
 
 if __name__ == "__main__":  # pragma: no cover
