@@ -238,6 +238,34 @@ def test_evaluate_checks_every_label_before_the_node_starts(tmp_path):
         read_labels(tmp_path / "in", "/wide", 4)
 
 
+def test_evaluate_without_checkpoint_checks_every_input_before_training(tmp_path, capsys, monkeypatch, bags):
+    """No --checkpoint means training the default model (minutes): a bad bag, topic, label topic, --out or a
+    bag the default model cannot read is refused within seconds, before anything is generated or trained."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no cached default model here
+    (tmp_path / "a_file").write_text("")
+    indoor = [str(bags / "rgbd_indoor"), "--rgb-topic", INDOOR["rgb"], "--aux-topic", INDOOR["aux"]]
+    cases = [
+        ([str(tmp_path / "no_bag"), "--rgb-topic", INDOOR["rgb"], "--aux-topic", INDOOR["aux"]], "out", "no bag at"),
+        ([str(bags / "rgbd_indoor"), "--rgb-topic", "/nope", "--aux-topic", INDOOR["aux"]], "out",
+         "has no topic '/nope' .asked for as the colour topic."),
+        ([str(bags / "talker_mcap"), "--rgb-topic", "/topic", "--aux-topic", "/topic"], "out",
+         "'/topic' in bag .* has type std_msgs/msg/String"),
+        ([*indoor, "--label-topic", INDOOR["aux"]], "out", "label topic .* is 16UC1; labels must be mono8 or 8UC1"),
+        (indoor, "a_file/out", r"a_file is a file, not a folder"),
+        ([str(bags / "rgbt_layout"), "--rgb-topic", SUBT["rgb"], "--aux-topic", SUBT["aux"]], "out",
+         r"'/thermal/image_raw' is mono8, which the node decodes to depth in 'raw8', but the default model .* 'm'"),
+        ([*indoor, "--modality", "thermal"], "out", "a thermal bag needs --checkpoint"),
+    ]
+    for args, out, message in cases:
+        started = time.monotonic()
+        code = cli(["bag", "evaluate", *args, "--out", str(tmp_path / out)])
+        captured = capsys.readouterr()
+        assert code == 2 and re.search(message, captured.err), (message, captured.err)
+        assert time.monotonic() - started < 10, captured.out
+        assert "generating" not in captured.out and "training" not in captured.out
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()  # nothing made, nothing trained
+
+
 def test_score_latency_rate_and_drops_from_the_recorded_times():
     from rgbd_fusion_seg.offline.bags.evaluate import Recorded, score
 

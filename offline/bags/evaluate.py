@@ -25,12 +25,15 @@ colour frame instead (adds the aux stream's lag). Pairs are predicted with the n
 without a mask is a drop (newest-pair-wins while the model is busy, or lost in transport).
 
 Without --checkpoint, depth bags use the demo's model (trained once on generated data and cached, see
-`rgbd-fusion-seg demo`); thermal bags need a thermal checkpoint. The checkpoint's modality and unit must fit
-the aux topic's encoding (checked before the node starts).
+`rgbd-fusion-seg demo`); thermal bags need a thermal checkpoint. Every input is checked before any time is
+spent (training the default model, starting the node): the bag opens, its topics exist with image types and
+readable first frames, the label topic holds class ids, --out can take the results, and the checkpoint's
+modality and unit fit the aux topic's encoding.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -78,24 +81,68 @@ class Recorded:
     warm_up_answers: int = 0
 
 
-def check_inputs(bag, rgb_topic: str, aux_topic: str, label_topic: str | None, checkpoint, modality: str | None):
-    """Everything that can be checked before the node starts; returns (summary, topic infos)."""
-    from rgbd_fusion_seg.ros.inference_worker import inspect_checkpoint
-
-    summary = inspect_checkpoint(checkpoint, modality=modality)
+def check_bag(bag, rgb_topic: str, aux_topic: str, label_topic: str | None) -> dict:
+    """The topics' first frames ({"rgb", "aux"[, "label"]}: ImageTopic); BagError for a bag that does not open,
+    a missing topic, a non-image type, an unreadable frame or labels that are not class ids."""
     with reading(bag) as reader:
         infos = {"rgb": first_image(reader, image_connection(reader, rgb_topic, "colour")),
                  "aux": first_image(reader, image_connection(reader, aux_topic, "aux"))}
         if label_topic:
             infos["label"] = first_image(reader, image_connection(reader, label_topic, "label"))
+    if label_topic and infos["label"].encoding not in LABEL_ENCODINGS:
+        raise BagError(f"label topic {label_topic!r} in bag {bag} is {infos['label'].encoding}; labels must be "
+                       f"{' or '.join(LABEL_ENCODINGS)} class ids")
+    return infos
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse an --out that cannot take the results, before anything is spent (nothing is created here)."""
+    if (out / "outputs").exists():
+        raise BagError(f"output bag {out / 'outputs'} exists already; choose a new --out (bags are never overwritten)")
+    existing = next(folder for folder in (out, *out.parents) if folder.exists())
+    if not existing.is_dir():
+        raise BagError(f"--out {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BagError(f"--out {out}: cannot write in {existing}")
+
+
+def check_aux_fits(aux_topic: str, aux, modality: str, unit: str, model: str) -> None:
+    """The aux topic's encoding must decode to the unit the model was trained on."""
+    decoded = AUX_ENCODINGS[modality].get(aux.encoding)
+    if decoded is None:
+        raise BagError(f"aux topic {aux_topic!r} is {aux.encoding}, which is not a {modality} encoding the node reads "
+                       f"({', '.join(AUX_ENCODINGS[modality])}); {model} needs {modality} in {unit!r}")
+    if decoded != unit:
+        raise BagError(f"aux topic {aux_topic!r} is {aux.encoding}, which the node decodes to {modality} in {decoded!r}, "
+                       f"but {model} was trained on {unit!r}; use a checkpoint trained on {decoded!r}")
+
+
+def checkpoint_summary(checkpoint: Path, modality: str | None):
+    from rgbd_fusion_seg.ros.model_serving import inspect_checkpoint  # imports torch: seconds
+
+    return inspect_checkpoint(checkpoint, modality=modality)
+
+
+def resolve_checkpoint(args, log):
+    """Every input checked, then the checkpoint: (path, summary, topic infos). Without --checkpoint the default
+    model is trained (minutes, once) only after the bag, the output folder and the modality have passed."""
+    from rgbd_fusion_seg.offline.demo_model import DEFAULT_AUX, default_checkpoint
+
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    if checkpoint is not None:
+        summary = checkpoint_summary(checkpoint, args.modality)  # a given checkpoint is checked first
+    elif args.modality not in (None, DEFAULT_AUX[0]):
+        raise BagError(f"a {args.modality} bag needs --checkpoint (a model trained on {args.modality} data); the "
+                       f"built-in default model is the demo's {DEFAULT_AUX[0]} model")
+    infos = check_bag(args.bag, args.rgb_topic, args.aux_topic, args.label_topic)
+    check_output_folder(Path(args.out).expanduser())
+    if checkpoint is None:
+        check_aux_fits(args.aux_topic, infos["aux"], *DEFAULT_AUX, "the default model (the demo's; give --checkpoint)")
+        checkpoint = default_checkpoint(log)
+        summary = checkpoint_summary(checkpoint, args.modality)
     if summary.uses_aux:
-        unit = AUX_ENCODINGS[summary.modality].get(infos["aux"].encoding)
-        if unit != summary.unit:
-            got = f"decodes to {unit!r}" if unit else "is not one"
-            raise BagError(f"aux topic {aux_topic!r} is {infos['aux'].encoding}, which {got} of the {summary.modality} "
-                           f"encodings the node reads in {summary.unit!r} (checkpoint {checkpoint}); use a checkpoint "
-                           f"trained on {unit or 'a supported unit'}")
-    return summary, infos
+        check_aux_fits(args.aux_topic, infos["aux"], summary.modality, summary.unit, f"checkpoint {checkpoint}")
+    return checkpoint, summary, infos
 
 
 def read_labels(bag, topic: str, num_classes: int) -> dict[int, np.ndarray]:
@@ -260,16 +307,9 @@ def write_pictures(bag, rgb_topic: str, recorded: Recorded, palette, out: Path, 
 
 
 def evaluate(args, log=print) -> dict:
-    from rgbd_fusion_seg.core.checkpoint import load_checkpoint
-    from rgbd_fusion_seg.offline.demo_model import default_checkpoint
+    checkpoint, summary, infos = resolve_checkpoint(args, log)
+    from rgbd_fusion_seg.core.checkpoint import load_checkpoint  # torch: once every input has passed
 
-    checkpoint = Path(args.checkpoint) if args.checkpoint else None
-    if checkpoint is None:
-        if args.modality == "thermal":
-            raise BagError("a thermal bag needs --checkpoint (a model trained on thermal data); the built-in "
-                           "default model is the demo's depth model")
-        checkpoint = default_checkpoint(log)
-    summary, infos = check_inputs(args.bag, args.rgb_topic, args.aux_topic, args.label_topic, checkpoint, args.modality)
     served = load_checkpoint(checkpoint)  # class names and palette
     labels = read_labels(args.bag, args.label_topic, served.num_classes) if args.label_topic else {}
     out = Path(args.out).expanduser()
