@@ -20,7 +20,7 @@ from rgbd_fusion_seg.offline.bags.export import export
 from rgbd_fusion_seg.offline.bags.import_ import import_dataset, open_source
 from rgbd_fusion_seg.offline.bags.reading import BagError, reading
 from rgbd_fusion_seg.offline.bags.writing import BagWriter, OutputNotWrittenError, image_message
-from rgbd_fusion_seg.ros.inference_worker import inspect_checkpoint
+from rgbd_fusion_seg.ros.model_serving import inspect_checkpoint
 
 EXPECTED = "expected a .pt file written by `rgbd-fusion-seg train`"
 

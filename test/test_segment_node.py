@@ -455,7 +455,7 @@ def test_worker_newest_pair_wins_and_survives_errors():
 def test_background_loader_loads_the_newest_request():
     import threading
 
-    from rgbd_fusion_seg.ros.inference_worker import BackgroundLoader, LoadRequest
+    from rgbd_fusion_seg.ros.model_serving import BackgroundLoader, LoadRequest
 
     gate = threading.Event()
     loaded, failed, calls = [], [], []

@@ -4,7 +4,9 @@
 - `pairing`: two-stream timestamp pairing with message_filters' ApproximateTimeSynchronizer semantics
 - `parameters`: the node's one parameter table and the validation of runtime changes
 - `contract`: the node's topics, and the docs tables, config/segment.yaml and launch arguments made from both tables
-- `inference_worker`: the one-slot inference thread, model loading and the latency/rate window
+- `inference_worker`: the one-slot inference thread and the latency/rate window
+- `model_serving`: checking a checkpoint cheaply, loading it into an engine, the background loader
+- `model_selection`: which checkpoint a configuration serves, and whether that needs a load
 - `segment_node`: the `segment_node` executable
 
 Only `segment_node` (and the message wrappers in `image_codec`) import rclpy / sensor_msgs.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from . import parameters as params
-from .inference_worker import CheckpointSummary, read_checkpoint_summary
+from .model_serving import CheckpointSummary, read_checkpoint_summary
 
 # Asking for one of these again reloads the file, even when it is the one being served.
 RELOAD_PARAMETERS = frozenset({"checkpoint", "fusion_method"})

@@ -42,14 +42,9 @@ from ..core.palette import colourise, overlay
 from ..core.preprocessing import PreprocessingError
 from . import parameters as params
 from .image_codec import ImageDecodeError, aux_from_msg, colour_from_msg, float_to_msg, mask_to_msg, rgb_to_msg
-from .inference_worker import (
-    BackgroundLoader,
-    InferenceWorker,
-    LatencyWindow,
-    LoadRequest,
-    ServedModel,
-)
+from .inference_worker import InferenceWorker, LatencyWindow
 from .model_selection import choose_model, needs_load
+from .model_serving import BackgroundLoader, LoadRequest, ServedModel
 from .pairing import STAMP_JUMP_BACK_S, ApproximateTimePairer
 from .spinning import run_until_stopped
 

@@ -1,0 +1,252 @@
+"""The models the node serves, without ROS imports: checking a checkpoint, loading it, swapping it in.
+
+- `read_checkpoint_summary` / `inspect_checkpoint`: a cheap check that a checkpoint file can be served (format,
+  method, modality, and whether its weights fit the method), memory-mapped so the weights are not read;
+  `CheckpointSummary.require` matches one read against a method and a modality.
+- `ServedModel` and `load_served_model`: the full load that builds the engine, replaced whole, never mutated.
+- `BackgroundLoader`: a daemon thread that loads the newest requested model (`LoadRequest`) and hands it over;
+  the caller swaps it in, so the old model serves until then.
+
+Which file a configuration serves is `model_selection.py`.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from ..core.preprocessing import Preprocessing, PreprocessingError
+from .inference_worker import CLOSED, Mailbox
+
+if TYPE_CHECKING:  # torch and the models are imported on first use, so the node starts (and stops) quickly
+    from ..core.engine import SegmentationEngine
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    """What one cheap read of a checkpoint file found; `require` says whether it can serve a configuration."""
+
+    path: str
+    method: str
+    num_classes: int
+    modality: str
+    unit: str
+    uses_aux: bool
+    weights_problem: str | None = None  # why the weights do not fit the method, when they do not
+
+    def require(self, *, method: str | None = None, modality: str | None = None) -> "CheckpointSummary":
+        """This summary if the file can serve `method` / `modality` (None: any); else CheckpointError."""
+        from ..core.checkpoint import CheckpointError
+
+        if method and self.method != method:
+            raise CheckpointError(f"checkpoint {self.path} holds method {self.method!r}, not {method!r}")
+        if modality and self.uses_aux and self.modality != modality:
+            raise CheckpointError(
+                f"checkpoint {self.path} was trained on {self.modality} ({self.unit}), but modality is {modality!r}"
+            )
+        if self.weights_problem:
+            raise CheckpointError(f"checkpoint {self.path}: {self.weights_problem}")
+        return self
+
+
+def _method_uses_aux(method: str) -> bool:
+    from ..models.registry import method_class
+
+    return bool(method_class(method).uses_aux)
+
+
+def _weights_fit(method: str, num_classes: int, options: dict, state_dict: dict) -> str | None:
+    """Compare key names and shapes with the method built on the meta device (no memory, no maths).
+
+    Returns the reason the weights do not fit, or None (also when the check cannot be made: the full load
+    checks again).
+    """
+    import torch
+
+    from ..models import build_model
+
+    try:
+        with torch.device("meta"):
+            expected = build_model(method, num_classes, **options).state_dict()
+    except Exception:  # noqa: BLE001 - e.g. a constructor that reads files; leave it to the full load
+        return None
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = [
+        f"{name} {tuple(state_dict[name].shape)} vs {tuple(expected[name].shape)}"
+        for name in expected
+        if name in state_dict and hasattr(state_dict[name], "shape") and state_dict[name].shape != expected[name].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if wrong:
+        problems.append(f"{len(wrong)} of the wrong shape (e.g. {wrong[0]})")
+    if problems:
+        return f"weights do not fit method {method!r} with {num_classes} classes: " + "; ".join(problems)
+    return None
+
+
+def read_checkpoint_summary(path: str | os.PathLike) -> CheckpointSummary:
+    """Read a checkpoint cheaply: memory-mapped, so the weights are not read, only their names and shapes
+    compared with the method's. Raises CheckpointError for a file that is no servable checkpoint at all."""
+    from ..core.checkpoint import CheckpointError, read_checkpoint_dict
+    from ..models import UnknownMethodError
+
+    path = Path(path)
+    raw = read_checkpoint_dict(path, mmap=True)
+    try:
+        found_method = str(raw["model"]["method"])
+        num_classes = int(raw["model"]["num_classes"])
+        options = dict(raw["model"].get("options", {}))
+        spec = Preprocessing.from_dict(raw["preprocessing"])
+        state_dict = raw["state_dict"]
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path} is missing or has a malformed field: {error}") from None
+    try:
+        uses_aux = _method_uses_aux(found_method)
+    except UnknownMethodError as error:
+        raise CheckpointError(f"checkpoint {path}: {error}") from None
+    return CheckpointSummary(str(path), found_method, num_classes, spec.aux.modality, spec.aux.unit, uses_aux,
+                             weights_problem=_weights_fit(found_method, num_classes, options, state_dict))
+
+
+def inspect_checkpoint(path: str | os.PathLike, *, method: str | None = None, modality: str | None = None) -> CheckpointSummary:
+    """Check, cheaply, that `path` can be served (with `method` / `modality`, when given, matching the
+    checkpoint's); raise CheckpointError with the reason if not."""
+    return read_checkpoint_summary(path).require(method=method, modality=modality)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The engine being served plus what the node needs around it. Replaced whole, never mutated."""
+
+    engine: SegmentationEngine
+    path: str
+    method: str
+    modality: str
+    unit: str
+    uses_aux: bool
+    palette: np.ndarray  # num_classes x 3 uint8
+    base_preprocessing: Preprocessing  # the checkpoint's own, before any aux_range override
+    device: str
+    precision: str
+
+    @property
+    def aux_range(self) -> tuple[float, float]:
+        aux = self.engine.preprocessing.aux
+        return aux.low, aux.high
+
+    def with_aux_range(self, aux_range) -> "ServedModel":
+        """The same network with the aux normalisation range overridden ([] restores the checkpoint's)."""
+        base = self.base_preprocessing
+        if aux_range:
+            low, high = float(aux_range[0]), float(aux_range[1])
+            spec = replace(base, aux=replace(base.aux, low=low, high=high))
+        else:
+            spec = base
+        engine = copy.copy(self.engine)  # shares the network; only the preprocessing differs
+        engine.checkpoint = replace(self.engine.checkpoint, preprocessing=spec)
+        return replace(self, engine=engine)
+
+    def describe(self) -> str:
+        low, high = self.aux_range
+        return (
+            f"method {self.method!r} from {self.path} on {self.engine.device} ({self.engine.precision}); "
+            f"{self.engine.checkpoint.num_classes} classes; aux {self.modality} in {self.unit} [{low:g}, {high:g}]"
+            + ("" if self.uses_aux else " (aux not used by this method)")
+        )
+
+
+def load_served_model(path: str, device: str = "auto", precision: str = "fp32", aux_range=(),
+                      warm_up: bool = True) -> ServedModel:
+    """Load a checkpoint fully and build its engine (deploy form, on `device`); one warm-up pass by default.
+
+    Raises CheckpointError (missing, unreadable, weights that do not fit) or ValueError (device, precision).
+    """
+    from ..core.checkpoint import CheckpointError, load_checkpoint
+    from ..core.engine import SegmentationEngine
+
+    checkpoint = load_checkpoint(path)
+    engine = SegmentationEngine(checkpoint, device=device, precision=precision)
+    # The network holds the weights now: keep the description, drop the second copy of the state dict.
+    engine.checkpoint = replace(checkpoint, state_dict={}, train_state=None)
+    spec = checkpoint.preprocessing
+    served = ServedModel(
+        engine=engine,
+        path=str(path),
+        method=checkpoint.method,
+        modality=spec.aux.modality,
+        unit=spec.aux.unit,
+        uses_aux=_method_uses_aux(checkpoint.method),
+        palette=np.asarray(checkpoint.palette, np.uint8).reshape(-1, 3),
+        base_preprocessing=spec,
+        device=device,
+        precision=precision,
+    )
+    if aux_range:
+        served = served.with_aux_range(aux_range)
+    if warm_up:
+        height, width = spec.input_size or (240, 320)
+        try:
+            engine.predict(np.zeros((height, width, 3), np.uint8), np.zeros((height, width), np.float32))
+        except PreprocessingError as error:
+            raise CheckpointError(f"checkpoint {path}: warm-up inference failed: {error}") from None
+    return served
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    generation: int
+    path: str
+    device: str
+    precision: str
+    aux_range: tuple[float, ...]
+    reason: str  # what asked for it, for the log
+
+
+class BackgroundLoader:
+    """Loads models on a daemon thread, newest request first; a request replaced before it starts is skipped.
+
+    `on_loaded(request, served)` or `on_failed(request, error)` is called on the loader thread.
+    """
+
+    def __init__(self, on_loaded: Callable[[LoadRequest, ServedModel], None],
+                 on_failed: Callable[[LoadRequest, BaseException], None],
+                 load: Callable[..., ServedModel] = load_served_model):
+        self._load = load
+        self._on_loaded = on_loaded
+        self._on_failed = on_failed
+        self._mailbox = Mailbox()
+        self._thread = threading.Thread(target=self._run, name="model-loader", daemon=True)
+        self._thread.start()
+
+    def request(self, request: LoadRequest) -> None:
+        self._mailbox.put(request)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Skip what is queued and wait for a load in progress: exiting while it runs in C++ aborts the process."""
+        self._mailbox.close()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            request = self._mailbox.get()
+            if request is CLOSED:
+                return
+            if request is None:
+                continue
+            try:
+                served = self._load(request.path, request.device, request.precision, request.aux_range)
+            except Exception as error:  # noqa: BLE001 - any failure keeps the old model serving
+                self._on_failed(request, error)
+                continue
+            self._on_loaded(request, served)
