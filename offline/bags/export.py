@@ -126,7 +126,8 @@ def _write_pairs(reader, connections, folder: Path, modality: str, pairer: Appro
     }
     (folder / "dataset.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
     (folder / "all.txt").write_text("".join(f"{stem}\n" for stem, _, _ in rows))
-    (folder / "stamps.csv").write_text("stem,rgb_stamp_ns,aux_stamp_ns\n" + "".join(f"{s},{a},{b}\n" for s, a, b in rows))
+    (folder / "stamps.csv").write_text("stem,rgb_stamp_ns,aux_stamp_ns\n"
+                                       + "".join(f"{s},{a},{b}\n" for s, a, b in rows))
     return info
 
 

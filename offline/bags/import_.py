@@ -138,7 +138,8 @@ def import_dataset(source: Source, out, storage="mcap", rate: float | None = Non
                     raise BagError(f"{sample.files['label']}: labels are {labels.dtype}; mono8 needs uint8 class ids")
                 writer.write_message(label_topic, colour_stamp, image_message(labels, "mono8", colour_stamp, frame_id))
                 labelled += 1
-    return {"bag": str(Path(out).expanduser()), "frames": len(dataset.samples), "labelled": labelled, "topics": dict(writer.counts),
+    return {"bag": str(Path(out).expanduser()), "frames": len(dataset.samples), "labelled": labelled,
+            "topics": dict(writer.counts),
             "colour_topic": colour_topic, "aux_topic": aux_topic, "label_topic": label_topic if labelled else None}
 
 

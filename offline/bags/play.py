@@ -68,8 +68,9 @@ def message_class(msgtype: str):
     """(the rclpy message class of 'pkg/msg/Name', None) or (None, why it cannot be played here)."""
     package, _, name = msgtype.partition("/msg/")
     if package not in PLAYABLE_PACKAGES or msgtype not in typestore().fielddefs:
-        return None, (f"it is not a type of ROS 2's own message packages (std_msgs, sensor_msgs, geometry_msgs, "
-                      f"tf2_msgs and {len(PLAYABLE_PACKAGES) - 4} more), and bag play never imports a module a bag names")
+        return None, ("it is not a type of ROS 2's own message packages (std_msgs, sensor_msgs, geometry_msgs, "
+                      f"tf2_msgs and {len(PLAYABLE_PACKAGES) - 4} more), and bag play never imports a module a bag "
+                      "names")
     try:
         return getattr(importlib.import_module(f"{package}.msg"), name), None
     except (ImportError, AttributeError) as error:

@@ -92,10 +92,10 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
         cause = write_failure_cause(error)
         if cause is None:  # not a failed write (e.g. an object torch cannot pickle): a bug, keep its traceback
             raise
-        left = f"the previous {path.name} is intact" if path.is_file() else f"there was no {path.name} before and none is left"
-        raise CheckpointWriteError(
-            f"cannot save checkpoint {path}: {cause} ({_free_space(path.parent)}); {left}, and no temporary file remains"
-        ) from error
+        left = (f"the previous {path.name} is intact" if path.is_file()
+                else f"there was no {path.name} before and none is left")
+        raise CheckpointWriteError(f"cannot save checkpoint {path}: {cause} ({_free_space(path.parent)}); {left}, "
+                                   "and no temporary file remains") from error
     return path
 
 
