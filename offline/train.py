@@ -54,7 +54,7 @@ from rgbd_fusion_seg.models import build_model
 from rgbd_fusion_seg.models.losses import build_seg_loss
 
 from . import distributed
-from .config import ConfigError, ExperimentConfig, dump_config, load_config
+from .config import RESUMABLE_FIELDS, ConfigError, ExperimentConfig, dump_config, load_config
 from .dataset_cache import validated_report
 from .datasets.catalog import build_preprocessing, open_dataset
 from .pseudo_labels import with_extra_targets
@@ -66,21 +66,6 @@ from .train_loop import (EpochBatchSampler, Trainer, TrainState, epoch_permutati
 # The data order and the schedule live in train_loop.py; they are part of what training promises.
 __all__ = ["EpochBatchSampler", "epoch_permutation", "learning_rate", "slim_checkpoint", "train", "add_arguments",
            "add_override_arguments", "run"]
-
-# Fields that may change between a run and its resumption (they do not change what was trained so far).
-RESUMABLE_CHANGES = {
-    "experiment",
-    "out_dir",
-    "data.root",
-    "train.epochs",
-    "train.max_steps",
-    "train.num_workers",
-    "train.val_every",
-    "train.checkpoint_every_steps",
-    "train.checkpoint_every_epochs",
-    "train.save_best",
-    "study",
-}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -98,7 +83,7 @@ def _config_differences(saved: dict, current: dict) -> list[str]:
     old, new = _flatten(saved), _flatten(current)
     changed = []
     for key in sorted(set(old) | set(new)):
-        if key in RESUMABLE_CHANGES or key.split(".")[0] in RESUMABLE_CHANGES:
+        if key in RESUMABLE_FIELDS or key.split(".")[0] in RESUMABLE_FIELDS:  # may change on resumption
             continue
         if old.get(key) != new.get(key):
             changed.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
