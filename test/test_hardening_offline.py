@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from ros_helpers import domain_id_for
 from test_core import make_checkpoint
 from rgbd_fusion_seg.core.checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint, save_checkpoint
 from rgbd_fusion_seg.offline.bags import export as export_module
@@ -133,6 +134,7 @@ def test_a_save_that_is_not_a_write_failure_keeps_its_traceback(tmp_path, monkey
 SAVE_UNDER_A_SIZE_LIMIT = """
 import resource, signal, sys
 sys.path.insert(0, sys.argv[1])
+from ros_helpers import domain_id_for
 from test_core import make_checkpoint
 from rgbd_fusion_seg.core.checkpoint import CheckpointWriteError, save_checkpoint
 save_checkpoint(make_checkpoint(), sys.argv[2])
@@ -175,7 +177,8 @@ def test_train_on_a_full_disk_ends_with_one_line_and_the_previous_last_pt(tiny_r
     assert main(command + ["--no-resume"]) == 2
     error = capsys.readouterr().err
     assert error.startswith(f"rgbd-fusion-seg train: error: cannot save checkpoint {last}: no space left on the device")
-    assert error.endswith("the previous last.pt is intact, and no temporary file remains\n") and "Traceback" not in error
+    assert error.endswith("the previous last.pt is intact, and no temporary file remains\n")
+    assert "Traceback" not in error
     assert last.read_bytes() == before
     assert not list(last.parent.glob(".*.tmp"))
 
@@ -310,3 +313,65 @@ def test_a_real_write_failure_in_bag_export_and_import(tmp_path):
         assert result.stderr.rstrip().endswith("(the partial bag was removed; run the command again)")
         assert_nothing_left(out)
         assert import_dataset(open_source(exported), out, storage)["frames"] == 6
+
+
+# ---- bag play never imports a module a bag names ------------------------------------------------------
+
+PROBE = "h2_import_probe"  # a module that records being imported; a crafted bag names it as a message type
+
+
+@pytest.fixture
+def crafted_bag(tmp_path, monkeypatch):
+    """A bag with a std_msgs/String topic and topics whose type strings name the probe module."""
+    from rosbags.rosbag2 import Writer
+
+    from rgbd_fusion_seg.offline.bags.reading import typestore
+
+    marker = tmp_path / "imported"
+    package = tmp_path / "modules" / PROBE
+    (package / "msg").mkdir(parents=True)
+    record_import = f"open({str(marker)!r}, 'a').write(__name__ + '\\n')\n"
+    (package / "__init__.py").write_text(record_import)
+    (package / "msg" / "__init__.py").write_text(record_import + "class Probe: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "modules"))
+    store = typestore()
+    string = store.types["std_msgs/msg/String"]("hello")
+    with Writer(tmp_path / "crafted", version=9) as writer:
+        plain = writer.add_connection("/chatter", "std_msgs/msg/String", typestore=store)
+        writer.write(plain, 1, bytes(store.serialize_cdr(string, "std_msgs/msg/String")))
+        for topic, msgtype in (("/probe", f"{PROBE}/msg/Probe"), ("/bare", f"{PROBE}/Probe")):
+            crafted = writer.add_connection(topic, msgtype, msgdef="string data", rihs01="RIHS01_" + "0" * 64)
+            writer.write(crafted, 2, bytes(store.serialize_cdr(string, "std_msgs/msg/String")))
+    return tmp_path / "crafted", marker
+
+
+def test_play_skips_types_outside_the_ros_message_packages_without_importing_them(crafted_bag):
+    from rgbd_fusion_seg.offline.bags.play import PlayOptions, Player
+    from rgbd_fusion_seg.ros.harness import RosSession, ros_environment
+
+    bag, marker = crafted_bag
+    lines = []
+    session = RosSession("test_play_crafted", ros_environment(domain_id_for(67)))
+    try:
+        player = Player(session.node, bag, PlayOptions(), log=lines.append)
+        assert [c.topic for c in player.connections] == ["/chatter"]
+        player.close()
+        with pytest.raises(BagError, match=rf"topic '/probe' in bag .*crafted has type {PROBE}/msg/Probe, which "
+                                           r"has no Python message package here \(rclpy cannot publish it\): it is "
+                                           r"not a type of ROS 2's own message packages"):
+            Player(session.node, bag, PlayOptions(topics=["/probe"]))
+    finally:
+        session.close()
+    why = ("no Python message package for it here: it is not a type of ROS 2's own message packages (std_msgs, "
+           "sensor_msgs, geometry_msgs, tf2_msgs and 15 more), and bag play never imports a module a bag names")
+    assert lines == [f"skipping /probe ({PROBE}/msg/Probe): {why}", f"skipping /bare ({PROBE}/Probe): {why}"]
+    assert PROBE not in sys.modules and not marker.exists(), "bag play imported a module the bag named"
+
+
+def test_every_playable_package_is_one_the_type_store_defines():
+    from rgbd_fusion_seg.offline.bags.play import PLAYABLE_PACKAGES, message_class
+    from rgbd_fusion_seg.offline.bags.reading import typestore
+
+    assert PLAYABLE_PACKAGES == {t.split("/")[0] for t in typestore().fielddefs} - {"rmw_dds_common"}
+    assert message_class("sensor_msgs/msg/Image")[0].__name__ == "Image"
+    assert message_class("sensor_msgs/msg/NoSuchType")[0] is None  # in an allowed package, unknown to the store
