@@ -134,7 +134,6 @@ def test_a_save_that_is_not_a_write_failure_keeps_its_traceback(tmp_path, monkey
 SAVE_UNDER_A_SIZE_LIMIT = """
 import resource, signal, sys
 sys.path.insert(0, sys.argv[1])
-from ros_helpers import domain_id_for
 from test_core import make_checkpoint
 from rgbd_fusion_seg.core.checkpoint import CheckpointWriteError, save_checkpoint
 save_checkpoint(make_checkpoint(), sys.argv[2])
