@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rgbd_fusion_seg.offline.bags.import_ import open_source
+from rgbd_fusion_seg.offline.bags.reading import BagError
 from rgbd_fusion_seg.offline.config import ConfigError, config_from_dict
 from rgbd_fusion_seg.offline.datasets import registry, replicas
 from rgbd_fusion_seg.offline.datasets.catalog import open_dataset
@@ -42,6 +43,8 @@ def test_a_layout_declared_in_one_place_reaches_config_catalogue_replicas_and_ba
     opened = open_dataset(dataset="night_driving", root=root, split="val", preprocessing=None)
     assert isinstance(opened, NightDriving) and opened.dataset_name == "night_driving"
     assert open_source(root, split="val", dataset="night_driving").dataset.stems == opened.stems
+    with pytest.raises(BagError, match=r"--dataset 'nyu' is not a data set layout; registered: .*night_driving"):
+        open_source(root, split="val", dataset="nyu")
     assert NightDriving.palette(3) == [(0, 0, 0), (255, 0, 0), (0, 255, 0)]
     assert len(NightDriving.palette(5)) == 5  # more classes than the palette names: the default palette
 
