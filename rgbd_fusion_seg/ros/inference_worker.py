@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-CLOSED = object()  # what Mailbox.get returns once the mailbox is closed
+_CLOSED = object()
 
 
 class Mailbox:
@@ -36,12 +36,12 @@ class Mailbox:
             return replaced
 
     def get(self, timeout: float | None = None):
-        """The item, or `CLOSED` once closed, or None on timeout."""
+        """The item, or `_CLOSED` once closed, or None on timeout."""
         with self._condition:
             if not self._full and not self._closed:
                 self._condition.wait(timeout)
             if self._closed:
-                return CLOSED
+                return _CLOSED
             if not self._full:
                 return None
             item, self._item, self._full = self._item, None, False
@@ -92,7 +92,7 @@ class InferenceWorker:
     def _run(self) -> None:
         while True:
             item = self._mailbox.get()
-            if item is CLOSED:
+            if item is _CLOSED:
                 return
             if item is None:
                 continue

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import os
-import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from ..core.preprocessing import Preprocessing, PreprocessingError
-from .inference_worker import CLOSED, Mailbox
+from .inference_worker import InferenceWorker
 
 if TYPE_CHECKING:  # torch and the models are imported on first use, so the node starts (and stops) quickly
     from ..core.engine import SegmentationEngine
@@ -215,7 +214,8 @@ class LoadRequest:
 class BackgroundLoader:
     """Loads models on a daemon thread, newest request first; a request replaced before it starts is skipped.
 
-    `on_loaded(request, served)` or `on_failed(request, error)` is called on the loader thread.
+    `on_loaded(request, served)` or `on_failed(request, error)` is called on the loader thread; any failure
+    keeps the old model serving.
     """
 
     def __init__(self, on_loaded: Callable[[LoadRequest, ServedModel], None],
@@ -223,30 +223,15 @@ class BackgroundLoader:
                  load: Callable[..., ServedModel] = load_served_model):
         self._load = load
         self._on_loaded = on_loaded
-        self._on_failed = on_failed
-        self._mailbox = Mailbox()
-        self._thread = threading.Thread(target=self._run, name="model-loader", daemon=True)
-        self._thread.start()
+        self._worker = InferenceWorker(self._load_one, on_failed, name="model-loader").start()
 
     def request(self, request: LoadRequest) -> None:
-        self._mailbox.put(request)
+        self._worker.submit(request)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Skip what is queued and wait for a load in progress: exiting while it runs in C++ aborts the process."""
-        self._mailbox.close()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        self._worker.stop(timeout)
 
-    def _run(self) -> None:
-        while True:
-            request = self._mailbox.get()
-            if request is CLOSED:
-                return
-            if request is None:
-                continue
-            try:
-                served = self._load(request.path, request.device, request.precision, request.aux_range)
-            except Exception as error:  # noqa: BLE001 - any failure keeps the old model serving
-                self._on_failed(request, error)
-                continue
-            self._on_loaded(request, served)
+    def _load_one(self, request: LoadRequest) -> None:
+        served = self._load(request.path, request.device, request.precision, request.aux_range)
+        self._on_loaded(request, served)
