@@ -349,7 +349,7 @@ class SegmentNode(Node):
 
     def _go_idle(self, reason: str, level: str = "error") -> None:
         self._idle_reason = reason
-        message = f"{reason}; no model: running idle until a valid `checkpoint` parameter is set"
+        message = f"{reason}; no model: running idle until the model parameters name one it can serve"
         log_at(self._log, level, message)
 
     # ---- input: the executor thread only pairs and hands over ------------------------------------------
