@@ -28,6 +28,8 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 # image_transport's names: the topic is the base name, or `<base>/<transport>` carrying sensor_msgs/CompressedImage
 TRANSPORTS = ("raw", "compressed", "compressedDepth")
 COLOUR_TRANSPORTS = ("raw", "compressed")
+# How often the node checks that pairs are being made (the lower bound of no_pair_timeout).
+WATCHDOG_PERIOD_S = 0.5
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 Validator = Callable[[Any], "str | None"]
@@ -239,8 +241,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                                   "log, slower than an hour leaves the node unmonitored", unit="s"), section=MONITORING),
     ParameterSpec("no_pair_timeout", "double", 5.0,
                   "Warn when no colour/aux pair has been made for this many seconds (naming both topics and the QoS).",
-                  validate=Bounds(0.5, 3600.0, "the watchdog looks every 0.5 s; longer than an hour leaves dead "
-                                  "inputs unreported", unit="s"), section=MONITORING),
+                  validate=Bounds(WATCHDOG_PERIOD_S, 3600.0, f"the watchdog looks every {WATCHDOG_PERIOD_S} s; longer "
+                                  "than an hour leaves dead inputs unreported", unit="s"), section=MONITORING),
 )
 
 PARAMETERS_BY_NAME: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}

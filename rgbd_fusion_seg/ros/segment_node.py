@@ -191,7 +191,7 @@ class SegmentNode(Node):
         )
 
         self._stats_timer = self.create_timer(self._config["stats_period"], self._publish_stats)
-        self._watchdog_timer = self.create_timer(0.5, self._watchdog)
+        self._watchdog_timer = self.create_timer(params.WATCHDOG_PERIOD_S, self._watchdog)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         # torch and the models take seconds to import: do it now (SIGINT/SIGTERM handlers are installed),
