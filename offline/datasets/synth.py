@@ -511,33 +511,43 @@ def _vignette3(h: int, w: int) -> np.ndarray:
     return merged
 
 
-def render_frame(spec: SynthSpec, seed: int, frame: int, lightings=LIGHTINGS) -> SynthFrame:
-    """Render frame number `frame` (1-based) of the set generated with `seed`.
-
-    `lightings` limits the colour images made (a live demo needs one); the other outputs and the chosen
-    lightings' images are the same whichever subset is asked for.
-    """
+def _check_lightings(lightings) -> None:
     unknown = [name for name in lightings if name not in LIGHTINGS]
     if unknown:
         raise ValueError(f"unknown lighting(s) {unknown}; choose from {list(LIGHTINGS)}")
-    h, w = spec.height, spec.width
-    rng = _frame_rng(seed, frame, 0)
-    size = float(min(h, w))
 
-    # texture fields: low-frequency (blobs of about size/12) and fine noise, both standard-normal-ish
+
+def _texture_fields(rng: np.random.Generator, spec: SynthSpec) -> dict[str, np.ndarray]:
+    """Low-frequency (blobs of about size/12) and fine noise, both standard-normal-ish, and the room's
+    temperature field made from them; the objects draw their textures from these too."""
+    h, w = spec.height, spec.width
     low_shape = (max(h // 24, 2) + 2, max(w // 24, 2) + 2)
     low = cv2.resize(rng.standard_normal(low_shape, dtype=np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
     fine = _unit_noise(rng, (h, w))
     rows = np.arange(h, dtype=np.float32)[:, None]
     room = (spec.room_c + 0.6 * low + 0.8 * (rows / h - 0.5)).astype(np.float32)
-    fields = {"low": low, "fine": fine, "room": room}
+    return {"low": low, "fine": fine, "room": room}
 
-    # empty scene: wall and wooden table
+
+@dataclass
+class _Scene:
+    """The scene as the cameras see it, before any sensor: each object drawn adds to every layer."""
+
+    depth: np.ndarray  # HxW float32 metres
+    labels: np.ndarray  # HxW uint8 class ids
+    radiance: np.ndarray  # HxWx3 float32 albedo x shading
+    celsius: np.ndarray  # HxW float32
+
+
+def _empty_scene(rng: np.random.Generator, spec: SynthSpec, fields: dict[str, np.ndarray]) -> _Scene:
+    """The wall and the wooden table (its grain at a random angle and period), no objects yet."""
+    h, w = spec.height, spec.width
+    low, fine = fields["low"], fields["fine"]
     horizon_row = int(round(spec.horizon * h))
-    depth = table_depth(spec)
-    labels = np.zeros((h, w), np.uint8)
+    size = float(min(h, w))
     angle = rng.uniform(-0.3, 0.3)
     period = size * rng.uniform(0.05, 0.09)
+    rows = np.arange(h, dtype=np.float32)[:, None]
     xs = np.arange(w, dtype=np.float32)[None, :]
     grain = np.sin((xs * math.cos(angle) + rows * math.sin(angle)) * np.float32(2 * math.pi / period) + 1.2 * low)
     wood = np.array([0.55, 0.38, 0.22], np.float32) * rng.uniform(0.85, 1.15, 3).astype(np.float32)
@@ -547,22 +557,29 @@ def render_frame(spec: SynthSpec, seed: int, frame: int, lightings=LIGHTINGS) ->
     radiance = cv2.merge([brightness * wood[c] for c in range(3)])
     for c, value in enumerate((0.80, 0.78, 0.72)):
         radiance[:horizon_row, :, c] = wall * np.float32(value)
-    celsius = room.copy()
+    celsius = fields["room"].copy()
     celsius[:horizon_row] -= 1.0
+    return _Scene(depth=table_depth(spec), labels=np.zeros((h, w), np.uint8), radiance=radiance, celsius=celsius)
 
-    # objects, composited with a z-buffer
-    for obj in _layout(rng, spec):
+
+def _add_objects(scene: _Scene, objects: list[_Object], fields: dict[str, np.ndarray], spec: SynthSpec) -> None:
+    """Composite the objects into `scene` with a z-buffer: the nearer surface wins each pixel."""
+    for obj in objects:
         patch = _RENDER[obj.name](obj, fields, spec)
         view = (patch.rows, patch.cols)
-        surface = depth[view] - patch.height
-        visible = patch.mask & (surface < depth[view])
-        depth[view][visible] = surface[visible]
-        labels[view][visible] = CLASS_ID[obj.name]
-        radiance[view][visible] = patch.radiance[visible]
-        celsius[view][visible] = patch.celsius[visible]
-    radiance = cv2.multiply(radiance, _vignette3(h, w))  # vignetting, and scaled to 0..255
+        surface = scene.depth[view] - patch.height
+        visible = patch.mask & (surface < scene.depth[view])
+        scene.depth[view][visible] = surface[visible]
+        scene.labels[view][visible] = CLASS_ID[obj.name]
+        scene.radiance[view][visible] = patch.radiance[visible]
+        scene.celsius[view][visible] = patch.celsius[visible]
 
-    # depth sensor: noise growing with distance, holes in random blobs and at depth edges
+
+def _depth_sensor(rng: np.random.Generator, spec: SynthSpec, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """True depth -> (D16 millimetres, D_FocusN): noise growing with distance, holes in random blobs and
+    at depth edges (0 = no reading in both)."""
+    h, w = depth.shape
+    size = float(min(h, w))
     noisy = depth + _unit_noise(rng, (h, w)) * np.float32(spec.depth_noise_m) * depth * depth
     holes = np.zeros((h, w), np.uint8)
     for _ in range(int(rng.integers(2, 7))):
@@ -574,29 +591,58 @@ def render_frame(spec: SynthSpec, seed: int, frame: int, lightings=LIGHTINGS) ->
     valid = holes == 0
     depth_mm = np.clip(np.rint(noisy * 1000.0), 1, 65535).astype(np.uint16)
     depth_mm[~valid] = 0
-    focusn = encode_focusn(noisy, valid, spec.depth_focusn_range_m)
+    return depth_mm, encode_focusn(noisy, valid, spec.depth_focusn_range_m)
 
-    # thermal camera: optical blur (spreads the heat of a hot mug onto the table) and noise
-    blur = max(0.004 * w, 0.5)
-    thermal = cv2.GaussianBlur(celsius, (0, 0), blur)
+
+def _thermal_camera(rng: np.random.Generator, spec: SynthSpec, celsius: np.ndarray) -> np.ndarray:
+    """True temperature -> what the thermal camera reads: optical blur (spreads the heat of a hot mug onto
+    the table) and noise, in deg C."""
+    h, w = celsius.shape
+    thermal = cv2.GaussianBlur(celsius, (0, 0), max(0.004 * w, 0.5))
     thermal += _unit_noise(rng, (h, w)) * np.float32(spec.thermal_noise_c)
+    return thermal
 
-    # colour under the eight lightings; one camera-noise field per frame, a different window per lighting
+
+def _colour_camera(
+    rng: np.random.Generator, radiance255: np.ndarray, seed: int, frame: int, lightings
+) -> dict[str, np.ndarray]:
+    """Colour images under the chosen lightings. One camera-noise field per frame, a different window per
+    lighting, and each lighting its own generator, so that a lighting's image does not depend on which
+    others are asked for."""
+    h, w = radiance255.shape[:2]
     margin = 8
     noise = _unit_noise(rng, (h + margin, w + margin, 3))
     rgb = {}
     for k, lighting in enumerate(LIGHTINGS):
         if lighting in lightings:
             window = noise[k : k + h, margin - k : margin - k + w]
-            rgb[lighting] = _expose(radiance, lighting, window, _frame_rng(seed, frame, 1 + k))
+            rgb[lighting] = _expose(radiance255, lighting, window, _frame_rng(seed, frame, 1 + k))
+    return rgb
 
+
+def render_frame(spec: SynthSpec, seed: int, frame: int, lightings=LIGHTINGS) -> SynthFrame:
+    """Render frame number `frame` (1-based) of the set generated with `seed`.
+
+    `lightings` limits the colour images made (a live demo needs one); the other outputs and the chosen
+    lightings' images are the same whichever subset is asked for. Its pieces draw from one generator in a
+    fixed order: reordering them changes every frame's bytes.
+    """
+    _check_lightings(lightings)
+    rng = _frame_rng(seed, frame, 0)
+    fields = _texture_fields(rng, spec)
+    scene = _empty_scene(rng, spec, fields)
+    _add_objects(scene, _layout(rng, spec), fields, spec)
+    radiance255 = cv2.multiply(scene.radiance, _vignette3(spec.height, spec.width))  # vignetting, to 0..255
+    depth_mm, focusn = _depth_sensor(rng, spec, scene.depth)
+    thermal = _thermal_camera(rng, spec, scene.celsius)
+    rgb = _colour_camera(rng, radiance255, seed, frame, lightings)
     return SynthFrame(
         rgb=rgb,
         depth_mm=depth_mm,
         depth_focusn=focusn,
         thermal_t16=celsius_to_t16(thermal),
         thermal_t8=encode_t8(thermal, spec.thermal_t8_range_c),
-        labels=labels,
+        labels=scene.labels,
     )
 
 
