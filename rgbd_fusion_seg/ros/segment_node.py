@@ -128,6 +128,29 @@ class SegmentNode(Node):
         """`stopping`: set when the process is asked to stop; a start-up that sees it loads no model."""
         super().__init__(NODE_NAME, **kwargs)
         self._log = self.get_logger()
+        self._init_state()
+        self._config = self._declare_parameters()
+        model_ok = self._check_startup_values()
+        self._start_pairing_and_threads()
+        # Outputs before inputs: nothing is subscribed to before there is somewhere to publish.
+        self._create_publishers()
+        self._create_subscriptions()
+        self._stats_timer = self.create_timer(self._config["stats_period"], self._publish_stats)
+        self._watchdog_timer = self.create_timer(params.WATCHDOG_PERIOD_S, self._watchdog)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        # torch and the models take seconds to import: do it now (SIGINT/SIGTERM handlers are installed),
+        # not in the first parameter change that needs them.
+        from .. import models  # noqa: F401
+
+        if model_ok and not self._ask_for_initial_model(stopping):
+            return  # the process is stopping: nothing loads, nothing to watch
+        self._start = time.monotonic()  # the no-pair watchdog counts from here, after torch was imported
+
+    # ---- start-up --------------------------------------------------------------------------------------
+
+    def _init_state(self) -> None:
+        """Counters, warn-once flags and the served model's state, before anything can call back."""
         self._throttle: dict[str, float] = {}
         self._throttle_lock = threading.Lock()
         self._counters = _Counters(
@@ -150,9 +173,8 @@ class SegmentNode(Node):
         self._shutting_down = False
         self._publishing = threading.Lock()  # held by the worker while it publishes; `shutdown` waits for it
 
-        self._config = self._declare_parameters()
-        model_ok = self._check_startup_values()
-
+    def _start_pairing_and_threads(self) -> None:
+        """The pairer, the ROS time-jump callback, the model loader and the inference worker."""
         self._pairer = ApproximateTimePairer(
             self._config["sync.queue_size"], self._config["sync.slop"], self._config["sync.exact"],
             on_stamp_jump=self._on_stamp_jump,
@@ -165,6 +187,7 @@ class SegmentNode(Node):
         self._loader = BackgroundLoader(self._on_model_loaded, self._on_model_failed)
         self._worker = InferenceWorker(self._process_pair, self._on_worker_error).start()
 
+    def _create_publishers(self) -> None:
         outputs_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         self._outputs_qos = outputs_qos
         self._mask_pub = self.create_publisher(Image, "~/mask", outputs_qos)
@@ -174,6 +197,8 @@ class SegmentNode(Node):
         self._ensure_optional_publishers()
         self._stats_pub = self.create_publisher(DiagnosticStatus, "~/stats", outputs_qos)
 
+    def _create_subscriptions(self) -> None:
+        """Subscribe to both streams with the configured QoS, and say what was subscribed and how it pairs."""
         profile = self._config["qos.profile"]
         self._input_qos = make_qos(profile, self._config["qos.depth"])
         self._qos_text = describe_qos(profile, self._input_qos)
@@ -190,28 +215,22 @@ class SegmentNode(Node):
             + ("exact stamps" if self._config["sync.exact"] else f"slop {self._config['sync.slop']} s")
         )
 
-        self._stats_timer = self.create_timer(self._config["stats_period"], self._publish_stats)
-        self._watchdog_timer = self.create_timer(params.WATCHDOG_PERIOD_S, self._watchdog)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-
-        # torch and the models take seconds to import: do it now (SIGINT/SIGTERM handlers are installed),
-        # not in the first parameter change that needs them.
-        from .. import models  # noqa: F401
-
-        if model_ok:
-            try:
-                request = self._plan_model(self._config, explicit={"checkpoint", "fusion_method"}, startup=True)
-            except ValueError as error:  # CheckpointError is a ValueError
-                self._go_idle(f"{error}")
-            else:
-                if stopping is not None and stopping.is_set():  # a signal arrived while torch was imported
-                    return
-                if request is None:
-                    self._go_idle("no checkpoint given: set the `checkpoint` parameter (or fusion_method with "
-                                  "checkpoint_dir) to start serving", level="warning")
-                else:
-                    self._request_load(request)
-        self._start = time.monotonic()  # the no-pair watchdog counts from here, after torch was imported
+    def _ask_for_initial_model(self, stopping: threading.Event | None) -> bool:
+        """Plan the start-up model and ask the loader for it, or go idle saying why. False when a stop was
+        asked for while torch was imported: then nothing is loaded."""
+        try:
+            request = self._plan_model(self._config, explicit={"checkpoint", "fusion_method"}, startup=True)
+        except ValueError as error:  # CheckpointError is a ValueError
+            self._go_idle(f"{error}")
+            return True
+        if stopping is not None and stopping.is_set():  # a signal arrived while torch was imported
+            return False
+        if request is None:
+            self._go_idle("no checkpoint given: set the `checkpoint` parameter (or fusion_method with "
+                          "checkpoint_dir) to start serving", level="warning")
+        else:
+            self._request_load(request)
+        return True
 
     # ---- parameters -----------------------------------------------------------------------------------
 
