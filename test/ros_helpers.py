@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from rgbd_fusion_seg.ros.parameters import ros_arguments
 
@@ -216,6 +217,19 @@ class RosClient:
         self.executor.shutdown()
         self.node.destroy_node()
         self.rclpy.try_shutdown(context=self.context)
+
+
+def client_fixture(domain_id: int, **options):
+    """A module-scoped pytest fixture: one RosClient(domain_id, **options) for all of a module's tests,
+    closed after the last. Use as `client = client_fixture(DOMAIN)` at module level."""
+
+    @pytest.fixture(scope="module")
+    def client():
+        ros = RosClient(domain_id, **options)
+        yield ros
+        ros.close()
+
+    return client
 
 
 def _parameter(name, value):

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from ros_helpers import NodeProcess, RosClient, Stamps, domain_id_for, image_msg, make_checkpoint, random_pair
+from ros_helpers import NodeProcess, Stamps, client_fixture, domain_id_for, image_msg, make_checkpoint, random_pair
 
 DOMAIN = domain_id_for(43)
 next_stamp = Stamps()
@@ -20,11 +20,7 @@ def checkpoint(tmp_path_factory):
     return make_checkpoint(tmp_path_factory.mktemp("checkpoints") / "early.pt", "early", modality="depth", unit="m")
 
 
-@pytest.fixture(scope="module")
-def client():
-    ros = RosClient(DOMAIN)
-    yield ros
-    ros.close()
+client = client_fixture(DOMAIN)
 
 
 @pytest.fixture(scope="module")

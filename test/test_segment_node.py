@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from ros_helpers import NodeProcess, RosClient, Stamps, domain_id_for, image_msg, make_checkpoint, random_pair
+from ros_helpers import NodeProcess, Stamps, client_fixture, domain_id_for, image_msg, make_checkpoint, random_pair
 
 DOMAIN = domain_id_for(11)
 MS = 1_000_000
@@ -41,11 +41,7 @@ def make_more_checkpoints(folder):
     make_checkpoint(folder / "misfit.pt", "early", num_classes=4, num_classes_in_weights=6)
 
 
-@pytest.fixture(scope="module")
-def client():
-    ros = RosClient(DOMAIN)
-    yield ros
-    ros.close()
+client = client_fixture(DOMAIN)
 
 
 @pytest.fixture(scope="module")
