@@ -22,7 +22,7 @@ import csv
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -187,6 +187,9 @@ class FrameDataset(Dataset):
     METAINFO: dict = {"classes": None, "palette": None}
     classes_fixed = True  # METAINFO's classes are the layout's (MM5: only a default; classes.txt may differ)
     aux_choices: tuple[str, ...] = ()  # values of data.aux_folder; the first is the default
+    # aux choice -> its default AuxNormalisation, where the choice alone decides it (the layout module's
+    # default_aux_normalisation, set as `aux_defaults = staticmethod(default_aux_normalisation)`).
+    aux_defaults: Callable[[str], AuxNormalisation] | None = None
     default_label_folder = "labels"
     label_folder_configurable = False  # MM5: data.label_folder may name another folder
     config_options: dict = {}  # data-section fields only this layout reads, with their defaults
@@ -203,9 +206,13 @@ class FrameDataset(Dataset):
                    num_classes=options.num_classes, augment=options.augment, augmentation=options.augmentation)
 
     @classmethod
-    def aux_normalisation(cls, aux_folder: str, root: Path | None) -> AuxNormalisation:
-        """The aux range a model trained on this aux choice uses unless data.aux_range overrides it."""
-        raise NotImplementedError(f"{cls.__name__} must define aux_normalisation")
+    def aux_normalisation(cls, aux_folder: str, root: Path | None = None) -> AuxNormalisation:
+        """The aux range a model trained on this aux choice uses unless data.aux_range overrides it: the
+        layout's `aux_defaults(aux_folder)`. A layout whose range depends on its data overrides this (folder:
+        the unit is in <root>/dataset.yaml)."""
+        if cls.aux_defaults is None:
+            raise NotImplementedError(f"{cls.__name__} must set aux_defaults or define aux_normalisation")
+        return cls.aux_defaults(aux_folder)
 
     @classmethod
     def expected_num_classes(cls, data) -> int | None:

@@ -57,6 +57,7 @@ class FMBDataset(FrameDataset):
     title = "FMB"
     METAINFO = {"classes": FMB_CLASSES, "palette": None}
     aux_choices = FMB_AUX
+    aux_defaults = staticmethod(default_aux_normalisation)
     default_label_folder = "Label"
     config_options = {"fmb_classes": 15}
 
@@ -68,10 +69,6 @@ class FMBDataset(FrameDataset):
             raise DatasetError(f"num_classes={options.num_classes} does not match fmb_classes={classes}")
         return cls(root, split=options.split, fmb_classes=classes, aux_folder=options.aux_folder,
                    preprocessing=options.preprocessing, augment=options.augment, augmentation=options.augmentation)
-
-    @classmethod
-    def aux_normalisation(cls, aux_folder: str, root=None) -> AuxNormalisation:
-        return default_aux_normalisation(aux_folder)
 
     @classmethod
     def expected_num_classes(cls, data) -> int:

@@ -49,10 +49,7 @@ class MFNetDataset(FrameDataset):
     title = "MFNet"
     METAINFO = {"classes": MFNET_CLASSES, "palette": None}
     aux_choices = MFNET_AUX
-
-    @classmethod
-    def aux_normalisation(cls, aux_folder: str, root=None) -> AuxNormalisation:
-        return default_aux_normalisation(aux_folder)
+    aux_defaults = staticmethod(default_aux_normalisation)
 
     def __init__(
         self,

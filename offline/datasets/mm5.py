@@ -235,6 +235,7 @@ class MM5Dataset(FrameDataset):
     METAINFO = {"classes": MM5_CLASSES, "palette": None}
     classes_fixed = False  # classes.txt or label_mapping.csv may list others (mm5_class_names)
     aux_choices = tuple(AUX_FOLDERS)
+    aux_defaults = staticmethod(default_aux_normalisation)
     default_label_folder = "ANNO_CLASS"
     label_folder_configurable = True
 
@@ -243,10 +244,6 @@ class MM5Dataset(FrameDataset):
         return cls(root, lightings=options.lightings, label_folder=options.label_folder or cls.default_label_folder,
                    split=options.split, aux_folder=options.aux_folder, preprocessing=options.preprocessing,
                    num_classes=options.num_classes, augment=options.augment, augmentation=options.augmentation)
-
-    @classmethod
-    def aux_normalisation(cls, aux_folder: str, root=None) -> AuxNormalisation:
-        return default_aux_normalisation(aux_folder)
 
     def __init__(
         self,

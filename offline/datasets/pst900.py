@@ -61,10 +61,7 @@ class PST900Dataset(FrameDataset):
     title = "PST900"
     METAINFO = {"classes": PST900_CLASSES, "palette": None}
     aux_choices = tuple(PST900_AUX)
-
-    @classmethod
-    def aux_normalisation(cls, aux_folder: str, root=None) -> AuxNormalisation:
-        return default_aux_normalisation(aux_folder)
+    aux_defaults = staticmethod(default_aux_normalisation)
 
     def __init__(
         self,
