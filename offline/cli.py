@@ -28,9 +28,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("rgbd_fusion_seg.offline.evaluate", "score a checkpoint: mIoU, mAcc, per-class IoU, confusion matrix"),
     "study": ("rgbd_fusion_seg.offline.study", "the MM5 lighting study: methods x lightings -> table and figures"),
     "synth": ("rgbd_fusion_seg.offline.datasets.synth", "generate a synthetic data set in the MM5 on-disk layout"),
-    "bench": ("rgbd_fusion_seg.offline.benchmark", "measure inference latency and throughput of the methods"),
+    "bench": ("rgbd_fusion_seg.offline.model_benchmark", "measure inference latency and throughput of the methods"),
     "demo": ("rgbd_fusion_seg.ros.demo", "run the node on a generated RGB-D stream over ROS 2 topics"),
-    "bench-node": ("rgbd_fusion_seg.ros.benchmark", "measure the node's end-to-end latency over ROS 2 topics"),
+    "bench-node": ("rgbd_fusion_seg.ros.node_benchmark", "measure the node's end-to-end latency over ROS 2 topics"),
     "bag": ("rgbd_fusion_seg.offline.bags.cli", "rosbag2 bags: play, evaluate the node on a bag, export/import data sets"),
 }
 

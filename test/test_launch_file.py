@@ -289,7 +289,7 @@ def test_node_starts_with_the_config_file_and_reports_its_parameters(tmp_path, r
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from rgbd_fusion_seg.ros.benchmark import make_untrained_checkpoint
+    from rgbd_fusion_seg.ros.node_benchmark import make_untrained_checkpoint
     from rgbd_fusion_seg.ros.harness import NodeProcess, RosSession, image_msg, wait_until
 
     checkpoint = make_untrained_checkpoint(tmp_path / "mid.pt", method="mid", input_size=(32, 40))

@@ -306,7 +306,7 @@ def write_pictures(bag, rgb_topic: str, recorded: Recorded, palette, out: Path, 
     return written
 
 
-def evaluate(args, log=print) -> dict:
+def evaluate_bag(args, log=print) -> dict:
     checkpoint, summary, infos = resolve_checkpoint(args, log)
     from rgbd_fusion_seg.core.checkpoint import load_checkpoint  # torch: once every input has passed
 
@@ -438,7 +438,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     try:
-        result = evaluate(args, log=lambda line: print(line, flush=True))
+        result = evaluate_bag(args, log=lambda line: print(line, flush=True))
     except RuntimeError as error:
         print(f"bag evaluate failed: {error}", file=sys.stderr)
         return 1

@@ -7,7 +7,10 @@
 - `inference_worker`: the one-slot inference thread and the latency/rate window
 - `model_serving`: checking a checkpoint cheaply, loading it into an engine, the background loader
 - `model_selection`: which checkpoint a configuration serves, and whether that needs a load
-- `segment_node`: the `segment_node` executable
+- `segment_node`: the `segment_node` executable; `spinning`: spin until SIGINT/SIGTERM, then stop its threads before ROS
+- `rvl`: the RVL depth codec of compressedDepth
+- `harness`: start a node in its own process, stream, collect, score (the demo, bag evaluate, bench-node)
+- `demo`, `node_benchmark`: `rgbd-fusion-seg demo` and `rgbd-fusion-seg bench-node`
 
 Only `segment_node` (and the message wrappers in `image_codec`) import rclpy / sensor_msgs.
 """

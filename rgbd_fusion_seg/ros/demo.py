@@ -211,7 +211,7 @@ def stream(client: DemoClient, frames: list[Frame], rate: float, node: NodeProce
 # 6: results
 
 
-def evaluate(frames: list[Frame], streamed: dict, received: Received, num_classes: int) -> dict:
+def score_streamed_masks(frames: list[Frame], streamed: dict, received: Received, num_classes: int) -> dict:
     from rgbd_fusion_seg.offline.metrics import ConfusionMatrix
 
     overall = ConfusionMatrix(num_classes)
@@ -434,7 +434,7 @@ def run(args: argparse.Namespace) -> int:
         log(f"stopped segment_node (exit status {code}); its log is {node.log_path}")
 
     received = client.received
-    result = evaluate(frames, streamed, received, checkpoint.num_classes)
+    result = score_streamed_masks(frames, streamed, received, checkpoint.num_classes)
     node_stats = received.stats[-1][1] if received.stats else None
     result.update(write_outputs(out_dir, frames, streamed, received, checkpoint.palette, LIGHTING_NAMES))
     result.update(

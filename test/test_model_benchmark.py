@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rgbd_fusion_seg.models import UnknownMethodError
-from rgbd_fusion_seg.offline import benchmark
+from rgbd_fusion_seg.offline import model_benchmark as benchmark
 
 FIGURES = ("params_m", "gflops", "gmacs", "latency_ms_p50", "latency_ms_p90", "train_images_per_s")
 

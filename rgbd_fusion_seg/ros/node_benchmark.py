@@ -96,7 +96,7 @@ def bench_frames(height: int, width: int, count: int = NUM_FRAMES) -> list[tuple
 
 
 def publisher_main(argv: list[str]) -> int:
-    """`python -m rgbd_fusion_seg.ros.benchmark publisher '<json>'`: publish frames at a rate, print a summary."""
+    """`python -m rgbd_fusion_seg.ros.node_benchmark publisher '<json>'`: publish frames at a rate, print a summary."""
     options = json.loads(argv[0])
     session = RosSession("bench_camera", None)
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -173,7 +173,7 @@ class NaiveSegmentNode:
 
 
 def naive_node_main(argv: list[str]) -> int:
-    """`python -m rgbd_fusion_seg.ros.benchmark naive-node CHECKPOINT DEVICE --ros-args ...`."""
+    """`python -m rgbd_fusion_seg.ros.node_benchmark naive-node CHECKPOINT DEVICE --ros-args ...`."""
     from .spinning import run_until_stopped
 
     checkpoint, device = argv[0], argv[1]
@@ -275,7 +275,7 @@ class _Collector:
 def _run_publisher(env: dict, size, rate: float, duration: float) -> subprocess.Popen:
     options = {"rgb_topic": RGB_TOPIC, "depth_topic": DEPTH_TOPIC, "size": list(size), "rate": rate, "duration": duration}
     return subprocess.Popen(
-        [sys.executable, "-m", "rgbd_fusion_seg.ros.benchmark", "publisher", json.dumps(options)],
+        [sys.executable, "-m", "rgbd_fusion_seg.ros.node_benchmark", "publisher", json.dumps(options)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -499,7 +499,7 @@ def run(args: argparse.Namespace) -> int:
             def naive_node(log_path):
                 return NodeProcess(
                     None, namespace=NAMESPACE, remappings={"rgb/image": RGB_TOPIC, "aux/image": DEPTH_TOPIC}, env=env,
-                    log_path=log_path, module="rgbd_fusion_seg.ros.benchmark", arguments=["naive-node", str(checkpoint), device],
+                    log_path=log_path, module="rgbd_fusion_seg.ros.node_benchmark", arguments=["naive-node", str(checkpoint), device],
                 )
 
             results["naive"] = bench_node(session, env, naive_node, "naive_segment_node", size, args.rate, args.duration,
