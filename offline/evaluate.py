@@ -31,6 +31,7 @@ import argparse
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -128,8 +129,120 @@ def write_json(data: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+PRECISIONS = ("fp32", "fp16", "bf16")
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # fp32 runs without autocast
+
+
+def check_options(resolution: str, precision: str, scales) -> None:
+    if scales is not None and (not scales or any(not 0 < float(s) <= 8 for s in scales)):
+        raise ValueError(f"scales must be a non-empty list of factors in (0, 8], got {scales}")
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution {resolution!r} is not one of {', '.join(RESOLUTIONS)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+
+
+@dataclass(frozen=True)
+class DataSelection:
+    """The frames a checkpoint is scored on: what it recorded at training time unless overridden."""
+
+    recorded: dict  # the checkpoint's data settings at training time
+    dataset: str
+    root: str | os.PathLike
+    lightings: object  # a list of lighting names or "all"
+    split: str
+
+    @classmethod
+    def of(cls, checkpoint, checkpoint_path: Path, *, data_root, lightings, split) -> DataSelection:
+        recorded = checkpoint.data or {}
+        if data_root is None:
+            data_root = recorded.get("root")
+            if not data_root:
+                raise CheckpointError(f"{checkpoint_path} does not record its data root; pass --data-root")
+        if lightings is None:
+            lightings = recorded.get("lightings") or "all"
+        if split is None:
+            split = recorded.get("val_split")
+            if not split:
+                raise CheckpointError(f"{checkpoint_path} does not record a validation split; pass --split")
+        for key in ("aux_folder", "label_folder"):
+            if not recorded.get(key):
+                raise CheckpointError(f"{checkpoint_path} does not record data.{key}; it cannot be evaluated")
+        return cls(recorded, recorded.get("dataset", "mm5"), data_root, lightings, split)
+
+    def open(self, checkpoint) -> Dataset:
+        """The selected frames, checked, with the checkpoint's preprocessing; an empty split is an error."""
+        dataset = open_dataset(
+            dataset=self.dataset,
+            root=Path(self.root),
+            lightings=self.lightings,
+            aux_folder=self.recorded["aux_folder"],
+            label_folder=self.recorded["label_folder"],
+            split=self.split,
+            preprocessing=checkpoint.preprocessing,
+            num_classes=checkpoint.num_classes,
+            augment=False,
+        )
+        dataset.validate(full=False)
+        if len(dataset) == 0:
+            raise ValueError(f"split {self.split!r} of {self.root} has no frames to evaluate")
+        return dataset
+
+    def settings(self, dataset, input_size) -> dict:
+        """The data half of a result's "settings"."""
+        return {
+            "dataset": self.dataset,
+            "data_root": str(self.root),
+            "lightings": getattr(dataset, "lightings", None),
+            "groups": dataset.groups,
+            "split": self.split,
+            "aux_folder": self.recorded["aux_folder"],
+            "label_folder": self.recorded["label_folder"],
+            "num_frames": len(dataset),
+            "input_size": list(input_size) if input_size is not None else None,
+        }
+
+
+def frame_loader(dataset, preprocessing: Preprocessing, resolution: str, batch_size: int | None,
+                 num_workers: int, device: torch.device) -> DataLoader:
+    native = resolution == "native"
+    if batch_size is None:
+        batch_size = 1 if native else 8  # native frames may differ in size between files
+    frames = NativeFrames(dataset, preprocessing) if native else dataset
+    return DataLoader(frames, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      pin_memory=device.type == "cuda")
+
+
+def confusion_matrices(model, loader, variants: dict, num_classes: int, device: torch.device,
+                       autocast_dtype) -> dict[str, dict]:
+    """variant name -> group (None: all frames) -> the confusion matrix of its predictions over `loader`."""
+    passes = sorted({key for keys in variants.values() for key in keys})
+    confusions = {name: {None: ConfusionMatrix(num_classes)} for name in variants}
+    for batch in loader:
+        rgb = batch["rgb"].to(device, non_blocking=True)
+        aux = batch["aux"].to(device, non_blocking=True)
+        label = batch["label"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            logits = {key: predicted_logits(model, rgb, aux, label.shape[-2:], *key) for key in passes}
+        groups = batch.get("group")
+        for name, keys in variants.items():
+            prediction = combined_prediction(logits, keys)
+            confusions[name][None].update(prediction, label)
+            for i, group in enumerate(groups or ()):
+                confusions[name].setdefault(str(group), ConfusionMatrix(num_classes)).update(prediction[i], label[i])
+    return confusions
+
+
+def metrics_by_group(by_group: dict, excluded: tuple, classes) -> dict:
+    """The metrics over all frames, plus "groups" (the same per group) when the frames carry groups."""
+    overall = by_group[None].compute(excluded).to_dict(classes)
+    groups = {group: by_group[group].compute(excluded).to_dict(classes)
+              for group in sorted(g for g in by_group if g is not None)}
+    return overall | ({"groups": groups} if groups else {})
+
+
 @torch.no_grad()
-def evaluate(
+def evaluate_checkpoint(
     checkpoint_path: str | os.PathLike,
     *,
     data_root: str | os.PathLike | None = None,
@@ -146,110 +259,34 @@ def evaluate(
     exclude_background: bool = False,
 ) -> dict:
     """Evaluate a checkpoint on a dataset split; returns (and optionally writes) the metrics as a dict."""
-    if scales is not None and (not scales or any(not 0 < float(s) <= 8 for s in scales)):
-        raise ValueError(f"scales must be a non-empty list of factors in (0, 8], got {scales}")
-    if resolution not in RESOLUTIONS:
-        raise ValueError(f"resolution {resolution!r} is not one of {', '.join(RESOLUTIONS)}")
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise ValueError(f"precision {precision!r} is not one of fp32, fp16, bf16")
+    check_options(resolution, precision, scales)
     checkpoint_path = Path(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
-    recorded = checkpoint.data or {}
-    dataset_name = recorded.get("dataset", "mm5")
-    if data_root is None:
-        data_root = recorded.get("root")
-        if not data_root:
-            raise CheckpointError(f"{checkpoint_path} does not record its data root; pass --data-root")
-    if lightings is None:
-        lightings = recorded.get("lightings") or "all"
-    if split is None:
-        split = recorded.get("val_split")
-        if not split:
-            raise CheckpointError(f"{checkpoint_path} does not record a validation split; pass --split")
-    for key in ("aux_folder", "label_folder"):
-        if not recorded.get(key):
-            raise CheckpointError(f"{checkpoint_path} does not record data.{key}; it cannot be evaluated")
-
-    preprocessing = checkpoint.preprocessing
-    model_size = preprocessing.input_size
-    native = resolution == "native"
-    dataset = open_dataset(
-        dataset=dataset_name,
-        root=Path(data_root),
-        lightings=lightings,
-        aux_folder=recorded["aux_folder"],
-        label_folder=recorded["label_folder"],
-        split=split,
-        preprocessing=preprocessing,
-        num_classes=checkpoint.num_classes,
-        augment=False,
-    )
-    dataset.validate(full=False)
-    if len(dataset) == 0:
-        raise ValueError(f"split {split!r} of {data_root} has no frames to evaluate")
-
+    selection = DataSelection.of(checkpoint, checkpoint_path, data_root=data_root, lightings=lightings, split=split)
+    dataset = selection.open(checkpoint)
     torch_device = resolve_device(device)
-    autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    use_autocast = autocast_dtype is not None and torch_device.type == "cuda"
+    autocast_dtype = AUTOCAST_DTYPES.get(precision) if torch_device.type == "cuda" else None  # CPU runs fp32
     model = checkpoint.build_model().deploy().eval().to(torch_device)
-    if batch_size is None:
-        batch_size = 1 if native else 8  # native frames may differ in size between files
-    frames = NativeFrames(dataset, preprocessing) if native else dataset
-    loader = DataLoader(frames, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=torch_device.type == "cuda")
-    variants = tta_variants(flip, scales)
-    passes = sorted({key for keys in variants.values() for key in keys})
-    num_classes = checkpoint.num_classes
-    # variant -> group (None = all frames) -> confusion matrix
-    confusions = {name: {None: ConfusionMatrix(num_classes)} for name in variants}
-    for batch in loader:
-        rgb = batch["rgb"].to(torch_device, non_blocking=True)
-        aux = batch["aux"].to(torch_device, non_blocking=True)
-        label = batch["label"].to(torch_device, non_blocking=True)
-        with torch.autocast(torch_device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast):
-            logits = {key: predicted_logits(model, rgb, aux, label.shape[-2:], *key) for key in passes}
-        groups = batch.get("group")
-        for name, keys in variants.items():
-            prediction = combined_prediction(logits, keys)
-            confusions[name][None].update(prediction, label)
-            for i, group in enumerate(groups or ()):
-                confusions[name].setdefault(str(group), ConfusionMatrix(num_classes)).update(prediction[i], label[i])
-
+    loader = frame_loader(dataset, checkpoint.preprocessing, resolution, batch_size, num_workers, torch_device)
+    confusions = confusion_matrices(model, loader, tta_variants(flip, scales), checkpoint.num_classes,
+                                    torch_device, autocast_dtype)
     excluded = (0,) if exclude_background else ()
-
-    def summary(by_group: dict) -> dict:
-        overall = by_group[None].compute(excluded).to_dict(checkpoint.classes)
-        groups = {group: by_group[group].compute(excluded).to_dict(checkpoint.classes)
-                  for group in sorted(g for g in by_group if g is not None)}
-        return overall | ({"groups": groups} if groups else {})
-
     result = {
         "checkpoint": str(checkpoint_path),
         "method": checkpoint.method,
-        **summary(confusions["plain"]),
-        "tta": {name: summary(by_group) for name, by_group in confusions.items() if name != "plain"},
-        "settings": {
-            "dataset": dataset_name,
-            "data_root": str(data_root),
-            "lightings": getattr(dataset, "lightings", None),
-            "groups": dataset.groups,
-            "split": split,
-            "aux_folder": recorded["aux_folder"],
-            "label_folder": recorded["label_folder"],
-            "num_frames": len(dataset),
-            "input_size": list(model_size) if model_size is not None else None,
+        **metrics_by_group(confusions["plain"], excluded, checkpoint.classes),
+        "tta": {name: metrics_by_group(by_group, excluded, checkpoint.classes)
+                for name, by_group in confusions.items() if name != "plain"},
+        "settings": selection.settings(dataset, checkpoint.preprocessing.input_size) | {
             "resolution": resolution,
             "device": str(torch_device),
-            "precision": precision if use_autocast else "fp32",
+            "precision": precision if autocast_dtype is not None else "fp32",
             "ignore_index": confusions["plain"][None].ignore_index,
             "flip": flip,
             "scales": [float(s) for s in scales] if scales else None,
             "exclude_background": exclude_background,
         },
-        "training": {
-            "metrics": checkpoint.metrics,
-            "data": recorded,
-        },
+        "training": {"metrics": checkpoint.metrics, "data": selection.recorded},
     }
     if out_json is not None:
         write_json(result, out_json)
@@ -301,16 +338,21 @@ def _pct(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
 
+def add_resolution_argument(parser: argparse.ArgumentParser) -> None:
+    """--resolution, shared by `evaluate` and `study`."""
+    parser.add_argument("--resolution", choices=RESOLUTIONS, default="native",
+                        help="score at the labels' native size (default) or at the model input size")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `train` (last.pt / best.pt)")
     parser.add_argument("--data-root", help="dataset folder (default: the one the checkpoint was trained on)")
     parser.add_argument("--lightings", nargs="+", help="lightings to evaluate, e.g. RGB1 RGB2, or 'all' "
                         "(default: the checkpoint's)")
     parser.add_argument("--split", help="split file relative to the data root (default: the checkpoint's val split)")
-    parser.add_argument("--resolution", choices=RESOLUTIONS, default="native",
-                        help="score at the labels' native size (default) or at the model input size")
+    add_resolution_argument(parser)
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="autocast precision on CUDA (CPU always runs fp32)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--num-workers", type=int, default=0)
@@ -327,7 +369,7 @@ def run(args: argparse.Namespace) -> int:
     lightings = args.lightings
     if lightings == ["all"]:
         lightings = "all"
-    result = evaluate(
+    result = evaluate_checkpoint(
         args.checkpoint,
         data_root=args.data_root,
         lightings=lightings,

@@ -4,8 +4,8 @@
                           [--lightings RGB1 RGB2] [--out runs/study] [--generate 48]
 
 For each (method, lighting) the study config is specialised (model.method, data.lightings = [lighting],
-out_dir = <out>/runs/<method>/<lighting>), trained with `train()` and evaluated with `evaluate()` on that
-lighting's validation split; the result goes to `<run>/eval.json`. A run whose eval.json exists is not
+out_dir = <out>/runs/<method>/<lighting>), trained with `train()` and scored with `evaluate_checkpoint()`
+on that lighting's validation split; the result goes to `<run>/eval.json`. A run whose eval.json exists is not
 redone, and an interrupted run resumes from its last.pt, so rerunning the command continues the study.
 
 Outputs in <out>: `results.md` and `results.csv` (rows RGB1..RGB8 + Max + Mean, one column per method,
@@ -23,6 +23,7 @@ import csv
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import numpy as np
 from rgbd_fusion_seg.models import available_methods
 
 from .config import MM5_LIGHTINGS, ConfigError, ExperimentConfig, load_config, replace_fields
-from .evaluate import RESOLUTIONS, evaluate, write_json
+from .evaluate import add_resolution_argument, evaluate_checkpoint, write_json
 from .plots import plot_all
 
 # The MM5 study's six methods in the order of its table, with its column titles.
@@ -121,24 +122,8 @@ def write_tables(table, methods, lightings, out_dir: Path) -> tuple[Path, Path]:
     return md_path, csv_path
 
 
-def run_study(
-    config: ExperimentConfig,
-    *,
-    methods=None,
-    lightings=None,
-    out_dir=None,
-    generate: int | dict | None = None,
-    device: str = "auto",
-    force: bool = False,
-    report_only: bool = False,
-    resolution: str = "native",
-    progress: bool | None = None,
-    log=None,
-) -> StudyResult:
-    """Train and evaluate every (method, lighting) pair not done yet, then write the table and figures."""
-    from .train import slim_checkpoint, train
-
-    log = log or (lambda message: print(message, flush=True))
+def chosen_methods_and_lightings(config: ExperimentConfig, methods, lightings) -> tuple[list[str], list[str]]:
+    """The methods and lightings asked for (else the config's study section, else all), each checked."""
     methods = list(methods or config.study.methods or default_methods())
     lightings = list(lightings or config.study.lightings or MM5_LIGHTINGS)
     registered = available_methods()
@@ -147,86 +132,122 @@ def run_study(
             raise ConfigError(f"unknown fusion method {method!r}; available: {', '.join(registered)}")
     if len(set(methods)) != len(methods) or len(set(lightings)) != len(lightings):
         raise ConfigError("a method or lighting is listed twice")
-    out_dir = Path(out_dir) if out_dir is not None else config.out_path
-    out_dir.mkdir(parents=True, exist_ok=True)
+    return methods, lightings
 
+
+def ensure_lighting_folders(config: ExperimentConfig, lightings: list[str], generate: int | dict | None, log) -> None:
+    """Generate the data set if asked and missing; then every lighting must have its folder."""
     if isinstance(generate, int):
         generate = dict(config.study.generate or {}, num_frames=generate)
     elif generate is None:
         generate = config.study.generate
-    if not report_only:
-        ensure_data(config, generate, log)
-        missing = [k for k in lightings if not (config.data_root / k).is_dir()]
-        if missing:
-            raise FileNotFoundError(f"lighting folder(s) {', '.join(missing)} missing in {config.data_root}")
+    ensure_data(config, generate, log)
+    missing = [k for k in lightings if not (config.data_root / k).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"lighting folder(s) {', '.join(missing)} missing in {config.data_root}")
 
-    # Check every run's configuration before the first one trains (a typo must not surface hours later).
-    run_configs = {}
-    for method in methods:
-        for lighting in lightings:
-            run_configs[method, lighting] = replace_fields(
-                config,
-                **{
-                    "experiment": f"{config.experiment}_{method}_{lighting}",
-                    "model.method": method,
-                    "data.lightings": [lighting],
-                    "out_dir": str(run_dir(out_dir, method, lighting)),
-                },
-            )
 
-    table: dict[str, dict[str, float]] = {m: {} for m in methods}
-    runs = []
-    total = len(run_configs)
-    for index, ((method, lighting), run_config) in enumerate(run_configs.items(), start=1):
-        directory = run_dir(out_dir, method, lighting)
-        eval_path = directory / "eval.json"
-        record = {"method": method, "lighting": lighting, "dir": str(directory), "eval": str(eval_path)}
-        previous = json.loads(eval_path.read_text()) if eval_path.is_file() and not force else None
-        if previous is not None and (
-            report_only
-            or (
-                previous.get("settings", {}).get("resolution") == resolution
-                and previous.get("study", {}).get("checkpoint_choice") == config.study.checkpoint
-            )
+def run_configs(config: ExperimentConfig, methods, lightings, out_dir: Path) -> dict[tuple[str, str], ExperimentConfig]:
+    """(method, lighting) -> the study config specialised for that run, all built (and checked) up front."""
+    return {
+        (method, lighting): replace_fields(
+            config,
+            **{
+                "experiment": f"{config.experiment}_{method}_{lighting}",
+                "model.method": method,
+                "data.lightings": [lighting],
+                "out_dir": str(run_dir(out_dir, method, lighting)),
+            },
+        )
+        for method in methods
+        for lighting in lightings
+    }
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What every (method, lighting) run of one study shares."""
+
+    checkpoint_choice: str  # study.checkpoint: "last" or "best"
+    slim_checkpoints: bool
+    device: str
+    resolution: str
+    force: bool
+    report_only: bool
+    progress: bool | None
+    log: Callable[[str], None]
+
+    def reusable_result(self, eval_path: Path) -> dict | None:
+        """The run's eval.json if it answers this study (any result at all with report_only), else None."""
+        if self.force or not eval_path.is_file():
+            return None
+        previous = json.loads(eval_path.read_text())
+        if self.report_only or (
+            previous.get("settings", {}).get("resolution") == self.resolution
+            and previous.get("study", {}).get("checkpoint_choice") == self.checkpoint_choice
         ):
-            result = previous
-            record["status"] = "done before"
-        elif report_only:
-            log(f"[{index}/{total}] {method} {lighting}: no result yet")
-            table[method][lighting] = math.nan
-            record["status"] = "missing"
-            runs.append(record)
-            continue
-        else:
-            log(f"[{index}/{total}] {method} {lighting}: training in {directory}")
-            started = time.monotonic()
-            last = train(run_config, resume=not force, device=device, progress=progress, log=log)
-            record["train_seconds"] = round(time.monotonic() - started, 2)
-            checkpoint = last
-            if config.study.checkpoint == "best" and (directory / "best.pt").is_file():
-                checkpoint = directory / "best.pt"
-            started = time.monotonic()
-            result = evaluate(
-                checkpoint,
-                data_root=run_config.data_root,
-                lightings=[lighting],
-                split=run_config.data.val_split,
-                device=device,
-                resolution=resolution,
-            )
-            record["eval_seconds"] = round(time.monotonic() - started, 2)
-            if config.study.slim_checkpoints:
-                slim_checkpoint(last)
-            result["study"] = {"method": method, "lighting": lighting, "checkpoint_choice": config.study.checkpoint,
-                               **{k: v for k, v in record.items() if k.endswith("_seconds")}}
-            write_json(result, eval_path)
-            record["status"] = "trained"
-        miou = result.get("miou")
-        table[method][lighting] = math.nan if miou is None else 100.0 * float(miou)
-        record["miou"] = table[method][lighting]
-        log(f"[{index}/{total}] {method} {lighting}: mIoU {_fmt(table[method][lighting])} ({record['status']})")
-        runs.append(record)
+            return previous
+        return None
 
+
+def train_and_evaluate(settings: RunSettings, run_config: ExperimentConfig, record: dict) -> dict:
+    """Train one run (resuming from its last.pt), score the chosen checkpoint and write its eval.json;
+    the times go into `record`."""
+    from .train import slim_checkpoint, train
+
+    directory = Path(record["dir"])
+    started = time.monotonic()
+    last = train(run_config, resume=not settings.force, device=settings.device, progress=settings.progress,
+                 log=settings.log)
+    record["train_seconds"] = round(time.monotonic() - started, 2)
+    checkpoint = last
+    if settings.checkpoint_choice == "best" and (directory / "best.pt").is_file():
+        checkpoint = directory / "best.pt"
+    started = time.monotonic()
+    result = evaluate_checkpoint(
+        checkpoint,
+        data_root=run_config.data_root,
+        lightings=[record["lighting"]],
+        split=run_config.data.val_split,
+        device=settings.device,
+        resolution=settings.resolution,
+    )
+    record["eval_seconds"] = round(time.monotonic() - started, 2)
+    if settings.slim_checkpoints:
+        slim_checkpoint(last)
+    result["study"] = {"method": record["method"], "lighting": record["lighting"],
+                       "checkpoint_choice": settings.checkpoint_choice,
+                       **{k: v for k, v in record.items() if k.endswith("_seconds")}}
+    write_json(result, record["eval"])
+    return result
+
+
+def study_run(settings: RunSettings, run_config: ExperimentConfig, method: str, lighting: str, directory: Path,
+              step: str) -> dict:
+    """One run's record (method, lighting, dir, eval, status, times, mIoU in %): its earlier result, or
+    trained and scored now, or "missing" (no mIoU) with report_only. `step` prefixes the log lines."""
+    eval_path = directory / "eval.json"
+    record = {"method": method, "lighting": lighting, "dir": str(directory), "eval": str(eval_path)}
+    result = settings.reusable_result(eval_path)
+    if result is not None:
+        record["status"] = "done before"
+    elif settings.report_only:
+        settings.log(f"{step}: no result yet")
+        record["status"] = "missing"
+        return record
+    else:
+        settings.log(f"{step}: training in {directory}")
+        result = train_and_evaluate(settings, run_config, record)
+        record["status"] = "trained"
+    miou = result.get("miou")
+    record["miou"] = math.nan if miou is None else 100.0 * float(miou)
+    settings.log(f"{step}: mIoU {_fmt(record['miou'])} ({record['status']})")
+    return record
+
+
+def write_report(config: ExperimentConfig, table, methods, lightings, runs: list[dict], resolution: str,
+                 out_dir: Path, log) -> dict[str, Path]:
+    """results.md, results.csv, results.json and the figures; returns their paths by kind."""
     md_path, csv_path = write_tables(table, methods, lightings, out_dir)
     figures = plot_all(table, methods, lightings, out_dir, DISPLAY_NAMES)
     summary = {
@@ -244,7 +265,41 @@ def run_study(
     log(md_path.read_text())
     log(f"study written to {out_dir}: {md_path.name}, {csv_path.name}, {json_path.name}, "
         + ", ".join(p.name for p in figures.values()))
-    files = {"markdown": md_path, "csv": csv_path, "json": json_path, **figures}
+    return {"markdown": md_path, "csv": csv_path, "json": json_path, **figures}
+
+
+def run_study(
+    config: ExperimentConfig,
+    *,
+    methods=None,
+    lightings=None,
+    out_dir=None,
+    generate: int | dict | None = None,
+    device: str = "auto",
+    force: bool = False,
+    report_only: bool = False,
+    resolution: str = "native",
+    progress: bool | None = None,
+    log=None,
+) -> StudyResult:
+    """Train and evaluate every (method, lighting) pair not done yet, then write the table and figures."""
+    log = log or (lambda message: print(message, flush=True))
+    methods, lightings = chosen_methods_and_lightings(config, methods, lightings)
+    out_dir = Path(out_dir) if out_dir is not None else config.out_path
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not report_only:
+        ensure_lighting_folders(config, lightings, generate, log)
+    configs = run_configs(config, methods, lightings, out_dir)  # a typo must not surface hours later
+    settings = RunSettings(config.study.checkpoint, config.study.slim_checkpoints, device, resolution, force,
+                           report_only, progress, log)
+    table: dict[str, dict[str, float]] = {m: {} for m in methods}
+    runs = []
+    for index, ((method, lighting), run_config) in enumerate(configs.items(), start=1):
+        step = f"[{index}/{len(configs)}] {method} {lighting}"
+        record = study_run(settings, run_config, method, lighting, run_dir(out_dir, method, lighting), step)
+        table[method][lighting] = record.get("miou", math.nan)
+        runs.append(record)
+    files = write_report(config, table, methods, lightings, runs, resolution, out_dir, log)
     return StudyResult(out_dir, methods, lightings, table, runs, files)
 
 
@@ -256,8 +311,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lightings", nargs="+", help="lightings to run (default: study.lightings or RGB1..RGB8)")
     parser.add_argument("--generate", type=int, metavar="N",
                         help="synthesise an MM5-layout data set of N frames at data.root if it does not exist")
-    parser.add_argument("--resolution", choices=RESOLUTIONS, default="native",
-                        help="score at the labels' native size (default) or at the model input size")
+    add_resolution_argument(parser)
     parser.add_argument("--force", action="store_true", help="retrain and re-evaluate runs that are already done")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: rebuild the table and figures from the finished runs")

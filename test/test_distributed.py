@@ -16,7 +16,7 @@ import yaml
 
 from rgbd_fusion_seg.core.checkpoint import load_checkpoint
 from rgbd_fusion_seg.offline import distributed
-from rgbd_fusion_seg.offline.evaluate import evaluate
+from rgbd_fusion_seg.offline.evaluate import evaluate_checkpoint
 from rgbd_fusion_seg.offline.train import EpochBatchSampler
 
 
@@ -132,7 +132,7 @@ def test_two_gloo_processes_train_resume_exactly_and_agree_with_single_process_m
         assert torch.equal(value, resumed.state_dict[key]), key
 
     # validation ran on two shards of the 3 val frames; one process scoring them all finds the same
-    single = evaluate(tmp_path / "reference" / "last.pt", device="cpu", resolution="input")
+    single = evaluate_checkpoint(tmp_path / "reference" / "last.pt", device="cpu", resolution="input")
     assert np.sum(single["confusion_matrix"]) == 3 * 32 * 40
     assert single["miou"] == pytest.approx(reference.metrics["val"]["miou"], abs=1e-12)
     assert single["macc"] == pytest.approx(reference.metrics["val"]["macc"], abs=1e-12)

@@ -18,7 +18,7 @@ from rgbd_fusion_seg.offline.datasets.mfnet import MFNetDataset
 from rgbd_fusion_seg.offline.datasets.mm5 import MM5Dataset
 from rgbd_fusion_seg.offline.datasets.replicas import write_mfnet_replica
 from rgbd_fusion_seg.offline.datasets.synth import CLASSES
-from rgbd_fusion_seg.offline.evaluate import evaluate, format_markdown, format_summary
+from rgbd_fusion_seg.offline.evaluate import evaluate_checkpoint, format_markdown, format_summary
 from rgbd_fusion_seg.offline.metrics import ConfusionMatrix
 from rgbd_fusion_seg.offline.train import train
 
@@ -26,7 +26,7 @@ VAL_FRAMES = 3  # of the tiny set (64x80)
 
 
 def test_input_resolution_reproduces_the_training_validation(tiny_checkpoint):
-    result = evaluate(tiny_checkpoint, device="cpu", resolution="input")
+    result = evaluate_checkpoint(tiny_checkpoint, device="cpu", resolution="input")
     recorded = load_checkpoint(tiny_checkpoint).metrics["val"]
     assert result["miou"] == pytest.approx(recorded["miou"], abs=1e-9)
     assert result["macc"] == pytest.approx(recorded["macc"], abs=1e-9)
@@ -35,7 +35,7 @@ def test_input_resolution_reproduces_the_training_validation(tiny_checkpoint):
 
 def test_native_resolution_result_and_json(tiny_checkpoint, mm5_root, tmp_path):
     out = tmp_path / "eval.json"
-    result = evaluate(tiny_checkpoint, device="cpu", out_json=out)
+    result = evaluate_checkpoint(tiny_checkpoint, device="cpu", out_json=out)
     assert result["settings"]["resolution"] == "native"
     assert result["settings"]["lightings"] == ["RGB2"] and result["settings"]["num_frames"] == VAL_FRAMES
     assert result["settings"]["data_root"] == str(mm5_root)
@@ -57,7 +57,7 @@ def test_native_evaluation_matches_the_engine_the_node_uses(tiny_checkpoint, mm5
     for index in range(len(dataset)):
         raw = dataset.read_raw(index)
         confusion.update(engine.predict(raw["rgb"], raw["aux"]).mask, raw["label"])
-    result = evaluate(tiny_checkpoint, device="cpu")
+    result = evaluate_checkpoint(tiny_checkpoint, device="cpu")
     np.testing.assert_array_equal(np.asarray(result["confusion_matrix"]), confusion.matrix)
 
 
@@ -65,7 +65,7 @@ def test_checkpoint_alone_is_enough_and_settings_can_be_overridden(tiny_checkpoi
     alone = tmp_path / "elsewhere" / "model.pt"
     alone.parent.mkdir()
     shutil.copy(tiny_checkpoint, alone)
-    result = evaluate(alone, device="cpu", lightings=["RGB5", "RGB6"], split="list_train_f.txt")
+    result = evaluate_checkpoint(alone, device="cpu", lightings=["RGB5", "RGB6"], split="list_train_f.txt")
     assert result["settings"]["lightings"] == ["RGB5", "RGB6"]
     assert result["settings"]["num_frames"] == 2 * 9
     assert result["method"] == "rgb"
@@ -73,13 +73,13 @@ def test_checkpoint_alone_is_enough_and_settings_can_be_overridden(tiny_checkpoi
 
 def test_evaluation_errors_name_the_problem(tiny_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
-        evaluate(tmp_path / "missing.pt", device="cpu")
+        evaluate_checkpoint(tmp_path / "missing.pt", device="cpu")
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        evaluate(tiny_checkpoint, data_root=tmp_path / "nowhere", device="cpu")
+        evaluate_checkpoint(tiny_checkpoint, data_root=tmp_path / "nowhere", device="cpu")
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="cannot be read"):
-        evaluate(broken, device="cpu")
+        evaluate_checkpoint(broken, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def mfnet_checkpoint(tmp_path_factory):
 
 def test_day_night_groups_flip_and_multiscale_are_reported_separately(mfnet_checkpoint, tmp_path):
     scales = [0.5, 1.0, 1.5]
-    result = evaluate(mfnet_checkpoint, device="cpu", flip=True, scales=scales, out_json=tmp_path / "r.json")
+    result = evaluate_checkpoint(mfnet_checkpoint, device="cpu", flip=True, scales=scales, out_json=tmp_path / "r.json")
     assert set(result["groups"]) == {"day", "night"}
     assert set(result["tta"]) == {"flip", "multiscale", "multiscale_flip"}
     assert result["tta"]["multiscale_flip"]["confusion_matrix"] != result["confusion_matrix"]
@@ -138,8 +138,8 @@ def test_day_night_groups_flip_and_multiscale_are_reported_separately(mfnet_chec
 
 
 def test_background_option_and_the_papers_table(mfnet_checkpoint, tmp_path):
-    counted = evaluate(mfnet_checkpoint, device="cpu")
-    excluded = evaluate(mfnet_checkpoint, device="cpu", exclude_background=True)
+    counted = evaluate_checkpoint(mfnet_checkpoint, device="cpu")
+    excluded = evaluate_checkpoint(mfnet_checkpoint, device="cpu", exclude_background=True)
     ious = [row["iou"] for row in counted["per_class"]]
     assert counted["miou"] == pytest.approx(np.mean([v for v in ious if v is not None]))
     assert excluded["miou"] == pytest.approx(np.mean([v for v in ious[1:] if v is not None]))

@@ -329,7 +329,7 @@ def test_engine_serves_the_merged_form_with_the_training_form_predictions(tmp_pa
 @pytest.mark.slow
 def test_trains_on_tiny_mm5_with_pseudo_labels_and_evaluates_from_the_checkpoint(tiny_config):
     from rgbd_fusion_seg.core.checkpoint import load_checkpoint
-    from rgbd_fusion_seg.offline.evaluate import evaluate
+    from rgbd_fusion_seg.offline.evaluate import evaluate_checkpoint
     from rgbd_fusion_seg.offline.train import train
 
     config = tiny_config(
@@ -342,7 +342,7 @@ def test_trains_on_tiny_mm5_with_pseudo_labels_and_evaluates_from_the_checkpoint
     checkpoint = load_checkpoint(path)
     assert checkpoint.method == "rsfnet" and checkpoint.options["encoders"] == SMALL
     assert checkpoint.preprocessing.rgb_std == (1.0, 1.0, 1.0)
-    result = evaluate(path, device="cpu")
+    result = evaluate_checkpoint(path, device="cpu")
     assert 0.0 <= result["miou"] <= 1.0
     assert np.sum(result["confusion_matrix"]) > 0
 
@@ -388,7 +388,7 @@ def test_trains_and_evaluates_on_every_loader(config_name, write, tmp_path):
     from rgbd_fusion_seg.core.checkpoint import load_checkpoint
     from rgbd_fusion_seg.offline.config import load_config
     from rgbd_fusion_seg.offline.datasets import replicas
-    from rgbd_fusion_seg.offline.evaluate import evaluate
+    from rgbd_fusion_seg.offline.evaluate import evaluate_checkpoint
     from rgbd_fusion_seg.offline.train import train
 
     root = tmp_path / "data"
@@ -401,7 +401,7 @@ def test_trains_and_evaluates_on_every_loader(config_name, write, tmp_path):
     path = train(config, device="cpu", log=lambda message: None)
     checkpoint = load_checkpoint(path)
     assert checkpoint.method == "rsfnet" and checkpoint.train_state["global_step"] == 2
-    result = evaluate(path, device="cpu")
+    result = evaluate_checkpoint(path, device="cpu")
     assert 0.0 <= result["miou"] <= 1.0 and np.sum(result["confusion_matrix"]) > 0
 
 
