@@ -186,6 +186,19 @@ class RosClient:
     def wait_for_stamp(self, stamp: int, output: str = "mask", timeout: float = 15.0) -> None:
         self.spin_until(lambda: stamp in self.stamps(output), timeout, f"{output} with stamp {stamp}")
 
+    def prime(self, next_stamp, make_pair, timeout: float = 30.0) -> None:
+        """Publish pairs `make_pair(stamp)` until one comes back: discovery is done both ways and a model serves."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stamp = next_stamp()
+            self.publish_pair(*make_pair(stamp))
+            try:
+                self.wait_for_stamp(stamp, timeout=0.5)
+                return
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+
     def fresh_stats(self, timeout: float = 15.0, predicate=None) -> dict[str, str]:
         """The next stats message (that satisfies `predicate`, if given)."""
         start = len(self.stats)
