@@ -227,8 +227,8 @@ def test_runtime_output_and_sync_changes_apply(node, client):
                                      "stats_period": 0.4})
     assert all(r.successful for r in results), [r.reason for r in results]
     stamp = next_stamp()
-    send_and_wait(client, *random_pair(stamp), stamp)
-    client.spin_for(0.5)
+    send_and_wait(client, *random_pair(stamp), stamp, output="confidence")
+    client.spin_for(0.5)  # an overlay, had one been published, would have arrived by now
     assert stamp not in client.stamps("overlay") and stamp in client.stamps("confidence")
     results = client.set_parameters({"outputs.overlay": True, "aux_range": []})
     assert all(r.successful for r in results), [r.reason for r in results]
