@@ -407,7 +407,8 @@ def test_evaluate_rgbd_indoor_raw_and_jpeg(checkpoints, tmp_path, capsys, bags):
     report = evaluate(tmp_path / "raw", capsys, bags / "rgbd_indoor", "--rgb-topic", INDOOR["rgb"], "--aux-topic",
                       INDOOR["aux"], "--checkpoint", str(checkpoints["depth"]), "--overlays")
     assert report["pairs_expected"] == 8 and report["frames_in_bag"] == {INDOOR["rgb"]: 8, INDOOR["aux"]: 8}
-    assert int(report["node_stats"]["pairs"]) == 8 + report["warm_up_frames"]  # warm-up pairs included
+    assert int(report["node_stats"]["pairs"]) == 8 + report["warm_up_pairs"]  # warm-up pairs included
+    assert 1 <= report["warm_up_pairs"] <= report["warm_up_frames"]
     assert report["node_stats"]["bad_input"] == "0"
     assert report["_counts"]["/rgbd_fusion_seg_bag/segment_node/mask_color"] == report["masks_received"]
     assert len(list((tmp_path / "raw" / "overlays").glob("*.png"))) == report["masks_received"]

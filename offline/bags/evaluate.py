@@ -231,6 +231,15 @@ def send_warm_up(player: Player, bag, rgb_topic: str, aux_topic: str, recorded: 
     return warm_up(send, lambda: recorded.warm_up_answers > 0, node, timeout)
 
 
+def pairs_so_far(recorded: Recorded, timeout: float = 3.0) -> int:
+    """The node's pair count in its next ~/stats: a warm-up send whose colour or aux the node took after the
+    other side's next send makes one pair of two sends, so the warm-up's pairs are counted, not assumed."""
+    seen = len(recorded.stats)
+    wait_until(lambda: len(recorded.stats) > seen, timeout)
+    with recorded.lock:
+        return int(recorded.stats[-1]["pairs"]) if recorded.stats else 0
+
+
 def score(recorded: Recorded, labels: dict, num_classes: int, class_names) -> dict:
     """Latency, rate, drops and (with labels) mIoU from what was played and what came back."""
     from rgbd_fusion_seg.offline.metrics import ConfusionMatrix
@@ -352,6 +361,7 @@ def evaluate_bag(args, log=print) -> dict:
             raise RuntimeError(node_failure(f"segment_node did not start serving within {args.timeout:.0f} s", node))
         result["warm_up_frames"] = send_warm_up(player, args.bag, args.rgb_topic, args.aux_topic, recorded, node, args.timeout)
         time.sleep(0.5)  # let the warm-up clear the node
+        result["warm_up_pairs"] = pairs_so_far(recorded)
         log(f"node serving and warmed up; playing at {args.rate:g}x:\n{player.describe()}")
         played = player.run()
         result["play_seconds"] = played.pop("seconds")
@@ -394,7 +404,7 @@ def summary_text(result: dict) -> str:
         f"bag evaluate: {result['bag']} through segment_node ({result['method']}, {result['modality']})",
         f"  frames played:   {frames}",
         f"  pairs:           {result['pairs_expected']} expected (node's pairer), node made {stats.get('pairs', '?')} "
-        f"(+ warm-up: {result.get('warm_up_frames', 0)} sent)",
+        f"(+ warm-up: {result.get('warm_up_pairs', 0)} pairs of {result.get('warm_up_frames', 0)} sent)",
         f"  masks received:  {result['masks_received']}   drops: {result['drops']} (node: stale "
         f"{stats.get('dropped_stale', '?')}, unpaired {stats.get('dropped_unpaired', '?')}, bad input "
         f"{stats.get('bad_input', '?')}, lost in transport {stats.get('lost_in_transport_rgb', '?')}/"
