@@ -355,12 +355,15 @@ CONFIG: dict[str, Field | Section] = {
         "momentum": Field(0.9, _float(minimum=0.0, below=1.0), "sgd only (RSFNet: sgd, lr 0.01, momentum 0.9, "
                                                                "weight_decay 5e-4, poly 0.9)"),
         "weight_decay": Field(1.0e-2, _float(minimum=0.0), "the optimiser's weight decay"),
+        "no_decay_1d": Field(False, _bool, "no weight decay on one-dimensional parameters (biases, norms)"),
         # The MM5 study does not say which schedule it used; cosine is the common choice for AdamW on
         # segmentation and needs no tuning of decay epochs.
         "lr_schedule": Field("cosine", _choice(("cosine", "constant", "poly")), "cosine: per step from lr to "
                              "lr * min_lr_ratio over the run; poly: lr * (1 - progress) ** poly_power; constant"),
         "poly_power": Field(0.9, _float(minimum=0.0, exclusive=True), "poly's power (RSFNet, DeepLab)"),
         "warmup_steps": Field(0, _int(minimum=0), "steps of linear warm-up to lr before the schedule"),
+        "warmup_start_ratio": Field(0.0, _float(minimum=0.0, below=1.0), "the warm-up rises linearly from lr * "
+                                    "this to lr (SARTM's recipe: 0.1)"),
         "min_lr_ratio": Field(0.0, _float(minimum=0.0, at_most=1.0), "cosine ends at lr * min_lr_ratio"),
         "amp": Field(True, _bool, "mixed precision (fp16 autocast) on CUDA; the CPU trains in fp32"),
         "num_workers": Field(2, _int(minimum=0), "data loader worker processes", resumable=True),

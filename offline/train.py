@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader
 from rgbd_fusion_seg.core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from rgbd_fusion_seg.core.engine import resolve_device
 from rgbd_fusion_seg.core.palette import default_palette
-from rgbd_fusion_seg.models import build_model
+from rgbd_fusion_seg.models import build_model, method_class
 from rgbd_fusion_seg.models.losses import build_seg_loss
 
 from . import distributed
@@ -198,9 +198,22 @@ def _open_datasets(config: ExperimentConfig, context: distributed.Distributed, p
     return train_set, val_set, train_report
 
 
-def _build_optimizer(config: ExperimentConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def _model_options(config: ExperimentConfig, classes) -> dict:
+    """build_model's options: the config's, plus the class names for a method that embeds them."""
+    options = config.model_kwargs()
+    if method_class(config.model.method).wants_class_names:
+        options["class_names"] = list(classes)
+    return options
+
+
+def _build_optimizer(config: ExperimentConfig, model) -> torch.optim.Optimizer:
     train = config.train
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    named = model.trainable_parameters()
+    if train.no_decay_1d:  # biases and norm weights: no weight decay (as SARTM's and most transformer recipes)
+        parameters = [{"params": [p for _, p in named if p.ndim > 1]},
+                      {"params": [p for _, p in named if p.ndim <= 1], "weight_decay": 0.0}]
+    else:
+        parameters = [p for _, p in named]
     if train.optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay)
     if train.optimizer == "adam":
@@ -216,7 +229,7 @@ def _build_trainer(config: ExperimentConfig, context: distributed.Distributed, d
     # Seed before the model is built: its initial weights are part of what the seed reproduces (a resumed
     # run then restores the RNG state saved in last.pt).
     seed_everything(train_cfg.seed)
-    model = build_model(config.model.method, num_classes, **config.model_kwargs())
+    model = build_model(config.model.method, num_classes, **_model_options(config, train_set.classes))
     if context.rank:  # every rank its own augmentation stream; rank 0 keeps the single-process one
         seed_everything(int(np.random.SeedSequence([train_cfg.seed, context.rank]).generate_state(1)[0]))
     seg_loss = build_seg_loss(
@@ -249,11 +262,9 @@ def _build_trainer(config: ExperimentConfig, context: distributed.Distributed, d
 def _checkpoint_description(config: ExperimentConfig, preprocessing, train_set, val_set) -> dict:
     """The Checkpoint fields that stay the same for the whole run (see Checkpointer)."""
     num_classes = len(train_set.classes)
-    # Rebuilding the model from the checkpoint must not look for ImageNet weights again: the state
-    # dict holds every weight, so the stored options say pretrained=False (the init is recorded apart).
-    options = dict(config.model_kwargs())
-    if "pretrained" in options:
-        options["pretrained"] = False
+    # Rebuilding the model from the checkpoint must not look for weight files again: the state dict holds
+    # every weight, so the stored options switch the reads off (the init is recorded apart).
+    options = method_class(config.model.method).serving_options(_model_options(config, train_set.classes))
     data = {
         "dataset": config.data.dataset,
         "root": str(config.data_root),

@@ -84,7 +84,8 @@ def learning_rate(step: int, total_steps: int, config: ExperimentConfig) -> floa
     """Learning rate for optimiser step `step` (0-based)."""
     train = config.train
     if train.warmup_steps and step < train.warmup_steps:
-        return train.lr * (step + 1) / train.warmup_steps
+        start = train.warmup_start_ratio
+        return train.lr * (start + (1.0 - start) * (step + 1) / train.warmup_steps)
     if train.lr_schedule == "constant":
         return train.lr
     span = max(1, total_steps - train.warmup_steps)
@@ -316,6 +317,7 @@ class Trainer:
         lr = learning_rate(self.state.global_step, self.state.total_steps, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        self.model.before_train_step(self.state.global_step)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
             output = self.forward(batch["rgb"], batch["aux"])
             loss, parts = self.model.compute_loss(output, batch, self.seg_loss)

@@ -128,6 +128,25 @@ def test_checkpoint_with_weights_of_another_shape_is_refused(tmp_path):
         ckpt.build_model()
 
 
+def test_checkpoint_of_another_architecture_version_is_refused_by_both_readers(tmp_path, monkeypatch):
+    from rgbd_fusion_seg.models.methods.rgb_baseline import RGBBaseline
+    from rgbd_fusion_seg.ros.model_serving import inspect_checkpoint
+
+    path = save_checkpoint(make_checkpoint(), tmp_path / "model.pt")
+    assert torch.load(path, weights_only=True)["model"]["architecture"] == RGBBaseline.architecture_version
+    monkeypatch.setattr(RGBBaseline, "architecture_version", RGBBaseline.architecture_version + 1)
+    for read in (load_checkpoint, inspect_checkpoint):
+        with pytest.raises(CheckpointError, match=r"holds version 1 of method 'rgb'.*builds version 2.*retrain"):
+            read(path)
+
+
+def test_stored_options_switch_weight_file_reads_off():
+    from rgbd_fusion_seg.models.methods.rgb_baseline import RGBBaseline
+
+    assert RGBBaseline.serving_options({"pretrained": True, "width": 3}) == {"pretrained": False, "width": 3}
+    assert RGBBaseline.serving_options({"width": 3}) == {"width": 3}  # no option is added
+
+
 def test_failed_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
     path = save_checkpoint(make_checkpoint(), tmp_path / "last.pt")
     before = path.read_bytes()

@@ -56,6 +56,16 @@ def test_learning_rate_schedules():
     assert learning_rate(10, 10, poly) == pytest.approx(0.0)
     with pytest.raises(ConfigError, match="train.momentum"):
         config_from_dict({"train": {"optimizer": "sgd", "momentum": 1.0}})
+    from_a_tenth = config_from_dict({"train": {"lr": 1.0, "warmup_steps": 4, "warmup_start_ratio": 0.1}})
+    assert [learning_rate(s, 12, from_a_tenth) for s in range(4)] == pytest.approx([0.325, 0.55, 0.775, 1.0])
+
+
+def test_no_weight_decay_on_one_dimensional_parameters(tiny_config):
+    config = tiny_config(train={"weight_decay": 0.05, "no_decay_1d": True, "max_steps": 1})
+    state = load_checkpoint(train(config, device="cpu", log=quiet)).train_state
+    decayed, exempt = state["optimizer"]["param_groups"]
+    assert (decayed["weight_decay"], exempt["weight_decay"]) == (0.05, 0.0)
+    assert decayed["params"] and exempt["params"]
 
 
 def test_sgd_takes_the_configured_momentum(tiny_config):

@@ -4,7 +4,8 @@ A checkpoint is a plain dict saved with torch.save and read back with `weights_o
 code runs on load). Everything the node needs to serve the model is in it:
 
     format         "rgbd_fusion_seg/1"
-    model          {"method": str, "options": dict, "num_classes": int}
+    model          {"method": str, "options": dict, "num_classes": int, "architecture": int}
+                   (architecture: the method's architecture_version when it was written; absent = 1)
     classes        [name, ...]            one per class id
     palette        [[r, g, b], ...]       one per class id
     preprocessing  Preprocessing.to_dict() (input size, RGB mean/std, aux modality, unit and range)
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..models import FusionSegmenter, build_model
+from ..models import FusionSegmenter, UnknownMethodError, build_model, method_class
 from .preprocessing import Preprocessing
 
 FORMAT = "rgbd_fusion_seg/1"
@@ -55,7 +56,8 @@ class Checkpoint:
     def to_dict(self) -> dict:
         return {
             "format": FORMAT,
-            "model": {"method": self.method, "options": dict(self.options), "num_classes": self.num_classes},
+            "model": {"method": self.method, "options": dict(self.options), "num_classes": self.num_classes,
+                      "architecture": method_class(self.method).architecture_version},
             "classes": list(self.classes),
             "palette": [list(map(int, c)) for c in self.palette],
             "preprocessing": self.preprocessing.to_dict(),
@@ -68,12 +70,10 @@ class Checkpoint:
     def build_model(self) -> FusionSegmenter:
         """The model with its weights loaded (training form; call .deploy() to serve).
 
-        ImageNet initialisation is switched off: the weights come from the checkpoint, so a model trained
-        from pretrained weights must not need the ImageNet file on the machine that serves it.
+        Weight files (ImageNet, SAM2, CLIP) are not read: the weights come from the checkpoint, so a model
+        trained from pretrained weights must not need those files on the machine that serves it.
         """
-        options = dict(self.options)
-        if "pretrained" in options:
-            options["pretrained"] = False
+        options = method_class(self.method).serving_options(self.options)
         model = build_model(self.method, self.num_classes, **options)
         try:
             model.load_state_dict(self.state_dict)
@@ -211,9 +211,29 @@ def _describe_start(head: bytes) -> str:
     return f"it starts with bytes {head[:8].hex(' ')}"
 
 
+def check_architecture(raw: dict, path: str | os.PathLike) -> None:
+    """Refuse a checkpoint whose method is unknown here or was written for another version of the method's
+    architecture (its weights would not fit, or would fit with another meaning)."""
+    try:
+        method = str(raw["model"]["method"])
+        written = int(raw["model"].get("architecture", 1))
+        current = method_class(method).architecture_version
+    except UnknownMethodError as error:
+        raise CheckpointError(f"checkpoint {path}: {error}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise CheckpointError(f"checkpoint {path} is missing or has a malformed field: {error}") from None
+    if written != current:
+        raise CheckpointError(
+            f"checkpoint {path} holds version {written} of method {method!r}'s architecture, and this package "
+            f"builds version {current} (docs/methods.md says what changed): retrain it, or serve it with the "
+            "release that wrote it"
+        )
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     raw = read_checkpoint_dict(path)
+    check_architecture(raw, path)
     try:
         model = raw["model"]
         return Checkpoint(

@@ -96,11 +96,11 @@ def _weights_fit(method: str, num_classes: int, options: dict, state_dict: dict)
 def read_checkpoint_summary(path: str | os.PathLike) -> CheckpointSummary:
     """Read a checkpoint cheaply: memory-mapped, so the weights are not read, only their names and shapes
     compared with the method's. Raises CheckpointError for a file that is no servable checkpoint at all."""
-    from ..core.checkpoint import CheckpointError, read_checkpoint_dict
-    from ..models import UnknownMethodError
+    from ..core.checkpoint import CheckpointError, check_architecture, read_checkpoint_dict
 
     path = Path(path)
     raw = read_checkpoint_dict(path, mmap=True)
+    check_architecture(raw, path)
     try:
         found_method = str(raw["model"]["method"])
         num_classes = int(raw["model"]["num_classes"])
@@ -109,10 +109,7 @@ def read_checkpoint_summary(path: str | os.PathLike) -> CheckpointSummary:
         state_dict = raw["state_dict"]
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint {path} is missing or has a malformed field: {error}") from None
-    try:
-        uses_aux = _method_uses_aux(found_method)
-    except UnknownMethodError as error:
-        raise CheckpointError(f"checkpoint {path}: {error}") from None
+    uses_aux = _method_uses_aux(found_method)
     return CheckpointSummary(str(path), found_method, num_classes, spec.aux.modality, spec.aux.unit, uses_aux,
                              weights_problem=_weights_fit(found_method, num_classes, options, state_dict))
 
