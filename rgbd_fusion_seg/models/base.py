@@ -6,8 +6,9 @@
 - `compute_loss(output, batch, seg_loss)` returns the method's own training loss and its named parts.
   The default is the segmentation loss on the logits; a method with extra outputs adds its terms here
   (confidence regression, fusion loss, distillation), reading what it needs from the batch dict.
-- `deploy()` returns the form to serve (e.g. after structural re-parameterisation). It is called once,
-  before inference, by the engine; the default is the model itself.
+- `deploy(keep_extras)` returns the form to serve (e.g. after structural re-parameterisation), with only
+  the extra outputs named in `keep_extras` (those in `serving_extras`) kept: a branch whose output no one
+  asked for is dropped. It is called once, before inference, by the engine; the default is the model.
 
 Class attributes the trainer and the checkpoints read:
 - `architecture_version`: raised whenever a change makes old weights of the method not fit (or fit with a
@@ -15,6 +16,9 @@ Class attributes the trainer and the checkpoints read:
 - `weight_file_options`: options that read pretrained weights from a file, with the value that switches
   the read off. A checkpoint stores the switched-off values: its state dict already holds every weight,
   so serving must not need the files (`serving_options`).
+- `serving_extras`: the extras the deploy form can keep on request (SC-CoSF: "fused", its fused image).
+- `published`: the sizes and compute the method's authors report (`PublishedFigures`), which
+  `rgbd-fusion-seg bench --published` measures side by side.
 - `wants_class_names`: the trainer passes the data set's class names as the `class_names` option (SARTM's
   language-aided distillation embeds them).
 """
@@ -28,6 +32,20 @@ from torch import nn
 
 # seg_loss(logits NxCxHxW, target NxHxW long) -> scalar
 SegLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class PublishedFigures:
+    """One published configuration of a method and its reported size and compute."""
+
+    source: str  # where the figures are printed, e.g. "RSFNet paper, Table III"
+    size: tuple[int, int]  # the input height and width they are given at
+    num_classes: int
+    params_m: float | None  # millions
+    gmacs: float | None  # multiply-accumulates, in G (a paper's "FLOPs" that are MACs are given here)
+    options: dict = field(default_factory=dict)  # the build options of that configuration
+    label: str = ""  # how the configuration is named in the table, e.g. "resnet50-resnet18"
+    note: str = ""  # e.g. how a paper's "FLOPs" were read
 
 
 @dataclass
@@ -44,6 +62,8 @@ class FusionSegmenter(nn.Module):
     architecture_version: ClassVar[int] = 1
     weight_file_options: ClassVar[dict[str, object]] = {"pretrained": False}
     wants_class_names: ClassVar[bool] = False
+    serving_extras: ClassVar[tuple[str, ...]] = ()
+    published: ClassVar[tuple[PublishedFigures, ...]] = ()
 
     def __init__(self, num_classes: int):
         super().__init__()
@@ -56,7 +76,7 @@ class FusionSegmenter(nn.Module):
         loss = seg_loss(output.logits, batch["label"])
         return loss, {"seg": float(loss.detach())}
 
-    def deploy(self) -> "FusionSegmenter":
+    def deploy(self, keep_extras: tuple[str, ...] = ()) -> "FusionSegmenter":
         return self
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:

@@ -107,6 +107,6 @@ class RSFNet(FusionSegmenter):
         loss = seg + self.reg_weight * regression  # eq. 6
         return loss, {"seg": float(seg.detach()), "confidence": float(regression.detach())}
 
-    def deploy(self) -> "RSFNet":
+    def deploy(self, keep_extras: tuple[str, ...] = ()) -> "RSFNet":
         """A copy in eval mode with every RSF KxK block merged into one convolution (this model is kept)."""
         return deploy_copy(self)
