@@ -447,7 +447,7 @@ def test_background_loader_loads_the_newest_request():
     gate = threading.Event()
     loaded, failed, calls = [], [], []
 
-    def load(path, device, precision, aux_range):
+    def load(path, device, precision, aux_range, extras=()):
         calls.append(path)
         gate.wait(5)
         if path == "broken":

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..models import method_class
 from .checkpoint import Checkpoint, load_checkpoint
 from .preprocessing import prepare_inputs
 
@@ -31,24 +32,37 @@ def resolve_device(device: str) -> torch.device:
 class Prediction:
     mask: np.ndarray  # HxW class ids at the colour image's size (uint8, or uint16 beyond 255 classes)
     confidence: np.ndarray | None  # HxW float32 softmax probability of the chosen class, when asked for
+    fused: np.ndarray | None = None  # HxWx3 uint8 fused RGB-X image (SC-CoSF), when the engine keeps it
 
 
 class SegmentationEngine:
-    """A served model: the checkpoint's deploy-form network plus its preprocessing, on one device."""
+    """A served model: the checkpoint's deploy-form network plus its preprocessing, on one device.
 
-    def __init__(self, checkpoint: Checkpoint, device: str = "auto", precision: str = "fp32"):
+    `extras`: the method's extra outputs to keep in the deploy form and return (e.g. ("fused",)); a branch
+    not asked for is dropped from the network, so it costs nothing.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, device: str = "auto", precision: str = "fp32",
+                 extras: tuple[str, ...] = ()):
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        servable = method_class(checkpoint.method).serving_extras
+        unknown = [name for name in extras if name not in servable]
+        if unknown:
+            raise ValueError(f"method {checkpoint.method!r} has no extra output {', '.join(unknown)} to serve; "
+                             f"it has: {', '.join(servable) or 'none'}")
+        self.extras = tuple(extras)
         self.checkpoint = checkpoint
         self.device = resolve_device(device)
         # Half precision on CPU is slow or unsupported for many kernels: fall back to fp32 there.
         self.precision = precision if self.device.type == "cuda" else "fp32"
-        self.model = checkpoint.build_model().deploy().eval().to(self.device)
+        self.model = checkpoint.build_model().deploy(keep_extras=self.extras).eval().to(self.device)
         self._mask_dtype = np.uint8 if checkpoint.num_classes <= 256 else np.uint16
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, device: str = "auto", precision: str = "fp32") -> "SegmentationEngine":
-        return cls(load_checkpoint(path), device=device, precision=precision)
+    def from_file(cls, path: str | os.PathLike, device: str = "auto", precision: str = "fp32",
+                  extras: tuple[str, ...] = ()) -> "SegmentationEngine":
+        return cls(load_checkpoint(path), device=device, precision=precision, extras=extras)
 
     @property
     def method(self) -> str:
@@ -69,11 +83,18 @@ class SegmentationEngine:
         rgb_t = torch.from_numpy(rgb_in)[None].to(self.device, non_blocking=True)
         aux_t = torch.from_numpy(aux_in)[None].to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision], enabled=self.precision != "fp32"):
-            logits = self.model(rgb_t, aux_t).logits
-        logits = F.interpolate(logits.float(), size=rgb.shape[:2], mode="bilinear", align_corners=False)
+            output = self.model(rgb_t, aux_t)
+        logits = F.interpolate(output.logits.float(), size=rgb.shape[:2], mode="bilinear", align_corners=False)
+        fused = _image_at(output.extras["fused"], rgb.shape[:2]) if "fused" in self.extras else None
         if with_confidence:
             confidence, mask = torch.softmax(logits[0], dim=0).max(dim=0)
             confidence = confidence.cpu().numpy()
         else:
             mask, confidence = logits[0].argmax(dim=0), None
-        return Prediction(mask.to(torch.int32).cpu().numpy().astype(self._mask_dtype), confidence)
+        return Prediction(mask.to(torch.int32).cpu().numpy().astype(self._mask_dtype), confidence, fused)
+
+
+def _image_at(image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """A 1x3xhxw image in [0, 1] -> HxWx3 uint8 at `size` (bilinear)."""
+    image = F.interpolate(image.float(), size=size, mode="bilinear", align_corners=False)[0]
+    return (image.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()

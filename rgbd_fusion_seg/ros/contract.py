@@ -69,6 +69,8 @@ TOPICS: tuple[TopicSpec, ...] = (
               OUTPUT_QOS_TEXT, ("outputs.overlay", True)),
     TopicSpec("out", "~/confidence", IMAGE, "32FC1: softmax probability of the chosen class", OUTPUT_QOS_TEXT,
               ("outputs.confidence", True)),
+    TopicSpec("out", "~/fused_image", IMAGE, "rgb8: the fused RGB-X image (SC-CoSF; the colour image's header)",
+              OUTPUT_QOS_TEXT, ("outputs.fused_image", True)),
     TopicSpec("out", "~/stats", "diagnostic_msgs/msg/DiagnosticStatus",
               "every `stats_period`: latency p50/p90/p99 (colour stamp -> publish), processing p50/p90/p99 (pair "
               "completed -> publish, needs no shared clock), rate, pairs, drops, bad input, model, device",

@@ -1,7 +1,7 @@
 """Which checkpoint file a configuration of the node serves, and whether serving it needs a (re)load.
 
 The node asks this for every model parameter change (`checkpoint`, `fusion_method`, `checkpoint_dir`,
-`modality`, `device`, `precision`) and at start. A set-parameters request must be answered at once, accepted
+`modality`, `device`, `precision`, `outputs.fused_image`) and at start. A set-parameters request must be answered at once, accepted
 or refused with the reason, so the files are inspected while it waits; each file is read once per decision
 (memory-mapped: names and shapes, not the weights), and the full load runs later on the loader thread.
 
@@ -27,11 +27,12 @@ class ModelChoice:
     summary: CheckpointSummary
     device: str
     precision: str
+    extras: tuple[str, ...] = ()  # extra outputs kept in the deploy form
 
     @property
-    def target(self) -> tuple[str, str, str]:
+    def target(self) -> tuple:
         """What identifies a served model: two choices with the same target serve the same engine."""
-        return os.path.abspath(self.summary.path), self.device, self.precision
+        return os.path.abspath(self.summary.path), self.device, self.precision, self.extras
 
 
 class _Inspections:
@@ -82,7 +83,16 @@ def choose_model(config: Mapping, changed: set[str], *, serving: bool, startup: 
             raise ValueError("checkpoint '' would leave nothing to serve; set another checkpoint instead")
         return None
     summary = inspect(path).require(method=method or None, modality=modality)
-    return ModelChoice(summary, config["device"], config["precision"])
+    return ModelChoice(summary, config["device"], config["precision"], served_extras(config, summary.method))
+
+
+def served_extras(config: Mapping, method: str) -> tuple[str, ...]:
+    """The extra outputs the outputs.* parameters ask of `method` that it has (a method without them
+    serves masks only; the node says so)."""
+    from ..models import method_class
+
+    wanted = ("fused",) if config["outputs.fused_image"] else ()
+    return tuple(name for name in wanted if name in method_class(method).serving_extras)
 
 
 def _model_path(config: Mapping, inspect: _Inspections) -> str | None:
@@ -105,6 +115,7 @@ def _model_path(config: Mapping, inspect: _Inspections) -> str | None:
     return path
 
 
-def needs_load(choice: ModelChoice, current_target: tuple[str, str, str] | None, changed: set[str]) -> bool:
-    """Whether serving `choice` means loading it: another file, device or precision, or a file asked for again."""
+def needs_load(choice: ModelChoice, current_target: tuple | None, changed: set[str]) -> bool:
+    """Whether serving `choice` means loading it: another file, device, precision or set of extra outputs, or
+    a file asked for again."""
     return choice.target != current_target or bool(changed & RELOAD_PARAMETERS)

@@ -158,12 +158,14 @@ class ServedModel:
             f"method {self.method!r} from {self.path} on {self.engine.device} ({self.engine.precision}); "
             f"{self.engine.checkpoint.num_classes} classes; aux {self.modality} in {self.unit} [{low:g}, {high:g}]"
             + ("" if self.uses_aux else " (aux not used by this method)")
+            + "".join(f"; serving its {name} output" for name in self.engine.extras)
         )
 
 
 def load_served_model(path: str, device: str = "auto", precision: str = "fp32", aux_range=(),
-                      warm_up: bool = True) -> ServedModel:
-    """Load a checkpoint fully and build its engine (deploy form, on `device`); one warm-up pass by default.
+                      warm_up: bool = True, extras: tuple[str, ...] = ()) -> ServedModel:
+    """Load a checkpoint fully and build its engine (deploy form with `extras` kept, on `device`); one
+    warm-up pass by default.
 
     Raises CheckpointError (missing, unreadable, weights that do not fit) or ValueError (device, precision).
     """
@@ -171,7 +173,7 @@ def load_served_model(path: str, device: str = "auto", precision: str = "fp32", 
     from ..core.engine import SegmentationEngine
 
     checkpoint = load_checkpoint(path)
-    engine = SegmentationEngine(checkpoint, device=device, precision=precision)
+    engine = SegmentationEngine(checkpoint, device=device, precision=precision, extras=extras)
     # The network holds the weights now: keep the description, drop the second copy of the state dict.
     engine.checkpoint = replace(checkpoint, state_dict={}, train_state=None)
     spec = checkpoint.preprocessing
@@ -206,6 +208,7 @@ class LoadRequest:
     precision: str
     aux_range: tuple[float, ...]
     reason: str  # what asked for it, for the log
+    extras: tuple[str, ...] = ()  # the method's extra outputs to serve (SC-CoSF's "fused")
 
 
 class BackgroundLoader:
@@ -230,5 +233,6 @@ class BackgroundLoader:
         self._worker.stop(timeout)
 
     def _load_one(self, request: LoadRequest) -> None:
-        served = self._load(request.path, request.device, request.precision, request.aux_range)
+        served = self._load(request.path, request.device, request.precision, request.aux_range,
+                            extras=request.extras)
         self._on_loaded(request, served)

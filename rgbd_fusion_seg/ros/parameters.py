@@ -222,6 +222,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "Publish ~/overlay (rgb8: the colour mask blended over the camera image).", section=OUTPUTS),
     ParameterSpec("outputs.confidence", "bool", False,
                   "Publish ~/confidence (32FC1: softmax probability of the chosen class).", section=OUTPUTS),
+    ParameterSpec("outputs.fused_image", "bool", False,
+                  "Publish ~/fused_image (rgb8: the fused RGB-X image of a method that makes one, SC-CoSF); the "
+                  "model is reloaded with its fusion branch, which costs time per frame.", section=OUTPUTS),
     ParameterSpec("overlay_alpha", "double", 0.5, "Opacity of the mask in ~/overlay.",
                   validate=Bounds(0.0, 1.0, "an opacity: 0 shows the image alone, 1 the mask alone"), section=OUTPUTS),
     ParameterSpec("depth_scale", "double", 0.001,
@@ -247,7 +250,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
 
 PARAMETERS_BY_NAME: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
 # Parameters whose change means serving a different engine (loaded in the background).
-MODEL_PARAMETERS = frozenset({"checkpoint", "fusion_method", "checkpoint_dir", "modality", "device", "precision"})
+MODEL_PARAMETERS = frozenset({"checkpoint", "fusion_method", "checkpoint_dir", "modality", "device", "precision",
+                              "outputs.fused_image"})
 SYNC_PARAMETERS = frozenset({"sync.queue_size", "sync.slop", "sync.exact"})
 
 

@@ -168,7 +168,7 @@ class SegmentNode(Node):
         self._served: ServedModel | None = None
         self._served_lock = threading.Lock()
         self._generation = 0
-        self._target: tuple[str, str, str] | None = None  # (path, device, precision) last asked for
+        self._target: tuple | None = None  # (path, device, precision, extras) last asked for
         self._idle_reason = "no model loaded yet"
         self._shutting_down = False
         self._publishing = threading.Lock()  # held by the worker while it publishes; `shutdown` waits for it
@@ -194,6 +194,7 @@ class SegmentNode(Node):
         self._mask_color_pub = self.create_publisher(Image, "~/mask_color", outputs_qos)
         self._overlay_pub = None
         self._confidence_pub = None
+        self._fused_pub = None
         self._ensure_optional_publishers()
         self._stats_pub = self.create_publisher(DiagnosticStatus, "~/stats", outputs_qos)
 
@@ -306,7 +307,7 @@ class SegmentNode(Node):
         self._config = config
         if changes.keys() & params.SYNC_PARAMETERS:
             self._pairer.configure(config["sync.queue_size"], config["sync.slop"], config["sync.exact"])
-        if "outputs.overlay" in changes or "outputs.confidence" in changes:
+        if changes.keys() & {"outputs.overlay", "outputs.confidence", "outputs.fused_image"}:
             self._ensure_optional_publishers()
         if "stats_period" in changes:
             self.destroy_timer(self._stats_timer)
@@ -329,7 +330,7 @@ class SegmentNode(Node):
         self._target = choice.target
         what = ", ".join(sorted(explicit & params.MODEL_PARAMETERS)) or "start"
         return LoadRequest(self._generation, choice.summary.path, choice.device, choice.precision,
-                           tuple(config["aux_range"]), reason=what)
+                           tuple(config["aux_range"]), reason=what, extras=choice.extras)
 
     # ---- model loading --------------------------------------------------------------------------------
 
@@ -355,6 +356,9 @@ class SegmentNode(Node):
         took = time.monotonic() - self._load_started
         replaced = f" (replacing {old.method!r} from {old.path})" if old else ""
         self._log.info(f"serving {self._served.describe()}{replaced}; loaded in {took:.2f} s")
+        if self._config["outputs.fused_image"] and "fused" not in served.engine.extras:
+            self._log.warning(f"outputs.fused_image is true but method {served.method!r} makes no fused image: "
+                              "~/fused_image stays silent (SC-CoSF, fusion_method sccosf, makes one)")
 
     def _on_model_failed(self, request: LoadRequest, error: BaseException) -> None:
         if self._shutting_down:
@@ -492,7 +496,7 @@ class SegmentNode(Node):
                 )
                 return
             aux = decoded.image
-        overlay_pub, confidence_pub = self._overlay_pub, self._confidence_pub
+        overlay_pub, confidence_pub, fused_pub = self._overlay_pub, self._confidence_pub, self._fused_pub
         want_confidence = confidence_pub is not None and self._config["outputs.confidence"]
         try:
             prediction = served.engine.predict(rgb, aux, with_confidence=want_confidence)
@@ -509,6 +513,8 @@ class SegmentNode(Node):
             outputs.append((overlay_pub, rgb_to_msg(blended, header)))
         if want_confidence:
             outputs.append((confidence_pub, float_to_msg(prediction.confidence, header)))
+        if prediction.fused is not None and fused_pub is not None and self._config["outputs.fused_image"]:
+            outputs.append((fused_pub, rgb_to_msg(prediction.fused, header)))
         with self._publishing:
             if self._shutting_down:  # the node is being destroyed: its publishers may be gone
                 return
@@ -547,6 +553,8 @@ class SegmentNode(Node):
             self._overlay_pub = self.create_publisher(Image, "~/overlay", self._outputs_qos)
         if self._config["outputs.confidence"] and self._confidence_pub is None:
             self._confidence_pub = self.create_publisher(Image, "~/confidence", self._outputs_qos)
+        if self._config["outputs.fused_image"] and self._fused_pub is None:
+            self._fused_pub = self.create_publisher(Image, "~/fused_image", self._outputs_qos)
 
     # ---- health: stats and the no-pair watchdog ---------------------------------------------------------
 
