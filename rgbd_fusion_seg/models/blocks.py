@@ -48,11 +48,12 @@ def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 
 class StagedEncoder(nn.Module):
-    """An encoder as a list of stages (`self.stages`); forward returns every stage's output, shallow first."""
+    """An encoder as a list of stages (`self.stages`); forward returns every stage's output, shallow first
+    (only the first `stop` stages' when `stop` is given)."""
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, stop: int | None = None) -> list[torch.Tensor]:
         features = []
-        for stage in self.stages:
+        for stage in self.stages[:stop]:
             x = stage(x)
             features.append(x)
         return features
@@ -92,41 +93,62 @@ class ResNetEncoder(StagedEncoder):
         self.channels = channels[:num_stages]
 
 
+def fit_to(x: torch.Tensor, size) -> torch.Tensor:
+    """Crop (or zero-pad) x at the bottom and right to `size`: a 2x transposed convolution of a map whose
+    input had an odd size is one pixel too large. Bottom/right, because a stride-2 layer's output pixel i
+    sits over input pixel 2i: the top-left corners of the two maps are aligned."""
+    dh, dw = size[0] - x.shape[-2], size[1] - x.shape[-1]
+    return x if dh == dw == 0 else F.pad(x, (0, dw, 0, dh))
+
+
+def conv3x3_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
+    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True)]
+
 
 class UpBlock(nn.Module):
-    """Upsample x2, concatenate the skip feature, then two 3x3 conv-BN-ReLU."""
+    """The MM5 study's decoder block: 2x2 transposed convolution, stride 2 (in -> out), then two 3x3
+    conv-BN-ReLU at `out`. The caller concatenates the next encoder skip to its output."""
 
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.convs = nn.Sequential(
-            nn.Conv2d(in_channels + skip_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
+        self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
+        self.convs = nn.Sequential(*conv3x3_bn_relu(out_channels, out_channels), *conv3x3_bn_relu(out_channels, out_channels))
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        return self.convs(torch.cat([x, skip], dim=1))
+    def forward(self, x: torch.Tensor, size) -> torch.Tensor:
+        return self.convs(fit_to(self.up(x), size))
 
 
 class UNetDecoder(nn.Module):
-    """Decodes the five encoder stages (deepest last) into logits at the input resolution."""
+    """The MM5 study's U-Net decoder (all six methods; read from its public code).
 
-    def __init__(self, encoder_channels, num_classes: int, decoder_channels=(256, 128, 64, 64)):
+    Input: the 1/32 bottom map and the 1/16, 1/8, 1/4 skips (deepest first), with their widths. Four UpBlocks
+    (-> 256, 128, 64, 64 channels), the skip concatenated after each of the first three; the fourth reaches
+    1/2, and a final 2x2 transposed convolution 64 -> 32 with BN-ReLU reaches the input size, where a 1x1
+    convolution classifies (no logits upsampling). The stem's map is not a skip.
+    """
+
+    def __init__(self, bottom_channels: int, skip_channels, num_classes: int, widths=(256, 128, 64, 64), head: int = 32):
         super().__init__()
-        stem, c1, c2, c3, c4 = encoder_channels
-        d3, d2, d1, d0 = decoder_channels
-        self.up_blocks = nn.ModuleList(
-            [UpBlock(c4, c3, d3), UpBlock(d3, c2, d2), UpBlock(d2, c1, d1), UpBlock(d1, stem, d0)]
+        if len(skip_channels) != 3:
+            raise ValueError(f"the decoder takes three skips (1/16, 1/8, 1/4), got widths {list(skip_channels)}")
+        inputs = [bottom_channels] + [w + s for w, s in zip(widths, skip_channels)]
+        self.up_blocks = nn.ModuleList(UpBlock(c_in, c_out) for c_in, c_out in zip(inputs, widths))
+        self.final_up = nn.Sequential(
+            nn.ConvTranspose2d(widths[-1], head, kernel_size=2, stride=2), nn.BatchNorm2d(head), nn.ReLU(inplace=True)
         )
-        self.classifier = nn.Conv2d(d0, num_classes, kernel_size=1)
+        self.classifier = nn.Conv2d(head, num_classes, kernel_size=1)
 
-    def forward(self, features: list[torch.Tensor], output_size) -> torch.Tensor:
-        x = features[-1]
-        for block, skip in zip(self.up_blocks, reversed(features[:-1])):
-            x = block(x, skip)
-        logits = self.classifier(x)
-        return F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
+    def forward(self, bottom: torch.Tensor, skips: list[torch.Tensor], output_size) -> torch.Tensor:
+        """skips: the 1/16, 1/8 and 1/4 maps; the fourth block's size is half the output size, rounded up."""
+        half = tuple((s + 1) // 2 for s in output_size)
+        x = bottom
+        for block, skip in zip(self.up_blocks, skips):
+            x = torch.cat([block(x, skip.shape[-2:]), skip], dim=1)
+        x = self.up_blocks[-1](x, half)
+        return self.classifier(fit_to(self.final_up(x), output_size))
+
+
+def unet_inputs(features: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The five ResNet stage outputs (stem first) -> (1/32 bottom, [1/16, 1/8, 1/4 skips]) for UNetDecoder."""
+    return features[4], [features[3], features[2], features[1]]

@@ -1,8 +1,8 @@
-"""Fusion blocks shared by the MM5 fusion methods (mid, late, SE, attention); encoder/decoder live in blocks.py.
+"""Networks and fusion blocks of the MM5 study's methods (rgb, early, mid, late, se, attention); the encoder and
+the U-Net decoder live in blocks.py. Architectures as the study's public code builds them (docs/methods.md).
 
-Every block takes an RGB feature map and an X feature map (X = depth or thermal, one sensor channel at the
-input) of the same shape and returns a map shaped like the RGB one, so it can sit between two stages of
-the RGB encoder and feed the decoder's skip connection at that scale.
+Every fusion block takes an RGB feature map and an X feature map (X = depth or thermal, one sensor channel at
+the input) of the same shape and returns a map of that shape, which the decoder takes at that scale.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from .blocks import ResNetEncoder, UNetDecoder
+from .blocks import ResNetEncoder, UNetDecoder, unet_inputs
 
 # X arrives in [0, 1] (see base.py). Encoders initialised from ImageNet weights expect inputs of roughly zero
 # mean and unit spread, so X is shifted and scaled with the ImageNet grey-level statistics (the mean of the
@@ -27,19 +27,35 @@ def standardise_aux(aux: torch.Tensor) -> torch.Tensor:
 
 
 class ResNetUNet(nn.Module):
-    """A complete ResNet U-Net on one input (the RGB baseline's network, for any number of input channels)."""
+    """A complete ResNet-18 U-Net on one input (rgb, early: 4 channels, and each branch of late)."""
 
-    def __init__(self, in_channels: int, num_classes: int, pretrained: bool = False, arch: str = "resnet18"):
+    def __init__(self, in_channels: int, num_classes: int, pretrained: bool = False):
         super().__init__()
-        self.encoder = ResNetEncoder(arch, in_channels=in_channels, pretrained=pretrained)
-        self.decoder = UNetDecoder(self.encoder.channels, num_classes)
+        self.encoder = ResNetEncoder("resnet18", in_channels=in_channels, pretrained=pretrained)
+        c = self.encoder.channels
+        self.decoder = UNetDecoder(c[4], (c[3], c[2], c[1]), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x), x.shape[-2:])
+        return self.decoder(*unet_inputs(self.encoder(x)), x.shape[-2:])
+
+
+class TwoEncoders(nn.Module):
+    """An RGB ResNet-18 and a one-channel X ResNet-18 (grey-level ImageNet filters when pretrained), each run
+    on its own input; `aux_stages` < 5 drops the X encoder's deep stages when a method never runs them."""
+
+    def __init__(self, pretrained: bool = False, aux_stages: int = 5):
+        super().__init__()
+        self.rgb_encoder = ResNetEncoder("resnet18", in_channels=3, pretrained=pretrained)
+        self.aux_encoder = ResNetEncoder("resnet18", in_channels=1, pretrained=pretrained, num_stages=aux_stages)
+        self.channels = self.rgb_encoder.channels
+
+    def forward(self, rgb: torch.Tensor, aux: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return self.rgb_encoder(rgb), self.aux_encoder(standardise_aux(aux))
 
 
 class ConcatFusion(nn.Module):
-    """Concatenate RGB and X features, 1x1 conv-BN-ReLU back to the RGB width (the study's mid fusion)."""
+    """Concatenate RGB and X features, 1x1 conv-BN-ReLU back to the RGB width (mid fusion as the study's text
+    describes it, at layer3)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -53,51 +69,89 @@ class ConcatFusion(nn.Module):
         return self.reduce(torch.cat([rgb, aux], dim=1))
 
 
+class DepthConfidence(nn.Module):
+    """Per-pixel X confidence in (0, 1): conv3x3 C -> C/4, BN, ReLU, conv1x1 -> 1, sigmoid."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        hidden = channels // 4
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, 1, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(x))
+
+
+class QualityGate(nn.Module):
+    """One RGB and one X weight per image (softmax over two) from the pooled concatenation of both maps:
+    GAP, Linear 2C -> C/16, ReLU, Dropout 0.3, Linear -> 2. Starts trusting RGB: last weight 0, bias (1, 0)."""
+
+    def __init__(self, channels: int, reduction: int = 16, dropout: float = 0.3):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(2 * channels, channels // reduction), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(channels // reduction, 2),
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        with torch.no_grad():
+            self.net[-1].bias.copy_(torch.tensor([1.0, 0.0]))
+
+    def forward(self, rgb: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([rgb, aux], dim=1).mean(dim=(2, 3))
+        return torch.softmax(self.net(pooled), dim=1)  # N x 2: (RGB weight, X weight)
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-excitation: x * sigmoid(Linear(ReLU(Linear(GAP(x))))), C -> C/reduction -> C."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(channels, channels // reduction), nn.ReLU(inplace=True), nn.Linear(channels // reduction, channels)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.net(x.mean(dim=(2, 3))))[:, :, None, None]
+
+
+class SpatialAttention(nn.Module):
+    """x * sigmoid(conv7x7([channel mean; channel max]))."""
+
+    def __init__(self, kernel_size: int = 7):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.conv(pooled))
+
+
 class AdaptiveGatedFusion(nn.Module):
-    """The study's SE fusion block: X confidence gate, channel (squeeze-excitation) and spatial attention.
+    """The study's SE fusion block (AdaptiveGatedFusion in its code) at one encoder scale:
 
-    1. A per-pixel X confidence map c = sigmoid(conv(X)) in [0, 1] scales the X features, so that
-       unreliable X (depth holes, saturated thermal) contributes less where it is unreliable.
-    2. Squeeze-excitation on the concatenation [RGB, c * X] reweights the channels of both modalities.
-    3. A 1x1 conv reduces to the RGB width; a spatial attention map (7x7 conv on the channel mean and max,
-       sigmoid) weights it per pixel.
-    4. The result is added to the RGB features (residual), so the block refines RGB rather than replacing it.
+    1. X is weighted per pixel by its confidence c (DepthConfidence): unreliable X (holes) counts less there.
+    2. A global quality gate gives per-image weights (w_rgb, w_x), softmax, starting at RGB-trusting values.
+    3. fused = w_rgb * RGB + w_x * (c * X), then channel attention (SE) and spatial attention.
 
-    Returns the fused map (fed to the next RGB stage and to the decoder skip at this scale) and c (Nx1xhxw).
+    Returns the fused map (a decoder input only: the RGB encoder continues on its own features), c (Nx1xhxw)
+    and the gate weights (N x 2).
     """
 
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
-        hidden = max(channels // 4, 8)
-        self.confidence = nn.Sequential(
-            nn.Conv2d(channels, hidden, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(hidden),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, 1, kernel_size=1),
-        )
-        squeezed = max(2 * channels // reduction, 8)
-        self.channel_attention = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(2 * channels, squeezed, kernel_size=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(squeezed, 2 * channels, kernel_size=1),
-            nn.Sigmoid(),
-        )
-        self.reduce = nn.Sequential(
-            nn.Conv2d(2 * channels, channels, kernel_size=1, bias=False),
-            nn.BatchNorm2d(channels),
-            nn.ReLU(inplace=True),
-        )
-        self.spatial_attention = nn.Conv2d(2, 1, kernel_size=7, padding=3)
+        self.confidence = DepthConfidence(channels)
+        self.gate = QualityGate(channels, reduction)
+        self.channel_attention = ChannelAttention(channels, reduction)
+        self.spatial_attention = SpatialAttention()
 
-    def forward(self, rgb: torch.Tensor, aux: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        confidence = torch.sigmoid(self.confidence(aux))
-        stacked = torch.cat([rgb, aux * confidence], dim=1)
-        stacked = stacked * self.channel_attention(stacked)
-        fused = self.reduce(stacked)
-        pooled = torch.cat([fused.mean(dim=1, keepdim=True), fused.amax(dim=1, keepdim=True)], dim=1)
-        fused = fused * torch.sigmoid(self.spatial_attention(pooled))
-        return rgb + fused, confidence
+    def forward(self, rgb: torch.Tensor, aux: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        confidence = self.confidence(aux)
+        aux = aux * confidence
+        weights = self.gate(rgb, aux)
+        fused = weights[:, 0, None, None, None] * rgb + weights[:, 1, None, None, None] * aux
+        return self.spatial_attention(self.channel_attention(fused)), confidence, weights
 
 
 def sincos_position_encoding(height: int, width: int, dim: int, device=None, dtype=None) -> torch.Tensor:
@@ -114,78 +168,28 @@ def sincos_position_encoding(height: int, width: int, dim: int, device=None, dty
 
 
 class CrossModalAttention(nn.Module):
-    """The study's attention fusion: RGB features attend to X features with multi-head cross-attention.
+    """The study's attention fusion: nn.MultiheadAttention at the maps' own width, every spatial position a
+    token, RGB tokens the queries and X tokens the keys and values; its output (no residual, no projection
+    beyond the attention's own) is the fused map. `positional_encoding` (ours, off by default as in the
+    study's code) adds fixed 2-D sine/cosine codes to queries and keys so attention can use where an X feature
+    is; it works at any input size (no learned table)."""
 
-    Both maps are projected (1x1 conv) to `attn_dim`; every spatial position is a token. RGB tokens are the
-    queries, X tokens the keys and values (torch.nn.MultiheadAttention), followed by a residual connection
-    and LayerNorm on the query tokens; a 1x1 conv-BN projects back to the RGB width and the result is added
-    to the RGB features. Optional fixed 2-D sine/cosine position codes on queries and keys let attention
-    use where an X feature is, not only what it is (works at any input size; no learned table).
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        attn_dim: int = 128,
-        num_heads: int = 4,
-        dropout: float = 0.0,
-        positional_encoding: bool = True,
-    ):
+    def __init__(self, channels: int, num_heads: int = 4, positional_encoding: bool = False):
         super().__init__()
-        if attn_dim % num_heads:
-            raise ValueError(f"attn_dim ({attn_dim}) must be divisible by num_heads ({num_heads})")
-        if positional_encoding and attn_dim % 4:
-            raise ValueError(f"attn_dim ({attn_dim}) must be divisible by 4 for 2-D position codes")
+        if channels % num_heads:
+            raise ValueError(f"the attention width ({channels}) must be divisible by num_heads ({num_heads})")
+        if positional_encoding and channels % 4:
+            raise ValueError(f"the attention width ({channels}) must be divisible by 4 for 2-D position codes")
         self.positional_encoding = positional_encoding
-        self.query = nn.Conv2d(channels, attn_dim, kernel_size=1)
-        self.key_value = nn.Conv2d(channels, attn_dim, kernel_size=1)
-        self.attention = nn.MultiheadAttention(attn_dim, num_heads, dropout=dropout, batch_first=True)
-        self.norm = nn.LayerNorm(attn_dim)
-        self.project = nn.Sequential(nn.Conv2d(attn_dim, channels, kernel_size=1, bias=False), nn.BatchNorm2d(channels))
+        self.attention = nn.MultiheadAttention(channels, num_heads, batch_first=True)
 
     def forward(self, rgb: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = rgb.shape
-        queries = self.query(rgb).flatten(2).transpose(1, 2)  # N x hw x d
-        values = self.key_value(aux).flatten(2).transpose(1, 2)
+        n, c, h, w = rgb.shape
+        queries = rgb.flatten(2).transpose(1, 2)  # N x hw x C
+        values = aux.flatten(2).transpose(1, 2)
         keys = values
         if self.positional_encoding:
-            codes = sincos_position_encoding(h, w, queries.shape[-1], device=queries.device, dtype=queries.dtype)
-            queries_in, keys = queries + codes, keys + codes
-        else:
-            queries_in = queries
-        attended, _ = self.attention(queries_in, keys, values, need_weights=False)
-        tokens = self.norm(queries + attended)
-        fused = tokens.transpose(1, 2).reshape(n, -1, h, w)
-        return rgb + self.project(fused)
-
-
-def run_stages(encoder: ResNetEncoder, x: torch.Tensor, start: int = 0, stop: int | None = None) -> list[torch.Tensor]:
-    """Run encoder stages [start, stop) on x and return each stage's output."""
-    features = []
-    for stage in encoder.stages[start:stop]:
-        x = stage(x)
-        features.append(x)
-    return features
-
-
-class SingleStageFusionEncoder(nn.Module):
-    """RGB and X ResNet encoders fused once, after stage `stage` (3 = layer3), by `make_fusion(channels)`.
-
-    The X encoder (one input channel, grey-level ImageNet filters when pretrained) stops at `stage`; the
-    fused map replaces the RGB features there and the RGB encoder's deeper stages continue on it. Returns
-    the five decoder inputs: RGB features before the fusion, the fused map, and the stages after it.
-    """
-
-    def __init__(self, make_fusion, stage: int = 3, pretrained: bool = False, arch: str = "resnet18"):
-        super().__init__()
-        self.stage = stage
-        self.rgb_encoder = ResNetEncoder(arch, in_channels=3, pretrained=pretrained)
-        self.aux_encoder = ResNetEncoder(arch, in_channels=1, pretrained=pretrained, num_stages=stage + 1)
-        self.fusion = make_fusion(self.rgb_encoder.channels[stage])
-        self.channels = self.rgb_encoder.channels
-
-    def forward(self, rgb: torch.Tensor, aux: torch.Tensor) -> list[torch.Tensor]:
-        features = run_stages(self.rgb_encoder, rgb, 0, self.stage + 1)
-        aux_features = run_stages(self.aux_encoder, standardise_aux(aux))[-1]
-        features[self.stage] = self.fusion(features[self.stage], aux_features)
-        return features + run_stages(self.rgb_encoder, features[self.stage], self.stage + 1)
+            codes = sincos_position_encoding(h, w, c, device=rgb.device, dtype=rgb.dtype)
+            queries, keys = queries + codes, keys + codes
+        attended, _ = self.attention(queries, keys, values, need_weights=False)
+        return attended.transpose(1, 2).reshape(n, c, h, w)

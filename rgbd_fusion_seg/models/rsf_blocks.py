@@ -91,51 +91,66 @@ class ConfidenceHead(nn.Module):
         return torch.sigmoid(self.fc(features.mean(dim=(2, 3))))
 
 
-class DecoderBlock(nn.Module):
-    """One block of a decoder stream: bilinear interpolation of the previous decoder output and of the
-    deepest (stage-4) context to the skip's scale, then three 3x3 conv-BN-ReLU on their concatenation with
-    the skip: multi-scale fusion of high-level context and low-level detail. The first block's previous
-    output is the context itself, so it takes it once (`context=0`)."""
+class AggregationBlock(nn.Module):
+    """One block of a decoder stream (III-E): three 3x3 convolutions and two bilinear interpolations.
 
-    def __init__(self, previous: int, skip: int, context: int):
+    From the higher-level map `down` and the skip `left`: a 3x3 conv maps `left` to `down`'s width and another
+    maps `down` to `left`'s width; the two cross products relu(conv(left) * up(down)) and
+    relu(up(conv(down)) * left) are concatenated and a 3x3 conv-BN-ReLU gives `left`'s width. The two cross
+    convolutions have no BN or bias (the paper is silent; the authors' sizes and compute are met without).
+    """
+
+    def __init__(self, down: int, left: int):
         super().__init__()
-        self.with_context = context > 0
-        self.convs = nn.Sequential(
-            conv_bn_relu(previous + skip + context, skip), conv_bn_relu(skip, skip), conv_bn_relu(skip, skip)
-        )
+        self.left_to_down = nn.Conv2d(left, down, 3, padding=1, bias=False)
+        self.down_to_left = nn.Conv2d(down, left, 3, padding=1, bias=False)
+        self.fuse = conv_bn_relu(down + left, left)
 
-    def forward(self, previous, skip, context):
-        size = skip.shape[-2:]
-        inputs = [F.interpolate(previous, size=size, mode="bilinear", align_corners=False), skip]
-        if self.with_context:
-            inputs.append(F.interpolate(context, size=size, mode="bilinear", align_corners=False))
-        return self.convs(torch.cat(inputs, dim=1))
+    def forward(self, down: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+        size = left.shape[-2:]
+        from_left = F.relu(self.left_to_down(left) * _resize(down, size))
+        from_down = F.relu(_resize(self.down_to_left(down), size) * left)
+        return self.fuse(torch.cat([from_left, from_down], dim=1))
+
+
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class SegHead(nn.Module):
+    """conv3x3 -> 128, BN, ReLU, dropout 0.1, conv1x1 -> classes; the caller upsamples the logits."""
+
+    def __init__(self, in_channels: int, num_classes: int, hidden: int = 128, dropout: float = 0.1):
+        super().__init__()
+        self.net = nn.Sequential(conv_bn_relu(in_channels, hidden), nn.Dropout2d(dropout), nn.Conv2d(hidden, num_classes, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 class TwoStreamDecoder(nn.Module):
-    """Section III-E: an RGB stream and an aux stream, three DecoderBlocks each (stage 4 -> 3 -> 2 -> 1) over
-    that modality's enhanced features F_hat_s; the two stage-1 outputs are concatenated and classified.
+    """Section III-E: an RGB stream and an aux stream, three AggregationBlocks each (1/32 -> 1/16 -> 1/8 -> 1/4)
+    over that modality's enhanced features F_hat_s, widths `channels` (stage 1..4).
 
-    Returns logits at stage-1 resolution (1/4). The paper normalises its prediction with a sigmoid; the
-    logits are returned instead, for the softmax cross-entropy of the segmentation loss (a monotonic map
-    changes no predicted class).
+    Returns the two streams' outputs summed at each decoded scale, finest first: [1/4, 1/8, 1/16] (the head
+    takes the first; deep supervision the other two).
     """
 
-    def __init__(self, channels, num_classes: int):
+    def __init__(self, channels):
         super().__init__()
         c1, c2, c3, c4 = channels
 
         def stream():
-            return nn.ModuleList([DecoderBlock(c4, c3, 0), DecoderBlock(c3, c2, c4), DecoderBlock(c2, c1, c4)])
+            return nn.ModuleList([AggregationBlock(c4, c3), AggregationBlock(c3, c2), AggregationBlock(c2, c1)])
 
         self.streams = nn.ModuleList([stream(), stream()])
-        self.classifier = nn.Conv2d(2 * c1, num_classes, 1)
 
-    def forward(self, rgb_features: list[torch.Tensor], aux_features: list[torch.Tensor]) -> torch.Tensor:
-        outputs = []
+    def forward(self, rgb_features: list[torch.Tensor], aux_features: list[torch.Tensor]) -> list[torch.Tensor]:
+        summed = None
         for blocks, features in zip(self.streams, (rgb_features, aux_features)):
-            x = context = features[3]
+            x, outputs = features[3], []
             for block, skip in zip(blocks, (features[2], features[1], features[0])):
-                x = block(x, skip, context)
-            outputs.append(x)
-        return self.classifier(torch.cat(outputs, dim=1))
+                x = block(x, skip)
+                outputs.append(x)
+            summed = outputs if summed is None else [a + b for a, b in zip(summed, outputs)]
+        return summed[::-1]
