@@ -24,10 +24,16 @@ averaged over every (scale, flip) combination. Entries: "flip", "multiscale", "m
 
 Groups: when the samples carry a "group" (MFNet day / night, MM5 the lighting), every result also has
 `groups`: the same metrics per group. `--markdown` writes the per-class table the papers print.
+
+Predictions (`save_predictions` folder): the plain pass's masks as the node publishes them, per frame
+`masks/<stem>.png` (class ids) and `mask_color/<stem>.png` (the checkpoint's palette), and for a method
+that makes a fused image (SC-CoSF) `fused/<stem>.png` beside them, at the resolution evaluated. The
+folder appears complete or not at all (written aside, renamed at the end).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -42,6 +48,7 @@ from torch.utils.data import DataLoader, Dataset
 from rgbd_fusion_seg.core.checkpoint import CheckpointError, load_checkpoint
 from rgbd_fusion_seg.core.engine import resolve_device
 from rgbd_fusion_seg.core.preprocessing import Preprocessing, prepare_inputs
+from rgbd_fusion_seg.models import method_class
 
 from .datasets.catalog import open_dataset
 from .metrics import ConfusionMatrix, markdown_table
@@ -66,6 +73,7 @@ class NativeFrames(Dataset):
             "rgb": torch.from_numpy(rgb),
             "aux": torch.from_numpy(aux),
             "label": torch.from_numpy(np.asarray(raw["label"]).astype(np.int64)),
+            "stem": raw["stem"],
         }
         if raw.get("group") is not None:
             frame["group"] = raw["group"]
@@ -85,20 +93,22 @@ def tta_variants(flip: bool, scales) -> dict[str, list[tuple[float, bool]]]:
     return variants
 
 
-def predicted_logits(model, rgb, aux, size, scale: float, flipped: bool) -> torch.Tensor:
-    """Logits at `size` (the labels') of the input resized by `scale`, optionally flipped."""
+def predicted_logits(model, rgb, aux, size, scale: float, flipped: bool) -> tuple[torch.Tensor, dict]:
+    """Logits at `size` (the labels') of the input resized by `scale`, optionally flipped, and the
+    output's extras (as the model gives them)."""
     if scale != 1.0:
         scaled = [max(1, int(round(n * scale))) for n in rgb.shape[-2:]]
         rgb = F.interpolate(rgb, size=scaled, mode="bilinear", align_corners=False)
         aux = F.interpolate(aux, size=scaled, mode="bilinear", align_corners=False)
     if flipped:
         rgb, aux = rgb.flip(-1), aux.flip(-1)
-    logits = model(rgb, aux).logits.float()
+    output = model(rgb, aux)
+    logits = output.logits.float()
     if flipped:
         logits = logits.flip(-1)
     if logits.shape[-2:] != tuple(size):
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-    return logits
+    return logits, output.extras
 
 
 def combined_prediction(logits: dict, keys: list) -> torch.Tensor:
@@ -214,8 +224,9 @@ def frame_loader(dataset, preprocessing: Preprocessing, resolution: str, batch_s
 
 
 def confusion_matrices(model, loader, variants: dict, num_classes: int, device: torch.device,
-                       autocast_dtype) -> dict[str, dict]:
-    """variant name -> group (None: all frames) -> the confusion matrix of its predictions over `loader`."""
+                       autocast_dtype, on_plain=None) -> dict[str, dict]:
+    """variant name -> group (None: all frames) -> the confusion matrix of its predictions over `loader`.
+    `on_plain(batch, prediction, extras)` sees each batch's plain prediction (for saving it)."""
     passes = sorted({key for keys in variants.values() for key in keys})
     confusions = {name: {None: ConfusionMatrix(num_classes)} for name in variants}
     for batch in loader:
@@ -223,14 +234,52 @@ def confusion_matrices(model, loader, variants: dict, num_classes: int, device: 
         aux = batch["aux"].to(device, non_blocking=True)
         label = batch["label"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            logits = {key: predicted_logits(model, rgb, aux, label.shape[-2:], *key) for key in passes}
+            outputs = {key: predicted_logits(model, rgb, aux, label.shape[-2:], *key) for key in passes}
+        logits = {key: value[0] for key, value in outputs.items()}
         groups = batch.get("group")
         for name, keys in variants.items():
             prediction = combined_prediction(logits, keys)
+            if name == "plain" and on_plain is not None:
+                on_plain(batch, prediction, outputs[keys[0]][1])
             confusions[name][None].update(prediction, label)
             for i, group in enumerate(groups or ()):
                 confusions[name].setdefault(str(group), ConfusionMatrix(num_classes)).update(prediction[i], label[i])
     return confusions
+
+
+@contextlib.contextmanager
+def _prediction_writer(folder, palette):
+    """A callback writing each frame's mask, colour mask and fused image under `folder` (None: no callback);
+    the folder appears only when every frame was written."""
+    if folder is None:
+        yield None
+        return
+    import cv2
+
+    from rgbd_fusion_seg.core.palette import colourise
+
+    from .bags.writing import new_output_folder
+
+    palette = np.asarray(palette, np.uint8).reshape(-1, 3)
+    with new_output_folder(folder, "prediction folder") as staging:
+        def write(kind: str, stem: str, image: np.ndarray) -> None:
+            path = staging / kind / f"{stem}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(path), image):
+                raise OSError(f"cannot write {path}")
+
+        def on_plain(batch, prediction, extras) -> None:
+            for i, stem in enumerate(batch["stem"]):
+                mask = prediction[i].cpu().numpy().astype(np.uint8 if len(palette) <= 256 else np.uint16)
+                write("masks", stem, mask)
+                write("mask_color", stem, colourise(mask, palette)[..., ::-1])
+                if "fused" in extras:
+                    fused = F.interpolate(extras["fused"][i:i + 1].float(), size=mask.shape, mode="bilinear",
+                                          align_corners=False)[0].clamp(0, 1)
+                    rgb = (fused * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+                    write("fused", stem, rgb[..., ::-1])
+
+        yield on_plain
 
 
 def metrics_by_group(by_group: dict, excluded: tuple, classes) -> dict:
@@ -257,6 +306,7 @@ def evaluate_checkpoint(
     flip: bool = False,
     scales=None,
     exclude_background: bool = False,
+    save_predictions: str | os.PathLike | None = None,
 ) -> dict:
     """Evaluate a checkpoint on a dataset split; returns (and optionally writes) the metrics as a dict."""
     check_options(resolution, precision, scales)
@@ -266,10 +316,13 @@ def evaluate_checkpoint(
     dataset = selection.open(checkpoint)
     torch_device = resolve_device(device)
     autocast_dtype = AUTOCAST_DTYPES.get(precision) if torch_device.type == "cuda" else None  # CPU runs fp32
-    model = checkpoint.build_model().deploy().eval().to(torch_device)
+    extras = tuple(name for name in ("fused",) if save_predictions is not None
+                   and name in method_class(checkpoint.method).serving_extras)
+    model = checkpoint.build_model().deploy(keep_extras=extras).eval().to(torch_device)
     loader = frame_loader(dataset, checkpoint.preprocessing, resolution, batch_size, num_workers, torch_device)
-    confusions = confusion_matrices(model, loader, tta_variants(flip, scales), checkpoint.num_classes,
-                                    torch_device, autocast_dtype)
+    with _prediction_writer(save_predictions, checkpoint.palette) as on_plain:
+        confusions = confusion_matrices(model, loader, tta_variants(flip, scales), checkpoint.num_classes,
+                                        torch_device, autocast_dtype, on_plain)
     excluded = (0,) if exclude_background else ()
     result = {
         "checkpoint": str(checkpoint_path),
@@ -288,6 +341,8 @@ def evaluate_checkpoint(
         },
         "training": {"metrics": checkpoint.metrics, "data": selection.recorded},
     }
+    if save_predictions is not None:
+        result["settings"]["predictions"] = str(save_predictions)
     if out_json is not None:
         write_json(result, out_json)
     return result
@@ -358,6 +413,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--json", dest="out_json", help="write the full result (per-class IoU, confusion matrix) here")
     parser.add_argument("--markdown", help="write the per-class table (Acc and IoU per class, mAcc, mIoU) here")
+    parser.add_argument("--save-predictions", metavar="FOLDER",
+                        help="write each frame's masks/, mask_color/ (and fused/ for SC-CoSF) PNGs into this new "
+                             "folder")
     parser.add_argument("--flip", action="store_true", help="also report horizontal-flip test-time augmentation")
     parser.add_argument("--scales", type=float, nargs="+", metavar="S",
                         help="also report multi-scale inference over these input scales, e.g. 0.5 0.75 1 1.25 1.5 1.75")
@@ -383,10 +441,13 @@ def run(args: argparse.Namespace) -> int:
         flip=args.flip,
         scales=args.scales,
         exclude_background=args.exclude_background,
+        save_predictions=args.save_predictions,
     )
     print(format_summary(result))
     if args.out_json:
         print(f"wrote {args.out_json}")
+    if args.save_predictions:
+        print(f"wrote the predictions into {args.save_predictions}")
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(format_markdown(result))

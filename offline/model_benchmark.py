@@ -15,8 +15,11 @@ For every method (default: all registered) on one device:
 Models are built with `pretrained=False` and 32 classes (MM5) unless told otherwise; inputs are random,
 which does not change the cost of any of these networks.
 
-`--rsfnet` measures RSFNet's encoder pairs instead (9 classes, MFNet's, unless --num-classes says
-otherwise) and prints them beside the figures of the RSFNet paper's Table III.
+`--published` measures instead every configuration whose size and compute the methods' authors report
+(each method's `published` figures: RSFNet's Table III pairs, SC-CoSF's Table 3 at 600x800, the MM5 study's
+code), each at its own input size and class count, and prints them side by side with the differences.
+`--option KEY=VALUE` builds the methods measured with that option (e.g. `--methods sartm --option
+encoder=tiny`); `--scan` times the selective-scan backends (SC-CoSF) instead of the methods.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,23 +37,14 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from rgbd_fusion_seg.core.engine import PRECISIONS, resolve_device
+import yaml
+
 from rgbd_fusion_seg.models import available_methods, build_model
-from rgbd_fusion_seg.models.encoders import ENCODERS
-from rgbd_fusion_seg.models.methods.rsfnet import PAPER_ENCODER_PAIRS, parse_encoders
+from rgbd_fusion_seg.models.base import PublishedFigures
 from rgbd_fusion_seg.models.registry import method_class
 
 MM5_NUM_CLASSES = 32
-MFNET_NUM_CLASSES = 9
 MIB = 1024 * 1024
-
-# RSFNet paper, Table III (MFNet test set, 480x640): parameters (M), "FLOPs" (G) and frames per second on a
-# GeForce RTX 2080Ti and a TITAN Xp. Their FLOPs count multiply-adds: the table's FLOPs difference between
-# K = 5 and K = 3 (Table VIII) is exactly the multiply-adds of the RSF KxK convolutions at 480x640.
-PAPER_TABLE_III = {
-    "resnet50-resnet18": {"params_m": 44.53, "gmacs": 64.69, "fps_2080ti": 81.36, "fps_titan_xp": 40.47},
-    "densenet161-densenet121": {"params_m": 44.10, "gmacs": 95.02, "fps_2080ti": 34.15, "fps_titan_xp": 14.10},
-    "resnet101-resnet34": {"params_m": 73.63, "gmacs": 98.82, "fps_2080ti": 57.31, "fps_titan_xp": 28.40},
-}
 
 FLOPS_NOTE = (
     "FLOPs: torch.utils.flop_counter.FlopCounterMode, one forward pass at batch 1; a multiply-add counts as "
@@ -69,9 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-size", nargs=2, type=int, default=[224, 224], metavar=("H", "W"), help="training input size (default: 224 224)")
     parser.add_argument("--train-iters", type=int, default=5, help="timed training steps (default: 5; 0 skips training)")
     parser.add_argument("--train-warmup", type=int, default=2, help="untimed training steps first (default: 2)")
-    parser.add_argument("--num-classes", type=int, default=None, help="output classes (default: 32, MM5; 9, MFNet, with --rsfnet)")
-    parser.add_argument("--rsfnet", nargs="*", default=None, metavar="RGB-AUX",
-                        help="measure RSFNet with these encoder pairs (none named: the paper's three) beside Table III")
+    parser.add_argument("--num-classes", type=int, default=None, help="output classes (default: 32, MM5's; with "
+                        "--published each configuration's own)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a build option for the methods measured (YAML value), e.g. encoder=tiny; repeatable")
+    parser.add_argument("--published", nargs="*", default=None, metavar="METHOD",
+                        help="measure the configurations the methods' authors report (none named: every method "
+                             "that has them), each at its published size, beside the published figures")
+    parser.add_argument("--scan", action="store_true", help="time the selective-scan backends (SC-CoSF) instead")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures to this JSON file")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -141,15 +141,15 @@ def measure_latency(model, rgb, aux, device, precision: str, iters: int, warmup:
     return times
 
 
-def measure_training(method: str, args, device: torch.device, generator: torch.Generator, options=None) -> dict:
+def measure_training(job: Job, args, device: torch.device, generator: torch.Generator) -> dict:
     """Images per second over `train_iters` AdamW steps (after `train_warmup` steps)."""
-    model = build_model(method, args.num_classes, pretrained=False, **(options or {})).to(device).train()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model = _build(job).to(device).train()
+    optimiser = torch.optim.AdamW([p for _, p in model.trainable_parameters()], lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16" and device.type == "cuda")
     rgb, aux = _inputs(args.train_batch, args.train_size, device, generator)
-    label = torch.randint(0, args.num_classes, (args.train_batch, *args.train_size), generator=generator).to(device)
+    label = torch.randint(0, job.num_classes, (args.train_batch, *args.train_size), generator=generator).to(device)
     batch = {"rgb": rgb, "aux": aux, "label": label}
-    if "confidence" in getattr(method_class(method), "extra_targets", ()):
+    if "confidence" in getattr(method_class(job.method), "extra_targets", ()):
         batch["confidence_target"] = torch.rand(args.train_batch, 2, generator=generator).to(device)
 
     def seg_loss(logits, target):
@@ -180,18 +180,28 @@ def measure_training(method: str, args, device: torch.device, generator: torch.G
     return result
 
 
-def benchmark_method(method: str, args, device: torch.device, options: dict | None = None, name: str | None = None) -> dict:
-    """The figures of one method (built with `options`), reported under `name` (default: the method)."""
+@dataclass(frozen=True)
+class Job:
+    """One model to measure: a method built with `options`, at `size` with `num_classes` outputs."""
+
+    method: str
+    options: dict
+    size: tuple[int, int]
+    num_classes: int
+    name: str
+    published: PublishedFigures | None = None
+
+
+def benchmark_method(job: Job, args, device: torch.device) -> dict:
+    """The figures of one job's model. Size and compute are those of the deploy form with every extra
+    output the method can serve kept (SC-CoSF's fused image included: its paper counts both tasks)."""
     generator = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
-    model = build_model(method, args.num_classes, pretrained=False, **(options or {}))
-    result = {
-        "method": name or method,
-        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-    }
-    model = model.deploy().eval().to(device)
-    result["deploy_params_m"] = sum(p.numel() for p in model.parameters()) / 1e6  # what the node serves
-    rgb, aux = _inputs(1, args.size, device, generator)
+    model = _build(job)
+    result = {"method": job.name, "params_m": _millions(model.parameters())}
+    model = model.deploy(keep_extras=method_class(job.method).serving_extras).eval().to(device)
+    result["deploy_params_m"] = _millions(model.parameters())  # what the node serves
+    rgb, aux = _inputs(1, job.size, device, generator)
 
     flops = count_flops(model, rgb, aux)
     result["gflops"] = flops / 1e9
@@ -210,10 +220,23 @@ def benchmark_method(method: str, args, device: torch.device, options: dict | No
         torch.cuda.empty_cache()
 
     if args.train_iters > 0:
-        result.update(measure_training(method, args, device, generator, options))
+        result.update(measure_training(job, args, device, generator))
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return result
+
+
+def _millions(parameters) -> float:
+    return sum(p.numel() for p in parameters) / 1e6
+
+
+def _build(job: Job):
+    options = dict(job.options)
+    if method_class(job.method).wants_class_names and "class_names" not in options:
+        options["class_names"] = [f"class {index}" for index in range(job.num_classes)]
+    if "pretrained" in method_class(job.method).weight_file_options:
+        options.setdefault("pretrained", False)
+    return build_model(job.method, job.num_classes, **options)
 
 
 def _cell(value, digits: int) -> str:
@@ -246,46 +269,73 @@ def format_table(results: list[dict], cuda: bool) -> list[str]:
     return lines
 
 
-def format_paper_comparison(results: list[dict]) -> list[str]:
-    """RSFNet's measured deploy form beside the paper's Table III (its FLOPs are multiply-adds: GMACs)."""
+def format_published_comparison(jobs: list[Job], results: list[dict]) -> list[str]:
+    """Each published configuration: measured deploy-form size and compute beside the published figures."""
     lines = [
-        "| RSFNet encoders | params M | GMACs | p50 ms | FPS | paper params M | paper GMACs | paper FPS 2080Ti | paper FPS TITAN Xp |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| configuration | at | measured params M | published | diff | measured GMACs | published | diff | p50 ms "
+        "| published FPS | source |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    for result in results:
-        if "error" in result:
+    notes = []
+    for job, result in zip(jobs, results):
+        if "error" in result or job.published is None:
             continue
-        pair = result["method"].removeprefix("rsfnet ")
-        paper = PAPER_TABLE_III.get(pair, {})
-        params = result["deploy_params_m"]
-        cells = [f"{params:.2f}", f"{result['gmacs']:.2f}", f"{result['latency_ms_p50']:.1f}",
-                 f"{1000.0 / result['latency_ms_p50']:.2f}"]
-        cells += [_cell(paper.get(key), 2) for key in ("params_m", "gmacs", "fps_2080ti", "fps_titan_xp")]
-        lines.append(f"| {pair} | " + " | ".join(cells) + " |")
-    return lines
+        paper = job.published
+        fps = ", ".join(f"{value:g} ({gpu})" for gpu, value in paper.fps) or "-"
+        cells = [job.name, f"{job.size[0]}x{job.size[1]}, {job.num_classes} classes",
+                 f"{result['deploy_params_m']:.2f}", _cell(paper.params_m, 2),
+                 _difference(result["deploy_params_m"], paper.params_m), f"{result['gmacs']:.2f}",
+                 _cell(paper.gmacs, 2), _difference(result["gmacs"], paper.gmacs),
+                 f"{result['latency_ms_p50']:.1f}", fps, paper.source]
+        lines.append("| " + " | ".join(cells) + " |")
+        if paper.note and paper.note not in notes:
+            notes.append(paper.note)
+    return lines + [f"# {note}" for note in notes]
 
 
-def _jobs(args) -> list[tuple[str, dict]]:
-    """(method, extra benchmark_method arguments) to measure, checked before any measuring."""
-    if args.rsfnet is not None and args.methods:
-        raise ValueError("--methods and --rsfnet exclude each other: --rsfnet measures RSFNet's encoder pairs only")
-    if args.rsfnet is None:
-        methods = args.methods or available_methods()
-        for method in methods:  # fail early, before minutes of measuring, on a misspelt name
-            method_class(method)
-        return [(method, {}) for method in methods]
-    pairs = args.rsfnet or list(PAPER_ENCODER_PAIRS)
+def _difference(measured: float, published: float | None) -> str:
+    return "-" if not published else f"{100.0 * (measured - published) / published:+.1f} %"
+
+
+def _parse_options(pairs: list[str]) -> dict:
+    options = {}
     for pair in pairs:
-        unknown = [arch for arch in parse_encoders(pair) if arch not in ENCODERS]
-        if unknown:
-            raise ValueError(f"--rsfnet {pair}: {', '.join(unknown)} is not one of {', '.join(ENCODERS)}")
-    return [("rsfnet", {"options": {"encoders": pair}, "name": f"rsfnet {pair}"}) for pair in pairs]
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option {pair!r}: expected KEY=VALUE, e.g. encoder=tiny")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+def _jobs(args) -> list[Job]:
+    """What to measure, checked before any measuring (a misspelt name fails at once, not after minutes)."""
+    options = _parse_options(args.option)
+    if args.published is None:
+        num_classes = args.num_classes or MM5_NUM_CLASSES
+        methods = args.methods or available_methods()
+        for method in methods:
+            method_class(method)
+        return [Job(method, options, tuple(args.size), num_classes, method) for method in methods]
+    if args.methods or options:
+        raise ValueError("--published measures the published configurations as published: it takes method names "
+                         "itself and no --methods or --option")
+    methods = args.published or [m for m in available_methods() if method_class(m).published]
+    jobs = []
+    for method in methods:
+        figures = method_class(method).published
+        if not figures:
+            raise ValueError(f"method {method!r} has no published size or compute to compare with")
+        for paper in figures:
+            name = f"{method} {paper.label}".strip()
+            jobs.append(Job(method, dict(paper.options), tuple(paper.size), args.num_classes or paper.num_classes,
+                            name, paper))
+    return jobs
 
 
 def run(args) -> int:
+    if args.scan:
+        return _run_scan(args)
     device = resolve_device(args.device)
-    if args.num_classes is None:
-        args.num_classes = MM5_NUM_CLASSES if args.rsfnet is None else MFNET_NUM_CLASSES
     jobs = _jobs(args)
     if min(args.iters, *args.size, args.train_batch, *args.train_size) < 1 or args.warmup < 0 or args.train_iters < 0:
         raise ValueError("--iters, --size, --train-batch and --train-size must be positive; warm-ups and --train-iters not negative")
@@ -298,48 +348,69 @@ def run(args) -> int:
         "size": list(args.size),
         "iters": args.iters,
         "warmup": args.warmup,
-        "num_classes": args.num_classes,
+        "num_classes": sorted({job.num_classes for job in jobs}),
+        "options": _parse_options(args.option),
         "train_batch": args.train_batch,
         "train_size": list(args.train_size),
         "train_iters": args.train_iters,
         "train_warmup": args.train_warmup,
         "flops_note": FLOPS_NOTE,
     }
-    height, width = args.size
-    print(f"# rgbd-fusion-seg bench on {settings['device_name']} [{device}], torch {torch.__version__}, {args.precision}")
-    print(f"# latency: batch 1 at {height}x{width}, {args.warmup} warm-up + {args.iters} timed passes of the deploy form")
-    print(f"# {FLOPS_NOTE}; at {height}x{width}")
-    if args.train_iters:
-        th, tw = args.train_size
-        print(
-            f"# training: AdamW, batch {args.train_batch} at {th}x{tw}, {args.train_warmup} warm-up + "
-            f"{args.train_iters} timed steps; {args.num_classes} classes, pretrained=False"
-        )
-    sys.stdout.flush()
+    _print_header(settings, args, published=args.published is not None)
 
     results = []
-    for method, extra in jobs:
-        name = extra.get("name", method)
+    for job in jobs:
         try:
-            result = benchmark_method(method, args, device, **extra)
+            result = benchmark_method(job, args, device)
         except (RuntimeError, KeyError, ValueError, NotImplementedError) as error:  # e.g. out of memory
-            result = {"method": name, "error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
+            result = {"method": job.name, "error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         results.append(result)
-        print(f"# {name} done", file=sys.stderr, flush=True)
+        print(f"# {job.name} done", file=sys.stderr, flush=True)
 
     for line in format_table(results, device.type == "cuda"):
         print(line)
-    if args.rsfnet is not None:
-        print("# RSFNet beside its paper (Table III; the paper's FLOPs are multiply-adds, so they sit under GMACs)")
-        for line in format_paper_comparison(results):
+    if args.published is not None:
+        print("# beside the published figures (measured: the deploy form with its extra outputs, as the node serves it)")
+        for line in format_published_comparison(jobs, results):
             print(line)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"settings": settings, "results": results}, indent=2) + "\n")
         print(f"# figures written to {args.json}")
     return 1 if any("error" in r for r in results) else 0
+
+
+def _print_header(settings: dict, args, published: bool) -> None:
+    height, width = args.size
+    where = "each published configuration's own size" if published else f"{height}x{width}"
+    print(f"# rgbd-fusion-seg bench on {settings['device_name']} [{settings['device']}], torch {torch.__version__}, "
+          f"{args.precision}")
+    print(f"# latency: batch 1 at {where}, {args.warmup} warm-up + {args.iters} timed passes of the deploy form")
+    print(f"# {FLOPS_NOTE}; at {where}")
+    if args.train_iters:
+        th, tw = args.train_size
+        print(
+            f"# training: AdamW, batch {args.train_batch} at {th}x{tw}, {args.train_warmup} warm-up + "
+            f"{args.train_iters} timed steps; {', '.join(map(str, settings['num_classes']))} classes, pretrained=False"
+        )
+    sys.stdout.flush()
+
+
+def _run_scan(args) -> int:
+    from .scan_benchmark import format_scan_table, measure_scan_backends
+
+    device = resolve_device(args.device)
+    print(f"# selective scan backends on {_device_name(device)} [{device}], torch {torch.__version__}")
+    results = measure_scan_backends(device, iters=args.iters)
+    for line in format_scan_table(results):
+        print(line)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"scan": results}, indent=2) + "\n")
+        print(f"# figures written to {args.json}")
+    return 0
 
 
 def main(argv=None) -> int:

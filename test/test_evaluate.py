@@ -61,6 +61,30 @@ def test_native_evaluation_matches_the_engine_the_node_uses(tiny_checkpoint, mm5
     np.testing.assert_array_equal(np.asarray(result["confusion_matrix"]), confusion.matrix)
 
 
+def test_saved_predictions_are_the_engines_masks(tiny_checkpoint, mm5_root, tmp_path):
+    import cv2
+
+    from rgbd_fusion_seg.core.palette import colourise
+
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    engine = SegmentationEngine(checkpoint, device="cpu")
+    out = tmp_path / "predictions"
+    result = evaluate_checkpoint(tiny_checkpoint, device="cpu", save_predictions=out)
+    dataset = MM5Dataset(mm5_root, lightings=["RGB2"], split="eval_dataset.csv",
+                         preprocessing=checkpoint.preprocessing, num_classes=checkpoint.num_classes)
+    assert result["settings"]["predictions"] == str(out)
+    assert len(list((out / "masks").rglob("*.png"))) == len(dataset) == VAL_FRAMES
+    assert not (out / "fused").exists()  # the method makes no fused image
+    for index in range(len(dataset)):
+        raw = dataset.read_raw(index)
+        mask = engine.predict(raw["rgb"], raw["aux"]).mask
+        np.testing.assert_array_equal(cv2.imread(str(out / "masks" / f"{raw['stem']}.png"), cv2.IMREAD_UNCHANGED), mask)
+        colour = cv2.imread(str(out / "mask_color" / f"{raw['stem']}.png"))[..., ::-1]
+        np.testing.assert_array_equal(colour, colourise(mask, np.asarray(checkpoint.palette, np.uint8)))
+    with pytest.raises(ValueError, match="exists already"):  # never overwritten
+        evaluate_checkpoint(tiny_checkpoint, device="cpu", save_predictions=out)
+
+
 def test_checkpoint_alone_is_enough_and_settings_can_be_overridden(tiny_checkpoint, tmp_path):
     alone = tmp_path / "elsewhere" / "model.pt"
     alone.parent.mkdir()

@@ -5,6 +5,7 @@ import argparse
 import json
 
 import pytest
+import torch
 
 from rgbd_fusion_seg.models import UnknownMethodError
 from rgbd_fusion_seg.offline import model_benchmark as benchmark
@@ -83,10 +84,10 @@ def test_flop_count_includes_attention_on_the_cpu():
 
 
 def test_a_failing_method_is_reported_and_the_others_still_measured(monkeypatch, capsys, tmp_path):
-    def fake_measure(method, args, device):
-        if method == "late":
+    def fake_measure(job, args, device):
+        if job.method == "late":
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return {"method": method, "params_m": 1.0, "gflops": 2.0, "gmacs": 1.0, "latency_ms_p50": 3.0, "latency_ms_p90": 4.0}
+        return {"method": job.name, "params_m": 1.0, "gflops": 2.0, "gmacs": 1.0, "latency_ms_p50": 3.0, "latency_ms_p90": 4.0}
 
     monkeypatch.setattr(benchmark, "benchmark_method", fake_measure)
     out = tmp_path / "figures.json"
@@ -98,24 +99,51 @@ def test_a_failing_method_is_reported_and_the_others_still_measured(monkeypatch,
     assert "error" in results["late"] and results["rgb"]["latency_ms_p50"] == 3.0
 
 
-def test_rsfnet_pairs_are_measured_in_deploy_form_beside_table_iii(capsys, tmp_path):
-    out = tmp_path / "rsfnet.json"
-    args = parse(["--rsfnet", "resnet50-resnet18", "--device", "cpu", "--size", "32", "32", "--iters", "1",
-                  "--warmup", "0", "--train-iters", "0", "--json", str(out)])
+def test_published_configurations_are_measured_beside_their_figures(capsys, tmp_path, monkeypatch):
+    from rgbd_fusion_seg.models.base import PublishedFigures
+    from rgbd_fusion_seg.models.methods.rgb_baseline import RGBBaseline
+
+    # a published figure at a small size, so that the test measures quickly; the real ones are the methods'
+    paper = PublishedFigures(source="a paper, Table 9", size=(32, 48), num_classes=5, params_m=10.0, gmacs=1.0,
+                             label="small", note="its FLOPs are MACs", fps=(("RTX 2080Ti", 81.36),))
+    monkeypatch.setattr(RGBBaseline, "published", (paper,))
+    out = tmp_path / "published.json"
+    args = parse(["--published", "rgb", "--device", "cpu", "--iters", "1", "--warmup", "0", "--train-iters", "0",
+                  "--json", str(out)])
     assert benchmark.run(args) == 0
     printed = capsys.readouterr().out
     [result] = json.loads(out.read_text())["results"]
-    assert result["method"] == "rsfnet resnet50-resnet18"
-    assert json.loads(out.read_text())["settings"]["num_classes"] == 9  # MFNet's, like the paper's table
-    # the merged KxK blocks have fewer parameters than the training branches; within 1 % of the paper's 44.53 M
-    assert result["deploy_params_m"] < result["params_m"]
-    assert result["deploy_params_m"] == pytest.approx(benchmark.PAPER_TABLE_III["resnet50-resnet18"]["params_m"], rel=0.01)
-    [row] = [line for line in printed.splitlines() if line.startswith("| resnet50-resnet18 |")]
-    assert f"{result['deploy_params_m']:.2f}" in row and "44.53" in row and "64.69" in row and "81.36" in row
+    assert result["method"] == "rgb small"
+    assert json.loads(out.read_text())["settings"]["num_classes"] == [5]  # the configuration's own
+    [row] = [line for line in printed.splitlines() if line.startswith("| rgb small |") and "classes" in line]
+    cells = [cell.strip() for cell in row.split("|")[1:-1]]
+    assert cells[1] == "32x48, 5 classes" and cells[3] == "10.00" and cells[6] == "1.00"
+    assert cells[2] == f"{result['deploy_params_m']:.2f}"
+    assert cells[4] == f"{100 * (result['deploy_params_m'] - 10.0) / 10.0:+.1f} %"
+    assert "81.36 (RTX 2080Ti)" in row and "a paper, Table 9" in row
+    assert "# its FLOPs are MACs" in printed
 
 
-def test_rsfnet_unknown_encoder_is_refused_before_measuring():
-    with pytest.raises(ValueError, match="resnet7"):
-        benchmark.run(parse(["--rsfnet", "resnet50-resnet18", "resnet7-resnet18", "--device", "cpu"]))
-    with pytest.raises(ValueError, match="exclude each other"):  # --methods would be silently ignored
-        benchmark.run(parse(["--rsfnet", "--methods", "rgb", "--device", "cpu"]))
+def test_every_published_configuration_builds_with_its_options():
+    from rgbd_fusion_seg.models import available_methods, method_class
+
+    jobs = benchmark._jobs(parse(["--published"]))
+    assert jobs and all(job.published is not None for job in jobs)
+    assert {job.method for job in jobs} == {m for m in available_methods() if method_class(m).published}
+    for job in jobs:
+        with torch.device("meta"):
+            benchmark._build(job)  # the published options are options the method takes
+
+
+def test_published_and_option_arguments_are_checked_before_measuring(monkeypatch):
+    from rgbd_fusion_seg.models.methods.rgb_baseline import RGBBaseline
+
+    monkeypatch.setattr(RGBBaseline, "published", ())
+    with pytest.raises(ValueError, match="no published size"):
+        benchmark.run(parse(["--published", "rgb", "--device", "cpu"]))
+    with pytest.raises(ValueError, match="no --methods or --option"):  # they would be silently ignored
+        benchmark.run(parse(["--published", "--methods", "rgb", "--device", "cpu"]))
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        benchmark.run(parse(["--methods", "rgb", "--option", "width", "--device", "cpu"]))
+    with pytest.raises(UnknownMethodError, match="no option"):
+        benchmark._build(benchmark._jobs(parse(["--methods", "rgb", "--option", "width=3"]))[0])

@@ -46,6 +46,7 @@ class PublishedFigures:
     options: dict = field(default_factory=dict)  # the build options of that configuration
     label: str = ""  # how the configuration is named in the table, e.g. "resnet50-resnet18"
     note: str = ""  # e.g. how a paper's "FLOPs" were read
+    fps: tuple[tuple[str, float], ...] = ()  # (GPU, frames per second) as reported
 
 
 @dataclass
