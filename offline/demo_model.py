@@ -88,11 +88,14 @@ def ensure_checkpoint(work_dir: Path, data_root: Path, method: str, *, steps: in
                       lr: float, device: str, retrain: bool, log=print) -> tuple[Path, dict]:
     """Train (or resume, or reuse) the demo model; returns (serving checkpoint `<method>.pt`, its val metrics)."""
     from rgbd_fusion_seg.core.checkpoint import load_checkpoint, save_checkpoint
+    from rgbd_fusion_seg.models import method_class
     from rgbd_fusion_seg.offline.config import config_from_dict
     from rgbd_fusion_seg.offline.train import train
 
     identity = training_config(Path("<data>"), Path("<out>"), method, steps, batch_size, input_size, lr)
     identity["data_key"] = data_root.name
+    # A new version of the method's architecture trains a new model (the cached one would be refused).
+    identity["architecture"] = method_class(method).architecture_version
     out_dir = work_dir / "models" / f"{method}_{_key(identity)}"
     served = out_dir / f"{method}.pt"
     if retrain and out_dir.exists():
