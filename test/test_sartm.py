@@ -1,0 +1,409 @@
+"""SARTM on the `micro` SAM2 size: shapes at any input size, LoRA, trainable parts, Meta checkpoint reading,
+CLIP class-name embeddings through open_clip, the distillation losses, the deploy form, and training +
+evaluation through the real code on the MFNet, PST900 and FMB replicas (and the real PST900 frame)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rgbd_fusion_seg.models import build_model
+from rgbd_fusion_seg.models.blocks import PretrainedWeightsMissing
+from rgbd_fusion_seg.models.losses import build_seg_loss
+from rgbd_fusion_seg.models import sam2_backbone
+from rgbd_fusion_seg.models.sam2_backbone import SAM2_SIZES, SAM2Size, build_image_encoder
+from rgbd_fusion_seg.models.sartm_blocks import LoRAQV, PrototypeDistillation, cosine_similarity_matrix
+from rgbd_fusion_seg.models.text_embeddings import class_text_embeddings
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_CLASSES = 5
+NAMES = ["background", "hand_drill", "backpack", "fire_extinguisher", "survivor"]
+OHEM = {"threshold": 0.7, "min_kept_fraction": 0.0625}
+
+
+def micro(**options):
+    torch.manual_seed(0)
+    options = {"encoder": "micro", "text_standin": True, "class_names": NAMES, **options}
+    return build_model("sartm", NUM_CLASSES, **options)
+
+
+def inputs(n=2, height=64, width=96, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, height, width, generator=generator), torch.rand(n, 1, height, width, generator=generator)
+
+
+def randomise_lora(model, adapter=None, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    for layer in model.lora:
+        with torch.no_grad():
+            target = layer.lora_b if adapter is None else layer.lora_b[adapter]
+            target.copy_(0.5 * torch.randn(target.shape, generator=generator))
+
+
+def frozen_encoder(model):
+    """SAM2's plain image encoder with the model's (frozen) weights: what LoRA at B = 0 must reproduce."""
+    plain = build_image_encoder(SAM2_SIZES["micro"])
+    state = {k: v for k, v in model.image_encoder.state_dict().items() if ".lora_" not in k}
+    plain.load_state_dict(state)
+    return plain.eval()
+
+
+# --- the network -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("height", "width"), [(64, 96), (61, 90)])
+def test_logits_at_the_input_size_and_extras_only_in_training(height, width):
+    model = micro()
+    rgb, aux = inputs(height=height, width=width)
+    with torch.no_grad():
+        output = model.eval()(rgb, aux)
+        assert output.logits.shape == (2, NUM_CLASSES, height, width) and output.extras == {}
+        output = model.train()(rgb, aux)
+    assert output.extras["aux_logits"].shape == (2, NUM_CLASSES, height, width)
+    assert output.extras["sfm"].shape == (2, 32, 4, 6)  # the fused 1/16 map of the 64x96 padded input
+
+
+def test_thermal_reaches_the_fusion_and_the_logits():
+    """The official code fed RGB twice into FRM/FFM; here the thermal image changes the fused features."""
+    model = micro().eval()
+    rgb, aux = inputs()
+    with torch.no_grad():
+        one, other = model(rgb, aux).logits, model(rgb, torch.rand_like(aux)).logits
+    assert not torch.allclose(one, other)
+
+
+def test_lora_at_its_initial_state_reproduces_the_frozen_encoder():
+    model = micro().eval()
+    plain = frozen_encoder(model)
+    image = inputs()[0]
+    with torch.no_grad():
+        expected = plain(image)["backbone_fpn"]
+        for modality in (0, 1):
+            got = model._encode(image, modality)
+            assert torch.equal(got[2], expected[2])
+            assert torch.equal(got[0], model.sam_mask_decoder.conv_s0(expected[0]))
+        randomise_lora(model)
+        assert not torch.allclose(model._encode(image, 0)[2], expected[2])
+
+
+def test_lora_adapts_all_of_q_and_v_at_stage_transitions():
+    """At a stage's first block qkv maps d to 3 x 2d: B is sized to the output, so every q and v column moves
+    and k does not."""
+    model = micro()
+    layer = model.image_encoder.trunk.blocks[1].attn.qkv
+    assert layer.weight.shape == (48, 8) and layer.lora_b.shape == (2, 2, 16, 16)
+    randomise_lora(model)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        delta = layer(x) - F.linear(x, layer.weight, layer.bias)
+    assert bool((delta[:, :16].abs() > 0).all()) and bool((delta[:, 32:].abs() > 0).all())
+    assert torch.equal(delta[:, 16:32], torch.zeros(3, 16))
+
+
+def test_per_modality_uses_one_adapter_per_modality_and_shared_one_for_both():
+    model = micro().eval()
+    randomise_lora(model, adapter=1)  # the thermal adapter only
+    expected = frozen_encoder(model)(inputs()[0])["backbone_fpn"][2]
+    with torch.no_grad():
+        assert torch.equal(model._encode(inputs()[0], 0)[2], expected)
+        assert not torch.allclose(model._encode(inputs()[0], 1)[2], expected)
+    model.train()
+    rgb, aux = inputs()
+    model(rgb, aux).logits.sum().backward()
+    grads = model.lora[0].lora_b.grad
+    assert grads[0].abs().sum() > 0 and grads[1].abs().sum() > 0 and not torch.allclose(grads[0], grads[1])
+    shared = micro(lora_mode="shared")
+    assert all(layer.lora_a.shape[0] == 1 for layer in shared.lora)
+    assert len(shared.lora) == 5  # every trunk block
+
+
+def test_only_lora_fusion_decoder_heads_and_aux_head_train_and_gradients_reach_lora():
+    model = micro().train()
+    trainable = {name for name, _ in model.trainable_parameters()}
+    allowed = ("rectify.", "fuse.", "aux_head.", "sam_mask_decoder.mask_tokens.",
+               "sam_mask_decoder.output_hypernetworks_mlps.", "sam_mask_decoder.output_upscaling.",
+               "sam_mask_decoder.conv_s0.", "sam_mask_decoder.conv_s1.")
+    assert all(name.startswith(allowed) or ".lora_" in name for name in trainable)
+    assert sum(".lora_" in name for name in trainable) == 10 and any(n.startswith("aux_head.") for n in trainable)
+    assert not any("transformer" in n or "iou_prediction" in n or "image_encoder" in n and ".lora_" not in n
+                   for n in trainable)
+    rgb, aux = inputs()
+    label = torch.randint(0, NUM_CLASSES, (2, 64, 96))
+    output = model(rgb, aux)
+    loss, parts = model.compute_loss(output, {"label": label}, build_seg_loss(NUM_CLASSES, dice=0.0, ohem=OHEM))
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        if name in trainable:
+            assert parameter.grad is not None, name
+        else:
+            assert parameter.grad is None, name
+    assert all(layer.lora_b.grad.abs().sum() > 0 for layer in model.lora)  # (A's are 0 while B = 0)
+    with_transformer = micro(train_decoder_transformer=True)
+    assert any("transformer" in n for n, _ in with_transformer.trainable_parameters())
+
+
+def test_loss_is_eq_15_with_the_papers_weights():
+    model = micro().train()
+    rgb, aux = inputs()
+    label = torch.randint(0, NUM_CLASSES, (2, 64, 96))
+    label[:, :10] = 255
+    output = model(rgb, aux)
+    seg_loss = build_seg_loss(NUM_CLASSES, dice=0.0, ohem=OHEM)
+    loss, parts = model.compute_loss(output, {"label": label}, seg_loss)
+    assert set(parts) == {"seg", "aux", "cr", "se"} and all(np.isfinite(v) and v > 0 for v in parts.values())
+    assert parts["aux"] == pytest.approx(float(seg_loss(output.extras["aux_logits"], label).detach()), rel=1e-6)
+    expected = parts["seg"] + 0.008 * parts["aux"] + 1e4 * parts["cr"] + 100 * parts["se"]
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_deploy_form_gives_the_training_forms_logits():
+    for lora_mode in ("per_modality", "shared"):
+        model = micro(lora_mode=lora_mode)
+        randomise_lora(model)
+        rgb, aux = inputs(height=61, width=90)
+        model.train()(rgb, aux)  # move BN statistics and the EMA away from their start
+        deployed = model.deploy()
+        assert deployed.aux_head is None and deployed.distillation is None and not deployed.training
+        assert not any(k.startswith(("aux_head.", "distillation.")) for k in deployed.state_dict())
+        assert any(isinstance(m, LoRAQV) for m in deployed.modules()) == (lora_mode == "per_modality")
+        model.eval()
+        with torch.no_grad():
+            expected = model(rgb, aux).logits
+            got = deployed(rgb, aux)
+        assert got.extras == {} and torch.allclose(got.logits, expected, atol=1e-5), lora_mode
+        assert model.aux_head is not None  # the training form is kept
+
+
+def test_the_meta_device_build_and_the_stored_options_need_no_file():
+    """The node builds the model on the meta device with the stored (switched-off) options first."""
+    options = {"encoder": "micro", "pretrained": True, "sam2_checkpoint": "/nowhere/sam2.pt",
+               "text_weights": "/nowhere/ViT-B-32.pt", "class_names": NAMES}
+    cls = type(micro())
+    stored = cls.serving_options(options)
+    assert stored["sam2_checkpoint"] is None and stored["text_weights"] is None and stored["pretrained"] is False
+    with torch.device("meta"):
+        meta = build_model("sartm", NUM_CLASSES, **stored)
+    assert meta.distillation.text_source.device.type == "meta"
+    assert set(meta.state_dict()) == set(micro().state_dict())
+
+
+# --- weight files ----------------------------------------------------------------------------------------
+
+
+def meta_layout(model, extra: dict | None = None) -> dict:
+    """A model's SAM2 weights as Meta's checkpoint holds them, plus memory-module keys SARTM ignores."""
+    state = {k: v.clone() for k, v in model.state_dict().items()
+             if k.startswith(("image_encoder.", "sam_prompt_encoder.", "sam_mask_decoder.")) and ".lora_" not in k}
+    state.update({"memory_attention.layers.0.self_attn.q_proj.weight": torch.randn(4, 4),
+                  "maskmem_tpos_enc": torch.randn(7, 1, 1, 4), "no_mem_embed": torch.randn(1, 1, 4)})
+    return {"model": {**state, **(extra or {})}}
+
+
+def test_meta_checkpoint_loads_with_the_class_dependent_keys_skipped(tmp_path):
+    torch.manual_seed(3)
+    sam_with_3_masks = build_model("sartm", 3, encoder="micro", se_weight=0.0, cr_weight=0.0)  # SAM2's 3 tokens
+    path = tmp_path / "sam2_micro.pt"
+    torch.save(meta_layout(sam_with_3_masks), path)
+    model = micro(sam2_checkpoint=str(path))
+    report = model.sam2_load_report
+    assert report.skipped and all(k.startswith(("sam_mask_decoder.mask_tokens", "sam_mask_decoder.output_hyper",
+                                                "sam_mask_decoder.iou_prediction_head")) for k in report.skipped)
+    assert report.ignored == 3
+    source = sam_with_3_masks.state_dict()
+    loaded = model.state_dict()
+    for key in ("image_encoder.trunk.blocks.2.attn.qkv.weight", "image_encoder.neck.convs.0.conv.weight",
+                "sam_mask_decoder.transformer.layers.0.self_attn.q_proj.weight", "sam_mask_decoder.conv_s0.weight",
+                "sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"):
+        assert torch.equal(loaded[key], source[key]), key
+    assert report.loaded == len(source) - len(report.skipped) - sum(".lora_" in k for k in source) - sum(
+        k.startswith(("rectify", "fuse", "aux_head", "distillation")) for k in source)
+    assert loaded["sam_mask_decoder.mask_tokens.weight"].shape[0] == NUM_CLASSES + 1
+    assert torch.equal(loaded["image_encoder.trunk.blocks.0.attn.qkv.lora_b"], torch.zeros(2, 2, 16, 8))
+
+
+def test_a_file_of_another_size_and_a_missing_file_are_refused(tmp_path, monkeypatch):
+    wider = SAM2Size(trunk={**SAM2_SIZES["micro"].trunk, "embed_dim": 16}, d_model=32, decoder_depth=1,
+                     decoder_heads=2, decoder_mlp=64)
+    monkeypatch.setitem(SAM2_SIZES, "micro_wide", wider)
+    torch.manual_seed(0)
+    path = tmp_path / "sam2_wide.pt"
+    torch.save(meta_layout(build_model("sartm", 3, encoder="micro_wide", se_weight=0.0, cr_weight=0.0)), path)
+    with pytest.raises(ValueError, match=r"sam2_wide\.pt does not fit SAM2 encoder 'micro': first mismatching key "
+                                         r"image_encoder\.trunk\.pos_embed \(file: \(1, 16, 4, 4\), micro: \(1, 8, 4, 4\)\)"):
+        micro(sam2_checkpoint=str(path))
+    with pytest.raises(PretrainedWeightsMissing, match=f"{tmp_path / 'absent.pt'} does not exist.*{tmp_path}"):
+        micro(sam2_checkpoint=str(tmp_path / "absent.pt"))
+    with pytest.raises(ValueError, match="no Meta SAM2 file for encoder 'micro'"):
+        micro(pretrained=True)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    assert sam2_backbone.default_checkpoint_path("base_plus") == tmp_path / "hub" / "checkpoints" / "sam2_hiera_base_plus.pt"
+
+
+def test_the_installed_sam2_must_be_rf_sam_2(monkeypatch):
+    sam2_backbone.require_sam2()  # the venv's
+    monkeypatch.setattr(sam2_backbone.importlib.metadata, "packages_distributions", lambda: {"sam2": ["sam2"]})
+    with pytest.raises(sam2_backbone.SAM2PackageError, match="not rf-sam-2.*pip uninstall -y sam2 && pip install rf-sam-2"):
+        micro()
+    monkeypatch.setattr(sam2_backbone.importlib.metadata, "packages_distributions", lambda: {})
+    with pytest.raises(sam2_backbone.SAM2PackageError, match="not installed: pip install rf-sam-2"):
+        micro()
+
+
+# --- class-name text embeddings --------------------------------------------------------------------------
+
+TINY_CLIP = {"embed_dim": 16,
+             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture
+def tiny_clip(tmp_path):
+    """(name, weights file) of a tiny open_clip model registered and saved here."""
+    import open_clip
+
+    (tmp_path / "clip_configs").mkdir()
+    (tmp_path / "clip_configs" / "sartm-test-clip.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(tmp_path / "clip_configs")
+    torch.manual_seed(0)
+    weights = tmp_path / "sartm-test-clip.pt"
+    torch.save(open_clip.create_model("sartm-test-clip").state_dict(), weights)
+    return "sartm-test-clip", weights
+
+
+def test_text_embeddings_run_through_open_clip_and_are_cached(tiny_clip, tmp_path, monkeypatch):
+    import open_clip
+
+    name, weights = tiny_clip
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    table, from_cache = class_text_embeddings(NAMES, name, weights)
+    assert table.shape == (NUM_CLASSES, 16) and not from_cache
+    reference = open_clip.create_model(name, pretrained=str(weights)).eval()
+    with torch.no_grad():
+        expected = reference.encode_text(open_clip.get_tokenizer(name)([n.replace("_", " ") for n in NAMES]))
+    assert torch.allclose(table, expected, atol=1e-6)
+    assert len(list((tmp_path / "cache" / "rgbd_fusion_seg" / "text_embeddings").glob("*.pt"))) == 1
+
+    def no_clip(*args, **kwargs):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(open_clip, "create_model", no_clip)
+    again, from_cache = class_text_embeddings(NAMES, name, weights)
+    assert from_cache and torch.equal(again, table)
+    model = micro(text_standin=False, text_encoder=name, text_weights=str(weights))
+    assert int(model.distillation.text_source) == 1
+    assert torch.allclose(model.distillation.text_similarity, cosine_similarity_matrix(table))
+    with pytest.raises(AssertionError, match="cache"):  # other class names: another cache entry
+        class_text_embeddings(NAMES[::-1], name, weights)
+
+
+def test_a_standin_table_needs_the_explicit_switch(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(PretrainedWeightsMissing, match=r"hub/checkpoints/ViT-B-32\.pt does not exist.*text_standin"):
+        micro(text_standin=False)  # text_weights "default", no file: no silent random table
+    with pytest.raises(ValueError, match="needs the class names"):
+        micro(class_names=None)
+    assert int(micro().distillation.text_source) == 2  # the switch, recorded in the state dict
+    from_checkpoint = micro(text_standin=False, text_weights=None)  # what serving builds: the table comes later
+    assert int(from_checkpoint.distillation.text_source) == 0
+    output = from_checkpoint.train()(*inputs())
+    with pytest.raises(RuntimeError, match="no class-name text table"):
+        from_checkpoint.compute_loss(output, {"label": torch.zeros(2, 64, 96, dtype=torch.long)},
+                                     build_seg_loss(NUM_CLASSES))
+    assert micro(class_names=None, se_weight=0.0).distillation is not None  # L_cr needs no names
+
+
+# --- distillation losses ---------------------------------------------------------------------------------
+
+
+def test_prototypes_ema_and_losses_with_absent_classes():
+    torch.manual_seed(0)
+    distill = PrototypeDistillation(num_classes=4, dim=8, momentum=0.9)
+    distill.set_text_table(torch.randn(4, 12), source=2)
+    features = torch.randn(2, 8, 4, 6, requires_grad=True)
+    labels = torch.full((2, 64, 96), 255)
+    labels[0, :32] = 0  # the top half of image 0 -> the top 2 rows of its 1/16 grid
+    labels[1, :, :48] = 2
+    cr, se = distill(features, labels)
+    assert torch.isfinite(cr) and torch.isfinite(se) and cr > 0 and se > 0
+    p0 = features[0, :, :2].reshape(8, -1).mean(dim=1)
+    p2 = features[1, :, :, :3].reshape(8, -1).mean(dim=1)
+    assert torch.allclose(distill.ema_prototypes[0], 0.1 * p0.detach(), atol=1e-6)
+    assert torch.allclose(distill.ema_prototypes[2], 0.1 * p2.detach(), atol=1e-6)
+    assert torch.equal(distill.ema_prototypes[[1, 3]], torch.zeros(2, 8))  # absent: untouched
+    (cr + se).backward()
+    assert features.grad.abs().sum() > 0
+    nothing = distill(features, torch.full((2, 64, 96), 255))
+    assert all(float(v) == 0.0 for v in nothing) and nothing[0].requires_grad
+
+
+def test_losses_are_zero_when_prototypes_match_the_ema_and_the_text():
+    torch.manual_seed(0)
+    features = torch.randn(1, 8, 4, 6)
+    labels = torch.zeros(1, 64, 96, dtype=torch.long)
+    labels[:, :, 48:] = 3  # classes 0 and 3 present, 1 and 2 absent
+    distill = PrototypeDistillation(num_classes=4, dim=8, momentum=0.0)  # EMA = this batch's prototypes
+    prototypes, present = distill.prototypes(features, labels)
+    text = torch.randn(4, 8)
+    text[present] = prototypes  # the present classes' text similarities = their visual ones
+    distill.set_text_table(text, source=2)
+    cr, se = distill(features, labels)
+    assert float(cr) == pytest.approx(0.0, abs=1e-7) and float(se) == pytest.approx(0.0, abs=1e-7)
+    distill.set_text_table(torch.randn(4, 8), source=2)
+    assert float(distill(features, labels)[1]) > 1e-4
+
+
+# --- training and evaluation through the real code -------------------------------------------------------
+
+SMOKE = ["model.pretrained=false", "model.options.encoder=micro", "model.options.text_standin=true",
+         "train.max_steps=2", "train.batch_size=2", "data.augmentation.crop=[48,64]", "train.num_workers=0",
+         "train.checkpoint_every_steps=null", "train.warmup_steps=1"]
+
+
+def train_and_evaluate(config_name: str, root: Path, run: Path, extra=()):
+    from rgbd_fusion_seg.core.checkpoint import load_checkpoint
+    from rgbd_fusion_seg.offline.config import load_config
+    from rgbd_fusion_seg.offline.evaluate import evaluate_checkpoint
+    from rgbd_fusion_seg.offline.train import train
+
+    config = load_config(REPO / "config" / "experiments" / config_name, SMOKE + list(extra), data_root=root,
+                         out_dir=run)
+    path = train(config, device="cpu", log=lambda message: None)
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.method == "sartm" and checkpoint.train_state["global_step"] == 2
+    options = checkpoint.options
+    assert options["sam2_checkpoint"] is None and options["text_weights"] is None and options["text_standin"]
+    assert options["class_names"] == list(checkpoint.classes)
+    assert int(checkpoint.state_dict["distillation.text_source"]) == 2
+    return evaluate_checkpoint(path, device="cpu")
+
+
+@pytest.mark.parametrize(("config_name", "write"), [("mfnet/sartm.yaml", "write_mfnet_replica"),
+                                                     ("pst900/sartm.yaml", "write_pst900_replica"),
+                                                     ("fmb/sartm.yaml", "write_fmb_replica")])
+def test_trains_and_evaluates_on_the_replicas(config_name, write, tmp_path):
+    from rgbd_fusion_seg.offline.datasets import replicas
+
+    root = tmp_path / "data"
+    getattr(replicas, write)(root)
+    result = train_and_evaluate(config_name, root, tmp_path / "run")
+    assert 0.0 <= result["miou"] <= 1.0 and np.sum(result["confusion_matrix"]) > 0
+
+
+def test_the_real_pst900_frame_goes_through_evaluate(pst900_realdata, tmp_path):
+    root = tmp_path / "PST900"
+    labels = np.zeros((720, 1280), np.uint8)
+    labels[300:500, 600:900] = 4  # a "survivor" box
+    for split in ("train", "test"):
+        for folder, source in (("rgb", "pst900_rgb.png"), ("thermal", "pst900_thermal_mono8.png")):
+            (root / split / folder).mkdir(parents=True)
+            shutil.copy(pst900_realdata / source, root / split / folder / "real.png")
+        (root / split / "labels").mkdir()
+        cv2.imwrite(str(root / split / "labels" / "real.png"), labels)
+    result = train_and_evaluate("pst900/sartm.yaml", root, tmp_path / "run", ["train.batch_size=1"])
+    assert int(np.sum(result["confusion_matrix"])) == 720 * 1280  # every pixel of the 720x1280 frame scored
