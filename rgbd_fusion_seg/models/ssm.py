@@ -120,11 +120,14 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
             D=None if D is None else D.float(), delta_bias=None if delta_bias is None else delta_bias.float(),
             delta_softplus=delta_softplus,
         )
+    dtype = u.dtype  # the recurrence runs in fp32 (as mamba_ssm's kernel), also under autocast
+    u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
     if delta_bias is not None:
-        delta = delta + delta_bias.view(1, -1, 1)
+        delta = delta + delta_bias.float().view(1, -1, 1)
     if delta_softplus:
         delta = F.softplus(delta)
-    return _scan_chunked(u, delta, A, B, C, D, parallel=backend == "mambapy")
+    D = None if D is None else D.float()
+    return _scan_chunked(u, delta, A, B, C, D, parallel=backend == "mambapy").to(dtype)
 
 
 class SSMParameters(nn.Module):

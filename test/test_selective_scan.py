@@ -1,0 +1,184 @@
+"""Selective scan (models/ssm.py): every backend against the sequential reference, the reference against the
+recurrence written out, Cross S6's C exchange, the four-direction scan and merge, the backend errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rgbd_fusion_seg.models import ssm
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is faster than two contending with the other users of the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def present_backends() -> list[str]:
+    backends = ["mambapy"]
+    if torch.cuda.is_available() and ssm._mamba_ssm_scan() is not None:
+        backends.append("mamba_ssm")
+    return backends
+
+
+def scan_inputs(batch=2, channels=6, length=37, state=4, groups=None, dtype=torch.float32, device="cpu", seed=0):
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator, dtype=dtype).to(device)
+
+    shape_bc = (batch, state, length) if groups is None else (batch, groups, state, length)
+    return {
+        "u": rand(batch, channels, length), "delta": rand(batch, channels, length),
+        "A": -(torch.rand(channels, state, generator=generator, dtype=dtype) + 0.1).to(device),
+        "B": rand(*shape_bc), "C": rand(*shape_bc), "D": rand(channels), "delta_bias": 0.1 * rand(channels),
+    }
+
+
+def recurrence(u, delta, A, B, C, D, delta_bias):
+    """h_t = exp(dt A) h_{t-1} + dt B_t u_t, y_t = C_t h_t + D u_t, one channel and one step at a time."""
+    dt = torch.nn.functional.softplus(delta + delta_bias[:, None])
+    batch, channels, length = u.shape
+    per_group = channels // (B.shape[1] if B.dim() == 4 else 1)
+    y = torch.zeros_like(u)
+    for n in range(batch):
+        for d in range(channels):
+            b = B[n, d // per_group] if B.dim() == 4 else B[n]
+            c = C[n, d // per_group] if C.dim() == 4 else C[n]
+            h = torch.zeros(A.shape[1], dtype=u.dtype)
+            for t in range(length):
+                h = torch.exp(dt[n, d, t] * A[d]) * h + dt[n, d, t] * b[:, t] * u[n, d, t]
+                y[n, d, t] = (c[:, t] * h).sum() + D[d] * u[n, d, t]
+    return y
+
+
+@pytest.mark.parametrize("groups", [None, 2])
+def test_sequential_reference_is_the_recurrence(groups):
+    inputs = scan_inputs(batch=1, channels=4, length=9, state=3, groups=groups, dtype=torch.float64)
+    expected = recurrence(**inputs)
+    assert torch.allclose(ssm.selective_scan(**inputs, backend="sequential"), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("groups", [None, 3])
+@pytest.mark.parametrize("backend", present_backends())
+def test_backend_agrees_with_the_reference_forward_and_backward(backend, groups):
+    device = "cuda" if backend == "mamba_ssm" else "cpu"
+    results = {}
+    for name in ("sequential", backend):
+        inputs = {k: v.clone().requires_grad_(True) for k, v in scan_inputs(groups=groups, device=device).items()}
+        y = ssm.selective_scan(**inputs, backend=name)
+        (y * torch.linspace(-1, 1, y.numel(), device=device).view_as(y)).sum().backward()
+        results[name] = (y.detach(), {k: v.grad for k, v in inputs.items()})
+    (y_ref, grads_ref), (y, grads) = results["sequential"], results[backend]
+    assert torch.allclose(y, y_ref, atol=1e-5, rtol=1e-5)
+    for key, grad in grads.items():
+        assert torch.allclose(grad, grads_ref[key], atol=1e-5, rtol=1e-4), key
+
+
+def test_scanning_a_few_channels_at_a_time_changes_nothing(monkeypatch):
+    inputs = scan_inputs(channels=8, groups=2, length=20)
+    whole = ssm.selective_scan(**inputs, backend="mambapy")
+    monkeypatch.setattr(ssm, "_CHUNK_ELEMENTS", 2 * 32 * 4 * 3)  # 3 channels per piece, pieces inside a group
+    assert len(list(ssm._channel_slices(8, 2, 2 * 32 * 4))) == 4
+    assert torch.allclose(ssm.selective_scan(**inputs, backend="mambapy"), whole, atol=1e-6)
+    assert torch.allclose(ssm.selective_scan(**inputs, backend="sequential"), whole, atol=1e-5)
+
+
+def test_auto_is_mambapy_on_the_cpu_and_the_scan_keeps_fp16_inputs_fp16():
+    assert ssm.resolve_backend("auto", torch.device("cpu")) == "mambapy"
+    inputs = scan_inputs()
+    half = {k: v.half() if k in ("u", "delta") else v for k, v in inputs.items()}
+    y = ssm.selective_scan(**half)
+    assert y.dtype == torch.float16
+    assert torch.allclose(y.float(), ssm.selective_scan(**inputs), atol=2e-2)
+
+
+def copy_parameters(target: ssm.SSMParameters, source: ssm.SSMParameters) -> None:
+    target.load_state_dict(source.state_dict())
+
+
+def test_cross_s6_with_equal_c_is_two_plain_scans_and_otherwise_reads_the_other_c():
+    torch.manual_seed(0)
+    d_inner, state = 6, 4
+    cross = ssm.CrossS6(d_inner, state, backend="sequential")
+    plain1, plain2 = ssm.S6(d_inner, state, "sequential"), ssm.S6(d_inner, state, "sequential")
+    copy_parameters(plain1.ssm, cross.ssm1)
+    copy_parameters(plain2.ssm, cross.ssm2)
+    x = torch.randn(2, d_inner, 15)
+    c_rows = slice(cross.ssm1.dt_rank + state, None)
+    with torch.no_grad():  # equal C projections and equal inputs: C1 = C2, the rest (A, B, Delta, D) differs
+        cross.ssm2.x_proj[:, c_rows] = cross.ssm1.x_proj[:, c_rows]
+        plain2.ssm.x_proj[:, c_rows] = cross.ssm1.x_proj[:, c_rows]
+    y1, y2 = cross(x, x)
+    assert torch.allclose(y1, plain1(x), atol=1e-6) and torch.allclose(y2, plain2(x), atol=1e-6)
+    assert not torch.allclose(y1, y2, atol=1e-3)  # the streams' own parameters still differ
+
+    x1, x2 = torch.randn(2, d_inner, 15), torch.randn(2, d_inner, 15)  # now C1 != C2
+    y1, y2 = cross(x1, x2)
+    assert not torch.allclose(y1, plain1(x1), atol=1e-3)
+    delta1, B1, _ = cross.ssm1.project(x1.unsqueeze(1))
+    _, _, C2 = cross.ssm2.project(x2.unsqueeze(1))
+    A1 = -torch.exp(cross.ssm1.A_log)
+    expected = recurrence(x1, delta1, A1, B1[:, 0], C2[:, 0], cross.ssm1.D, cross.ssm1.dt_bias[0])
+    assert torch.allclose(y1, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("order", ssm.SCAN_ORDERS)
+def test_cross_scan_and_merge_are_exact_inverses(order):
+    x = torch.randn(2, 3, 5, 7)
+    orders = ssm.scan_orders(5, 7, order)
+    for index in orders:  # each traversal visits every pixel once
+        assert torch.equal(index.sort().values, torch.arange(35))
+    sequences = ssm.cross_scan(x, orders)
+    assert sequences.shape == (2, 4, 3, 35)
+    assert torch.equal(ssm.cross_merge(sequences, orders).view_as(x), 4 * x)
+    firsts = torch.zeros(1, 4, 1, 35)
+    firsts[:, :, 0, 0] = 1.0  # the first element of each traversal goes back to where it started
+    starts = ssm.cross_merge(firsts, orders).view(5, 7)
+    corners = {"vmamba": [(0, 0), (0, 0), (4, 6), (4, 6)], "paper": [(0, 0), (0, 6), (4, 6), (4, 0)]}[order]
+    expected = torch.zeros(5, 7)
+    for r, c in corners:
+        expected[r, c] += 1
+    assert torch.equal(starts, expected)
+
+
+def test_vmamba_second_traversal_is_column_major_and_paper_third_runs_right_to_left():
+    vmamba, paper = ssm.scan_orders(2, 3, "vmamba"), ssm.scan_orders(2, 3, "paper")
+    assert vmamba[1].tolist() == [0, 3, 1, 4, 2, 5]
+    assert paper[1].tolist() == [2, 1, 0, 5, 4, 3] and paper[3].tolist() == [3, 4, 5, 0, 1, 2]
+
+
+def test_ss2d_and_icrvss_block_keep_the_shape_and_pass_gradients_to_every_direction():
+    torch.manual_seed(0)
+    block = ssm.ICRVSSBlock(8, d_state=4, expand=1.0, backend="mambapy")
+    x = torch.randn(2, 8, 5, 6, requires_grad=True)
+    out = block(x)
+    assert out.shape == x.shape
+    out.square().sum().backward()
+    grad = block.ss2d.ssm.dt_proj.grad
+    assert all(grad[k].abs().sum() > 0 for k in range(4))
+    assert x.grad.abs().sum() > 0
+
+
+def test_mamba_ssm_asked_for_and_absent_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(ssm, "_mamba_ssm_scan", lambda: None)
+    inputs = scan_inputs()
+    with pytest.raises(RuntimeError, match=r"pip install mamba-ssm --no-build-isolation.*MAMBA_FORCE_BUILD=TRUE.*scan_backend: auto"):
+        ssm.selective_scan(**inputs, backend="mamba_ssm")
+    assert ssm.resolve_backend("auto", torch.device("cuda")) == "mambapy"  # auto falls back
+
+
+@pytest.mark.skipif(ssm._mamba_ssm_scan() is not None, reason="mamba_ssm is installed here")
+def test_mamba_ssm_absent_from_this_environment_gives_the_error():
+    with pytest.raises(RuntimeError, match="mamba_ssm is not installed"):
+        ssm.selective_scan(**scan_inputs(), backend="mamba_ssm")
+
+
+def test_unknown_backend_lists_the_backends():
+    with pytest.raises(ValueError, match="unknown scan backend 'cuda'; available: auto, mamba_ssm, mambapy, sequential"):
+        ssm.selective_scan(**scan_inputs(), backend="cuda")
+    with pytest.raises(ValueError, match="unknown scan_order 'zigzag'"):
+        ssm.SS2D(4, scan_order="zigzag")
