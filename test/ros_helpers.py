@@ -28,7 +28,7 @@ def domain_id_for(salt: int) -> int:
 
 
 def make_checkpoint(path, method="rgb", num_classes=4, modality="depth", unit="m", low=0.0, high=5.0,
-                    input_size=(64, 64), seed=0, num_classes_in_weights=None):
+                    input_size=(64, 64), seed=0, num_classes_in_weights=None, options=None):
     """A random-weight checkpoint (fine for plumbing); `num_classes_in_weights` makes weights that do not fit."""
     import torch
 
@@ -38,7 +38,7 @@ def make_checkpoint(path, method="rgb", num_classes=4, modality="depth", unit="m
     from rgbd_fusion_seg.models import build_model
 
     torch.manual_seed(seed)
-    model = build_model(method, num_classes_in_weights or num_classes)
+    model = build_model(method, num_classes_in_weights or num_classes, **(options or {}))
     checkpoint = Checkpoint(
         method=method,
         num_classes=num_classes,
@@ -46,6 +46,7 @@ def make_checkpoint(path, method="rgb", num_classes=4, modality="depth", unit="m
         palette=default_palette(num_classes),
         preprocessing=Preprocessing(input_size=input_size, aux=AuxNormalisation(modality, unit, low, high)),
         state_dict=model.state_dict(),
+        options=dict(options or {}),
         data={"dataset": "ros-test"},
     )
     return save_checkpoint(checkpoint, path)
@@ -118,7 +119,7 @@ class NodeProcess:
 class RosClient:
     """Publishes rgb/aux images, collects the node's outputs, sets its parameters; spins in the test thread."""
 
-    OUTPUTS = ("mask", "mask_color", "overlay", "confidence")
+    OUTPUTS = ("mask", "mask_color", "overlay", "confidence", "fused_image")
 
     def __init__(self, domain_id: int, node_name: str = "/segment_node", reliable_inputs: bool = True,
                  rgb_topic: str = "rgb/image", aux_topic: str = "aux/image", input_type=None):

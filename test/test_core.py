@@ -21,6 +21,9 @@ from rgbd_fusion_seg.core.preprocessing import (
 from rgbd_fusion_seg.models import build_model
 
 
+SCCOSF_TINY = {"encoder": "micro", "d_state": 4, "blocks_per_stage": 1, "reaw_width": 8}
+
+
 def make_checkpoint(method="rgb", num_classes=3, input_size=(32, 48)) -> Checkpoint:
     torch.manual_seed(0)
     model = build_model(method, num_classes)
@@ -180,6 +183,26 @@ def test_engine_refuses_unknown_precision_and_device(tmp_path):
         SegmentationEngine(ckpt, device="cpu", precision="int3")
     with pytest.raises(ValueError, match="device"):
         SegmentationEngine(ckpt, device="tpu:7")
+
+
+def test_engine_serves_a_fused_image_only_when_asked_and_only_where_there_is_one(tmp_path):
+    checkpoint = make_checkpoint("sccosf", input_size=(32, 48))
+    checkpoint.state_dict = build_model("sccosf", 3, **SCCOSF_TINY).state_dict()
+    checkpoint.options = dict(SCCOSF_TINY)
+    rgb = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    aux = np.random.default_rng(1).random((50, 70), dtype=np.float32)
+    plain = SegmentationEngine(checkpoint, device="cpu")
+    with_fused = SegmentationEngine(checkpoint, device="cpu", extras=("fused",))
+    def size(engine):
+        return sum(p.numel() for p in engine.model.parameters())
+
+    assert size(plain) < size(with_fused)  # the branch no one asked for is gone from the served network
+    first, second = plain.predict(rgb, aux), with_fused.predict(rgb, aux)
+    assert first.fused is None
+    assert second.fused.shape == (50, 70, 3) and second.fused.dtype == np.uint8  # at the colour image's size
+    np.testing.assert_array_equal(first.mask, second.mask)  # the fused branch does not change the masks
+    with pytest.raises(ValueError, match="method 'rgb' has no extra output fused"):
+        SegmentationEngine(make_checkpoint(), device="cpu", extras=("fused",))
 
 
 def test_palette_colours_and_overlay():

@@ -39,6 +39,10 @@ def make_more_checkpoints(folder):
     make_checkpoint(folder / "se.pt", "early", modality="depth", unit="m", seed=3)  # named se, holds early
     make_checkpoint(folder / "thermal_early.pt", "early", modality="thermal", unit="raw8", high=255.0)
     make_checkpoint(folder / "misfit.pt", "early", num_classes=4, num_classes_in_weights=6)
+    make_checkpoint(folder / "sccosf.pt", "sccosf", modality="depth", unit="m", options=SCCOSF_TINY)
+
+
+SCCOSF_TINY = {"encoder": "micro", "d_state": 4, "blocks_per_stage": 1, "reaw_width": 8}
 
 
 client = client_fixture(DOMAIN)
@@ -218,6 +222,36 @@ def test_runtime_fusion_method_switch_and_refusals(node, client, all_checkpoints
     send_and_wait(client, *random_pair(stamp, depth_encoding="mono8"), stamp)
     back = {"checkpoint": str(checkpoints / "early.pt"), "modality": "depth"}
     assert client.set_parameters_atomically(back).successful
+    client.fresh_stats(predicate=lambda s: s["checkpoint"].endswith("/early.pt"), timeout=30)
+    prime(client)
+
+
+def test_runtime_switch_to_sccosf_and_its_fused_image(node, client, all_checkpoints):
+    assert client.set_parameters_atomically({"fusion_method": "sccosf", "outputs.fused_image": True}).successful
+    client.fresh_stats(predicate=lambda s: s["model"] == "sccosf", timeout=60)
+    node.wait_for_log("serving its fused output")
+    stamp = next_stamp()
+    rgb_msg, aux_msg = random_pair(stamp, height=50, width=70)
+    client.publish_pair(rgb_msg, aux_msg)
+    client.wait_for_stamp(stamp, "fused_image")
+    client.wait_for_stamp(stamp, "mask")
+    fused = client.received["fused_image"][client.stamps("fused_image").index(stamp)]
+    assert (fused.encoding, fused.height, fused.width) == ("rgb8", 50, 70)
+    assert fused.header.frame_id == rgb_msg.header.frame_id and len(fused.data) == 50 * 70 * 3
+
+    # Off again: the model is reloaded without its fusion branch, and masks go on without fused images.
+    assert client.set_parameters({"outputs.fused_image": False})[0].successful
+    node.wait_for_log("serving method 'sccosf'", count=2)
+    stamp = next_stamp()
+    send_and_wait(client, *random_pair(stamp), stamp)
+    client.spin_for(0.5)  # a fused image, had one been published, would have arrived by now
+    assert stamp not in client.stamps("fused_image")
+
+    # A method without a fused image: asked for, the node says it stays silent.
+    assert client.set_parameters_atomically({"fusion_method": "", "checkpoint": str(all_checkpoints / "early.pt"),
+                                             "outputs.fused_image": True}).successful
+    node.wait_for_log("makes no fused image")
+    assert client.set_parameters({"outputs.fused_image": False})[0].successful
     client.fresh_stats(predicate=lambda s: s["checkpoint"].endswith("/early.pt"), timeout=30)
     prime(client)
 
