@@ -136,10 +136,12 @@ def test_checkpoint_of_another_architecture_version_is_refused_by_both_readers(t
     from rgbd_fusion_seg.ros.model_serving import inspect_checkpoint
 
     path = save_checkpoint(make_checkpoint(), tmp_path / "model.pt")
-    assert torch.load(path, weights_only=True)["model"]["architecture"] == RGBBaseline.architecture_version
-    monkeypatch.setattr(RGBBaseline, "architecture_version", RGBBaseline.architecture_version + 1)
+    written = RGBBaseline.architecture_version
+    assert torch.load(path, weights_only=True)["model"]["architecture"] == written
+    monkeypatch.setattr(RGBBaseline, "architecture_version", written + 1)
     for read in (load_checkpoint, inspect_checkpoint):
-        with pytest.raises(CheckpointError, match=r"holds version 1 of method 'rgb'.*builds version 2.*retrain"):
+        with pytest.raises(CheckpointError, match=rf"holds version {written} of method 'rgb'.*builds version "
+                                                  rf"{written + 1}.*retrain"):
             read(path)
 
 
