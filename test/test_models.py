@@ -1,4 +1,5 @@
-"""Every registered method: shapes, gradients, aux dependence, pretrained initialisation, registry errors."""
+"""The MM5 study's six methods: shapes, gradients, aux dependence, the authors' sizes and compute, mid's two
+forms, se's warm-up, pretrained initialisation, registry errors, refusal of old-architecture checkpoints."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from rgbd_fusion_seg.models import SegOutput, UnknownMethodError, available_methods, build_model
+from rgbd_fusion_seg.models import SegOutput, UnknownMethodError, available_methods, build_model, method_class
 from rgbd_fusion_seg.models.blocks import PretrainedWeightsMissing, imagenet_weights_path
 
 NUM_CLASSES = 5
@@ -29,7 +30,7 @@ def test_the_mm5_methods_are_registered():
 
 
 @pytest.mark.parametrize("method", MM5_METHODS)
-@pytest.mark.parametrize("size", [(64, 96), (70, 90)])
+@pytest.mark.parametrize("size", [(64, 96), (70, 90), (61, 90)])  # 61: odd at every scale
 def test_forward_gives_logits_at_input_size(method, size):
     torch.manual_seed(0)
     model = build_model(method, NUM_CLASSES).eval()
@@ -52,7 +53,7 @@ def test_training_steps_fit_a_fixed_batch(method):
     batch = {"rgb": rgb, "aux": aux, "label": label}
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(4):
+    for _ in range(6):
         output = model(rgb, aux)
         loss, parts = model.compute_loss(output, batch, F.cross_entropy)
         assert "seg" in parts
@@ -124,12 +125,110 @@ def test_unknown_method_and_option_are_refused_by_name():
 
 
 def test_attention_options():
-    model = build_model("attention", NUM_CLASSES, num_heads=2, attn_dim=32, positional_encoding=False).eval()
+    model = build_model("attention", NUM_CLASSES, num_heads=2, positional_encoding=True).eval()
+    assert model.fusion.attention.num_heads == 2 and model.fusion.attention.embed_dim == 256
     rgb, aux, _ = make_batch()
     with torch.no_grad():
         assert model(rgb, aux).logits.shape == (2, NUM_CLASSES, 64, 96)
     with pytest.raises(ValueError, match="divisible"):
-        build_model("attention", NUM_CLASSES, num_heads=3, attn_dim=32)
+        build_model("attention", NUM_CLASSES, num_heads=3)
+
+
+# --- the authors' models ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", MM5_METHODS)
+def test_size_and_compute_at_480x640_are_the_authors(method):
+    """Within 1 % of the study's public code, measured at 480x640 with 32 classes (counted on the meta
+    device: count_flops needs only shapes)."""
+    from rgbd_fusion_seg.offline.model_benchmark import count_flops
+
+    (figures,) = method_class(method).published
+    assert figures.size == (480, 640) and figures.num_classes == 32 and "public code" in figures.source
+    with torch.device("meta"):
+        model = build_model(method, figures.num_classes).eval()
+        rgb, aux = torch.zeros(1, 3, *figures.size), torch.zeros(1, 1, *figures.size)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    assert params == pytest.approx(figures.params_m, rel=0.01)
+    assert count_flops(model, rgb, aux) / 2e9 == pytest.approx(figures.gmacs, rel=0.01)
+
+
+def test_mid_fuses_as_the_code_by_default_and_as_the_text_on_request():
+    torch.manual_seed(0)
+    code = build_model("mid", NUM_CLASSES)
+    text = build_model("mid", NUM_CLASSES, fusion="text").eval()
+    assert code.decoder.up_blocks[0].up.in_channels == 1024  # both layer4 maps
+    assert len(code.encoders.aux_encoder.stages) == 5 and len(text.encoders.aux_encoder.stages) == 4
+    assert text.decoder.up_blocks[0].up.in_channels == 512 and text.fuse.reduce[0].in_channels == 512
+    rgb, aux, _ = make_batch(61, 90)
+    with torch.no_grad():
+        logits = text(rgb, aux).logits
+        assert logits.shape == (2, NUM_CLASSES, 61, 90)
+        assert not torch.allclose(logits, text(rgb, torch.rand_like(aux)).logits)
+    with pytest.raises(ValueError, match="layer3|code, text"):
+        build_model("mid", NUM_CLASSES, fusion="layer3")
+
+
+def test_se_gate_starts_trusting_rgb():
+    torch.manual_seed(0)
+    model = build_model("se", NUM_CLASSES).eval()
+    rgb, aux, _ = make_batch(32, 48)
+    r, x = model.encoders(rgb, aux)
+    with torch.no_grad():
+        _, _, weights = model.fusions[0](r[1], x[1])
+    start = torch.softmax(torch.tensor([1.0, 0.0]), dim=0)
+    assert torch.allclose(weights, start.expand(2, 2), atol=1e-6)
+
+
+def test_se_freezes_the_shallow_depth_encoder_until_the_warm_up_ends():
+    torch.manual_seed(0)
+    model = build_model("se", NUM_CLASSES, aux_freeze_steps=2).train()
+    stages = model.encoders.aux_encoder.stages
+    shallow = [p for stage in stages[:3] for p in stage.parameters()]
+    deep = [p for stage in stages[3:] for p in stage.parameters()]
+    assert not any(p.requires_grad for p in shallow) and all(p.requires_grad for p in deep)
+    held = {id(p) for _, p in model.trainable_parameters()}
+    assert {id(p) for p in model.parameters()} == held  # the optimiser holds the frozen part from the start
+    optimiser = torch.optim.AdamW([p for _, p in model.trainable_parameters()], lr=1e-2, weight_decay=0.1)
+    rgb, aux, label = make_batch(32, 48)
+    before = [p.detach().clone() for p in shallow]
+    changed = []
+    for step in range(4):
+        model.before_train_step(step)
+        optimiser.zero_grad()
+        F.cross_entropy(model(rgb, aux).logits, label).backward()
+        optimiser.step()
+        changed.append(any(not torch.equal(p, b) for p, b in zip(shallow, before)))
+    assert changed == [False, False, True, True]  # released at step 2
+    assert all(p.requires_grad for p in shallow)
+    assert all(p.requires_grad for p in build_model("se", NUM_CLASSES, aux_freeze_steps=0).parameters())
+    with pytest.raises(ValueError, match="aux_freeze_steps"):
+        build_model("se", NUM_CLASSES, aux_freeze_steps=-1)
+
+
+def test_checkpoint_of_an_older_architecture_is_refused(tmp_path, monkeypatch):
+    from rgbd_fusion_seg.core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+    from rgbd_fusion_seg.core.palette import default_palette
+    from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
+
+    cls = method_class("mid")
+    assert cls.architecture_version == 2
+    model = build_model("mid", NUM_CLASSES)
+
+    def write(path):
+        preprocessing = Preprocessing(input_size=(64, 64), aux=AuxNormalisation("depth", "m", 0.0, 5.0))
+        checkpoint = Checkpoint(method="mid", num_classes=NUM_CLASSES, classes=[f"c{i}" for i in range(NUM_CLASSES)],
+                                palette=default_palette(NUM_CLASSES), preprocessing=preprocessing,
+                                state_dict=model.state_dict(), options={"pretrained": False})
+        return save_checkpoint(checkpoint, path)
+
+    current = write(tmp_path / "current.pt")
+    with monkeypatch.context() as patch:  # as the release before the authors' architectures wrote it
+        patch.setattr(cls, "architecture_version", 1)
+        old = write(tmp_path / "old.pt")
+    assert load_checkpoint(current).build_model() is not None
+    with pytest.raises(CheckpointError, match=r"version 1 of method 'mid'.*builds version 2"):
+        load_checkpoint(old)
 
 
 # --- pretrained initialisation -------------------------------------------------------------------------
@@ -180,11 +279,11 @@ def assert_encoder_matches(encoder, state, skip_conv1=False):
 
 def test_pretrained_rgb_encoders_hold_the_file(fake_weights):
     for method, path in [
-        ("rgb", "encoder"),
-        ("mid", "encoder.rgb_encoder"),
+        ("rgb", "unet.encoder"),
+        ("mid", "encoders.rgb_encoder"),
         ("late", "rgb_branch.encoder"),
-        ("se", "rgb_encoder"),
-        ("attention", "encoder.rgb_encoder"),
+        ("se", "encoders.rgb_encoder"),
+        ("attention", "encoders.rgb_encoder"),
     ]:
         model = build_model(method, NUM_CLASSES, pretrained=True)
         assert_encoder_matches(model.get_submodule(path), fake_weights)
@@ -192,17 +291,18 @@ def test_pretrained_rgb_encoders_hold_the_file(fake_weights):
 
 def test_pretrained_early_fusion_x_filter_is_the_rgb_mean(fake_weights):
     model = build_model("early", NUM_CLASSES, pretrained=True)
-    conv1 = model.encoder.stages[0][0].weight
+    conv1 = model.unet.encoder.stages[0][0].weight
     rgb_filters = fake_weights["conv1.weight"]
     assert conv1.shape == (64, 4, 7, 7)
     assert torch.equal(conv1[:, :3], rgb_filters)
     assert torch.allclose(conv1[:, 3:], rgb_filters.mean(dim=1, keepdim=True))
-    assert_encoder_matches(model.encoder, fake_weights, skip_conv1=True)
+    assert_encoder_matches(model.unet.encoder, fake_weights, skip_conv1=True)
 
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("late", "aux_branch.encoder"), ("mid", "encoder.aux_encoder"), ("se", "aux_encoder"), ("attention", "encoder.aux_encoder")],
+    [("late", "aux_branch.encoder"), ("mid", "encoders.aux_encoder"), ("se", "encoders.aux_encoder"),
+     ("attention", "encoders.aux_encoder")],
 )
 def test_pretrained_x_encoder_is_grey_level(fake_weights, method, path):
     model = build_model(method, NUM_CLASSES, pretrained=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rgbd_fusion_seg.models import build_model
+from rgbd_fusion_seg.models import build_model, method_class
 from rgbd_fusion_seg.models.methods.rsfnet import PAPER_ENCODER_PAIRS
 from rgbd_fusion_seg.models.reparam import RepConvKxK
 from rgbd_fusion_seg.models.rsf_blocks import ResidualSpatialFusion
@@ -113,15 +113,77 @@ def test_deploy_form_equals_the_training_form():
     model = build_model("rsfnet", NUM_CLASSES, encoders="resnet50-resnet18")
     randomise_batchnorm(model)
     model.eval()
-    deployed = model.deploy()
+    deployed = model.deploy(keep_extras=("confidence",))
     assert sum(isinstance(m, RepConvKxK) for m in model.modules()) == 8  # 4 stages x 2 modalities, kept
     assert not any(isinstance(m, RepConvKxK) for m in deployed.modules())
+    assert model.deep_heads is not None and deployed.deep_heads is None  # the training model keeps its heads
     assert sum(p.numel() for p in deployed.parameters()) < sum(p.numel() for p in model.parameters())
-    rgb, aux = inputs(height=64, width=80)
+    rgb, aux = inputs(height=61, width=90)  # odd: every decoder scale rounds
     with torch.no_grad():
         expected, served = model(rgb, aux), deployed(rgb, aux)
+        plain = model.deploy()(rgb, aux)
+    assert served.logits.shape == (2, NUM_CLASSES, 61, 90)
     assert torch.allclose(served.logits, expected.logits, atol=1e-4)
     assert torch.allclose(served.extras["confidence"], expected.extras["confidence"], atol=1e-5)
+    assert set(plain.extras) == set() and torch.allclose(plain.logits, expected.logits, atol=1e-4)
+    with pytest.raises(ValueError, match="fused"):
+        model.deploy(keep_extras=("fused",))
+
+
+# --- the authors' sizes ----------------------------------------------------------------------------------
+
+
+def measured_at_published_size(figures, deploy=True):
+    """(params M, GMACs) of the deploy form built for `figures`, counted on the meta device (no compute)."""
+    from rgbd_fusion_seg.offline.model_benchmark import count_flops
+
+    with torch.device("meta"):
+        model = build_model("rsfnet", figures.num_classes, **figures.options)
+        model = model.deploy() if deploy else model.eval()
+        rgb, aux = torch.zeros(1, 3, *figures.size), torch.zeros(1, 1, *figures.size)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    return params, count_flops(model, rgb, aux) / 2e9
+
+
+def test_published_figures_are_table_iii_and_the_authors_code():
+    published = method_class("rsfnet").published
+    table = {f.label: f for f in published if f.source == "RSFNet paper, Table III"}
+    assert set(table) == set(PAPER_ENCODER_PAIRS)
+    assert (table["resnet50-resnet18"].params_m, table["resnet50-resnet18"].gmacs) == (44.53, 64.69)
+    assert all(f.size == (480, 640) and f.num_classes == 9 and f.options == {"encoders": f.label} for f in published)
+
+
+@pytest.mark.parametrize("figures", method_class("rsfnet").published, ids=lambda f: f"{f.label}, {f.source[:12]}")
+def test_deploy_form_has_the_published_size_and_compute(figures):
+    """Within 1 % of the authors' code (measured at 480x640), within 2 % of the paper's Table III."""
+    params, gmacs = measured_at_published_size(figures)
+    tolerance = 0.02 if "Table III" in figures.source else 0.01
+    assert params == pytest.approx(figures.params_m, rel=tolerance)
+    assert gmacs == pytest.approx(figures.gmacs, rel=tolerance)
+
+
+# --- deep supervision ------------------------------------------------------------------------------------
+
+
+def test_deep_supervision_heads_train_on_the_summed_eighth_and_sixteenth_maps():
+    torch.manual_seed(0)
+    model = build_model("rsfnet", NUM_CLASSES, encoders=SMALL, reg_weight=0.0, deep_supervision=0.4)
+    rgb, aux = inputs(height=36, width=44)
+    output = model.train()(rgb, aux)
+    assert output.extras["deep_logits_8"].shape == output.extras["deep_logits_16"].shape == (2, NUM_CLASSES, 36, 44)
+    with torch.no_grad():
+        assert set(model.eval()(rgb, aux).extras) == {"confidence"}  # the deep heads run in training only
+    label = torch.zeros(2, 36, 44, dtype=torch.long)
+    mean_loss = lambda logits, _: logits.mean()  # noqa: E731 - tells the three terms apart
+    loss, parts = model.compute_loss(output, {"label": label}, mean_loss)
+    deep = output.extras["deep_logits_8"].mean() + output.extras["deep_logits_16"].mean()
+    expected = (output.logits.mean() + 0.4 * deep).detach()
+    assert float(loss.detach()) == pytest.approx(float(expected), abs=1e-6)
+    assert parts["deep"] == pytest.approx(float(deep.detach()), abs=1e-6)
+    without = build_model("rsfnet", NUM_CLASSES, encoders=SMALL, deep_supervision=0.0).train()
+    assert without.deep_heads is None and set(without(rgb, aux).extras) == {"confidence"}
+    with pytest.raises(ValueError, match="deep_supervision"):
+        build_model("rsfnet", NUM_CLASSES, encoders=SMALL, deep_supervision=-1.0)
 
 
 def test_pretrained_densenet_loads_the_torchvision_file_with_its_old_key_names(tmp_path, monkeypatch):
