@@ -160,6 +160,12 @@ def test_loss_is_eq_15_with_the_papers_weights():
     assert parts["aux"] == pytest.approx(float(seg_loss(output.extras["aux_logits"], label).detach()), rel=1e-6)
     expected = parts["seg"] + 0.008 * parts["aux"] + 1e4 * parts["cr"] + 100 * parts["se"]
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    plain = micro(aux_weight=0.0, cr_weight=0.0, se_weight=0.0, class_names=None).train()  # Table V ablations
+    assert plain.aux_head is None and plain.distillation is None
+    output = plain(rgb, aux)
+    assert output.extras == {}
+    loss, parts = plain.compute_loss(output, {"label": label}, seg_loss)
+    assert parts["aux"] == parts["cr"] == parts["se"] == 0.0 and float(loss.detach()) == pytest.approx(parts["seg"])
 
 
 def test_deploy_form_gives_the_training_forms_logits():
@@ -302,6 +308,45 @@ def test_text_embeddings_run_through_open_clip_and_are_cached(tiny_clip, tmp_pat
         class_text_embeddings(NAMES[::-1], name, weights)
 
 
+def test_openai_torchscript_file_is_read_by_load_openai_model(tmp_path, monkeypatch):
+    """OpenAI's ViT-B-32.pt is a TorchScript archive: one in that form (a tiny OpenAI-shaped CLIP, widths 64 so
+    that load_openai_model infers its heads) is read through open_clip.load_openai_model, not create_model."""
+    import open_clip
+
+    (tmp_path / "clip_configs").mkdir()
+    config = {"embed_dim": 16, "quick_gelu": True,
+              "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 64, "patch_size": 16},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}
+    (tmp_path / "clip_configs" / "sartm-test-openai.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "clip_configs")
+    torch.manual_seed(0)
+    clip = open_clip.create_model("sartm-test-openai").eval()
+    torch.jit.script(_ParameterHolder(clip)).save(str(tmp_path / "ViT-B-32.pt"))
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("create_model used for a JIT file"))
+    table, _ = class_text_embeddings(NAMES, "sartm-test-openai", tmp_path / "ViT-B-32.pt", cache_dir=tmp_path / "c")
+    with torch.no_grad():
+        expected = clip.encode_text(open_clip.get_tokenizer("sartm-test-openai")([n.replace("_", " ") for n in NAMES]))
+    assert torch.allclose(table, expected, atol=1e-2)  # load_openai_model rounds the weights to fp16, as OpenAI's
+
+
+class _ParameterHolder(torch.nn.Module):
+    """A scriptable module with a model's parameters and persistent buffers under their names."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        kept = model.state_dict()
+        for name, parameter in model.named_parameters(recurse=False):
+            self.register_parameter(name, parameter)
+        for name, buffer in model.named_buffers(recurse=False):
+            if name in kept:
+                self.register_buffer(name, buffer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 def test_a_standin_table_needs_the_explicit_switch(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(PretrainedWeightsMissing, match=r"hub/checkpoints/ViT-B-32\.pt does not exist.*text_standin"):
@@ -380,7 +425,22 @@ def train_and_evaluate(config_name: str, root: Path, run: Path, extra=()):
     assert options["sam2_checkpoint"] is None and options["text_weights"] is None and options["text_standin"]
     assert options["class_names"] == list(checkpoint.classes)
     assert int(checkpoint.state_dict["distillation.text_source"]) == 2
+    serve_checkpoint(path)
     return evaluate_checkpoint(path, device="cpu")
+
+
+def serve_checkpoint(path: Path) -> None:
+    """The node's path: the cheap fit check (model built on the meta device), then the engine's deploy form."""
+    from rgbd_fusion_seg.core.engine import SegmentationEngine
+    from rgbd_fusion_seg.ros.model_serving import read_checkpoint_summary
+
+    assert read_checkpoint_summary(path).weights_problem is None
+    engine = SegmentationEngine.from_file(path, device="cpu")
+    assert engine.model.aux_head is None and engine.model.distillation is None
+    generator = np.random.default_rng(0)
+    rgb = generator.integers(0, 256, (61, 90, 3), dtype=np.uint8)
+    prediction = engine.predict(rgb, generator.uniform(0, 255, (61, 90)).astype(np.float32))
+    assert prediction.mask.shape == (61, 90)
 
 
 @pytest.mark.parametrize(("config_name", "write"), [("mfnet/sartm.yaml", "write_mfnet_replica"),
@@ -407,3 +467,21 @@ def test_the_real_pst900_frame_goes_through_evaluate(pst900_realdata, tmp_path):
         cv2.imwrite(str(root / split / "labels" / "real.png"), labels)
     result = train_and_evaluate("pst900/sartm.yaml", root, tmp_path / "run", ["train.batch_size=1"])
     assert int(np.sum(result["confusion_matrix"])) == 720 * 1280  # every pixel of the 720x1280 frame scored
+
+
+def test_shipped_configs_are_the_papers_recipe():
+    from rgbd_fusion_seg.offline.config import load_config
+
+    frames = {"mfnet": (784, 800), "pst900": (597, 1280), "fmb": (1220, 800)}  # training frames, official crop
+    for name, (train_frames, crop) in frames.items():
+        config = load_config(REPO / "config" / "experiments" / name / "sartm.yaml")
+        options = config.model.options
+        assert config.model.method == "sartm" and options["encoder"] == "base_plus" and options["lora_rank"] == 16
+        assert (options["aux_weight"], options["cr_weight"], options["se_weight"]) == (0.008, 1e4, 100.0)
+        train = config.train
+        assert (train.optimizer, train.lr, train.weight_decay, train.no_decay_1d) == ("adamw", 1e-4, 0.01, True), name
+        assert (train.batch_size, train.epochs, train.lr_schedule, train.poly_power) == (8, 500, "poly", 0.9), name
+        assert train.warmup_steps == 10 * (train_frames // 8) and train.warmup_start_ratio == 0.1, name
+        assert config.data.augmentation["crop"] == [crop, crop], name
+        assert config.data.rgb_mean == [0.485, 0.456, 0.406] and config.data.rgb_std == [0.229, 0.224, 0.225]
+        assert config.loss.ohem == {"threshold": 0.7, "min_kept_fraction": 0.0625} and config.loss.dice == 0

@@ -107,7 +107,7 @@ class SARTM(FusionSegmenter):
         widths = (d // 8, d // 4, d)
         self.rectify = nn.ModuleList(FeatureRectify(c) for c in widths)
         self.fuse = nn.ModuleList(FeatureFusion(c, heads) for c, heads in zip(widths, FFM_HEADS))
-        self.aux_head = AuxFPNHead(d, num_classes)
+        self.aux_head = AuxFPNHead(d, num_classes) if aux_weight else None  # Table V "w/o Aux_Seg_Head": 0
         self.distillation = None
         if cr_weight or se_weight:
             self.distillation = PrototypeDistillation(num_classes, d, ema_momentum)
@@ -160,6 +160,7 @@ class SARTM(FusionSegmenter):
         extras = {}
         if self.training and self.aux_head is not None:
             extras["aux_logits"] = self.aux_head(*fused, padded)[..., :height, :width]
+        if self.training and self.distillation is not None:
             extras["sfm"] = fused[2]  # on the padded grid
         return SegOutput(logits, extras)
 
@@ -167,9 +168,9 @@ class SARTM(FusionSegmenter):
         label = batch["label"]
         seg = seg_loss(output.logits, label)
         zero = seg.new_zeros(())
-        aux = seg_loss(output.extras["aux_logits"], label) if self.aux_weight else zero
+        aux = seg_loss(output.extras["aux_logits"], label) if "aux_logits" in output.extras else zero
         cr = se = zero
-        if self.distillation is not None:
+        if "sfm" in output.extras:
             if self.se_weight and int(self.distillation.text_source) == 0:
                 raise RuntimeError("sartm: se_weight > 0 but no class-name text table was made (text_weights is "
                                    "null); set model.options.text_weights to the CLIP file, text_standin: true, or "
