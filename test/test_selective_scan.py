@@ -182,3 +182,19 @@ def test_unknown_backend_lists_the_backends():
         ssm.selective_scan(**scan_inputs(), backend="cuda")
     with pytest.raises(ValueError, match="unknown scan_order 'zigzag'"):
         ssm.SS2D(4, scan_order="zigzag")
+
+
+def test_scan_benchmark_times_every_backend_and_formats_a_table(monkeypatch):
+    from offline import scan_benchmark
+    from offline.scan_benchmark import format_scan_table, measure_scan_backends
+
+    monkeypatch.setattr(scan_benchmark, "SEQUENTIAL_MAX_LENGTH", 32)
+    sizes = (("short", 1, 8, 16, 4, 1), ("long", 1, 4, 33, 2, 2))
+    results = measure_scan_backends("cpu", sizes=sizes, iters=1)
+    assert [(row["size"], row["backend"]) for row in results] == [
+        ("short", "sequential"), ("short", "mambapy"), ("long", "sequential"), ("long", "mambapy")]
+    assert all(row["forward_ms"] > 0 and row["forward_backward_ms"] > 0 for row in results if "skipped" not in row)
+    assert results[2]["forward_ms"] is None and "Python loop" in results[2]["skipped"]
+    lines = format_scan_table(results)
+    assert lines[0].startswith("| shape | backend") and len(lines) == 2 + len(results)
+    assert "| short (B 1, D 8, L 16, N 4) | mambapy | cpu |" in lines[3]
