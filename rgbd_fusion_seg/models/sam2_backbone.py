@@ -171,11 +171,12 @@ class LoadReport:
 def read_meta_state(path: Path, encoder: str) -> dict[str, torch.Tensor]:
     """The `model` dict of a Meta SAM2 checkpoint, or a clear error for a missing or foreign file."""
     if not path.is_file():
-        file = sam2_size(encoder).file or path.name
+        file = sam2_size(encoder).file
+        fetch = f"Fetch {SAM2_RELEASE_URL}{file} on a connected machine and put it" if file else "Put the file"
         raise PretrainedWeightsMissing(
-            f"SAM2 weights for encoder {encoder!r} were asked for but {path} does not exist. Fetch "
-            f"{SAM2_RELEASE_URL}{file} on a connected machine and put it in {path.parent} (TORCH_HOME moves the "
-            f"default folder, model.options.sam2_checkpoint names another file), or use pretrained: false.")
+            f"SAM2 weights for encoder {encoder!r} were asked for but {path} does not exist. {fetch} in "
+            f"{path.parent} (TORCH_HOME moves the default folder, model.options.sam2_checkpoint names another "
+            "file), or use pretrained: false.")
     raw = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
         raise ValueError(f"{path} is not a SAM2 checkpoint in Meta's layout (a dict with a 'model' state dict)")
