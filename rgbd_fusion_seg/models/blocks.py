@@ -113,7 +113,8 @@ class UpBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
-        self.convs = nn.Sequential(*conv3x3_bn_relu(out_channels, out_channels), *conv3x3_bn_relu(out_channels, out_channels))
+        self.convs = nn.Sequential(*conv3x3_bn_relu(out_channels, out_channels),
+                                   *conv3x3_bn_relu(out_channels, out_channels))
 
     def forward(self, x: torch.Tensor, size) -> torch.Tensor:
         return self.convs(fit_to(self.up(x), size))
@@ -128,7 +129,8 @@ class UNetDecoder(nn.Module):
     convolution classifies (no logits upsampling). The stem's map is not a skip.
     """
 
-    def __init__(self, bottom_channels: int, skip_channels, num_classes: int, widths=(256, 128, 64, 64), head: int = 32):
+    def __init__(self, bottom_channels: int, skip_channels, num_classes: int, widths=(256, 128, 64, 64),
+                 head: int = 32):
         super().__init__()
         if len(skip_channels) != 3:
             raise ValueError(f"the decoder takes three skips (1/16, 1/8, 1/4), got widths {list(skip_channels)}")

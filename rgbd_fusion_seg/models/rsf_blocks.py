@@ -122,7 +122,9 @@ class SegHead(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, hidden: int = 128, dropout: float = 0.1):
         super().__init__()
-        self.net = nn.Sequential(conv_bn_relu(in_channels, hidden), nn.Dropout2d(dropout), nn.Conv2d(hidden, num_classes, 1))
+        self.net = nn.Sequential(
+            conv_bn_relu(in_channels, hidden), nn.Dropout2d(dropout), nn.Conv2d(hidden, num_classes, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

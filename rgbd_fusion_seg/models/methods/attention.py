@@ -23,7 +23,9 @@ class AttentionFusion(FusionSegmenter):
     architecture_version = 2  # 2: the study's decoder and attention block (1: projected attention, residual)
     published = mm5_published(25.65, 35.20)
 
-    def __init__(self, num_classes: int, *, pretrained: bool = False, num_heads: int = 4, positional_encoding: bool = False):
+    def __init__(
+        self, num_classes: int, *, pretrained: bool = False, num_heads: int = 4, positional_encoding: bool = False
+    ):
         super().__init__(num_classes)
         self.encoders = TwoEncoders(pretrained)
         stem, c1, c2, c3, c4 = self.encoders.channels

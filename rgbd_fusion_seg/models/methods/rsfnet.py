@@ -125,7 +125,8 @@ class RSFNet(FusionSegmenter):
         logits = _upsample(self.head(decoded[0]), size)
         extras = {"confidence": torch.cat([p_rgb, p_aux], dim=1)} if self.keep_confidence else {}
         if self.training and self.deep_heads is not None:
-            extras.update({name: _upsample(head(x), size) for name, head, x in zip(DEEP_SCALES, self.deep_heads, decoded[1:])})
+            for name, head, x in zip(DEEP_SCALES, self.deep_heads, decoded[1:]):
+                extras[name] = _upsample(head(x), size)
         return SegOutput(logits, extras)
 
     def compute_loss(self, output: SegOutput, batch: dict, seg_loss) -> tuple[torch.Tensor, dict[str, float]]:
@@ -156,7 +157,9 @@ class RSFNet(FusionSegmenter):
         supervision heads, and with the confidences only if `keep_extras` names them (this model is kept)."""
         unknown = sorted(set(keep_extras) - set(self.serving_extras))
         if unknown:
-            raise ValueError(f"rsfnet's deploy form can keep {', '.join(self.serving_extras)}, not {', '.join(unknown)}")
+            raise ValueError(
+                f"rsfnet's deploy form can keep {', '.join(self.serving_extras)}, not {', '.join(unknown)}"
+            )
         heads, self.deep_heads = self.deep_heads, None  # not copied into the deploy form
         try:
             deployed = deploy_copy(self)
