@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import colorsys
 
+import cv2
 import numpy as np
 
 
@@ -22,6 +23,11 @@ def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
 
 def colourise(mask: np.ndarray, palette) -> np.ndarray:
     """HxW class ids -> HxWx3 uint8 RGB; ids beyond the palette (e.g. ignore 255) are drawn white."""
+    if mask.dtype == np.uint8 and len(palette) <= 256:
+        # OpenCV's table lookup is ~10x faster than NumPy's fancy indexing at camera sizes (docs/benchmarks.md)
+        table = np.full((1, 256, 3), 255, np.uint8)
+        table[0, : len(palette)] = np.asarray(palette, np.uint8).reshape(-1, 3)
+        return cv2.LUT(cv2.merge((mask, mask, mask)), table)
     table = np.full((max(int(mask.max(initial=0)) + 1, len(palette)), 3), 255, np.uint8)
     table[: len(palette)] = np.asarray(palette, np.uint8)
     return table[mask]
