@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from rgbd_fusion_seg.core.engine import PRECISIONS, resolve_device
 import yaml
 
-from rgbd_fusion_seg.models import available_methods, build_model
+from rgbd_fusion_seg.models import available_methods, build_model, method_options
 from rgbd_fusion_seg.models.base import PublishedFigures
 from rgbd_fusion_seg.models.registry import method_class
 
@@ -234,6 +234,9 @@ def _build(job: Job):
     options = dict(job.options)
     if method_class(job.method).wants_class_names and "class_names" not in options:
         options["class_names"] = [f"class {index}" for index in range(job.num_classes)]
+        # SARTM's text teacher: a seeded table costs what CLIP's would (no CLIP file is needed to measure)
+        if "text_standin" in method_options(job.method):
+            options.setdefault("text_standin", True)
     if "pretrained" in method_class(job.method).weight_file_options:
         options.setdefault("pretrained", False)
     return build_model(job.method, job.num_classes, **options)

@@ -276,7 +276,7 @@ def _checkpoint_description(config: ExperimentConfig, preprocessing, train_set, 
         "val_split": config.data.val_split,
         "num_train": len(train_set),
         "num_val": len(val_set),
-        "init": "imagenet" if config.model.pretrained else "scratch",
+        "init": "pretrained" if config.model.pretrained else "scratch",  # ImageNet, or SAM2's for SARTM
     }
     return dict(method=config.model.method, num_classes=num_classes, classes=list(train_set.classes),
                 palette=[list(c) for c in default_palette(num_classes)], preprocessing=preprocessing,

@@ -280,10 +280,7 @@ class Trainer:
         return len(per_rank)
 
     def train(self) -> None:
-        if self.context.enabled:  # averages the gradients over the ranks in backward()
-            self.forward = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
+        self._wrap_for_ranks()
         self.model.train()
         self._call("before_train")
         while not self.state.finished:
@@ -318,6 +315,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.before_train_step(self.state.global_step)
+        if self.context.enabled and self._wrapped_trainable != self._trainable():
+            self._wrap_for_ranks()  # e.g. se released its frozen depth layers: DDP must average them too
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
             output = self.forward(batch["rgb"], batch["aux"])
             loss, parts = self.model.compute_loss(output, batch, self.seg_loss)
@@ -337,6 +336,19 @@ class Trainer:
         self.scaler.update()
         self.state.count_step()
         return StepResult(loss=float(loss.detach()), parts=parts, lr=lr)
+
+    def _trainable(self) -> tuple[bool, ...]:
+        return tuple(p.requires_grad for p in self.model.parameters())
+
+    def _wrap_for_ranks(self) -> None:
+        """Under torchrun: DDP, which averages the gradients over the ranks in backward(). It averages only the
+        parameters that require a gradient when it wraps, so a model that unfreezes a part is wrapped again."""
+        if not self.context.enabled:
+            return
+        self._wrapped_trainable = self._trainable()
+        self.forward = torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+        )
 
     def _call(self, event: str, *args) -> None:
         for hook in self.hooks:

@@ -39,8 +39,10 @@ from ..rsf_blocks import ConfidenceHead, ResidualSpatialFusion, SegHead, TwoStre
 
 # The encoder pairs of the paper (section IV-B, Table III), RGB first.
 PAPER_ENCODER_PAIRS = ("resnet50-resnet18", "densenet161-densenet121", "resnet101-resnet34")
-_TABLE_III = {"resnet50-resnet18": (44.53, 64.69), "densenet161-densenet121": (44.10, 95.02),
-              "resnet101-resnet34": (73.63, 98.82)}
+# Table III: parameters (M), "FLOPs" (multiply-adds, G) and frames per second on an RTX 2080Ti and a TITAN Xp
+_TABLE_III = {"resnet50-resnet18": (44.53, 64.69, 81.36, 40.47),
+              "densenet161-densenet121": (44.10, 95.02, 34.15, 14.10),
+              "resnet101-resnet34": (73.63, 98.82, 57.31, 28.40)}
 DEEP_SCALES = ("deep_logits_8", "deep_logits_16")  # extras of the deep-supervision heads, on decoder outputs 1 and 2
 
 
@@ -60,8 +62,9 @@ class RSFNet(FusionSegmenter):
     published = tuple(
         PublishedFigures(source="RSFNet paper, Table III", size=(480, 640), num_classes=9, params_m=params,
                          gmacs=gmacs, options={"encoders": pair}, label=pair,
-                         note="the paper's FLOPs are multiply-adds (its K = 3/5/7 rows differ by the RSF convs' MACs)")
-        for pair, (params, gmacs) in _TABLE_III.items()
+                         note="the paper's FLOPs are multiply-adds (its K = 3/5/7 rows differ by the RSF convs' MACs)",
+                         fps=(("RTX 2080Ti", fps_2080ti), ("TITAN Xp", fps_titan_xp)))
+        for pair, (params, gmacs, fps_2080ti, fps_titan_xp) in _TABLE_III.items()
     ) + (
         PublishedFigures(source="RSFNet public code (measured at 480x640)", size=(480, 640), num_classes=9,
                          params_m=44.57, gmacs=65.19, options={"encoders": "resnet50-resnet18"},
