@@ -19,6 +19,7 @@ NUM_CLASSES = 9
 METHODS = {
     "rgb": {}, "mid": {}, "se": {}, "attention": {}, "rsfnet": {},
     "sccosf": {"encoder": "micro", "d_state": 4, "blocks_per_stage": 1, "reaw_width": 8},
+    "sartm": {"encoder": "micro", "class_names": [f"c{i}" for i in range(NUM_CLASSES)], "text_standin": True},
 }
 # (network input size or None for the camera's own, camera size): resized, odd and native
 SIZES = [((64, 96), (120, 160)), ((61, 90), (61, 90)), (None, (50, 70))]

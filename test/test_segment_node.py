@@ -40,9 +40,11 @@ def make_more_checkpoints(folder):
     make_checkpoint(folder / "thermal_early.pt", "early", modality="thermal", unit="raw8", high=255.0)
     make_checkpoint(folder / "misfit.pt", "early", num_classes=4, num_classes_in_weights=6)
     make_checkpoint(folder / "sccosf.pt", "sccosf", modality="depth", unit="m", options=SCCOSF_TINY)
+    make_checkpoint(folder / "sartm.pt", "sartm", modality="depth", unit="m", options=SARTM_TINY)
 
 
 SCCOSF_TINY = {"encoder": "micro", "d_state": 4, "blocks_per_stage": 1, "reaw_width": 8}
+SARTM_TINY = {"encoder": "micro", "class_names": [f"class{i}" for i in range(4)], "text_standin": True}
 
 
 client = client_fixture(DOMAIN)
@@ -226,7 +228,7 @@ def test_runtime_fusion_method_switch_and_refusals(node, client, all_checkpoints
     prime(client)
 
 
-def test_runtime_switch_to_sccosf_and_its_fused_image(node, client, all_checkpoints):
+def test_runtime_switch_to_sccosf_and_sartm_and_the_fused_image(node, client, all_checkpoints):
     assert client.set_parameters_atomically({"fusion_method": "sccosf", "outputs.fused_image": True}).successful
     client.fresh_stats(predicate=lambda s: s["model"] == "sccosf", timeout=60)
     node.wait_for_log("serving its fused output")
@@ -247,10 +249,18 @@ def test_runtime_switch_to_sccosf_and_its_fused_image(node, client, all_checkpoi
     client.spin_for(0.5)  # a fused image, had one been published, would have arrived by now
     assert stamp not in client.stamps("fused_image")
 
-    # A method without a fused image: asked for, the node says it stays silent.
+    # SARTM (SAM2 encoder, padded to a multiple of 32 inside) on an odd camera size, and it has no fused image:
+    # asked for one, the node says it stays silent.
+    assert client.set_parameters_atomically({"fusion_method": "sartm", "outputs.fused_image": True}).successful
+    client.fresh_stats(predicate=lambda s: s["model"] == "sartm", timeout=60)
+    node.wait_for_log("makes no fused image")
+    stamp = next_stamp()
+    client.publish_pair(*random_pair(stamp, height=45, width=61))
+    client.wait_for_stamp(stamp, "mask")
+    mask = client.received["mask"][client.stamps("mask").index(stamp)]
+    assert (mask.height, mask.width) == (45, 61)
     assert client.set_parameters_atomically({"fusion_method": "", "checkpoint": str(all_checkpoints / "early.pt"),
                                              "outputs.fused_image": True}).successful
-    node.wait_for_log("makes no fused image")
     assert client.set_parameters({"outputs.fused_image": False})[0].successful
     client.fresh_stats(predicate=lambda s: s["checkpoint"].endswith("/early.pt"), timeout=30)
     prime(client)
