@@ -697,7 +697,7 @@ def _check_data(config: ExperimentConfig) -> None:
 
 
 def _check_consistency(config: ExperimentConfig) -> None:
-    from rgbd_fusion_seg.models import method_options
+    from rgbd_fusion_seg.models import method_class, method_options
 
     source = config.source
     _check_data(config)
@@ -713,6 +713,13 @@ def _check_consistency(config: ExperimentConfig) -> None:
         )
     if config.model.pretrained and "pretrained" not in accepted:
         raise ConfigError(f"{source}: field 'model.pretrained': method {config.model.method!r} has no pretrained weights")
+    if method_class(config.model.method).expects_unit_rgb and (list(config.data.rgb_mean) != [0.0, 0.0, 0.0]
+                                                               or list(config.data.rgb_std) != [1.0, 1.0, 1.0]):
+        raise ConfigError(
+            f"{source}: fields 'data.rgb_mean' / 'data.rgb_std' are {list(config.data.rgb_mean)} / "
+            f"{list(config.data.rgb_std)}, but method {config.model.method!r} needs RGB in [0, 1] (its fusion loss "
+            "compares images): set rgb_mean [0, 0, 0] and rgb_std [1, 1, 1] (it normalises for its encoder itself)"
+        )
     weights = config.loss.class_weights
     if isinstance(weights, list) and config.data.num_classes is not None and len(weights) != config.data.num_classes:
         raise ConfigError(

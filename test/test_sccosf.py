@@ -302,3 +302,15 @@ def test_trains_on_mm5_with_depth_and_evaluates(tiny_config):
     assert any(key.startswith("reaw.") for key in checkpoint.state_dict)  # trained with the fusion head
     result = evaluate_checkpoint(path, device="cpu")
     assert 0.0 <= result["miou"] <= 1.0 and np.sum(result["confusion_matrix"]) > 0
+
+
+def test_a_checkpoint_serves_anywhere_and_a_config_must_feed_rgb_in_0_1(tiny_config):
+    from rgbd_fusion_seg.models.methods.sccosf import SCCoSF
+    from rgbd_fusion_seg.offline.config import ConfigError
+
+    stored = SCCoSF.serving_options({"encoder": "micro", "scan_backend": "mamba_ssm", "pretrained": True})
+    assert stored == {"encoder": "micro", "scan_backend": "auto", "pretrained": False}
+    model = {"method": "sccosf", "options": {"encoder": "micro"}}
+    with pytest.raises(ConfigError, match=r"data.rgb_mean.*needs RGB in \[0, 1\]"):
+        tiny_config(model=model)  # the tiny config normalises with ImageNet's statistics
+    assert tiny_config(model=model, data={"rgb_mean": [0.0, 0.0, 0.0], "rgb_std": [1.0, 1.0, 1.0]})

@@ -13,12 +13,14 @@
 Class attributes the trainer and the checkpoints read:
 - `architecture_version`: raised whenever a change makes old weights of the method not fit (or fit with a
   different meaning); a checkpoint records it, and one of another version is refused, never half-loaded.
-- `weight_file_options`: options that read pretrained weights from a file, with the value that switches
-  the read off. A checkpoint stores the switched-off values: its state dict already holds every weight,
-  so serving must not need the files (`serving_options`).
+- `weight_file_options`: options that tie a model to the machine it was trained on (a pretrained-weight
+  file to read, a GPU-only kernel), with the value that serves anywhere. A checkpoint stores those
+  values: its state dict already holds every weight, so serving must not need the files (`serving_options`).
 - `serving_extras`: the extras the deploy form can keep on request (SC-CoSF: "fused", its fused image).
 - `published`: the sizes and compute the method's authors report (`PublishedFigures`), which
   `rgbd-fusion-seg bench --published` measures side by side.
+- `expects_unit_rgb`: the method needs RGB in [0, 1] (rgb_mean 0, rgb_std 1); a config that normalises
+  otherwise is refused (SC-CoSF: its fusion loss compares the fused image with the input images).
 - `wants_class_names`: the trainer passes the data set's class names as the `class_names` option (SARTM's
   language-aided distillation embeds them).
 """
@@ -63,6 +65,7 @@ class FusionSegmenter(nn.Module):
     architecture_version: ClassVar[int] = 1
     weight_file_options: ClassVar[dict[str, object]] = {"pretrained": False}
     wants_class_names: ClassVar[bool] = False
+    expects_unit_rgb: ClassVar[bool] = False
     serving_extras: ClassVar[tuple[str, ...]] = ()
     published: ClassVar[tuple[PublishedFigures, ...]] = ()
 

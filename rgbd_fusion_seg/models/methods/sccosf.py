@@ -112,6 +112,9 @@ class SharedConvNeXt(nn.Module):
 class SCCoSF(FusionSegmenter):
     method = "sccosf"
     serving_extras = ("fused",)
+    # A checkpoint serves on any device: the scan backend it was trained with (mamba_ssm on a GPU) is not kept.
+    weight_file_options = {"pretrained": False, "scan_backend": "auto"}
+    expects_unit_rgb = True  # the fusion loss and ReAW read the input images; the encoder normalises itself
     published = (
         PublishedFigures(
             source="SC-CoSF paper, Table 3",
