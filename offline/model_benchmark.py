@@ -402,12 +402,12 @@ def _print_header(settings: dict, args, published: bool) -> None:
 
 
 def _run_scan(args) -> int:
-    from .scan_benchmark import format_scan_table, measure_scan_backends
+    from . import scan_benchmark
 
     device = resolve_device(args.device)
     print(f"# selective scan backends on {_device_name(device)} [{device}], torch {torch.__version__}")
-    results = measure_scan_backends(device, iters=args.iters)
-    for line in format_scan_table(results):
+    results = scan_benchmark.measure_scan_backends(device, sizes=scan_benchmark.DEFAULT_SIZES, iters=args.iters)
+    for line in scan_benchmark.format_scan_table(results):
         print(line)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

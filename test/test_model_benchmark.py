@@ -147,3 +147,16 @@ def test_published_and_option_arguments_are_checked_before_measuring(monkeypatch
         benchmark.run(parse(["--methods", "rgb", "--option", "width", "--device", "cpu"]))
     with pytest.raises(UnknownMethodError, match="no option"):
         benchmark._build(benchmark._jobs(parse(["--methods", "rgb", "--option", "width=3"]))[0])
+
+
+def test_scan_benchmark_prints_every_backend_present(capsys, tmp_path, monkeypatch):
+    from rgbd_fusion_seg.offline import scan_benchmark
+
+    monkeypatch.setattr(scan_benchmark, "DEFAULT_SIZES", (("tiny", 1, 8, 64, 4, 1),))  # quick to time
+    out = tmp_path / "scan.json"
+    assert benchmark.run(parse(["--scan", "--device", "cpu", "--iters", "1", "--json", str(out)])) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads(out.read_text())["scan"]
+    assert {row["backend"] for row in rows} >= {"sequential", "mambapy"}
+    assert all(row["forward_ms"] > 0 for row in rows if row["backend"] in ("sequential", "mambapy"))
+    assert sum(line.startswith("| tiny") for line in printed.splitlines()) == len(rows)
