@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("rgbd_fusion_seg.offline.model_benchmark", "measure inference latency and throughput of the methods"),
     "demo": ("rgbd_fusion_seg.ros.demo", "run the node on a generated RGB-D stream over ROS 2 topics"),
     "bench-node": ("rgbd_fusion_seg.ros.node_benchmark", "measure the node's end-to-end latency over ROS 2 topics"),
+    "export": ("rgbd_fusion_seg.offline.export", "export a checkpoint's deploy form to ONNX, self-describing, to serve"),
     "bag": ("rgbd_fusion_seg.offline.bags.cli", "rosbag2 bags: play, evaluate the node on a bag, export/import data sets"),
 }
 

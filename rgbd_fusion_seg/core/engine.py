@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,10 +41,12 @@ class SegmentationEngine:
 
     `extras`: the method's extra outputs to keep in the deploy form and return (e.g. ("fused",)); a branch
     not asked for is dropped from the network, so it costs nothing.
+    `model`: a network to serve in place of the checkpoint's (an OnnxRuntimeModel: see `from_file`), called
+    like the torch model with tensors on `device`; `backend` says which runs.
     """
 
     def __init__(self, checkpoint: Checkpoint, device: str = "auto", precision: str = "fp32",
-                 extras: tuple[str, ...] = ()):
+                 extras: tuple[str, ...] = (), model=None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         servable = method_class(checkpoint.method).serving_extras
@@ -57,14 +60,26 @@ class SegmentationEngine:
         # Half precision on CPU is slow or unsupported for many kernels: fall back to fp32 there.
         self.precision = precision if self.device.type == "cuda" else "fp32"
         # channels_last: oneDNN's and cuDNN's fast convolution layout (forward ~20 % faster on the CPU here)
-        self.model = (checkpoint.build_model().deploy(keep_extras=self.extras).eval()
-                      .to(self.device, memory_format=torch.channels_last))
+        self.model = model if model is not None else (checkpoint.build_model().deploy(keep_extras=self.extras)
+                                                      .eval().to(self.device, memory_format=torch.channels_last))
+        self.backend = getattr(model, "backend", "torch")
         self._mask_dtype = np.uint8 if checkpoint.num_classes <= 256 else np.uint16
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, device: str = "auto", precision: str = "fp32",
-                  extras: tuple[str, ...] = ()) -> "SegmentationEngine":
-        return cls(load_checkpoint(path), device=device, precision=precision, extras=extras)
+                  extras: tuple[str, ...] = (), tensorrt_cache: str | os.PathLike | None = None) -> "SegmentationEngine":
+        """A `.pt` checkpoint served by PyTorch, or an exported `.onnx` file by ONNX Runtime (its providers
+        chosen by `device`, TensorRT first on CUDA when `tensorrt_cache` names a folder for its engines)."""
+        if Path(path).suffix.lower() != ".onnx":
+            return cls(load_checkpoint(path), device=device, precision=precision, extras=extras)
+        from .onnx_model import OnnxRuntimeModel  # onnxruntime is needed only for .onnx files
+
+        if precision != "fp32" or extras:
+            raise ValueError(f"{path}: an exported ONNX file runs in fp32 with logits only (asked for precision "
+                             f"{precision!r}, extras {list(extras)}); serve the .pt checkpoint for those")
+        model = OnnxRuntimeModel(path, device=device, tensorrt_cache=tensorrt_cache)
+        # ONNX Runtime takes and gives CPU tensors, whatever device it runs on: pre/post-processing stay there
+        return cls(model.checkpoint, device="cpu", model=model)
 
     @property
     def method(self) -> str:

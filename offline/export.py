@@ -1,0 +1,193 @@
+"""`rgbd-fusion-seg export CHECKPOINT --format onnx`: the deploy form as an ONNX file that alone is enough to serve.
+
+    rgbd-fusion-seg export runs/mm5_mid_RGB1/best.pt --format onnx [--out mid.onnx] [--opset 18] [--fixed-size]
+
+The graph takes `rgb` (Nx3xHxW, normalised as the checkpoint's preprocessing does) and `aux` (Nx1xHxW in
+[0, 1]) and gives `logits` (NxCxHxW), with batch, height and width dynamic; the checkpoint's description
+(core/onnx_model.py's docstring lists it) is stored as JSON in the file's metadata. The deploy form has no
+extra outputs (SC-CoSF's fused image is not exported).
+
+Every export is checked before it is written: ONNX Runtime runs the graph at sizes other than the one it was
+traced at and its logits must match PyTorch's deploy form within PARITY_TOLERANCE, because an exporter
+silently freezes any size the model computes in Python (a loop over a sequence length, a branch on a pad
+being zero). A method whose graph does not hold at other sizes is refused with that reason; `--fixed-size`
+exports it at the checkpoint's own input size instead (the engine resizes every image to it anyway).
+
+The file is written atomically (a temporary file beside it, renamed): a failed export leaves nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rgbd_fusion_seg.core.checkpoint import Checkpoint, load_checkpoint
+from rgbd_fusion_seg.core.onnx_model import INPUT_NAMES, METADATA_KEY, ONNX_FORMAT, OUTPUT_NAME
+from rgbd_fusion_seg.models import method_class
+
+FORMATS = ("onnx",)
+DEFAULT_OPSET = 18  # the lowest opset torch's dynamo exporter writes natively (it converts down otherwise)
+# Odd at every stride-2 level (129, 65, 33, 17, 9, 5, 3) and no multiple of 32: every size-dependent pad or
+# crop in the methods (fit_to, pad_to_multiple, SAM2's window padding) is traced in its general form. At a
+# "round" size the exporter would keep only the no-pad branch, and other sizes would fail or be wrong.
+TRACE_SIZE = (129, 129)
+# (batch, height, width) checked after export: other sizes than the trace's, odd and even, and batch 2.
+CHECK_SHAPES = ((1, 64, 96), (2, 61, 90))
+PARITY_TOLERANCE = 1e-4  # max |logit difference|, times max(1, largest |logit|)
+
+
+class ExportError(ValueError):
+    """A checkpoint that cannot be exported (the method, and why)."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    parity: dict[str, float]  # "NxHxW" -> max |logit difference| to PyTorch at that shape
+    dynamic_size: bool
+
+
+class _LogitsOnly(nn.Module):
+    """The deploy form with a tensor output (exporters take tensors, not SegOutput)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, rgb: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
+        return self.model(rgb, aux).logits
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint written by `train` (last.pt / best.pt)")
+    parser.add_argument("--format", choices=FORMATS, default="onnx", help="export format (default: onnx)")
+    parser.add_argument("--out", help="output file (default: the checkpoint's path with .onnx)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
+    parser.add_argument("--fixed-size", action="store_true",
+                        help="export at the checkpoint's input size only, for a method whose graph depends on "
+                             "the size (the default exports any height and width)")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
+    result = export_onnx(args.checkpoint, out, opset=args.opset, fixed_size=args.fixed_size)
+    sizes = "any height and width" if result.dynamic_size else "the checkpoint's input size only"
+    parity = ", ".join(f"{shape}: {diff:.1e}" for shape, diff in result.parity.items())
+    print(f"wrote {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB, {sizes}); "
+          f"max |logit difference| to PyTorch: {parity}")
+    return 0
+
+
+def export_onnx(checkpoint_path: str | os.PathLike, out: str | os.PathLike, opset: int = DEFAULT_OPSET,
+                fixed_size: bool = False) -> ExportResult:
+    checkpoint = load_checkpoint(checkpoint_path)
+    size = _trace_size(checkpoint, fixed_size)
+    torch.manual_seed(0)  # the example and check inputs
+    network = _LogitsOnly(checkpoint.build_model().deploy().eval())
+    with tempfile.TemporaryDirectory(prefix="rgbd_fusion_seg_export_") as folder:
+        graph = _export_graph(network, checkpoint.method, size, Path(folder) / "graph.onnx", opset, fixed_size)
+    checks = ((1, *size),) if fixed_size else CHECK_SHAPES
+    parity = {"x".join(map(str, shape)): _check_parity(network, graph, shape, checkpoint.method) for shape in checks}
+    description = describe(checkpoint, opset, size, dynamic_size=not fixed_size, parity=parity)
+    graph.metadata_props.add(key=METADATA_KEY, value=json.dumps(description))
+    path = Path(out)
+    _write_atomically(graph, path)
+    return ExportResult(path, parity, not fixed_size)
+
+
+def _trace_size(checkpoint: Checkpoint, fixed_size: bool) -> tuple[int, int]:
+    if not fixed_size:
+        return TRACE_SIZE
+    if checkpoint.preprocessing.input_size is None:
+        raise ExportError(f"--fixed-size needs a checkpoint with an input size; method {checkpoint.method!r}'s "
+                          "checkpoint keeps each image's own size (preprocessing.input_size is null)")
+    return tuple(checkpoint.preprocessing.input_size)
+
+
+def _export_graph(network: nn.Module, method: str, size: tuple[int, int], file: Path, opset: int, fixed_size: bool):
+    """Trace with torch.export (the dynamo exporter): unlike the TorchScript one it keeps nn.MultiheadAttention's
+    shapes symbolic (the attention method) and keeps inputs the graph does not read (the rgb method's aux)."""
+    import onnx
+
+    dims = {0: torch.export.Dim.DYNAMIC} if fixed_size else {axis: torch.export.Dim.DYNAMIC for axis in (0, 2, 3)}
+    example = (torch.randn(2, 3, *size), torch.rand(2, 1, *size))  # batch 2: a traced 1 would be frozen
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation and tracing chatter
+            torch.onnx.export(network, example, str(file), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                              opset_version=opset, dynamo=True, dynamic_shapes={"rgb": dims, "aux": dims},
+                              verbose=False, report=False)
+    except Exception as error:  # torch.export and the converter raise many types
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ExportError(f"method {method!r} cannot be exported to ONNX: {reason}") from error
+    return onnx.load(str(file))
+
+
+def _check_parity(network: nn.Module, graph, shape: tuple[int, int, int], method: str) -> float:
+    """Max |logit difference| between ONNX Runtime and PyTorch at `shape`; ExportError beyond the tolerance."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    batch, height, width = shape
+    rgb, aux = torch.randn(batch, 3, height, width), torch.rand(batch, 1, height, width)
+    with torch.inference_mode():
+        expected = network(rgb, aux).numpy()
+    try:
+        (logits,) = session.run([OUTPUT_NAME], {"rgb": rgb.numpy(), "aux": aux.numpy()})
+    except Exception as error:  # onnxruntime's own exception types
+        reason = str(error).strip().splitlines()[0]
+        raise ExportError(f"method {method!r} cannot be exported with dynamic height and width: the graph fails "
+                          f"at {height}x{width} ({reason}); try --fixed-size") from None
+    difference = float(np.abs(logits - expected).max()) if logits.shape == expected.shape else float("inf")
+    if not difference <= PARITY_TOLERANCE * max(1.0, float(np.abs(expected).max())):
+        raise ExportError(f"method {method!r} cannot be exported with dynamic height and width: at {height}x{width} "
+                          f"its ONNX logits differ from PyTorch's by up to {difference:.2g} (a size computed in "
+                          "Python was frozen at trace time); try --fixed-size")
+    return difference
+
+
+def describe(checkpoint: Checkpoint, opset: int, size: tuple[int, int], dynamic_size: bool,
+             parity: dict[str, float]) -> dict:
+    """The metadata stored in the file (see core/onnx_model.py): a checkpoint's description, without weights."""
+    import onnx
+
+    return {
+        "format": ONNX_FORMAT,
+        "model": {"method": checkpoint.method, "options": dict(checkpoint.options),
+                  "num_classes": checkpoint.num_classes,
+                  "architecture": method_class(checkpoint.method).architecture_version},
+        "classes": list(checkpoint.classes),
+        "palette": [list(map(int, c)) for c in checkpoint.palette],
+        "preprocessing": checkpoint.preprocessing.to_dict(),
+        "data": checkpoint.data,
+        "metrics": checkpoint.metrics,
+        "dynamic_size": dynamic_size,
+        "traced_size": list(size),
+        "exporter": {"path": "torch.onnx.export(dynamo=True)", "opset": opset, "torch": torch.__version__,
+                     "onnx": onnx.__version__},
+        "parity": parity,
+    }
+
+
+def _write_atomically(graph, path: Path) -> None:
+    """A temporary file beside `path`, flushed to disk, then renamed; on any failure nothing is left."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(graph.SerializeToString())  # one file: the deploy forms are far below protobuf's 2 GiB
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; the file is an ordinary model file
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
