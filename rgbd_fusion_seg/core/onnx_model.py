@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..models.base import SegOutput
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, CheckpointError
 from .preprocessing import Preprocessing
 
 METADATA_KEY = "rgbd_fusion_seg"
@@ -36,8 +36,9 @@ INPUT_NAMES = ("rgb", "aux")
 OUTPUT_NAME = "logits"
 
 
-class OnnxModelError(ValueError):
-    """An .onnx file that is missing, not ONNX, not written by `rgbd-fusion-seg export`, or cannot run here."""
+class OnnxModelError(CheckpointError):
+    """An .onnx file that is missing, not ONNX, not written by `rgbd-fusion-seg export`, or cannot run here (a
+    CheckpointError, so whoever handles a bad checkpoint handles a bad exported file alike)."""
 
 
 def _require(module: str):
