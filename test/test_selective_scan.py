@@ -187,8 +187,8 @@ def test_unknown_backend_lists_the_backends():
 
 
 def test_scan_benchmark_times_every_backend_and_formats_a_table(monkeypatch):
-    from offline import scan_benchmark
-    from offline.scan_benchmark import format_scan_table, measure_scan_backends
+    from rgbd_fusion_seg.offline import scan_benchmark
+    from rgbd_fusion_seg.offline.scan_benchmark import format_scan_table, measure_scan_backends
 
     monkeypatch.setattr(scan_benchmark, "SEQUENTIAL_MAX_LENGTH", 32)
     sizes = (("short", 1, 8, 16, 4, 1), ("long", 1, 4, 33, 2, 2))
