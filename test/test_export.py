@@ -29,9 +29,10 @@ METHODS = {
     "sccosf": {"encoder": "micro", "d_state": 4, "blocks_per_stage": 1, "reaw_width": 8},
     "sartm": {"encoder": "micro", "class_names": CLASSES, "text_standin": True},
 }
-# sccosf is left out: its dynamic-size export did not finish within 12 minutes here (torch.export's symbolic
-# shape reasoning through mambapy's parallel scan); docs/export.md says what is known.
-EXPORTED = [method for method in METHODS if method != "sccosf"]
+# Left out, not yet exported: the dynamo trace of sccosf (in mambapy's parallel scan) and of sartm (in SAM2's
+# Hiera) did not finish within 12 minutes here; docs/export.md says what is known of each.
+NOT_YET = ("sccosf", "sartm")
+EXPORTED = [method for method in METHODS if method not in NOT_YET]
 SIZES = [(64, 96), (61, 90)]  # camera sizes served at their own size; both differ from the trace size
 AUX = AuxNormalisation("depth", "m", 0.0, 5.0)
 
