@@ -172,16 +172,9 @@ def describe(checkpoint: Checkpoint, opset: int, size: tuple[int, int], dynamic_
     """The metadata stored in the file (see core/onnx_model.py): a checkpoint's description, without weights."""
     import onnx
 
-    return {
+    without_weights = {k: v for k, v in checkpoint.to_dict().items() if k not in ("state_dict", "train_state")}
+    return without_weights | {
         "format": ONNX_FORMAT,
-        "model": {"method": checkpoint.method, "options": dict(checkpoint.options),
-                  "num_classes": checkpoint.num_classes,
-                  "architecture": method_class(checkpoint.method).architecture_version},
-        "classes": list(checkpoint.classes),
-        "palette": [list(map(int, c)) for c in checkpoint.palette],
-        "preprocessing": checkpoint.preprocessing.to_dict(),
-        "data": checkpoint.data,
-        "metrics": checkpoint.metrics,
         "dynamic_size": dynamic_size,
         "traced_size": list(size),
         "exporter": {"path": "torch.onnx.export(dynamo=True)", "opset": opset, "torch": torch.__version__,
