@@ -44,11 +44,18 @@ ROSDEP_KEYS = {
     "torchmetrics": "python3-torchmetrics-pip",
     "rosbags": "python3-rosbags-pip",
     "rosbags_image": "python3-rosbags-pip",
+    "timm": "python3-timm-pip",
+    "mambapy": "python3-mambapy-pip",
+    "sam2": "python3-rf-sam-2-pip",
+    "open_clip": "python3-open-clip-torch-pip",
+    "onnx": "python3-onnx-pip",
+    "onnxruntime": "python3-onnxruntime-pip",
 }
 # Submodules that pull in another distribution of their own.
 SUBMODULE_KEYS = {"torch.utils.tensorboard": "tensorboard"}
 # Imported only by tests or developer tools, never at run time by the installed package.
-NOT_RUNTIME = {"pytest"}
+# mamba_ssm: SC-CoSF's optional CUDA scan, imported only when installed (the README's GPU extra).
+NOT_RUNTIME = {"pytest", "mamba_ssm"}
 
 
 def _package_xml() -> ET.Element:

@@ -405,7 +405,7 @@ def test_parameter_table_is_the_contract():
         "checkpoint": "", "fusion_method": "", "checkpoint_dir": "", "modality": "", "device": "auto",
         "precision": "fp32", "sync.queue_size": 10, "sync.slop": 0.05, "sync.exact": False,
         "qos.profile": "sensor_data", "qos.depth": 5, "transport.rgb": "raw", "transport.aux": "raw",
-        "outputs.overlay": False, "outputs.confidence": False,
+        "outputs.overlay": False, "outputs.confidence": False, "outputs.fused_image": False,
         "overlay_alpha": 0.5, "depth_scale": 0.001, "aux_range": [], "stats_period": 5.0, "no_pair_timeout": 5.0,
     }
     assert {s.name for s in params.PARAMETERS if s.read_only} == {"qos.profile", "qos.depth", "transport.rgb",
