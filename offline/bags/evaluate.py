@@ -79,6 +79,7 @@ class Recorded:
     played: dict = field(default_factory=dict)  # colour stamp -> (colour played ns, pair completed ns)
     frames: dict = field(default_factory=dict)  # topic -> frames played
     warm_up_answers: int = 0
+    other_outputs: dict = field(default_factory=dict)  # output topic other than ~/mask -> colour stamps seen
 
 
 def check_bag(bag, rgb_topic: str, aux_topic: str, label_topic: str | None) -> dict:
@@ -179,6 +180,8 @@ class Recorder:
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         node = session.node
         for name in OUTPUTS if overlay else OUTPUTS[:2]:
+            if name != "mask":
+                self.recorded.other_outputs[f"{NODE}/{name}"] = set()
             node.create_subscription(Image, f"{NODE}/{name}", self._callback(f"{NODE}/{name}"), qos, raw=True)
         node.create_subscription(DiagnosticStatus, f"{NODE}/stats", self._on_stats, qos)
 
@@ -197,6 +200,9 @@ class Recorder:
                 mask = np.array(pixels(msg, topic)[0])
                 with self.recorded.lock:
                     self.recorded.masks[stamp_ns(msg)] = (int(info["source_timestamp"]), received, mask)
+            else:
+                with self.recorded.lock:
+                    self.recorded.other_outputs[topic].add(stamp_ns(msg))
 
         return on_output
 
@@ -209,8 +215,11 @@ class Recorder:
             return any(s.get("model", "none") != "none" for s in self.recorded.stats)
 
     def answered(self, stamps) -> int:
+        """How many of `stamps` every recorded output has answered (the node publishes the mask first, and
+        the colour mask may arrive after it: waiting on the masks alone could close the bag before it)."""
         with self.recorded.lock:
-            return sum(1 for s in stamps if s in self.recorded.masks)
+            return sum(1 for s in stamps if s in self.recorded.masks
+                       and all(s in seen for seen in self.recorded.other_outputs.values()))
 
 
 def send_warm_up(player: Player, bag, rgb_topic: str, aux_topic: str, recorded: Recorded, node, timeout: float) -> int:
