@@ -19,7 +19,9 @@ which does not change the cost of any of these networks.
 (each method's `published` figures: RSFNet's Table III pairs, SC-CoSF's Table 3 at 600x800, the MM5 study's
 code), each at its own input size and class count, and prints them side by side with the differences.
 `--option KEY=VALUE` builds the methods measured with that option (e.g. `--methods sartm --option
-encoder=tiny`); `--scan` times the selective-scan backends (SC-CoSF) instead of the methods.
+encoder=tiny`); `--scan` times the selective-scan backends (SC-CoSF) instead of the methods; `--backends`
+serves one method every way the engine can (eager, fast path, compile, bf16, ONNX Runtime, TensorRT) side by
+side (backend_benchmark.py).
 """
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ import yaml
 from rgbd_fusion_seg.models import available_methods, build_model, method_options
 from rgbd_fusion_seg.models.base import PublishedFigures
 from rgbd_fusion_seg.models.registry import method_class
+
+from . import backend_benchmark
 
 MM5_NUM_CLASSES = 32
 MIB = 1024 * 1024
@@ -72,6 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measure the configurations the methods' authors report (none named: every method "
                              "that has them), each at its published size, beside the published figures")
     parser.add_argument("--scan", action="store_true", help="time the selective-scan backends (SC-CoSF) instead")
+    parser.add_argument("--backends", nargs="*", default=None, metavar="ROW",
+                        help="instead: serve one method (default mid) every way the engine can, side by side (rows: "
+                             "eager fast compile bf16 fp16 onnxruntime tensorrt; none named: all)")
+    backend_benchmark.add_arguments(parser)
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures to this JSON file")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -338,6 +346,8 @@ def _jobs(args) -> list[Job]:
 def run(args) -> int:
     if args.scan:
         return _run_scan(args)
+    if args.backends is not None:
+        return backend_benchmark.run(args)
     device = resolve_device(args.device)
     jobs = _jobs(args)
     if min(args.iters, *args.size, args.train_batch, *args.train_size) < 1 or args.warmup < 0 or args.train_iters < 0:

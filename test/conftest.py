@@ -18,6 +18,12 @@ REALDATA_VARIABLE = "RGBD_FUSION_SEG_REALDATA"
 PST900_FRAMES = ("pst900_rgb.png", "pst900_thermal_mono8.png")
 NOT_RUN = pytest.StashKey[list]()
 
+# Fast DDS's shared-memory transport: a participant killed mid-write (a node subprocess that a test SIGKILLs)
+# can leave a segment in /dev/shm inconsistent, and a process still listening on it may then abort inside Fast
+# DDS's receive thread (eProsima/Fast-DDS#6501, ros2/launch_ros#562), which kills the whole test run (a CI run
+# aborted so). Loopback UDP shares no such state; every node the tests start inherits this environment.
+os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "UDPv4")
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")

@@ -6,14 +6,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 from rgbd_fusion_seg.core.checkpoint import Checkpoint
 from rgbd_fusion_seg.core.engine import SegmentationEngine
 from rgbd_fusion_seg.core.palette import colourise, default_palette
-from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing, prepare_inputs
-from rgbd_fusion_seg.models import build_model
+from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
+from rgbd_fusion_seg.offline.backend_benchmark import fitted_model, plain_masks
 
 NUM_CLASSES = 9
 METHODS = {
@@ -25,34 +23,9 @@ METHODS = {
 SIZES = [((64, 96), (120, 160)), ((61, 90), (61, 90)), (None, (50, 70))]
 
 
-def plain_masks(model, preprocessing: Preprocessing, rgb: np.ndarray, aux: np.ndarray) -> np.ndarray:
-    """The straightforward path: NCHW throughout, int64 ids."""
-    rgb_in, aux_in = prepare_inputs(rgb, aux, preprocessing)
-    with torch.inference_mode():
-        logits = model(torch.from_numpy(rgb_in)[None], torch.from_numpy(aux_in)[None]).logits
-        logits = F.interpolate(logits.float(), size=rgb.shape[:2], mode="bilinear", align_corners=False)
-    return logits[0].argmax(dim=0).numpy()
-
-
-def fitted_model(method: str):
-    """A model fitted for a few steps to labels that follow the aux image: an untrained network mostly gives
-    one class everywhere, and a constant mask would compare nothing."""
-    torch.manual_seed(0)
-    model = build_model(method, NUM_CLASSES, **METHODS[method]).train()
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
-    rgb, aux = torch.randn(2, 3, 32, 48), torch.rand(2, 1, 32, 48)
-    label = (aux[:, 0] * NUM_CLASSES).long().clamp(max=NUM_CLASSES - 1)
-    for _ in range(6):
-        loss = F.cross_entropy(model(rgb, aux).logits, label)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    return model.eval()
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_fast_path_masks_are_bit_identical_to_the_plain_path(method):
-    model = fitted_model(method)
+    model = fitted_model(method, NUM_CLASSES, METHODS[method])
     checkpoint = Checkpoint(method, NUM_CLASSES, [f"c{i}" for i in range(NUM_CLASSES)], default_palette(NUM_CLASSES),
                             Preprocessing(), model.state_dict(), options=METHODS[method])
     engine = SegmentationEngine(checkpoint, device="cpu")
@@ -80,3 +53,51 @@ def test_lut_colour_mask_equals_the_table_lookup():
     np.testing.assert_array_equal(colourise(mask[:, ::2], palette), table[mask[:, ::2]])  # a strided view
     wide = mask.astype(np.uint16) * 40  # ids beyond 255 take NumPy's path
     assert colourise(wide, default_palette(300)).shape == (48, 64, 3)
+
+
+def _engine(method="rgb", **options):
+    model = fitted_model(method, NUM_CLASSES, METHODS[method])
+    preprocessing = Preprocessing(input_size=(32, 48), aux=AuxNormalisation("depth", "m", 0.0, 5.0))
+    checkpoint = Checkpoint(method, NUM_CLASSES, [f"c{i}" for i in range(NUM_CLASSES)], default_palette(NUM_CLASSES),
+                            preprocessing, model.state_dict(), options=METHODS[method])
+    return SegmentationEngine(checkpoint, device="cpu", **options), model, preprocessing
+
+
+def test_a_network_that_does_not_compile_is_served_eagerly_and_says_why(monkeypatch):
+    import torch
+
+    def broken_compile(model, **options):
+        def fails(*args):
+            raise RuntimeError("inductor: no C++ compiler")
+        return fails
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    engine, model, preprocessing = _engine(compile=True)
+    assert engine.backend == "torch (compiled)"
+    engine.warm_up(32, 48)
+    assert engine.backend == "torch" and "torch.compile failed (RuntimeError: inductor: no C++ compiler)" in engine.compile_note
+    assert "serving eagerly" in engine.describe_runtime()
+    rgb, aux = np.full((40, 56, 3), 90, np.uint8), np.linspace(0, 5, 40 * 56, dtype=np.float32).reshape(40, 56)
+    np.testing.assert_array_equal(engine.predict(rgb, aux).mask, plain_masks(model.deploy(), preprocessing, rgb, aux))
+
+
+def test_precision_runs_as_asked_or_says_why():
+    from rgbd_fusion_seg.core.engine import cpu_has_native_bf16
+
+    fp16, _, _ = _engine(precision="fp16")
+    assert fp16.precision == "fp32" and "a CPU emulates half precision" in fp16.describe_runtime()
+    bf16, _, _ = _engine(precision="bf16")
+    assert bf16.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert ("no bf16 instructions" in bf16.precision_note) != cpu_has_native_bf16()
+
+
+@pytest.mark.slow
+def test_compiled_network_gives_the_masks_of_the_plain_path():
+    engine, model, preprocessing = _engine(compile=True)
+    engine.warm_up(32, 48)
+    assert engine.backend == "torch (compiled)" and engine.compile_note == "", engine.compile_note
+    rng = np.random.default_rng(3)
+    rgb, aux = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8), rng.random((40, 56), dtype=np.float32) * 5.0
+    reference = plain_masks(model.deploy(), preprocessing, rgb, aux)
+    assert len(np.unique(reference)) > 1
+    assert np.mean(engine.predict(rgb, aux).mask == reference) >= 0.999  # inductor may reorder float sums

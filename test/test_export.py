@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from rgbd_fusion_seg.core.checkpoint import Checkpoint, save_checkpoint
 from rgbd_fusion_seg.core.engine import SegmentationEngine
@@ -19,6 +18,7 @@ from rgbd_fusion_seg.core.onnx_model import (METADATA_KEY, OnnxModelError, OnnxR
 from rgbd_fusion_seg.core.palette import default_palette
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 from rgbd_fusion_seg.models import build_model, method_class
+from rgbd_fusion_seg.offline.backend_benchmark import fitted_model
 from rgbd_fusion_seg.offline.cli import main
 from rgbd_fusion_seg.offline.export import NOT_EXPORTABLE, TRACE_SIZE, ExportError, export_onnx
 
@@ -42,27 +42,8 @@ AUX = AuxNormalisation("depth", "m", 0.0, 5.0)
 
 
 def fitted_checkpoint(method: str, preprocessing: Preprocessing) -> Checkpoint:
-    """A model fitted for a few steps to labels that follow the aux image (an untrained network mostly gives
-    one class everywhere, and a constant mask would compare nothing)."""
-    torch.manual_seed(0)
-    model = build_model(method, NUM_CLASSES, **METHODS[method]).train()
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
-    rgb, aux = torch.randn(2, 3, 32, 48), torch.rand(2, 1, 32, 48)
-    label = (aux[:, 0] * NUM_CLASSES).long().clamp(max=NUM_CLASSES - 1)
-    for _ in range(5):
-        loss = F.cross_entropy(model(rgb, aux).logits, label)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    # Running statistics of five steps make eval-mode logits huge (ONNX and PyTorch then differed by 0.03, float32
-    # rounding at that scale) and 1e-4 would mean nothing: re-estimate them as exact averages, so the logits
-    # keep the training scale.
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None
-    with torch.no_grad():
-        model(rgb, aux)
+    """A checkpoint of `fitted_model` (its masks are not constant, and its logits keep the training scale)."""
+    model = fitted_model(method, NUM_CLASSES, METHODS[method])
     return Checkpoint(method, NUM_CLASSES, CLASSES, default_palette(NUM_CLASSES), preprocessing,
                       model.state_dict(), options=METHODS[method], data={"dataset": "test"})
 

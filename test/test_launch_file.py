@@ -26,7 +26,7 @@ LAUNCH_FILE = REPO / "launch" / "segment.launch.py"
 CONFIG_FILE = REPO / "config" / "segment.yaml"
 FAKE_SHARE = "/opt/fake_ws/install/rgbd_fusion_seg/share/rgbd_fusion_seg"
 EXPECTED_ARGUMENTS = {
-    "fusion_method", "checkpoint", "checkpoint_dir", "modality", "device", "rgb_topic", "aux_topic",
+    "fusion_method", "checkpoint", "checkpoint_dir", "modality", "device", "backend", "rgb_topic", "aux_topic",
     "params_file", "namespace", "use_sim_time",
 }
 # Parameters every rclpy node declares itself.

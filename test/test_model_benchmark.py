@@ -160,3 +160,36 @@ def test_scan_benchmark_prints_every_backend_present(capsys, tmp_path, monkeypat
     assert {row["backend"] for row in rows} >= {"sequential", "mambapy"}
     assert all(row["forward_ms"] > 0 for row in rows if row["backend"] in ("sequential", "mambapy"))
     assert sum(line.startswith("| tiny") for line in printed.splitlines()) == len(rows)
+
+
+@pytest.mark.slow
+def test_backends_side_by_side_in_one_run(tmp_path, capsys):
+    from rgbd_fusion_seg.core.engine import cpu_has_native_bf16
+
+    out = tmp_path / "backends.json"
+    args = parse(["--backends", "eager", "fast", "bf16", "fp16", "onnxruntime", "tensorrt", "--methods", "rgb",
+                  "--device", "cpu", "--size", "32", "48", "--frame", "40", "56", "--iters", "2", "--warmup", "1",
+                  "--json", str(out)])
+    assert benchmark.run(args) == 0
+    printed = capsys.readouterr().out
+    [figures] = json.loads(out.read_text())["backends"]
+    rows = {row["row"]: row for row in figures["rows"]}
+    assert list(rows) == ["eager", "fast", "bf16", "fp16", "onnxruntime", "tensorrt"]
+    assert rows["eager"]["agreement"] == 1.0 and rows["fast"]["agreement"] == 1.0  # the fast path is exact
+    assert rows["onnxruntime"]["agreement"] >= 0.999
+    assert rows["onnxruntime"]["backend"] == "onnxruntime (CPUExecutionProvider)"
+    assert "a CPU emulates half precision" in rows["fp16"]["not_here"]
+    assert rows["tensorrt"]["not_here"] == "TensorRT runs on CUDA only"
+    if cpu_has_native_bf16():
+        assert rows["bf16"]["agreement"] > 0.9  # bf16 rounds some logits: near, not equal
+    else:
+        assert "no bf16 instructions" in rows["bf16"]["not_here"]
+    for row in (r for r in rows.values() if "not_here" not in r):
+        assert row["p90_ms"] >= row["p50_ms"] > 0 and row["images_per_s"] > 0 and row["peak_mib"] > 0
+        assert f"\n{row['row']:<12} " in printed
+    assert figures["settings"]["cpu_peak_gflops"] > 0 and "fp32 peak through oneDNN" in printed
+
+
+def test_an_unknown_backend_row_is_refused_with_the_rows():
+    with pytest.raises(ValueError, match=r"unknown row warp.*rows: eager, fast, compile"):
+        benchmark.run(parse(["--backends", "warp", "--methods", "rgb", "--device", "cpu"]))

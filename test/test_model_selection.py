@@ -1,5 +1,6 @@
 """Model selection without ROS: which file a configuration serves, each file read once, and when to load."""
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -50,7 +51,7 @@ def test_a_runtime_checkpoint_matching_fusion_method_is_read_once(files):
     """The old node read this file three times on the executor thread for one request."""
     early = files.add("early.pt", "early")
     choice = choose(files, config(checkpoint=early, fusion_method="early"), {"checkpoint", "fusion_method"})
-    assert choice.summary.path == early and choice.device == "cpu"
+    assert choice.summary.path == early and choice.runtime.device == "cpu"
     assert files.reads == {early: 1}
 
 
@@ -134,7 +135,7 @@ def test_needs_load_only_for_another_target_or_a_file_asked_for_again(files):
     assert needs_load(choice, None, {"device"})
     assert not needs_load(choice, choice.target, {"modality"})
     assert needs_load(choice, choice.target, {"checkpoint"})
-    assert needs_load(choice, (choice.target[0], "cuda", "fp32"), {"device"})
+    assert needs_load(choice, (choice.target[0], replace(choice.runtime, device="cuda"), ()), {"device"})
 
 
 def test_read_checkpoint_summary_reads_a_real_file_once(tmp_path):
@@ -144,3 +145,37 @@ def test_read_checkpoint_summary_reads_a_real_file_once(tmp_path):
     assert summary.weights_problem is None and summary.require(method="mid", modality="depth") is summary
     misfit = read_checkpoint_summary(make_checkpoint(tmp_path / "misfit.pt", "mid", num_classes_in_weights=6))
     assert "weights do not fit method 'mid' with 4 classes" in misfit.weights_problem
+
+
+def test_the_backend_follows_the_file_and_refuses_what_it_cannot_serve(files):
+    mid, mid_onnx = files.add("mid.pt", "mid"), files.add("exported.onnx", "mid")
+    assert choose(files, config(checkpoint=mid), {"checkpoint"}).runtime.backend_for(mid) == "torch"
+    assert choose(files, config(checkpoint=mid_onnx), {"checkpoint"}).runtime.backend_for(mid_onnx) == "onnxruntime"
+    onnx_for_pt = choose(files, config(checkpoint=mid, backend="onnxruntime"), {"checkpoint", "backend"})
+    assert onnx_for_pt.runtime.backend_for(mid) == "onnxruntime"  # exported when it loads
+    with pytest.raises(CheckpointError, match=r"exported.onnx is an exported ONNX file.*set backend to onnxruntime"):
+        choose(files, config(checkpoint=mid_onnx, backend="torch"), {"backend"})
+    with pytest.raises(CheckpointError, match=r"fp32 logits only; precision bf16 and compile need backend torch"):
+        choose(files, config(checkpoint=mid, backend="onnxruntime", precision="bf16", compile=True), {"backend"})
+    sccosf = files.add("sccosf.pt", "sccosf")
+    with pytest.raises(CheckpointError, match=r"method 'sccosf' cannot be served by onnxruntime.*use backend torch"):
+        choose(files, config(checkpoint=sccosf, backend="onnxruntime"), {"backend"})
+    with pytest.raises(CheckpointError, match=r"the fused output need backend torch"):
+        choose(files, config(checkpoint=sccosf, backend="onnxruntime", **{"outputs.fused_image": True}), {"backend"})
+
+
+def test_fusion_method_finds_an_exported_file_when_there_is_no_checkpoint(files):
+    early = files.add("early.pt", "early")
+    late_onnx = files.add("late.onnx", "late")
+    choice = choose(files, config(checkpoint=early, fusion_method="late"), {"fusion_method"})
+    assert choice.summary.path == late_onnx and choice.runtime.backend_for(late_onnx) == "onnxruntime"
+    with pytest.raises(ValueError, match=r"no checkpoint .*mid.pt \(nor .onnx\)"):
+        choose(files, config(checkpoint=early, fusion_method="mid"), {"fusion_method"})
+
+
+def test_a_backend_or_runtime_change_is_another_target(files):
+    mid = files.add("mid.pt", "mid")
+    torch_choice = choose(files, config(checkpoint=mid), {"checkpoint"})
+    for change in ({"backend": "onnxruntime"}, {"compile": True}, {"tensorrt_cache_dir": "/tmp/trt"}):
+        other = choose(files, config(checkpoint=mid, **change), set(change))
+        assert other.target != torch_choice.target and needs_load(other, torch_choice.target, set(change))

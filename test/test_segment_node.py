@@ -266,6 +266,52 @@ def test_runtime_switch_to_sccosf_and_sartm_and_the_fused_image(node, client, al
     prime(client)
 
 
+def _mask_of(client, stamp):
+    msg = client.received["mask"][client.stamps("mask").index(stamp)]
+    return np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width)
+
+
+def test_runtime_backend_switch_onnxruntime_and_precision(node, client, checkpoints, tmp_path):
+    from rgbd_fusion_seg.core.engine import cpu_has_native_bf16
+
+    def same_images(stamp):
+        return random_pair(stamp, height=40, width=56, seed=7)
+
+    stamp = next_stamp()
+    send_and_wait(client, *same_images(stamp), stamp)
+    torch_mask = _mask_of(client, stamp)
+
+    # The .pt checkpoint by ONNX Runtime: exported on the loader thread into the cache, then served.
+    cache = tmp_path / "onnx_cache"
+    assert client.set_parameters_atomically({"backend": "onnxruntime", "onnx_cache_dir": str(cache)}).successful
+    stats = client.fresh_stats(predicate=lambda s: s["backend"].startswith("onnxruntime"), timeout=180)
+    assert stats["backend"] == "onnxruntime (CPUExecutionProvider)" and stats["checkpoint"].endswith("/early.pt")
+    [exported] = cache.glob("early-*.onnx")
+    node.wait_for_log(f"exported to {exported}")
+    stamp = next_stamp()
+    send_and_wait(client, *same_images(stamp), stamp)
+    assert np.mean(_mask_of(client, stamp) == torch_mask) >= 0.999
+
+    # Refused, the exported model serving on: what ONNX Runtime cannot do, and a torch backend for an .onnx file.
+    [refused] = client.set_parameters({"precision": "bf16"})
+    assert not refused.successful and "fp32 logits only; precision bf16" in refused.reason
+    assert client.set_parameters_atomically({"checkpoint": str(exported), "backend": "auto"}).successful
+    client.fresh_stats(predicate=lambda s: s["checkpoint"].endswith(".onnx"), timeout=60)
+    [refused] = client.set_parameters({"backend": "torch"})
+    assert not refused.successful and "is an exported ONNX file" in refused.reason
+
+    # Back to PyTorch, in bf16 where this CPU has bf16 instructions (and saying fp32 runs where it has not).
+    back = {"checkpoint": str(checkpoints / "early.pt"), "precision": "bf16"}
+    assert client.set_parameters_atomically(back).successful
+    stats = client.fresh_stats(predicate=lambda s: s["checkpoint"].endswith("/early.pt"), timeout=60)
+    assert stats["backend"] == "torch" and stats["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
+    if not cpu_has_native_bf16():
+        node.wait_for_log("this CPU has no bf16 instructions")
+    assert client.set_parameters({"precision": "fp32"})[0].successful
+    client.fresh_stats(predicate=lambda s: s["precision"] == "fp32", timeout=60)
+    prime(client)
+
+
 def test_runtime_output_and_sync_changes_apply(node, client):
     results = client.set_parameters({"outputs.overlay": False, "sync.slop": 0.02, "aux_range": [0.0, 10.0],
                                      "stats_period": 0.4})
@@ -403,7 +449,8 @@ def test_parameter_table_is_the_contract():
 
     assert params.defaults() == {
         "checkpoint": "", "fusion_method": "", "checkpoint_dir": "", "modality": "", "device": "auto",
-        "precision": "fp32", "sync.queue_size": 10, "sync.slop": 0.05, "sync.exact": False,
+        "precision": "fp32", "backend": "auto", "compile": False, "onnx_cache_dir": "", "tensorrt_cache_dir": "",
+        "sync.queue_size": 10, "sync.slop": 0.05, "sync.exact": False,
         "qos.profile": "sensor_data", "qos.depth": 5, "transport.rgb": "raw", "transport.aux": "raw",
         "outputs.overlay": False, "outputs.confidence": False, "outputs.fused_image": False,
         "overlay_alpha": 0.5, "depth_scale": 0.001, "aux_range": [], "stats_period": 5.0, "no_pair_timeout": 5.0,
@@ -486,12 +533,12 @@ def test_worker_newest_pair_wins_and_survives_errors():
 def test_background_loader_loads_the_newest_request():
     import threading
 
-    from rgbd_fusion_seg.ros.model_serving import BackgroundLoader, LoadRequest
+    from rgbd_fusion_seg.ros.model_serving import BackgroundLoader, LoadRequest, Runtime
 
     gate = threading.Event()
     loaded, failed, calls = [], [], []
 
-    def load(path, device, precision, aux_range, extras=()):
+    def load(path, runtime, aux_range, extras=()):
         calls.append(path)
         gate.wait(5)
         if path == "broken":
@@ -501,14 +548,14 @@ def test_background_loader_loads_the_newest_request():
     loader = BackgroundLoader(lambda r, m: loaded.append(m), lambda r, e: failed.append(str(e)), load=load)
     try:
         for generation, path in enumerate(["a", "b", "c"], start=1):
-            loader.request(LoadRequest(generation, path, "cpu", "fp32", (), "test"))
+            loader.request(LoadRequest(generation, path, Runtime(device="cpu"), (), "test"))
             time.sleep(0.05)
         gate.set()
         deadline = time.monotonic() + 5
         while len(loaded) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert calls == ["a", "c"] and loaded == ["model:a", "model:c"]  # b was replaced before it started
-        loader.request(LoadRequest(4, "broken", "cpu", "fp32", (), "test"))
+        loader.request(LoadRequest(4, "broken", Runtime(device="cpu"), (), "test"))
         while not failed and time.monotonic() < deadline:
             time.sleep(0.01)
         assert failed == ["cannot"]

@@ -29,6 +29,25 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matrix instructions, which make bf16 autocast faster than fp32 (emulated
+    bf16, on AVX512 alone, is slower). torch exposes the check only as these private helpers."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_precision(device: torch.device, precision: str) -> tuple[str, str]:
+    """The precision that runs on `device` when `precision` is asked for, and why, when they differ."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if device.type == "cuda" or precision == "fp32":
+        return precision, ""
+    if precision == "bf16":
+        if cpu_has_native_bf16():
+            return "bf16", ""
+        return "fp32", "bf16 was asked for, but this CPU has no bf16 instructions (AVX512-BF16 or AMX): running fp32"
+    return "fp32", "fp16 was asked for, but a CPU emulates half precision, slower than fp32: running fp32"
+
+
 @dataclass
 class Prediction:
     mask: np.ndarray  # HxW class ids at the colour image's size (uint8, or uint16 beyond 255 classes)
@@ -43,12 +62,14 @@ class SegmentationEngine:
     not asked for is dropped from the network, so it costs nothing.
     `model`: a network to serve in place of the checkpoint's (an OnnxRuntimeModel: see `from_file`), called
     like the torch model with tensors on `device`; `backend` says which runs.
+    `precision`: the autocast precision asked for; `self.precision` is the one that runs and `precision_note`
+    says why when they differ (fp16 on a CPU, bf16 on a CPU without bf16 instructions).
+    `compile`: torch.compile the network; it compiles at the first `predict` (`warm_up`), and a network that
+    does not compile is served eagerly, with the reason in `compile_note`.
     """
 
     def __init__(self, checkpoint: Checkpoint, device: str = "auto", precision: str = "fp32",
-                 extras: tuple[str, ...] = (), model=None):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+                 extras: tuple[str, ...] = (), model=None, compile: bool = False):
         servable = method_class(checkpoint.method).serving_extras
         unknown = [name for name in extras if name not in servable]
         if unknown:
@@ -57,29 +78,56 @@ class SegmentationEngine:
         self.extras = tuple(extras)
         self.checkpoint = checkpoint
         self.device = resolve_device(device)
-        # Half precision on CPU is slow or unsupported for many kernels: fall back to fp32 there.
-        self.precision = precision if self.device.type == "cuda" else "fp32"
+        self.precision, self.precision_note = resolve_precision(self.device, precision)
         # channels_last: oneDNN's and cuDNN's fast convolution layout (forward ~20 % faster on the CPU here)
         self.model = model if model is not None else (checkpoint.build_model().deploy(keep_extras=self.extras)
                                                       .eval().to(self.device, memory_format=torch.channels_last))
         self.backend = getattr(model, "backend", "torch")
+        self.compile_note = ""
+        self._eager_model = self.model
+        if compile:
+            if model is not None:
+                raise ValueError(f"compile applies to the torch backend only, not {self.backend}")
+            self.model = torch.compile(self.model, dynamic=False)  # the engine feeds one input size
+            self.backend = "torch (compiled)"
         self._mask_dtype = np.uint8 if checkpoint.num_classes <= 256 else np.uint16
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, device: str = "auto", precision: str = "fp32",
-                  extras: tuple[str, ...] = (), tensorrt_cache: str | os.PathLike | None = None) -> "SegmentationEngine":
+                  extras: tuple[str, ...] = (), compile: bool = False,
+                  tensorrt_cache: str | os.PathLike | None = None) -> "SegmentationEngine":
         """A `.pt` checkpoint served by PyTorch, or an exported `.onnx` file by ONNX Runtime (its providers
         chosen by `device`, TensorRT first on CUDA when `tensorrt_cache` names a folder for its engines)."""
         if Path(path).suffix.lower() != ".onnx":
-            return cls(load_checkpoint(path), device=device, precision=precision, extras=extras)
+            return cls(load_checkpoint(path), device=device, precision=precision, extras=extras, compile=compile)
         from .onnx_model import OnnxRuntimeModel  # onnxruntime is needed only for .onnx files
 
-        if precision != "fp32" or extras:
-            raise ValueError(f"{path}: an exported ONNX file runs in fp32 with logits only (asked for precision "
-                             f"{precision!r}, extras {list(extras)}); serve the .pt checkpoint for those")
+        if precision != "fp32" or extras or compile:
+            raise ValueError(f"{path}: an exported ONNX file runs in fp32 with logits only, uncompiled (asked for "
+                             f"precision {precision!r}, extras {list(extras)}, compile {compile}); serve the .pt "
+                             "checkpoint with the torch backend for those")
         model = OnnxRuntimeModel(path, device=device, tensorrt_cache=tensorrt_cache)
         # ONNX Runtime takes and gives CPU tensors, whatever device it runs on: pre/post-processing stay there
         return cls(model.checkpoint, device="cpu", model=model)
+
+    def warm_up(self, height: int, width: int) -> None:
+        """One prediction on blank images (compiling a compiled network); a network that fails to compile is
+        served eagerly from then on, and `compile_note` says why."""
+        rgb, aux = np.zeros((height, width, 3), np.uint8), np.zeros((height, width), np.float32)
+        try:
+            self.predict(rgb, aux)
+        except Exception as error:  # torch.compile raises many types (dynamo, inductor, the C++ compiler)
+            if self.model is self._eager_model:
+                raise
+            self.model, self.backend = self._eager_model, "torch"
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            self.compile_note = f"torch.compile failed ({type(error).__name__}: {reason}): serving eagerly"
+            self.predict(rgb, aux)
+
+    def describe_runtime(self) -> str:
+        """Backend, device and precision as they run, with why they differ from what was asked for."""
+        notes = "; ".join(note for note in (self.precision_note, self.compile_note) if note)
+        return f"{self.backend} on {self.device} ({self.precision})" + (f" [{notes}]" if notes else "")
 
     @property
     def method(self) -> str:

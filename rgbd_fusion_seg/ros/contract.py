@@ -73,7 +73,8 @@ TOPICS: tuple[TopicSpec, ...] = (
               OUTPUT_QOS_TEXT, ("outputs.fused_image", True)),
     TopicSpec("out", "~/stats", "diagnostic_msgs/msg/DiagnosticStatus",
               "every `stats_period`: latency p50/p90/p99 (colour stamp -> publish), processing p50/p90/p99 (pair "
-              "completed -> publish, needs no shared clock), rate, pairs, drops, bad input, model, device",
+              "completed -> publish, needs no shared clock), rate, pairs, drops, bad input, model, device, backend and "
+              "precision as they run",
               OUTPUT_QOS_TEXT),
 )
 IMAGE_OUTPUTS_NOTE = "Every image output carries the colour image's header (stamp and frame_id)."

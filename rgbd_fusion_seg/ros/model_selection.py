@@ -1,7 +1,7 @@
 """Which checkpoint file a configuration of the node serves, and whether serving it needs a (re)load.
 
-The node asks this for every model parameter change (`checkpoint`, `fusion_method`, `checkpoint_dir`,
-`modality`, `device`, `precision`, `outputs.fused_image`) and at start. A set-parameters request must be answered at once, accepted
+The node asks this for every model parameter change (`params.MODEL_PARAMETERS`: the file, the method, the
+modality, the backend and where and how it runs, `outputs.fused_image`) and at start. A set-parameters request must be answered at once, accepted
 or refused with the reason, so the files are inspected while it waits; each file is read once per decision
 (memory-mapped: names and shapes, not the weights), and the full load runs later on the loader thread.
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from . import parameters as params
-from .model_serving import CheckpointSummary, read_checkpoint_summary
+from .model_serving import CheckpointSummary, Runtime, check_runtime, read_checkpoint_summary
 
 # Asking for one of these again reloads the file, even when it is the one being served.
 RELOAD_PARAMETERS = frozenset({"checkpoint", "fusion_method"})
@@ -22,17 +22,22 @@ RELOAD_PARAMETERS = frozenset({"checkpoint", "fusion_method"})
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """The checkpoint a configuration serves, checked against it, and where it runs."""
+    """The checkpoint a configuration serves, checked against it, and how it runs."""
 
     summary: CheckpointSummary
-    device: str
-    precision: str
+    runtime: Runtime
     extras: tuple[str, ...] = ()  # extra outputs kept in the deploy form
 
     @property
     def target(self) -> tuple:
         """What identifies a served model: two choices with the same target serve the same engine."""
-        return os.path.abspath(self.summary.path), self.device, self.precision, self.extras
+        return os.path.abspath(self.summary.path), self.runtime, self.extras
+
+
+def runtime_from(config: Mapping) -> Runtime:
+    return Runtime(backend=config["backend"], device=config["device"], precision=config["precision"],
+                   compile=config["compile"], tensorrt_cache=config["tensorrt_cache_dir"],
+                   onnx_cache=config["onnx_cache_dir"])
 
 
 class _Inspections:
@@ -83,7 +88,9 @@ def choose_model(config: Mapping, changed: set[str], *, serving: bool, startup: 
             raise ValueError("checkpoint '' would leave nothing to serve; set another checkpoint instead")
         return None
     summary = inspect(path).require(method=method or None, modality=modality)
-    return ModelChoice(summary, config["device"], config["precision"], served_extras(config, summary.method))
+    choice = ModelChoice(summary, runtime_from(config), served_extras(config, summary.method))
+    check_runtime(summary, choice.runtime, choice.extras)
+    return choice
 
 
 def served_extras(config: Mapping, method: str) -> tuple[str, ...]:
@@ -96,7 +103,8 @@ def served_extras(config: Mapping, method: str) -> tuple[str, ...]:
 
 
 def _model_path(config: Mapping, inspect: _Inspections) -> str | None:
-    """The file to serve: the checkpoint, unless fusion_method names another method (<folder>/<method>.pt)."""
+    """The file to serve: the checkpoint, unless fusion_method names another method (<folder>/<method>.pt, or
+    the exported <folder>/<method>.onnx when there is no .pt)."""
     checkpoint, method, folder = config["checkpoint"], config["fusion_method"], config["checkpoint_dir"]
     if not method:
         return checkpoint or None
@@ -109,13 +117,13 @@ def _model_path(config: Mapping, inspect: _Inspections) -> str | None:
     folder = folder or (os.path.dirname(os.path.abspath(checkpoint)) if checkpoint else "")
     if not folder:
         raise ValueError(f"fusion_method {method!r} needs checkpoint_dir (or a checkpoint beside the <method>.pt files)")
-    path = os.path.join(folder, f"{method}.pt")
-    if not os.path.isfile(path):
-        raise ValueError(f"fusion_method {method!r}: no checkpoint {path}")
-    return path
+    for path in (os.path.join(folder, f"{method}{suffix}") for suffix in (".pt", ".onnx")):
+        if os.path.isfile(path):
+            return path
+    raise ValueError(f"fusion_method {method!r}: no checkpoint {os.path.join(folder, method)}.pt (nor .onnx)")
 
 
 def needs_load(choice: ModelChoice, current_target: tuple | None, changed: set[str]) -> bool:
-    """Whether serving `choice` means loading it: another file, device, precision or set of extra outputs, or
-    a file asked for again."""
+    """Whether serving `choice` means loading it: another file, runtime (backend, device, precision, ...) or
+    set of extra outputs, or a file asked for again."""
     return choice.target != current_target or bool(changed & RELOAD_PARAMETERS)

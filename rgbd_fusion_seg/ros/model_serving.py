@@ -3,7 +3,10 @@
 - `read_checkpoint_summary` / `inspect_checkpoint`: a cheap check that a checkpoint file can be served (format,
   method, modality, and whether its weights fit the method), memory-mapped so the weights are not read;
   `CheckpointSummary.require` matches one read against a method and a modality.
-- `ServedModel` and `load_served_model`: the full load that builds the engine, replaced whole, never mutated.
+- `Runtime`: how a file is served (backend, device, precision, compile, the ONNX and TensorRT caches), and
+  `check_runtime`, the cheap check that a file can be served so.
+- `ServedModel` and `load_served_model`: the full load that builds the engine, replaced whole, never mutated;
+  a `.pt` checkpoint served by ONNX Runtime is exported first (`exported_for_serving`, cached by content).
 - `BackgroundLoader`: a daemon thread that loads the newest requested model (`LoadRequest`) and hands it over;
   the caller swaps it in, so the old model serves until then.
 
@@ -12,6 +15,7 @@ Which file a configuration serves is `model_selection.py`.
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,6 +41,10 @@ class CheckpointSummary:
     unit: str
     uses_aux: bool
     weights_problem: str | None = None  # why the weights do not fit the method, when they do not
+
+    @property
+    def is_onnx(self) -> bool:
+        return is_onnx_file(self.path)
 
     def require(self, *, method: str | None = None, modality: str | None = None) -> "CheckpointSummary":
         """This summary if the file can serve `method` / `modality` (None: any); else CheckpointError."""
@@ -93,12 +101,24 @@ def _weights_fit(method: str, num_classes: int, options: dict, state_dict: dict)
     return None
 
 
+def is_onnx_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() == ".onnx"
+
+
 def read_checkpoint_summary(path: str | os.PathLike) -> CheckpointSummary:
     """Read a checkpoint cheaply: memory-mapped, so the weights are not read, only their names and shapes
-    compared with the method's. Raises CheckpointError for a file that is no servable checkpoint at all."""
+    compared with the method's; an exported `.onnx` file's description from its metadata (the graph is
+    checked by ONNX Runtime at load). Raises CheckpointError for a file that is no servable model at all."""
     from ..core.checkpoint import CheckpointError, check_architecture, read_checkpoint_dict
 
     path = Path(path)
+    if is_onnx_file(path):
+        from ..core.onnx_model import checkpoint_from_description, read_onnx_description
+
+        described = checkpoint_from_description(read_onnx_description(path))
+        aux = described.preprocessing.aux
+        return CheckpointSummary(str(path), described.method, described.num_classes, aux.modality, aux.unit,
+                                 _method_uses_aux(described.method))
     raw = read_checkpoint_dict(path, mmap=True)
     check_architecture(raw, path)
     try:
@@ -121,6 +141,76 @@ def inspect_checkpoint(path: str | os.PathLike, *, method: str | None = None, mo
 
 
 @dataclass(frozen=True)
+class Runtime:
+    """How a model file is served. `backend` auto: ONNX Runtime for an exported `.onnx` file, PyTorch for a
+    checkpoint; onnxruntime for a checkpoint exports it first (into `onnx_cache`, '' = `default_onnx_cache()`).
+    `tensorrt_cache` ('' = none): ONNX Runtime tries TensorRT first on CUDA, keeping its engines there."""
+
+    backend: str = "auto"
+    device: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
+    tensorrt_cache: str = ""
+    onnx_cache: str = ""
+
+    def backend_for(self, path: str | os.PathLike) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "onnxruntime" if is_onnx_file(path) else "torch"
+
+
+def check_runtime(summary: CheckpointSummary, runtime: Runtime, extras: tuple[str, ...] = ()) -> None:
+    """CheckpointError with the reason when `summary`'s file cannot be served with `runtime` (cheap: no load)."""
+    from ..core.checkpoint import CheckpointError
+
+    backend = runtime.backend_for(summary.path)
+    if backend == "torch":
+        if summary.is_onnx:
+            raise CheckpointError(f"{summary.path} is an exported ONNX file, served by ONNX Runtime: set backend "
+                                  "to onnxruntime or auto, or serve its .pt checkpoint")
+        return
+    asked = [what for what, wrong in (
+        (f"precision {runtime.precision}", runtime.precision != "fp32"), ("compile", runtime.compile),
+        (f"the {', '.join(extras)} output", bool(extras))) if wrong]
+    if asked:
+        raise CheckpointError(f"backend onnxruntime serves the exported fp32 logits only; {' and '.join(asked)} "
+                              "need backend torch")
+    if not summary.is_onnx:
+        from ..offline.export import NOT_EXPORTABLE
+
+        if summary.method in NOT_EXPORTABLE:
+            raise CheckpointError(f"method {summary.method!r} cannot be served by onnxruntime: it does not export "
+                                  f"to ONNX yet ({NOT_EXPORTABLE[summary.method]}); use backend torch")
+
+
+def default_onnx_cache() -> Path:
+    """Where checkpoints served by ONNX Runtime are exported: $ROS_HOME/rgbd_fusion_seg/onnx (ROS_HOME
+    defaults to ~/.ros, as in ROS 2)."""
+    return Path(os.environ.get("ROS_HOME") or Path.home() / ".ros") / "rgbd_fusion_seg" / "onnx"
+
+
+def exported_for_serving(checkpoint_path: str | os.PathLike, cache: str | os.PathLike) -> Path:
+    """`checkpoint_path` exported to ONNX in `cache`, named by its content: exported once, then reused (an
+    export takes seconds to minutes). A damaged cached file is exported again."""
+    from ..core.onnx_model import OnnxModelError, read_onnx_description
+    from ..offline.export import export_onnx
+
+    digest = hashlib.sha256()
+    with open(checkpoint_path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    exported = Path(cache) / f"{Path(checkpoint_path).stem}-{digest.hexdigest()[:16]}.onnx"
+    if exported.is_file():
+        try:
+            read_onnx_description(exported)
+            return exported
+        except OnnxModelError:
+            pass
+    export_onnx(checkpoint_path, exported)  # atomic: a failed export leaves no file behind
+    return exported
+
+
+@dataclass(frozen=True)
 class ServedModel:
     """The engine being served plus what the node needs around it. Replaced whole, never mutated."""
 
@@ -132,8 +222,8 @@ class ServedModel:
     uses_aux: bool
     palette: np.ndarray  # num_classes x 3 uint8
     base_preprocessing: Preprocessing  # the checkpoint's own, before any aux_range override
-    device: str
-    precision: str
+    runtime: Runtime  # as asked for; the engine says how it runs
+    exported_to: str = ""  # the ONNX file ONNX Runtime runs, when it was exported from `path` for serving
 
     @property
     def aux_range(self) -> tuple[float, float]:
@@ -155,25 +245,34 @@ class ServedModel:
     def describe(self) -> str:
         low, high = self.aux_range
         return (
-            f"method {self.method!r} from {self.path} on {self.engine.device} ({self.engine.precision}); "
+            f"method {self.method!r} from {self.path}"
+            + (f" (exported to {self.exported_to})" if self.exported_to else "")
+            + f" by {self.engine.describe_runtime()}; "
             f"{self.engine.checkpoint.num_classes} classes; aux {self.modality} in {self.unit} [{low:g}, {high:g}]"
             + ("" if self.uses_aux else " (aux not used by this method)")
             + "".join(f"; serving its {name} output" for name in self.engine.extras)
         )
 
 
-def load_served_model(path: str, device: str = "auto", precision: str = "fp32", aux_range=(),
-                      warm_up: bool = True, extras: tuple[str, ...] = ()) -> ServedModel:
-    """Load a checkpoint fully and build its engine (deploy form with `extras` kept, on `device`); one
-    warm-up pass by default.
+def load_served_model(path: str, runtime: Runtime = Runtime(), aux_range=(), warm_up: bool = True,
+                      extras: tuple[str, ...] = ()) -> ServedModel:
+    """Load a model file fully and build its engine (deploy form with `extras` kept, as `runtime` says); one
+    warm-up pass by default (which also compiles, with `runtime.compile`).
 
-    Raises CheckpointError (missing, unreadable, weights that do not fit) or ValueError (device, precision).
+    Raises CheckpointError (missing, unreadable, weights that do not fit, an export that fails) or ValueError
+    (device, precision).
     """
-    from ..core.checkpoint import CheckpointError, load_checkpoint
+    from ..core.checkpoint import CheckpointError
     from ..core.engine import SegmentationEngine
 
-    checkpoint = load_checkpoint(path)
-    engine = SegmentationEngine(checkpoint, device=device, precision=precision, extras=extras)
+    exported = ""
+    served_file = path
+    if runtime.backend_for(path) == "onnxruntime" and not is_onnx_file(path):
+        served_file = exported = str(exported_for_serving(path, runtime.onnx_cache or default_onnx_cache()))
+    engine = SegmentationEngine.from_file(served_file, device=runtime.device, precision=runtime.precision,
+                                          extras=extras, compile=runtime.compile,
+                                          tensorrt_cache=runtime.tensorrt_cache or None)
+    checkpoint = engine.checkpoint
     # The network holds the weights now: keep the description, drop the second copy of the state dict.
     engine.checkpoint = replace(checkpoint, state_dict={}, train_state=None)
     spec = checkpoint.preprocessing
@@ -186,15 +285,14 @@ def load_served_model(path: str, device: str = "auto", precision: str = "fp32", 
         uses_aux=_method_uses_aux(checkpoint.method),
         palette=np.asarray(checkpoint.palette, np.uint8).reshape(-1, 3),
         base_preprocessing=spec,
-        device=device,
-        precision=precision,
+        runtime=runtime,
+        exported_to=exported,
     )
     if aux_range:
         served = served.with_aux_range(aux_range)
     if warm_up:
-        height, width = spec.input_size or (240, 320)
         try:
-            engine.predict(np.zeros((height, width, 3), np.uint8), np.zeros((height, width), np.float32))
+            engine.warm_up(*(spec.input_size or (240, 320)))
         except PreprocessingError as error:
             raise CheckpointError(f"checkpoint {path}: warm-up inference failed: {error}") from None
     return served
@@ -204,8 +302,7 @@ def load_served_model(path: str, device: str = "auto", precision: str = "fp32", 
 class LoadRequest:
     generation: int
     path: str
-    device: str
-    precision: str
+    runtime: Runtime
     aux_range: tuple[float, ...]
     reason: str  # what asked for it, for the log
     extras: tuple[str, ...] = ()  # the method's extra outputs to serve (SC-CoSF's "fused")
@@ -233,6 +330,5 @@ class BackgroundLoader:
         self._worker.stop(timeout)
 
     def _load_one(self, request: LoadRequest) -> None:
-        served = self._load(request.path, request.device, request.precision, request.aux_range,
-                            extras=request.extras)
+        served = self._load(request.path, request.runtime, request.aux_range, extras=request.extras)
         self._on_loaded(request, served)

@@ -25,6 +25,7 @@ from typing import Any, Callable
 QOS_PROFILES = ("sensor_data", "reliable", "system_default")
 MODALITIES = ("", "depth", "thermal")
 PRECISIONS = ("fp32", "fp16", "bf16")
+BACKENDS = ("auto", "torch", "onnxruntime")
 # image_transport's names: the topic is the base name, or `<base>/<transport>` carrying sensor_msgs/CompressedImage
 TRANSPORTS = ("raw", "compressed", "compressedDepth")
 COLOUR_TRANSPORTS = ("raw", "compressed")
@@ -171,8 +172,8 @@ SECTION_NOTES = {
 
 PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("checkpoint", "string", "",
-                  "Checkpoint to serve (.pt written by `rgbd-fusion-seg train`); it carries the method, classes, "
-                  "palette and preprocessing. Changing it at runtime loads the new file in the background (the old "
+                  "Model file to serve: a .pt checkpoint written by `rgbd-fusion-seg train`, or a .onnx file "
+                  "written by `rgbd-fusion-seg export`; either carries the method, classes, palette and preprocessing. Changing it at runtime loads the new file in the background (the old "
                   "model serves until then); a file that cannot be served is refused. Empty: the node runs idle "
                   "until one is set.",
                   validate=_existing_file, constraints="'' or a checkpoint file", section=MODEL, launch_argument=True),
@@ -194,8 +195,25 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "Inference device: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N. A CUDA device this "
                   "machine lacks is refused.",
                   validate=_device, constraints="auto, cpu, cuda, cuda:N", section=MODEL, launch_argument=True),
-    ParameterSpec("precision", "string", "fp32", "Inference precision on CUDA (the CPU always runs fp32).",
+    ParameterSpec("precision", "string", "fp32",
+                  "Inference precision (torch backend): fp32, or fp16/bf16 autocast. On a CPU, bf16 runs where the "
+                  "CPU has bf16 instructions (AVX512-BF16 or AMX) and fp16 never; the log and ~/stats say which "
+                  "precision runs and why.",
                   validate=_one_of(PRECISIONS), section=MODEL),
+    ParameterSpec("backend", "string", "auto",
+                  "What runs the network: torch, onnxruntime, or auto (ONNX Runtime for an exported .onnx file, "
+                  "PyTorch for a .pt checkpoint). onnxruntime with a .pt checkpoint exports it first (once, into "
+                  "onnx_cache_dir); it serves fp32 logits only. Switched at runtime like the method.",
+                  validate=_one_of(BACKENDS), section=MODEL, launch_argument=True),
+    ParameterSpec("compile", "bool", False,
+                  "torch backend: torch.compile the network (compiled while loading, minutes on a CPU; a network "
+                  "that does not compile is served eagerly and the log says why).", section=MODEL),
+    ParameterSpec("onnx_cache_dir", "string", "",
+                  "Where .pt checkpoints served by onnxruntime are exported, named by their content and reused. "
+                  "Empty: $ROS_HOME/rgbd_fusion_seg/onnx (ROS_HOME defaults to ~/.ros).", section=MODEL),
+    ParameterSpec("tensorrt_cache_dir", "string", "",
+                  "onnxruntime on CUDA: try TensorRT first and keep its engines in this folder (building them "
+                  "takes minutes, once). Empty: no TensorRT (CUDA, then the CPU).", section=MODEL),
     ParameterSpec("sync.queue_size", "integer", 10, "Messages of each stream kept while waiting for a partner.",
                   validate=Bounds(1, 300, "each queued message is a whole image; 300 is 10 s at 30 Hz, longer than a "
                                   "partner is worth waiting for", integer=True), section=PAIRING),
@@ -251,7 +269,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
 PARAMETERS_BY_NAME: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
 # Parameters whose change means serving a different engine (loaded in the background).
 MODEL_PARAMETERS = frozenset({"checkpoint", "fusion_method", "checkpoint_dir", "modality", "device", "precision",
-                              "outputs.fused_image"})
+                              "backend", "compile", "onnx_cache_dir", "tensorrt_cache_dir", "outputs.fused_image"})
 SYNC_PARAMETERS = frozenset({"sync.queue_size", "sync.slop", "sync.exact"})
 
 

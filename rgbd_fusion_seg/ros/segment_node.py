@@ -168,7 +168,7 @@ class SegmentNode(Node):
         self._served: ServedModel | None = None
         self._served_lock = threading.Lock()
         self._generation = 0
-        self._target: tuple | None = None  # (path, device, precision, extras) last asked for
+        self._target: tuple | None = None  # ModelChoice.target last asked for
         self._idle_reason = "no model loaded yet"
         self._shutting_down = False
         self._publishing = threading.Lock()  # held by the worker while it publishes; `shutdown` waits for it
@@ -329,15 +329,17 @@ class SegmentNode(Node):
         self._generation += 1
         self._target = choice.target
         what = ", ".join(sorted(explicit & params.MODEL_PARAMETERS)) or "start"
-        return LoadRequest(self._generation, choice.summary.path, choice.device, choice.precision,
-                           tuple(config["aux_range"]), reason=what, extras=choice.extras)
+        return LoadRequest(self._generation, choice.summary.path, choice.runtime, tuple(config["aux_range"]),
+                           reason=what, extras=choice.extras)
 
     # ---- model loading --------------------------------------------------------------------------------
 
     def _request_load(self, request: LoadRequest) -> None:
         serving = f"; {self._served.method!r} serves until it is ready" if self._served else ""
+        runtime = request.runtime
+        backend = runtime.backend_for(request.path) + (" (compiled)" if runtime.compile else "")
         self._log.info(
-            f"loading {request.path} on {request.device} ({request.precision}) in the background "
+            f"loading {request.path} with {backend} on {runtime.device} ({runtime.precision}) in the background "
             f"[{request.reason}]{serving}"
         )
         self._load_started = time.monotonic()
@@ -625,6 +627,8 @@ class SegmentNode(Node):
             "lost_in_transport_rgb": str(self._counters["lost_rgb"]),
             "lost_in_transport_aux": str(self._counters["lost_aux"]),
             "device": str(served.engine.device) if served else "",
+            "backend": served.engine.backend if served else "",
+            "precision": served.engine.precision if served else "",
         }
 
     def _publish_stats(self) -> None:

@@ -1,0 +1,267 @@
+"""`rgbd-fusion-seg bench --backends`: one method served every way the engine can, side by side in one run.
+
+Each row times the engine's whole `predict` on camera frames (preprocessing, network, upsampling, argmax,
+the mask copied back), batch 1, the network at `--size`, the frames at `--frame`:
+
+    eager        PyTorch eager in NCHW with int64 ids: the plain path the fast path replaced; parity reference
+    fast         the engine's default: channels_last network and post-processing (masks bit-identical)
+    compile      the fast path under torch.compile (its compile time is reported apart)
+    bf16         the fast path under bf16 autocast (CUDA, or a CPU with bf16 instructions)
+    fp16         the fast path under fp16 autocast (CUDA only)
+    onnxruntime  the exported file (`rgbd-fusion-seg export`) by ONNX Runtime: CPU, or CUDA on a GPU
+    tensorrt     the exported file by ONNX Runtime's TensorRT provider (CUDA with TensorRT only), fp32
+
+Columns: latency p50/p90 (ms), images/s (1000 / mean ms), the share of mask pixels equal to eager's, the
+network's GFLOP/s at p50 (its FLOPs over the whole predict), and peak memory: on a CPU the process's peak
+resident set while the row ran (VmHWM, reset before each row), on CUDA the peak allocated by torch. A row
+that cannot run here says why instead. On a CPU, the header gives the machine's measured fp32 peak through
+oneDNN (a large 1x1 convolution), so each row's GFLOP/s reads as a share of what the CPU can do.
+
+The weights are fitted for a few steps to labels that follow the aux image (`fitted_model`): an untrained
+network gives one class nearly everywhere, and agreement on a constant mask would compare nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rgbd_fusion_seg.core.checkpoint import Checkpoint, save_checkpoint
+from rgbd_fusion_seg.core.engine import Prediction, SegmentationEngine, resolve_device
+from rgbd_fusion_seg.core.palette import default_palette
+from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing, prepare_inputs
+from rgbd_fusion_seg.models import build_model
+
+ROWS = ("eager", "fast", "compile", "bf16", "fp16", "onnxruntime", "tensorrt")
+NUM_CLASSES = 9
+AUX = AuxNormalisation("depth", "m", 0.0, 5.0)
+MIB = 1024 * 1024
+
+
+class NotHere(Exception):
+    """A row this machine cannot run, and why."""
+
+
+def fitted_model(method: str, num_classes: int = NUM_CLASSES, options: dict | None = None, steps: int = 5):
+    """`method` fitted for `steps` Adam steps on two random 32x48 pairs to labels that follow the aux image,
+    in eval mode. Its batch-norm statistics are re-estimated as exact averages over those inputs: running
+    averages of five steps make eval-mode logits huge, where float32 rounding alone separates backends."""
+    torch.manual_seed(0)
+    model = build_model(method, num_classes, **(options or {})).train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    rgb, aux = torch.randn(2, 3, 32, 48), torch.rand(2, 1, 32, 48)
+    label = (aux[:, 0] * num_classes).long().clamp(max=num_classes - 1)
+    for _ in range(steps):
+        loss = F.cross_entropy(model(rgb, aux).logits, label)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average
+    with torch.no_grad():
+        model(rgb, aux)
+    return model.eval()
+
+
+def plain_masks(model, preprocessing: Preprocessing, rgb: np.ndarray, aux: np.ndarray) -> np.ndarray:
+    """The straightforward path: NCHW throughout, int64 ids (what the engine did before its fast path)."""
+    rgb_in, aux_in = prepare_inputs(rgb, aux, preprocessing)
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(rgb_in)[None], torch.from_numpy(aux_in)[None]).logits
+        logits = F.interpolate(logits.float(), size=rgb.shape[:2], mode="bilinear", align_corners=False)
+    return logits[0].argmax(dim=0).numpy()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of this mode, for `bench --backends` (model_benchmark.py owns the shared ones)."""
+    parser.add_argument("--frame", nargs=2, type=int, default=[480, 640], metavar=("H", "W"),
+                        help="with --backends: camera frame size (default: 480 640)")
+
+
+def _peak_rss_reset() -> None:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process (Linux: /proc/self/clear_refs, value 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        return None
+    return None
+
+
+def cpu_peak_gflops(repeats: int = 10) -> float:
+    """fp32 GFLOP/s of a 1x1 convolution 512 -> 512 over 1x512x64x64 in channels_last (oneDNN): the most
+    this CPU's convolutions reach, measured, as the yardstick for each row (p50 of `repeats`)."""
+    conv = torch.nn.Conv2d(512, 512, 1, bias=False).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(1, 512, 64, 64).contiguous(memory_format=torch.channels_last)
+    flops = 2 * 512 * 512 * 64 * 64
+    times = []
+    with torch.inference_mode():
+        for index in range(repeats + 3):
+            start = time.perf_counter()
+            conv(x)
+            if index >= 3:
+                times.append(time.perf_counter() - start)
+    return flops / float(np.median(times)) / 1e9
+
+
+class _EagerEngine:
+    """The plain path (`plain_masks`, on `device`) behind the engine's `predict` interface."""
+
+    backend = "torch (plain NCHW)"
+
+    def __init__(self, deployed, preprocessing: Preprocessing, device: torch.device):
+        self.model, self.preprocessing, self.device = deployed.to(device), preprocessing, device
+
+    def predict(self, rgb, aux) -> Prediction:
+        rgb_in, aux_in = prepare_inputs(rgb, aux, self.preprocessing)
+        with torch.inference_mode():
+            output = self.model(torch.from_numpy(rgb_in)[None].to(self.device),
+                                torch.from_numpy(aux_in)[None].to(self.device))
+            logits = F.interpolate(output.logits.float(), size=rgb.shape[:2], mode="bilinear", align_corners=False)
+            return Prediction(logits[0].argmax(dim=0).cpu().numpy(), None)
+
+
+def _engine_for(row: str, checkpoint_path: Path, deployed, preprocessing: Preprocessing, device: torch.device,
+                folder: Path):
+    """The engine of `row`, warmed up, and how long building it took beyond loading (compile, export)."""
+    height, width = preprocessing.input_size
+    start = time.perf_counter()
+    if row == "eager":
+        engine = _EagerEngine(deployed, preprocessing, device)
+    elif row in ("onnxruntime", "tensorrt"):
+        if row == "tensorrt" and device.type != "cuda":
+            raise NotHere("TensorRT runs on CUDA only")
+        from rgbd_fusion_seg.offline.export import export_onnx
+
+        onnx_path = folder / "model.onnx"
+        if not onnx_path.exists():
+            export_onnx(checkpoint_path, onnx_path)
+        cache = folder / "tensorrt" if row == "tensorrt" else None
+        engine = SegmentationEngine.from_file(onnx_path, device=str(device), tensorrt_cache=cache)
+        if row == "tensorrt" and "Tensorrt" not in engine.backend:
+            raise NotHere(f"TensorRT did not start; ONNX Runtime runs {engine.backend}")
+    else:
+        precision = row if row in ("bf16", "fp16") else "fp32"
+        engine = SegmentationEngine.from_file(checkpoint_path, device=str(device), precision=precision,
+                                              compile=row == "compile")
+        if engine.precision != precision:
+            raise NotHere(engine.precision_note)
+    if hasattr(engine, "warm_up"):
+        engine.warm_up(height, width)
+        if engine.compile_note:
+            raise NotHere(engine.compile_note)
+    return engine, time.perf_counter() - start
+
+
+def _time_row(engine, frames, reference, iters: int, warmup: int) -> dict:
+    for index in range(warmup):
+        engine.predict(*frames[index % len(frames)])
+    times, agree = [], []
+    for index in range(iters):
+        rgb, aux = frames[index % len(frames)]
+        start = time.perf_counter()
+        mask = engine.predict(rgb, aux).mask  # a NumPy array: the device has finished
+        times.append((time.perf_counter() - start) * 1000.0)
+        agree.append(float(np.mean(mask == reference[index % len(frames)])))
+    return {"p50_ms": float(np.percentile(times, 50)), "p90_ms": float(np.percentile(times, 90)),
+            "images_per_s": 1000.0 / float(np.mean(times)), "agreement": float(np.mean(agree))}
+
+
+def run_backends(method: str, rows, size, frame, device_name: str = "auto", iters: int = 20, warmup: int = 3,
+                 options: dict | None = None) -> dict:
+    """Every row of `rows` for `method`: {"settings": ..., "rows": [{"row", figures... | "not_here"}]}."""
+    from .model_benchmark import count_flops
+
+    device = resolve_device(device_name)
+    unknown = [row for row in rows if row not in ROWS]
+    if unknown:
+        raise ValueError(f"--backends: unknown row {', '.join(unknown)}; rows: {', '.join(ROWS)}")
+    preprocessing = Preprocessing(input_size=tuple(size), aux=AUX)
+    model = fitted_model(method, options=options)
+    checkpoint = Checkpoint(method, NUM_CLASSES, [f"c{i}" for i in range(NUM_CLASSES)], default_palette(NUM_CLASSES),
+                            preprocessing, model.state_dict(), options=dict(options or {}), data={"dataset": "bench"})
+    rng = np.random.default_rng(0)
+    frames = [(rng.integers(0, 256, (*frame, 3), dtype=np.uint8), rng.random(tuple(frame), dtype=np.float32) * 5.0)
+              for _ in range(4)]
+    deployed = model.deploy().eval()
+    reference = [plain_masks(deployed, preprocessing, rgb, aux) for rgb, aux in frames]
+    flops = count_flops(deployed, torch.randn(1, 3, *size), torch.rand(1, 1, *size))
+    settings = {"method": method, "device": str(device), "size": list(size), "frame": list(frame), "iters": iters,
+                "warmup": warmup, "torch": torch.__version__, "gflops_per_image": flops / 1e9,
+                "cpu_peak_gflops": cpu_peak_gflops() if device.type == "cpu" else None}
+    results = []
+    with tempfile.TemporaryDirectory(prefix="rgbd_fusion_seg_bench_") as folder:
+        checkpoint_path = save_checkpoint(checkpoint, Path(folder) / f"{method}.pt")
+        for row in rows:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            _peak_rss_reset()
+            try:
+                engine, build_s = _engine_for(row, Path(checkpoint_path), deployed, preprocessing, device, Path(folder))
+                figures = _time_row(engine, frames, reference, iters, warmup)
+            except NotHere as reason:
+                results.append({"row": row, "not_here": str(reason)})
+                continue
+            peak = (torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else _peak_rss_mib())
+            results.append({"row": row, "backend": engine.backend,
+                            "build_s": build_s, "peak_mib": peak,
+                            "gflops_per_s": flops / 1e9 / (figures["p50_ms"] / 1000.0), **figures})
+            del engine
+    return {"settings": settings, "rows": results}
+
+
+def format_backends(figures: dict) -> list[str]:
+    settings = figures["settings"]
+    peak = settings["cpu_peak_gflops"]
+    lines = [f"# {settings['method']} on {settings['device']}: network {settings['size'][0]}x{settings['size'][1]}, "
+             f"frames {settings['frame'][0]}x{settings['frame'][1]}, batch 1, {settings['warmup']} warm-up + "
+             f"{settings['iters']} timed predicts per row; {settings['gflops_per_image']:.1f} GFLOP per image"]
+    if peak:
+        lines.append(f"# this CPU's fp32 peak through oneDNN (1x1 conv 512->512, 64x64): {peak:.0f} GFLOP/s")
+    lines.append(f"{'row':<12} {'p50 ms':>8} {'p90 ms':>8} {'img/s':>7} {'= eager':>8} {'GFLOP/s':>8} "
+                 f"{'of peak':>7} {'peak MiB':>9} {'build s':>8}  backend")
+    for row in figures["rows"]:
+        if "not_here" in row:
+            lines.append(f"{row['row']:<12} n/a: {row['not_here']}")
+            continue
+        share = f"{row['gflops_per_s'] / peak:.0%}" if peak else "-"
+        memory = f"{row['peak_mib']:.0f}" if row["peak_mib"] is not None else "-"
+        lines.append(f"{row['row']:<12} {row['p50_ms']:>8.1f} {row['p90_ms']:>8.1f} {row['images_per_s']:>7.1f} "
+                     f"{row['agreement']:>8.2%} {row['gflops_per_s']:>8.0f} {share:>7} {memory:>9} "
+                     f"{row['build_s']:>8.1f}  {row['backend']}")
+    return lines
+
+
+def run(args) -> int:
+    from .model_benchmark import _parse_options
+
+    methods = args.methods or ["mid"]
+    rows = args.backends or list(ROWS)
+    everything = []
+    for method in methods:
+        figures = run_backends(method, rows, args.size, args.frame, args.device, args.iters, args.warmup,
+                               options=_parse_options(args.option))
+        for line in format_backends(figures):
+            print(line, flush=True)
+        everything.append(figures)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"backends": everything}, indent=2) + "\n")
+        print(f"# figures written to {args.json}")
+    return 0
