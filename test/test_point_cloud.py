@@ -136,6 +136,8 @@ def test_rgb_packing_is_0x00rrggbb_in_float32():
 def test_bad_inputs_and_options_are_refused():
     depth = np.full((H, W), 1.0, np.float32)
     mask, rgb = frame(depth)
+    with pytest.raises(ValueError, match="depth must be HxW float metres"):
+        labelled_points(np.full((H, W), 1000, np.uint16), mask, rgb, CAMERA)
     with pytest.raises(ValueError, match=r"mask must be \(6, 8\)"):
         labelled_points(depth, mask[:, :4], rgb, CAMERA)
     with pytest.raises(ValueError, match="rgb must be"):

@@ -133,7 +133,8 @@ def _check_distortion(model: str, d: tuple[float, ...]) -> None:
                          f"supported; supported: {', '.join(_COEFFICIENT_COUNTS)} (or all-zero d)")
     if len(d) not in _COEFFICIENT_COUNTS[model]:
         counts = " or ".join(str(n) for n in _COEFFICIENT_COUNTS[model])
-        raise ValueError(f"CameraInfo distortion_model {model!r} takes {counts} coefficients, d has {len(d)}: {list(d)}")
+        raise ValueError(f"CameraInfo distortion_model {model!r} takes {counts} coefficients, "
+                         f"d has {len(d)}: {list(d)}")
 
 
 def _centre_scaled(c: float, s: float) -> float:
@@ -217,8 +218,9 @@ class CloudOptions:
 
 def _check_inputs(depth, mask, rgb, confidence) -> None:
     shape = depth.shape
-    if depth.ndim != 2:
-        raise ValueError(f"depth must be HxW (metres), got shape {shape}")
+    if depth.ndim != 2 or depth.dtype.kind != "f":
+        raise ValueError(f"depth must be HxW float metres (image_codec decodes 16UC1 millimetres to them), "
+                         f"got shape {shape} dtype {depth.dtype}")
     if mask.shape != shape or mask.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"mask must be {shape} uint8/uint16 like the depth, got shape {mask.shape} dtype {mask.dtype}")
     if rgb.shape != (*shape, 3) or rgb.dtype != np.uint8:
@@ -284,20 +286,23 @@ def voxel_decimate(points: np.ndarray, voxel_size: float) -> np.ndarray:
     of the voxel's points, ties to the earliest; the result is in voxel-key order."""
     if points.size == 0:
         return points
-    xyz = np.stack([points["x"], points["y"], points["z"]], axis=-1).astype(np.float64)
-    cells = np.floor(xyz / voxel_size).astype(np.int64)
-    cells -= cells.min(axis=0)
-    extent = cells.max(axis=0) + 1
-    if float(np.prod(extent.astype(np.float64))) >= 2.0 ** 62:
-        raise ValueError(f"voxel_size {voxel_size} m is too small for a cloud {extent.tolist()} voxels across")
-    keys = (cells[:, 0] * extent[1] + cells[:, 1]) * extent[2] + cells[:, 2]
+    columns = [points[name] for name in ("x", "y", "z")]  # 1-D columns: gathers of rows are ~3x slower
+    cells = [np.floor(column / np.float32(voxel_size)).astype(np.int64) for column in columns]
+    cells = [cell - cell.min() for cell in cells]
+    extent = [int(cell.max()) + 1 for cell in cells]
+    if float(np.prod(np.array(extent, np.float64))) >= 2.0 ** 62:
+        raise ValueError(f"voxel_size {voxel_size} m is too small for a cloud {extent} voxels across")
+    keys = (cells[0] * extent[1] + cells[1]) * extent[2] + cells[2]
     order = np.argsort(keys)  # not stable: ties are broken by pixel index below (np.lexsort is ~10x slower)
     sorted_keys = keys[order]
-    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-    voxel = np.cumsum(np.r_[False, sorted_keys[1:] != sorted_keys[:-1]])  # voxel number of each sorted point
-    sorted_xyz = xyz[order]
-    centroid = np.add.reduceat(sorted_xyz, starts, axis=0) / np.diff(np.r_[starts, keys.size])[:, None]
-    distance = np.sum((sorted_xyz - centroid[voxel]) ** 2, axis=-1)
+    change = sorted_keys[1:] != sorted_keys[:-1]
+    starts = np.flatnonzero(np.r_[True, change])
+    voxel = np.cumsum(np.r_[False, change])  # voxel number of each sorted point
+    counts = np.diff(np.r_[starts, keys.size])
+    distance = np.zeros(keys.size, np.float64)
+    for column in columns:
+        values = column[order].astype(np.float64)
+        distance += (values - (np.add.reduceat(values, starts) / counts)[voxel]) ** 2
     nearest = distance == np.minimum.reduceat(distance, starts)[voxel]
     return points[np.minimum.reduceat(np.where(nearest, order, keys.size), starts)]
 
@@ -334,10 +339,10 @@ def read_points(fields, point_step: int, row_step: int, width: int, height: int,
     dtype = np.dtype({"names": [r[0] for r in rows], "formats": formats, "offsets": [r[1] for r in rows],
                       "itemsize": point_step})
     buffer = np.frombuffer(memoryview(data).cast("B") if not isinstance(data, np.ndarray) else data, np.uint8)
-    if width * height and (row_step < width * point_step or buffer.size < (height - 1) * row_step + width * point_step):
+    if row_step < width * point_step or buffer.size < height * row_step:
         raise ValueError(f"PointCloud2 data has {buffer.size} bytes, too few for {height} rows of {width} points "
                          f"of {point_step} bytes (row_step {row_step})")
-    table = buffer[:height * row_step].reshape(height, row_step)[:, :width * point_step] if height else buffer[:0]
+    table = buffer[:height * row_step].reshape(height, row_step)[:, :width * point_step]
     return np.ascontiguousarray(table).view(dtype).reshape(-1)
 
 
