@@ -249,6 +249,7 @@ def test_camera_from_camera_info():
     ({"k": (-600.0, 0.0, 300.0, 0.0, 610.0, 200.0, 0.0, 0.0, 1.0)}, "k: fx = -600.0"),
     ({"k": (600.0, 2.0, 300.0, 0.0, 610.0, 200.0, 0.0, 0.0, 1.0)}, r"skew k\[1\] = 2.0"),
     ({"model": "kannala_brandt", "d": (0.1, 0.0, 0.0, 0.0)}, "distortion_model 'kannala_brandt' with non-zero"),
+    ({"model": "", "d": (0.1, 0.0, 0.0, 0.0, 0.0)}, "distortion_model '' with non-zero"),
     ({"model": "plumb_bob", "d": (0.1, 0.0, 0.0)}, "'plumb_bob' takes 4 or 5 coefficients, d has 3"),
     ({"model": "plumb_bob", "d": (math.inf, 0.0, 0.0, 0.0, 0.0)}, "non-finite"),
     ({"width": 0}, "width/height is 0x480"),
