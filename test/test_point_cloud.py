@@ -1,5 +1,7 @@
 """point_cloud: hand-worked back-projection, filters, voxels, rgb packing, PointCloud2 and CameraInfo handling."""
 import math
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -20,6 +22,7 @@ from rgbd_fusion_seg.ros.point_cloud import (
     cloud_to_msg,
     labelled_points,
     pack_rgb,
+    rays,
     read_points,
     unpack_rgb,
     voxel_decimate,
@@ -335,3 +338,16 @@ def test_camera_info_at_the_mask_size():
 def test_benchmark_reports_each_stride():
     figures = benchmark_point_cloud(height=24, width=32, strides=(1, 2), repeats=2)
     assert set(figures) == {1, 2} and all(value > 0 for value in figures.values())
+
+
+def test_the_core_imports_without_ros():
+    code = ("import sys, rgbd_fusion_seg.ros.point_cloud; "
+            "assert 'rclpy' not in sys.modules and 'sensor_msgs' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rays_are_cached_per_camera_and_size():
+    camera = CameraModel(30.0, 32.0, 15.2, 11.7, 32, 24, "plumb_bob", (-0.25, 0.08, 0.002, -0.001, -0.01))
+    assert rays(camera)[0] is rays(CameraModel(30.0, 32.0, 15.2, 11.7, 32, 24, "plumb_bob",
+                                               (-0.25, 0.08, 0.002, -0.001, -0.01)))[0]  # equal models share it
+    assert rays(camera.for_image(16, 12))[0].shape == (12, 16)
