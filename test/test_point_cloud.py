@@ -207,6 +207,7 @@ def test_cloud_message_layout_and_round_trip():
     assert (msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id) == (12, 345, header.frame_id)
     wire = deserialize_message(serialize_message(msg), PointCloud2)
     for decoded in (cloud_from_msg(msg), cloud_from_msg(wire)):
+        assert decoded.flags.writeable and not np.shares_memory(decoded, np.frombuffer(msg.data, np.uint8))
         for name in POINT_DTYPE.names:
             np.testing.assert_array_equal(decoded[name], points[name])
     assert cloud_to_msg(points[:0], header).width == 0 and cloud_from_msg(cloud_to_msg(points[:0], header)).size == 0

@@ -345,7 +345,7 @@ def read_points(fields, point_step: int, row_step: int, width: int, height: int,
         raise ValueError(f"PointCloud2 data has {buffer.size} bytes, too few for {height} rows of {width} points "
                          f"of {point_step} bytes (row_step {row_step})")
     table = buffer[:height * row_step].reshape(height, row_step)[:, :width * point_step]
-    return np.ascontiguousarray(table).view(dtype).reshape(-1)
+    return table.copy().view(dtype).reshape(-1)  # a copy: never a view over the message's buffer
 
 
 # ---- messages (sensor_msgs imported here only) ---------------------------------------------------------
