@@ -37,20 +37,27 @@ class TopicSpec:
     type: str  # as `ros2 topic info` writes it
     content: str  # encodings and meaning
     qos: str
-    when: tuple[str, Any] | None = None  # (parameter, value): the topic exists only with that setting
+    # (parameter, value), or a tuple of them: the topic exists only with that setting (any one of them)
+    when: tuple | None = None
+
+    @property
+    def settings(self) -> tuple[tuple[str, Any], ...]:
+        return () if self.when is None else (self.when,) if isinstance(self.when[0], str) else self.when
 
     @property
     def condition(self) -> str:
         if self.when is None:
             return "always"
-        name, value = self.when
-        return f"`{name}: {str(value).lower() if isinstance(value, bool) else value}`"
+        return " or ".join(f"`{name}: {str(value).lower() if isinstance(value, bool) else value}`"
+                           for name, value in self.settings)
 
 
 COLOUR = "colour: rgb8, bgr8, rgba8, bgra8, mono8"
 AUX = ("depth: 16UC1 (units of `depth_scale`, 0 = none), 32FC1 (m, NaN = none), mono8, 8UC1, mono16 (raw); "
        "thermal: mono8, 8UC1, mono16, 16UC1 (raw), 32FC1 (degrees C)")
 IMAGE, COMPRESSED = "sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"
+CAMERA_INFO, POINT_CLOUD = "sensor_msgs/msg/CameraInfo", "sensor_msgs/msg/PointCloud2"
+CALIBRATION_OUTPUTS = (("outputs.points", True), ("outputs.camera_info", True))
 
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("in", "rgb/image", IMAGE, COLOUR, INPUT_QOS, ("transport.rgb", "raw")),
@@ -63,6 +70,9 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("in", "aux/image/compressedDepth", COMPRESSED,
               "depth: png or rvl (compressed_depth_image_transport; 16UC1 exact, 32FC1 as inverse depth)", INPUT_QOS,
               ("transport.aux", "compressedDepth")),
+    TopicSpec("in", "aux/camera_info", CAMERA_INFO,
+              "the depth camera's calibration (pinhole; plumb_bob, rational_polynomial or equidistant distortion)",
+              INPUT_QOS, CALIBRATION_OUTPUTS),
     TopicSpec("out", "~/mask", IMAGE, "mono8 class ids (16UC1 beyond 256 classes)", OUTPUT_QOS_TEXT),
     TopicSpec("out", "~/mask_color", IMAGE, "rgb8: the checkpoint's palette colours", OUTPUT_QOS_TEXT),
     TopicSpec("out", "~/overlay", IMAGE, "rgb8: the colour mask blended over the camera image (`overlay_alpha`)",
@@ -71,6 +81,12 @@ TOPICS: tuple[TopicSpec, ...] = (
               ("outputs.confidence", True)),
     TopicSpec("out", "~/fused_image", IMAGE, "rgb8: the fused RGB-X image (SC-CoSF; the colour image's header)",
               OUTPUT_QOS_TEXT, ("outputs.fused_image", True)),
+    TopicSpec("out", "~/points", POINT_CLOUD,
+              "x y z (m, the depth camera's optical frame), rgb (packed as RViz reads it), label (uint16), "
+              "confidence (float32, NaN without `outputs.confidence`); the depth image's frame_id, the pair's stamp",
+              OUTPUT_QOS_TEXT, ("outputs.points", True)),
+    TopicSpec("out", "~/camera_info", CAMERA_INFO, "aux/camera_info scaled to the mask's size, the mask's header",
+              OUTPUT_QOS_TEXT, ("outputs.camera_info", True)),
     TopicSpec("out", "~/stats", "diagnostic_msgs/msg/DiagnosticStatus",
               "every `stats_period`: latency p50/p90/p99 (colour stamp -> publish), processing p50/p90/p99 (pair "
               "completed -> publish, needs no shared clock), rate, pairs, drops, bad input, model, device, backend and "
@@ -84,7 +100,8 @@ def topics_for(config: dict[str, Any]) -> list[TopicSpec]:
     """The topics a node with this configuration (full or partial: missing names take the defaults) has."""
     defaults = {spec.name: spec.default for spec in PARAMETERS}
     values = {**defaults, **config}
-    return [topic for topic in TOPICS if topic.when is None or values[topic.when[0]] == topic.when[1]]
+    return [topic for topic in TOPICS
+            if topic.when is None or any(values[name] == value for name, value in topic.settings)]
 
 
 # ---- markdown ---------------------------------------------------------------------------------------

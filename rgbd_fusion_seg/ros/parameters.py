@@ -81,7 +81,7 @@ class Bounds:
 @dataclass(frozen=True)
 class ParameterSpec:
     name: str
-    type: str  # "string" | "integer" | "double" | "bool" | "double_array"
+    type: str  # "string" | "integer" | "double" | "bool" | "double_array" | "integer_array"
     default: Any
     description: str
     read_only: bool = False
@@ -155,6 +155,11 @@ def _device(value: str) -> str | None:
     return None
 
 
+def _class_ids(value) -> str | None:
+    bad = [v for v in value if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535)]
+    return f"must be class ids in [0, 65535], got {bad!r}" if bad else None
+
+
 MODEL = "Model"
 PAIRING = "Pairing of rgb/image and aux/image (message_filters ApproximateTimeSynchronizer semantics)"
 QOS = "Subscription QoS"
@@ -162,6 +167,7 @@ TRANSPORT = "Input transport, named as image_transport names it"
 OUTPUTS = "Outputs"
 DECODING = "Decoding of the auxiliary image"
 MONITORING = "Monitoring"
+POINTS = "Semantic point cloud (depth checkpoints; aux/camera_info gives the depth camera's intrinsics)"
 SECTION_NOTES = {
     QOS: "Must be compatible with the camera driver's, or no message ever arrives.",
     TRANSPORT: "raw: sensor_msgs/Image on the topic itself. compressed / compressedDepth: sensor_msgs/CompressedImage "
@@ -243,6 +249,12 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("outputs.fused_image", "bool", False,
                   "Publish ~/fused_image (rgb8: the fused RGB-X image of a method that makes one, SC-CoSF); the "
                   "model is reloaded with its fusion branch, which costs time per frame.", section=OUTPUTS),
+    ParameterSpec("outputs.points", "bool", False,
+                  "Publish ~/points (PointCloud2: the labelled depth pixels in 3-D); needs depth as the aux modality "
+                  "and aux/camera_info.", section=OUTPUTS),
+    ParameterSpec("outputs.camera_info", "bool", False,
+                  "Publish ~/camera_info: aux/camera_info scaled to the mask's size, with the mask's header.",
+                  section=OUTPUTS),
     ParameterSpec("overlay_alpha", "double", 0.5, "Opacity of the mask in ~/overlay.",
                   validate=Bounds(0.0, 1.0, "an opacity: 0 shows the image alone, 1 the mask alone"), section=OUTPUTS),
     ParameterSpec("depth_scale", "double", 0.001,
@@ -256,6 +268,24 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   validate=Bounds(-1e5, 1e5, "no aux unit reaches beyond 65535 (raw16), and the range divides the "
                                   "aux values, so a narrower one only amplifies noise", min_width=1e-3),
                   section=DECODING, example=[0.2, 5.0]),
+    ParameterSpec("points.stride", "integer", 2,
+                  "Use every n-th depth pixel in both axes (stride 1 at 640x480: 307200 points, 7.4 MB a message).",
+                  validate=Bounds(1, 64, "64 leaves 10x7 points of a 640x480 image", integer=True), section=POINTS),
+    ParameterSpec("points.voxel_size", "double", 0.0,
+                  "Keep one point per cube of this size (the one nearest the cube's centroid); 0 = off.",
+                  validate=Bounds(0.0, 1.0, "coarser than 1 m leaves a room as a handful of points", unit="m"),
+                  section=POINTS),
+    ParameterSpec("points.z_range", "double_array", [],
+                  "[min, max] depth (z, m) kept, inclusive. Empty: every valid depth.",
+                  validate=Bounds(0.0, 100.0, "no depth camera reads beyond 100 m", unit="m", min_width=0.01),
+                  section=POINTS, example=[0.3, 8.0]),
+    ParameterSpec("points.exclude_classes", "integer_array", [],
+                  "Class ids that give no point (for example the floor's).", validate=_class_ids,
+                  constraints="[] or class ids in [0, 65535]", section=POINTS, example=[0]),
+    ParameterSpec("camera_info_timeout", "double", 5.0,
+                  "Warn when ~/points is on and no aux/camera_info came for this many seconds (masks keep flowing).",
+                  validate=Bounds(WATCHDOG_PERIOD_S, 3600.0, f"the watchdog looks every {WATCHDOG_PERIOD_S} s",
+                                  unit="s"), section=POINTS),
     ParameterSpec("stats_period", "double", 5.0,
                   "Seconds between ~/stats messages (latency p50/p90/p99, rate, pairs, drops) and their log lines.",
                   validate=Bounds(0.1, 3600.0, "each period publishes ~/stats and logs a line: faster floods the "
@@ -284,6 +314,8 @@ def coerce(name: str, value: Any) -> Any:
         return float(value)
     if spec.type == "double_array" and value is not None:
         return [float(v) for v in value]
+    if spec.type == "integer_array" and value is not None:
+        return [int(v) for v in value]
     return value
 
 

@@ -36,21 +36,24 @@ from rclpy.qos import (
     qos_profile_sensor_data,
     qos_profile_system_default,
 )
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from ..core.palette import colourise, overlay
 from ..core.preprocessing import PreprocessingError
 from . import parameters as params
+from .cloud_output import CameraInfoState, cloud_options, cloud_points
 from .image_codec import ImageDecodeError, aux_from_msg, colour_from_msg, float_to_msg, mask_to_msg, rgb_to_msg
 from .inference_worker import InferenceWorker, LatencyWindow
 from .model_selection import choose_model, needs_load
 from .model_serving import BackgroundLoader, LoadRequest, ServedModel
 from .pairing import STAMP_JUMP_BACK_S, ApproximateTimePairer
+from .point_cloud import camera_info_at_size, cloud_to_msg
 from .spinning import run_until_stopped
 
 NODE_NAME = "segment_node"
 RGB_TOPIC = "rgb/image"
 AUX_TOPIC = "aux/image"
+CAMERA_INFO_TOPIC = "aux/camera_info"
 # Beyond this, stamp -> publish is not a processing time: the stamps come from another clock (a bag replayed
 # without its clock, a camera without time sync).
 CLOCK_GAP_WARNING_S = 60.0
@@ -61,6 +64,7 @@ _PARAMETER_TYPES = {
     "double": Parameter.Type.DOUBLE,
     "bool": Parameter.Type.BOOL,
     "double_array": Parameter.Type.DOUBLE_ARRAY,
+    "integer_array": Parameter.Type.INTEGER_ARRAY,
 }
 
 
@@ -154,8 +158,11 @@ class SegmentNode(Node):
         self._throttle: dict[str, float] = {}
         self._throttle_lock = threading.Lock()
         self._counters = _Counters(
-            "bad_input", "frames_out", "dropped_no_model", "inference_errors", "lost_rgb", "lost_aux"
+            "bad_input", "frames_out", "dropped_no_model", "inference_errors", "lost_rgb", "lost_aux",
+            "points_out", "points_skipped", "bad_camera_info",
         )
+        self._camera_info = CameraInfoState()
+        self._calibration_wanted_since = time.monotonic()  # for camera_info_timeout
         self._latency = LatencyWindow()  # colour stamp -> masks published: the camera-to-mask latency
         self._processing = LatencyWindow()  # pair completed -> masks published: this node alone, any clock
         self._start = time.monotonic()
@@ -195,6 +202,7 @@ class SegmentNode(Node):
         self._overlay_pub = None
         self._confidence_pub = None
         self._fused_pub = None
+        self._points_pub = self._camera_info_pub = self._camera_info_sub = None
         self._ensure_optional_publishers()
         self._stats_pub = self.create_publisher(DiagnosticStatus, "~/stats", outputs_qos)
 
@@ -242,7 +250,7 @@ class SegmentNode(Node):
                 description=spec.description, read_only=spec.read_only, additional_constraints=spec.constraints
             )
             ros_type = _PARAMETER_TYPES[spec.type]
-            if spec.type == "double_array":
+            if spec.type.endswith("_array"):
                 # An empty default cannot carry its type: declare by type, then set [] if nothing overrides it.
                 parameter = self.declare_parameter(spec.name, ros_type, descriptor)
                 if parameter.type_ == Parameter.Type.NOT_SET:
@@ -307,7 +315,8 @@ class SegmentNode(Node):
         self._config = config
         if changes.keys() & params.SYNC_PARAMETERS:
             self._pairer.configure(config["sync.queue_size"], config["sync.slop"], config["sync.exact"])
-        if changes.keys() & {"outputs.overlay", "outputs.confidence", "outputs.fused_image"}:
+        if changes.keys() & {"outputs.overlay", "outputs.confidence", "outputs.fused_image", "outputs.points",
+                             "outputs.camera_info"}:
             self._ensure_optional_publishers()
         if "stats_period" in changes:
             self.destroy_timer(self._stats_timer)
@@ -482,8 +491,9 @@ class SegmentNode(Node):
         except ImageDecodeError as error:
             self._bad_input(self.rgb_topic, str(error))
             return
-        aux = None
-        if served.uses_aux:
+        aux = depth_m = None
+        want_points = self._points_pub is not None and self._config["outputs.points"]
+        if served.uses_aux or want_points:
             try:
                 decoded = aux_from_msg(aux_msg, served.modality, self._config["depth_scale"])
             except ImageDecodeError as error:
@@ -497,7 +507,8 @@ class SegmentNode(Node):
                     f"{served.unit!r} or serve a checkpoint trained on {decoded.unit!r}",
                 )
                 return
-            aux = decoded.image
+            aux = decoded.image if served.uses_aux else None
+            depth_m = decoded.image if decoded.unit == "m" else None
         overlay_pub, confidence_pub, fused_pub = self._overlay_pub, self._confidence_pub, self._fused_pub
         want_confidence = confidence_pub is not None and self._config["outputs.confidence"]
         try:
@@ -517,6 +528,9 @@ class SegmentNode(Node):
             outputs.append((confidence_pub, float_to_msg(prediction.confidence, header)))
         if prediction.fused is not None and fused_pub is not None and self._config["outputs.fused_image"]:
             outputs.append((fused_pub, rgb_to_msg(prediction.fused, header)))
+        if want_points or (self._camera_info_pub is not None and self._config["outputs.camera_info"]):
+            outputs += self._calibrated_outputs(rgb, prediction, header, aux_msg.header.frame_id,
+                                                depth_m if want_points else None, want_points)
         with self._publishing:
             if self._shutting_down:  # the node is being destroyed: its publishers may be gone
                 return
@@ -532,6 +546,46 @@ class SegmentNode(Node):
                 "is not a processing time; replaying a bag? play it with its clock (`rgbd-fusion-seg bag play "
                 "--clock`, `ros2 bag play --clock`) and set use_sim_time:=true. Warned once.")
         self._counters.add("frames_out")
+        if want_points and any(publisher is self._points_pub for publisher, _ in outputs):
+            self._counters.add("points_out")
+
+    def _calibrated_outputs(self, rgb, prediction, header, aux_frame: str, depth_m, want_points: bool) -> list:
+        """~/points and ~/camera_info of one prediction, as far as aux/camera_info allows: a missing or
+        refused calibration, or a depth that is not metric, skips them (counted, said) and nothing else."""
+        info = self._camera_info.snapshot()
+        if info.msg is None or info.camera is None:
+            waited = time.monotonic() - self._calibration_wanted_since
+            if info.msg is None and waited >= self._config["camera_info_timeout"]:
+                self._log_throttled("no_camera_info", "warning",
+                                    f"no camera_info on {self.camera_info_topic} for {waited:.1f} s: no ~/points or "
+                                    "~/camera_info until one arrives (masks keep flowing; remap aux/camera_info to "
+                                    "the depth camera's)", 30.0)
+            self._counters.add("points_skipped", int(want_points))
+            return []
+        outputs = []
+        try:
+            if want_points:
+                if depth_m is None:
+                    self._counters.add("points_skipped")
+                    self._log_throttled("points_not_depth", "warning",
+                                        f"outputs.points needs metric depth on {self.aux_topic}; the served "
+                                        f"checkpoint's aux is {self._served.modality}: no ~/points", 60.0)
+                else:
+                    points = cloud_points(depth_m, prediction.mask, rgb, prediction.confidence, info.camera,
+                                          cloud_options(self._config))
+                    cloud = cloud_to_msg(points, header)
+                    cloud.header.frame_id = aux_frame  # the points are in the depth camera's optical frame
+                    outputs.append((self._points_pub, cloud))
+            if self._camera_info_pub is not None and self._config["outputs.camera_info"]:
+                height, width = prediction.mask.shape
+                outputs.append((self._camera_info_pub, camera_info_at_size(info.msg, width, height, header)))
+        except ValueError as error:  # a calibration of another aspect than the images
+            self._counters.add("bad_camera_info")
+            self._log_throttled("camera_info_size", "error",
+                                f"camera_info on {self.camera_info_topic} does not fit the images: {error} "
+                                "(counted in bad_camera_info)", 10.0)
+            return []
+        return outputs
 
     def _warn_resized_once(self, colour_hw: tuple[int, int], aux_hw: tuple[int, int]) -> None:
         if (colour_hw, aux_hw) in self._resize_warned:
@@ -557,6 +611,25 @@ class SegmentNode(Node):
             self._confidence_pub = self.create_publisher(Image, "~/confidence", self._outputs_qos)
         if self._config["outputs.fused_image"] and self._fused_pub is None:
             self._fused_pub = self.create_publisher(Image, "~/fused_image", self._outputs_qos)
+        if self._config["outputs.points"] and self._points_pub is None:
+            self._points_pub = self.create_publisher(PointCloud2, "~/points", self._outputs_qos)
+        if self._config["outputs.camera_info"] and self._camera_info_pub is None:
+            self._camera_info_pub = self.create_publisher(CameraInfo, "~/camera_info", self._outputs_qos)
+        wanted = self._config["outputs.points"] or self._config["outputs.camera_info"]
+        if wanted and self._camera_info_sub is None:
+            self._calibration_wanted_since = time.monotonic()
+            # The input QoS: camera drivers publish camera_info as they publish the images.
+            self._camera_info_sub = self.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info,
+                                                             make_qos(self._config["qos.profile"], self._config["qos.depth"]))
+            self.camera_info_topic = self._camera_info_sub.topic_name
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        refusal = self._camera_info.update(msg)
+        if refusal:
+            self._counters.add("bad_camera_info")
+            self._log_throttled("bad_camera_info", "error",
+                                f"bad camera_info on {self.camera_info_topic}: {refusal}; no points until a usable "
+                                "one arrives (counted in bad_camera_info; masks keep flowing)", 10.0)
 
     # ---- health: stats and the no-pair watchdog ---------------------------------------------------------
 
@@ -626,6 +699,9 @@ class SegmentNode(Node):
             "inference_errors": str(self._counters["inference_errors"]),
             "lost_in_transport_rgb": str(self._counters["lost_rgb"]),
             "lost_in_transport_aux": str(self._counters["lost_aux"]),
+            "points_out": str(self._counters["points_out"]),
+            "points_skipped": str(self._counters["points_skipped"]),
+            "bad_camera_info": str(self._counters["bad_camera_info"]),
             "device": str(served.engine.device) if served else "",
             "backend": served.engine.backend if served else "",
             "precision": served.engine.precision if served else "",
