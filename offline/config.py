@@ -372,6 +372,9 @@ CONFIG: dict[str, Field | Section] = {
                            resumable=True),
         "val_every": Field(1, _int(minimum=1), "validate every n-th epoch", resumable=True),
         "augment": Field(True, _bool, "augment the training frames with data.augmentation"),
+        "aux_dropout": Field(0.0, _float(minimum=0.0, at_most=1.0), "p in [0, 1]: modality dropout, each training "
+                             "sample's aux input replaced by the 'no reading' input (what the node feeds without an "
+                             "aux camera) with probability p; methods without aux (rgb) ignore it"),
         "checkpoint_every_steps": Field(200, _int(minimum=1, optional=True), "write last.pt every n steps (null: "
                                         "only at epoch ends)", resumable=True),
         "checkpoint_every_epochs": Field(1, _int(minimum=1), "write last.pt at the end of every n-th epoch",

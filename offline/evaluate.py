@@ -22,6 +22,11 @@ Test-time augmentation, reported beside the plain result, never in its place (`r
 1.75: the network input resized by each factor); the softmax probabilities at the label's size are
 averaged over every (scale, flip) combination. Entries: "flip", "multiscale", "multiscale_flip".
 
+Missing aux (`aux="missing"`, `--aux missing`): every frame's aux input is replaced by the "no reading"
+input (train_loop.missing_aux_value: what prepare_inputs makes of an all-NaN aux image, and what the node
+feeds when the aux camera is absent), to measure how a fusion model degrades without it (see
+train.aux_dropout). The result's settings say which (`"aux": "present"` or `"missing"`).
+
 Groups: when the samples carry a "group" (MFNet day / night, MM5 the lighting), every result also has
 `groups`: the same metrics per group. `--markdown` writes the per-class table the papers print.
 
@@ -52,8 +57,10 @@ from rgbd_fusion_seg.models import method_class
 
 from .datasets.catalog import open_dataset
 from .metrics import ConfusionMatrix, markdown_table
+from .train_loop import missing_aux_value
 
 RESOLUTIONS = ("native", "input")
+AUX_INPUTS = ("present", "missing")  # the aux images as read, or all replaced by the "no reading" input
 
 
 class NativeFrames(Dataset):
@@ -143,13 +150,15 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # fp32 runs without autocast
 
 
-def check_options(resolution: str, precision: str, scales) -> None:
+def check_options(resolution: str, precision: str, scales, aux: str = "present") -> None:
     if scales is not None and (not scales or any(not 0 < float(s) <= 8 for s in scales)):
         raise ValueError(f"scales must be a non-empty list of factors in (0, 8], got {scales}")
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution {resolution!r} is not one of {', '.join(RESOLUTIONS)}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if aux not in AUX_INPUTS:
+        raise ValueError(f"aux {aux!r} is not one of {', '.join(AUX_INPUTS)}")
 
 
 @dataclass(frozen=True)
@@ -224,14 +233,17 @@ def frame_loader(dataset, preprocessing: Preprocessing, resolution: str, batch_s
 
 
 def confusion_matrices(model, loader, variants: dict, num_classes: int, device: torch.device,
-                       autocast_dtype, on_plain=None) -> dict[str, dict]:
+                       autocast_dtype, on_plain=None, missing_aux: float | None = None) -> dict[str, dict]:
     """variant name -> group (None: all frames) -> the confusion matrix of its predictions over `loader`.
-    `on_plain(batch, prediction, extras)` sees each batch's plain prediction (for saving it)."""
+    `on_plain(batch, prediction, extras)` sees each batch's plain prediction (for saving it); with
+    `missing_aux` every aux input is replaced by that value (the aux camera absent)."""
     passes = sorted({key for keys in variants.values() for key in keys})
     confusions = {name: {None: ConfusionMatrix(num_classes)} for name in variants}
     for batch in loader:
         rgb = batch["rgb"].to(device, non_blocking=True)
         aux = batch["aux"].to(device, non_blocking=True)
+        if missing_aux is not None:
+            aux = torch.full_like(aux, missing_aux)
         label = batch["label"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             outputs = {key: predicted_logits(model, rgb, aux, label.shape[-2:], *key) for key in passes}
@@ -307,9 +319,11 @@ def evaluate_checkpoint(
     scales=None,
     exclude_background: bool = False,
     save_predictions: str | os.PathLike | None = None,
+    aux: str = "present",
 ) -> dict:
-    """Evaluate a checkpoint on a dataset split; returns (and optionally writes) the metrics as a dict."""
-    check_options(resolution, precision, scales)
+    """Evaluate a checkpoint on a dataset split; returns (and optionally writes) the metrics as a dict.
+    aux="missing" feeds the "no reading" aux input in place of every aux image."""
+    check_options(resolution, precision, scales, aux)
     checkpoint_path = Path(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
     selection = DataSelection.of(checkpoint, checkpoint_path, data_root=data_root, lightings=lightings, split=split)
@@ -322,7 +336,8 @@ def evaluate_checkpoint(
     loader = frame_loader(dataset, checkpoint.preprocessing, resolution, batch_size, num_workers, torch_device)
     with _prediction_writer(save_predictions, checkpoint.palette) as on_plain:
         confusions = confusion_matrices(model, loader, tta_variants(flip, scales), checkpoint.num_classes,
-                                        torch_device, autocast_dtype, on_plain)
+                                        torch_device, autocast_dtype, on_plain,
+                                        missing_aux_value(checkpoint.preprocessing) if aux == "missing" else None)
     excluded = (0,) if exclude_background else ()
     result = {
         "checkpoint": str(checkpoint_path),
@@ -338,8 +353,9 @@ def evaluate_checkpoint(
             "flip": flip,
             "scales": [float(s) for s in scales] if scales else None,
             "exclude_background": exclude_background,
+            "aux": aux,
         },
-        "training": {"metrics": checkpoint.metrics, "data": selection.recorded},
+        "training": {"metrics": checkpoint.metrics, "data": selection.recorded, "aux_dropout": checkpoint.aux_dropout},
     }
     if save_predictions is not None:
         result["settings"]["predictions"] = str(save_predictions)
@@ -350,9 +366,14 @@ def evaluate_checkpoint(
 
 def format_summary(result: dict) -> str:
     settings = result["settings"]
+    notes = [settings["resolution"] + " resolution"]
+    if settings.get("aux") == "missing":
+        notes.append("aux MISSING")
+    if result.get("training", {}).get("aux_dropout"):
+        notes.append(f"trained with aux dropout {result['training']['aux_dropout']:g}")
     lines = [
         f"{result['method']} on {settings['num_frames']} {settings['dataset']} frames "
-        f"({', '.join(settings['groups'])}, split {settings['split']}, {settings['resolution']} resolution)",
+        f"({', '.join(settings['groups'])}, split {settings['split']}, {', '.join(notes)})",
         f"mIoU {_pct(result['miou'])}  mAcc {_pct(result['macc'])}  pixel acc {_pct(result['pixel_accuracy'])}",
         f"{'id':>3}  {'class':<28} {'IoU':>7} {'Acc':>7} {'GT px':>10}",
     ]
@@ -419,6 +440,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip", action="store_true", help="also report horizontal-flip test-time augmentation")
     parser.add_argument("--scales", type=float, nargs="+", metavar="S",
                         help="also report multi-scale inference over these input scales, e.g. 0.5 0.75 1 1.25 1.5 1.75")
+    parser.add_argument("--aux", choices=AUX_INPUTS, default="present",
+                        help="missing: replace every aux image by the 'no reading' input, as the node feeds when "
+                             "the aux camera is absent (default: present)")
     parser.add_argument("--exclude-background", action="store_true",
                         help="leave class 0 (unlabeled / background) out of mIoU and mAcc (default: counted)")
 
@@ -442,6 +466,7 @@ def run(args: argparse.Namespace) -> int:
         scales=args.scales,
         exclude_background=args.exclude_background,
         save_predictions=args.save_predictions,
+        aux=args.aux,
     )
     print(format_summary(result))
     if args.out_json:

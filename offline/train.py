@@ -23,6 +23,9 @@ weights, the output folder. Then:
 - Running the same command again resumes from `last.pt`: model, optimiser, scaler, RNG states, epoch
   and the position inside the epoch (the batches already done are skipped in the same order). A run
   that has finished returns at once.
+- Modality dropout (`train.aux_dropout: p`): each training sample's aux input is replaced by the "no
+  reading" input with probability p, drawn from (seed, step) alone (train_loop.aux_dropout_mask), so the
+  model keeps working when the aux camera drops out; the checkpoint records p (`data.aux_dropout`).
 - Progress: a tqdm bar per epoch, one summary line per epoch on stdout, TensorBoard logs in
   `<out_dir>/tensorboard`.
 - Several GPUs / machines: start the same command with torchrun (distributed.py). `train.batch_size` is
@@ -54,14 +57,14 @@ from rgbd_fusion_seg.models import build_model, method_class
 from rgbd_fusion_seg.models.losses import build_seg_loss
 
 from . import distributed
-from .config import RESUMABLE_FIELDS, ConfigError, ExperimentConfig, dump_config, load_config
+from .config import CONFIG, RESUMABLE_FIELDS, ConfigError, ExperimentConfig, Field, Section, dump_config, load_config
 from .dataset_cache import validated_report
 from .datasets.catalog import build_preprocessing, open_dataset
 from .pseudo_labels import with_extra_targets
 from .train_hooks import (Checkpointer, PeriodicCheckpoint, Progress, TrainingLog, Validation,
                           clean_stale_temporaries)
 from .train_loop import (EpochBatchSampler, Trainer, TrainState, epoch_permutation, learning_rate, loader_options,
-                         seed_everything)
+                         missing_aux_value, seed_everything)
 
 # The data order and the schedule live in train_loop.py; they are part of what training promises.
 __all__ = ["EpochBatchSampler", "epoch_permutation", "learning_rate", "slim_checkpoint", "train", "add_arguments",
@@ -79,11 +82,24 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+_ABSENT = object()
+
+
+def _declared_default(dotted: str):
+    """The schema's default of a field (`train.aux_dropout`), or _ABSENT for a name it does not declare."""
+    section, _, key = dotted.partition(".")
+    item = CONFIG.get(section)
+    item = item.fields.get(key) if isinstance(item, Section) else (None if key else item)
+    return item.default if isinstance(item, Field) else _ABSENT
+
+
 def _config_differences(saved: dict, current: dict) -> list[str]:
     old, new = _flatten(saved), _flatten(current)
     changed = []
     for key in sorted(set(old) | set(new)):
         if key in RESUMABLE_FIELDS or key.split(".")[0] in RESUMABLE_FIELDS:  # may change on resumption
+            continue
+        if key not in old and new[key] == _declared_default(key):  # a field added since: its default changes nothing
             continue
         if old.get(key) != new.get(key):
             changed.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
@@ -142,8 +158,10 @@ def _train(config: ExperimentConfig, context: distributed.Distributed, torch_dev
                                 training_log)
     saved = _last_checkpoint(config, context, checkpointer.last_path, resume)
     if saved is None:
+        dropout = f", aux dropout {trainer.aux_dropout:g}" if trainer.aux_dropout else ""
         line(f"{config.experiment}: {config.model.method} on {len(train_set)} train / {len(val_set)} val frames "
-             f"({', '.join(train_set.groups)}), {trainer.state.total_steps} steps on {torch_device}, output in {out_dir}")
+             f"({', '.join(train_set.groups)}), {trainer.state.total_steps} steps{dropout} on {torch_device}, "
+             f"output in {out_dir}")
     elif int(saved.train_state["global_step"]) >= trainer.state.total_steps:
         line(f"{config.experiment}: already finished ({int(saved.train_state['global_step'])} steps) in {out_dir}")
         return checkpointer.last_path
@@ -255,7 +273,8 @@ def _build_trainer(config: ExperimentConfig, context: distributed.Distributed, d
         total_steps = min(total_steps, train_cfg.max_steps)
     model.to(device)
     trainer = Trainer(config, context, device, model=model, optimizer=_build_optimizer(config, model),
-                      seg_loss=seg_loss, train_set=train_set, state=TrainState(steps_per_epoch, total_steps))
+                      seg_loss=seg_loss, train_set=train_set, state=TrainState(steps_per_epoch, total_steps),
+                      missing_aux=missing_aux_value(preprocessing))
     return train_set, val_set, trainer
 
 
@@ -277,6 +296,8 @@ def _checkpoint_description(config: ExperimentConfig, preprocessing, train_set, 
         "num_train": len(train_set),
         "num_val": len(val_set),
         "init": "pretrained" if config.model.pretrained else "scratch",  # ImageNet, or SAM2's for SARTM
+        # Modality dropout as applied (a method without aux drops nothing): Checkpoint.aux_dropout reads it.
+        "aux_dropout": config.train.aux_dropout if method_class(config.model.method).uses_aux else 0.0,
     }
     return dict(method=config.model.method, num_classes=num_classes, classes=list(train_set.classes),
                 palette=[list(c) for c in default_palette(num_classes)], preprocessing=preprocessing,

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from rgbd_fusion_seg.core.preprocessing import Preprocessing, normalise_aux
+
 from . import distributed
 from .config import ExperimentConfig
 
@@ -74,6 +76,35 @@ def loader_options(config: ExperimentConfig, device: torch.device) -> dict:
 
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Modality dropout (train.aux_dropout)
+
+
+def missing_aux_value(spec: Preprocessing) -> float:
+    """The network's aux input for "no reading": what prepare_inputs makes of an all-NaN aux image, and
+    of aux=None (the node's input when the aux camera is absent)."""
+    return float(normalise_aux(np.full((1, 1), np.nan, np.float32), spec.aux)[0, 0])
+
+
+def aux_dropout_mask(p: float, seed: int, global_step: int, count: int, *, batch_size: int, rank: int = 0,
+                     world_size: int = 1) -> torch.Tensor:
+    """Which of this rank's `count` samples of step `global_step` lose their aux input (bool, shape [count]).
+
+    A function of (seed, step) only, like the epoch order: a resumed run draws the same samples, and the
+    draw is over the global batch (this rank's positions rank, rank + world_size, ...), so it does not
+    depend on the number of processes either.
+    """
+    generator = torch.Generator()
+    generator.manual_seed(int(np.random.SeedSequence([seed, global_step, 2]).generate_state(1, np.uint64)[0] >> 1))
+    draws = torch.rand(max(batch_size, count * world_size), generator=generator)
+    return draws[rank::world_size][:count] < p
+
+
+def drop_aux(aux: torch.Tensor, mask: torch.Tensor, missing: float) -> torch.Tensor:
+    """`aux` (N x C x H x W) with the samples where `mask` is set replaced by the missing input."""
+    return torch.where(mask.to(aux.device).view(-1, *([1] * (aux.dim() - 1))), torch.full_like(aux, missing), aux)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -233,7 +264,8 @@ class Trainer:
     """Runs the steps of one experiment on one rank: model, optimiser, gradient scaler, loss and TrainState."""
 
     def __init__(self, config: ExperimentConfig, context: distributed.Distributed, device: torch.device, *,
-                 model, optimizer: torch.optim.Optimizer, seg_loss, train_set, state: TrainState):
+                 model, optimizer: torch.optim.Optimizer, seg_loss, train_set, state: TrainState,
+                 missing_aux: float = 0.0):
         self.config = config
         self.context = context
         self.device = device
@@ -246,6 +278,8 @@ class Trainer:
         self.state = state
         self.hooks: list[HookBase] = []
         self.forward = model  # DistributedDataParallel's wrapper under torchrun, made in train()
+        self.missing_aux = missing_aux  # missing_aux_value(the run's preprocessing)
+        self.aux_dropout = config.train.aux_dropout if model.uses_aux else 0.0  # rgb: nothing to drop
 
     def state_dict(self, rng_states: list[dict]) -> dict:
         """Everything a resumed run needs (last.pt's train_state); `rng_states` has every rank's RNG state."""
@@ -318,7 +352,7 @@ class Trainer:
         if self.context.enabled and self._wrapped_trainable != self._trainable():
             self._wrap_for_ranks()  # e.g. se released its frozen depth layers: DDP must average them too
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-            output = self.forward(batch["rgb"], batch["aux"])
+            output = self.forward(batch["rgb"], self.model_aux(batch["aux"]))
             loss, parts = self.model.compute_loss(output, batch, self.seg_loss)
         # Under AMP an inf/NaN step is normal: GradScaler skips it and lowers its scale.
         if not self.use_amp and not torch.isfinite(loss.detach()):
@@ -336,6 +370,17 @@ class Trainer:
         self.scaler.update()
         self.state.count_step()
         return StepResult(loss=float(loss.detach()), parts=parts, lr=lr)
+
+    def model_aux(self, aux: torch.Tensor) -> torch.Tensor:
+        """The aux input of this step's forward pass: `aux` after modality dropout (train.aux_dropout). The
+        batch itself keeps the real aux image: a loss that reconstructs it (SC-CoSF's fused image) still
+        compares with what the camera saw."""
+        if not self.aux_dropout:
+            return aux
+        mask = aux_dropout_mask(self.aux_dropout, self.config.train.seed, self.state.global_step, len(aux),
+                                batch_size=self.config.train.batch_size, rank=self.context.rank,
+                                world_size=self.context.world_size)
+        return drop_aux(aux, mask, self.missing_aux)
 
     def _trainable(self) -> tuple[bool, ...]:
         return tuple(p.requires_grad for p in self.model.parameters())

@@ -9,7 +9,7 @@ code runs on load). Everything the node needs to serve the model is in it:
     classes        [name, ...]            one per class id
     palette        [[r, g, b], ...]       one per class id
     preprocessing  Preprocessing.to_dict() (input size, RGB mean/std, aux modality, unit and range)
-    data           what it was trained on (dataset, folders, lightings, split), free-form
+    data           what it was trained on (dataset, folders, lightings, split, aux_dropout), free-form
     metrics        latest validation metrics, free-form
     state_dict     model weights
     train_state    optional: optimiser, scheduler, scaler, epoch/step, RNG states, for resuming
@@ -66,6 +66,13 @@ class Checkpoint:
             "state_dict": self.state_dict,
             "train_state": self.train_state,
         }
+
+    @property
+    def aux_dropout(self) -> float:
+        """The modality dropout p it was trained with (train.aux_dropout; 0.0 when not recorded, as in
+        checkpoints written before the field existed): p > 0 means the model has learnt to segment with
+        the aux input missing (the input prepare_inputs gives for aux=None)."""
+        return float(self.data.get("aux_dropout") or 0.0)
 
     def build_model(self) -> FusionSegmenter:
         """The model with its weights loaded (training form; call .deploy() to serve).
