@@ -28,8 +28,9 @@ def domain_id_for(salt: int) -> int:
 
 
 def make_checkpoint(path, method="rgb", num_classes=4, modality="depth", unit="m", low=0.0, high=5.0,
-                    input_size=(64, 64), seed=0, num_classes_in_weights=None, options=None):
-    """A random-weight checkpoint (fine for plumbing); `num_classes_in_weights` makes weights that do not fit."""
+                    input_size=(64, 64), seed=0, num_classes_in_weights=None, options=None, data=None):
+    """A random-weight checkpoint (fine for plumbing); `num_classes_in_weights` makes weights that do not fit;
+    `data` adds to what it says it was trained on (e.g. {"aux_dropout": 0.5})."""
     import torch
 
     from rgbd_fusion_seg.core.checkpoint import Checkpoint, save_checkpoint
@@ -47,7 +48,7 @@ def make_checkpoint(path, method="rgb", num_classes=4, modality="depth", unit="m
         preprocessing=Preprocessing(input_size=input_size, aux=AuxNormalisation(modality, unit, low, high)),
         state_dict=model.state_dict(),
         options=dict(options or {}),
-        data={"dataset": "ros-test"},
+        data={"dataset": "ros-test", **(data or {})},
     )
     return save_checkpoint(checkpoint, path)
 

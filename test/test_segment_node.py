@@ -453,7 +453,10 @@ def test_parameter_table_is_the_contract():
         "sync.queue_size": 10, "sync.slop": 0.05, "sync.exact": False,
         "qos.profile": "sensor_data", "qos.depth": 5, "transport.rgb": "raw", "transport.aux": "raw",
         "outputs.overlay": False, "outputs.confidence": False, "outputs.fused_image": False,
-        "overlay_alpha": 0.5, "depth_scale": 0.001, "aux_range": [], "stats_period": 5.0, "no_pair_timeout": 5.0,
+        "outputs.points": False, "outputs.camera_info": False,
+        "overlay_alpha": 0.5, "depth_scale": 0.001, "aux_range": [], "aux_timeout": 1.0, "fallback_checkpoint": "",
+        "points.stride": 2, "points.voxel_size": 0.0, "points.z_range": [], "points.exclude_classes": [],
+        "camera_info_timeout": 5.0, "stats_period": 5.0, "no_pair_timeout": 5.0,
     }
     assert {s.name for s in params.PARAMETERS if s.read_only} == {"qos.profile", "qos.depth", "transport.rgb",
                                                                   "transport.aux"}

@@ -87,6 +87,10 @@ TOPICS: tuple[TopicSpec, ...] = (
               OUTPUT_QOS_TEXT, ("outputs.points", True)),
     TopicSpec("out", "~/camera_info", CAMERA_INFO, "aux/camera_info scaled to the mask's size, the mask's header",
               OUTPUT_QOS_TEXT, ("outputs.camera_info", True)),
+    TopicSpec("out", "/diagnostics", "diagnostic_msgs/msg/DiagnosticArray",
+              "every `stats_period`: the ~/stats status (name: the node's full name) with its level: ERROR no "
+              "model or no input, WARN degraded (colour alone), no pairs, frames lost or refused, another clock; "
+              "OK otherwise (rqt_robot_monitor, diagnostic_aggregator)", OUTPUT_QOS_TEXT),
     TopicSpec("out", "~/stats", "diagnostic_msgs/msg/DiagnosticStatus",
               "every `stats_period`: latency p50/p90/p99 (colour stamp -> publish), processing p50/p90/p99 (pair "
               "completed -> publish, needs no shared clock), rate, pairs, drops, bad input, model, device, backend and "

@@ -167,6 +167,7 @@ TRANSPORT = "Input transport, named as image_transport names it"
 OUTPUTS = "Outputs"
 DECODING = "Decoding of the auxiliary image"
 MONITORING = "Monitoring"
+MISSING_AUX = "When the aux camera drops out"
 POINTS = "Semantic point cloud (depth checkpoints; aux/camera_info gives the depth camera's intrinsics)"
 SECTION_NOTES = {
     QOS: "Must be compatible with the camera driver's, or no message ever arrives.",
@@ -268,6 +269,17 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   validate=Bounds(-1e5, 1e5, "no aux unit reaches beyond 65535 (raw16), and the range divides the "
                                   "aux values, so a narrower one only amplifies noise", min_width=1e-3),
                   section=DECODING, example=[0.2, 5.0]),
+    ParameterSpec("aux_timeout", "double", 1.0,
+                  "After this many seconds without an aux image (or for a frame whose aux image has no valid "
+                  "reading) masks come from colour alone: by fallback_checkpoint, else by the served model when it "
+                  "was trained with train.aux_dropout (or uses no aux), else nothing is published; fusion resumes "
+                  "when aux returns.",
+                  validate=Bounds(0.1, 60.0, "shorter than a frame period of a 10 Hz camera would flap; longer than "
+                                  "a minute leaves the robot blind", unit="s"), section=MISSING_AUX),
+    ParameterSpec("fallback_checkpoint", "string", "",
+                  "Checkpoint served while the aux camera is missing (for example the rgb baseline, with the same "
+                  "classes); loaded in the background at start. Empty: none.",
+                  validate=_existing_file, constraints="'' or a checkpoint file", section=MISSING_AUX),
     ParameterSpec("points.stride", "integer", 2,
                   "Use every n-th depth pixel in both axes (stride 1 at 640x480: 307200 points, 7.4 MB a message).",
                   validate=Bounds(1, 64, "64 leaves 10x7 points of a 640x480 image", integer=True), section=POINTS),

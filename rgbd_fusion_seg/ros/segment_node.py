@@ -20,7 +20,9 @@ import threading
 import time
 from typing import Any
 
-from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+import numpy as np
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.clock import JumpThreshold, TimeJump
 from rclpy.duration import Duration
@@ -42,10 +44,11 @@ from ..core.palette import colourise, overlay
 from ..core.preprocessing import PreprocessingError
 from . import parameters as params
 from .cloud_output import CameraInfoState, cloud_options, cloud_points
+from .degraded import AuxWatch, colour_only_server
 from .image_codec import ImageDecodeError, aux_from_msg, colour_from_msg, float_to_msg, mask_to_msg, rgb_to_msg
 from .inference_worker import InferenceWorker, LatencyWindow
-from .model_selection import choose_model, needs_load
-from .model_serving import BackgroundLoader, LoadRequest, ServedModel
+from .model_selection import choose_model, needs_load, runtime_from
+from .model_serving import BackgroundLoader, LoadRequest, ServedModel, inspect_checkpoint
 from .pairing import STAMP_JUMP_BACK_S, ApproximateTimePairer
 from .point_cloud import camera_info_at_size, cloud_to_msg
 from .spinning import run_until_stopped
@@ -149,6 +152,11 @@ class SegmentNode(Node):
 
         if model_ok and not self._ask_for_initial_model(stopping):
             return  # the process is stopping: nothing loads, nothing to watch
+        if self._config["fallback_checkpoint"]:
+            try:
+                self._request_fallback(self._config)
+            except ValueError as error:
+                self._log.error(f"{error}; no fallback while the aux camera is missing")
         self._start = time.monotonic()  # the no-pair watchdog counts from here, after torch was imported
 
     # ---- start-up --------------------------------------------------------------------------------------
@@ -159,14 +167,19 @@ class SegmentNode(Node):
         self._throttle_lock = threading.Lock()
         self._counters = _Counters(
             "bad_input", "frames_out", "dropped_no_model", "inference_errors", "lost_rgb", "lost_aux",
-            "points_out", "points_skipped", "bad_camera_info",
+            "points_out", "points_skipped", "bad_camera_info", "frames_colour_only", "dropped_cannot_degrade",
+            "aux_invalid",
         )
+        self._aux_watch = AuxWatch(time.monotonic())
+        self._fallback: ServedModel | None = None
+        self._fallback_generation = 0
         self._camera_info = CameraInfoState()
         self._calibration_wanted_since = time.monotonic()  # for camera_info_timeout
         self._latency = LatencyWindow()  # colour stamp -> masks published: the camera-to-mask latency
         self._processing = LatencyWindow()  # pair completed -> masks published: this node alone, any clock
         self._start = time.monotonic()
         self._last_pair = None  # monotonic time of the last pair
+        self._last_input_at = 0.0  # monotonic time of the last colour or aux message
         self._received_at_pair = (0, 0)  # frames received per stream when the last pair was made
         self._starved_warnings: dict[str, float] = {}  # problem kind -> when it was last warned
         self._frame_id_warned = False
@@ -192,6 +205,7 @@ class SegmentNode(Node):
             post_callback=self._on_time_jump,
         )
         self._loader = BackgroundLoader(self._on_model_loaded, self._on_model_failed)
+        self._fallback_loader = BackgroundLoader(self._on_fallback_loaded, self._on_fallback_failed)
         self._worker = InferenceWorker(self._process_pair, self._on_worker_error).start()
 
     def _create_publishers(self) -> None:
@@ -205,6 +219,9 @@ class SegmentNode(Node):
         self._points_pub = self._camera_info_pub = self._camera_info_sub = None
         self._ensure_optional_publishers()
         self._stats_pub = self.create_publisher(DiagnosticStatus, "~/stats", outputs_qos)
+        # The ROS convention that rqt_robot_monitor and diagnostic_aggregator read.
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", outputs_qos)
+        self._problems_at_last_stats = 0
 
     def _create_subscriptions(self) -> None:
         """Subscribe to both streams with the configured QoS, and say what was subscribed and how it pairs."""
@@ -311,8 +328,15 @@ class SegmentNode(Node):
                 reason = str(error)
                 self._log.warning(f"refused {', '.join(f'{k}={v!r}' for k, v in changes.items())}: {reason}")
                 return SetParametersResult(successful=False, reason=reason)
+        if "fallback_checkpoint" in changes and changes["fallback_checkpoint"]:
+            try:
+                inspect_checkpoint(changes["fallback_checkpoint"])
+            except ValueError as error:
+                return SetParametersResult(successful=False, reason=f"fallback_checkpoint: {error}")
         # Everything validated: apply.
         self._config = config
+        if "fallback_checkpoint" in changes:
+            self._request_fallback(config)
         if changes.keys() & params.SYNC_PARAMETERS:
             self._pairer.configure(config["sync.queue_size"], config["sync.slop"], config["sync.exact"])
         if changes.keys() & {"outputs.overlay", "outputs.confidence", "outputs.fused_image", "outputs.points",
@@ -380,6 +404,27 @@ class SegmentNode(Node):
         self._log.error(f"could not load {request.path}: {error}; {keeping}")
         if self._served is None:
             self._idle_reason = f"could not load {request.path}: {error}"
+
+    def _request_fallback(self, config: dict) -> None:
+        """Check the fallback_checkpoint (ValueError if it cannot serve) and load it in the background."""
+        self._fallback_generation += 1
+        path = config["fallback_checkpoint"]
+        if not path:
+            self._fallback = None
+            return
+        inspect_checkpoint(path)
+        self._log.info(f"loading fallback_checkpoint {path} in the background (served while aux is missing)")
+        self._fallback_loader.request(LoadRequest(self._fallback_generation, path, runtime_from(config), (),
+                                                  reason="fallback_checkpoint"))
+
+    def _on_fallback_loaded(self, request: LoadRequest, served: ServedModel) -> None:
+        if request.generation == self._fallback_generation and not self._shutting_down:
+            self._fallback = served
+            self._log.info(f"fallback ready: {served.describe()}")
+
+    def _on_fallback_failed(self, request: LoadRequest, error: BaseException) -> None:
+        if request.generation == self._fallback_generation and not self._shutting_down:
+            self._log.error(f"could not load fallback_checkpoint {request.path}: {error}; no fallback")
 
     def _go_idle(self, reason: str, level: str = "error") -> None:
         self._idle_reason = reason
@@ -453,8 +498,13 @@ class SegmentNode(Node):
         )
 
     def _on_image(self, stream: int, msg: Image | CompressedImage) -> None:
+        now = self._last_input_at = time.monotonic()
+        if stream == 1:
+            self._aux_watch.aux_arrived(now)
         pair = self._pairer.add(stream, stamp_ns(msg.header), msg)
         if pair is None:
+            if stream == 0 and self._served is not None and self._aux_watch.missing_for(now) > self._config["aux_timeout"]:
+                self._worker.submit((msg, None, now))  # the aux camera is missing: colour alone
             return
         self._last_pair = time.monotonic()
         self._starved_warnings.clear()  # a starved spell ends with a pair
@@ -481,8 +531,10 @@ class SegmentNode(Node):
                             f"bad input on {topic}: {reason} (frame skipped; counted in bad_input)")
 
     def _process_pair(self, job) -> None:
-        served = self._served
-        if served is None:
+        """One pair (or one colour frame, `aux_msg` None, while the aux camera is missing): decode, predict,
+        publish."""
+        main = self._served
+        if main is None:
             self._counters.add("dropped_no_model")
             return
         rgb_msg, aux_msg, paired_at = job
@@ -491,24 +543,19 @@ class SegmentNode(Node):
         except ImageDecodeError as error:
             self._bad_input(self.rgb_topic, str(error))
             return
-        aux = depth_m = None
         want_points = self._points_pub is not None and self._config["outputs.points"]
-        if served.uses_aux or want_points:
-            try:
-                decoded = aux_from_msg(aux_msg, served.modality, self._config["depth_scale"])
-            except ImageDecodeError as error:
-                self._bad_input(self.aux_topic, str(error))
-                return
-            if decoded.unit != served.unit:
-                self._bad_input(
-                    self.aux_topic,
-                    f"encoding {decoded.encoding!r} decodes to {served.modality} in {decoded.unit!r}, but the "
-                    f"checkpoint {served.path} expects {served.unit!r}; publish an encoding that decodes to "
-                    f"{served.unit!r} or serve a checkpoint trained on {decoded.unit!r}",
-                )
-                return
-            aux = decoded.image if served.uses_aux else None
-            depth_m = decoded.image if decoded.unit == "m" else None
+        decoded = self._decode_aux(main, aux_msg) if aux_msg is not None and (main.uses_aux or want_points) else None
+        if decoded is False:
+            return
+        invalid_aux = decoded is not None and main.uses_aux and not np.isfinite(decoded.image).any()
+        if invalid_aux:
+            self._counters.add("aux_invalid")
+        served = self._server_for_frame(main, colour_only=aux_msg is None or invalid_aux,
+                                        why=f"aux on {self.aux_topic} has no valid reading" if invalid_aux else "")
+        if served is None:
+            return
+        aux = decoded.image if decoded is not None and served is main and main.uses_aux and not invalid_aux else None
+        depth_m = decoded.image if decoded is not None and decoded.unit == "m" and not invalid_aux else None
         overlay_pub, confidence_pub, fused_pub = self._overlay_pub, self._confidence_pub, self._fused_pub
         want_confidence = confidence_pub is not None and self._config["outputs.confidence"]
         try:
@@ -528,9 +575,12 @@ class SegmentNode(Node):
             outputs.append((confidence_pub, float_to_msg(prediction.confidence, header)))
         if prediction.fused is not None and fused_pub is not None and self._config["outputs.fused_image"]:
             outputs.append((fused_pub, rgb_to_msg(prediction.fused, header)))
+        if want_points and depth_m is None and (aux_msg is None or invalid_aux):
+            self._counters.add("points_skipped")  # no depth in this frame: no points, and nothing to say
+            want_points = False
         if want_points or (self._camera_info_pub is not None and self._config["outputs.camera_info"]):
-            outputs += self._calibrated_outputs(rgb, prediction, header, aux_msg.header.frame_id,
-                                                depth_m if want_points else None, want_points)
+            aux_frame = aux_msg.header.frame_id if aux_msg is not None else header.frame_id
+            outputs += self._calibrated_outputs(rgb, prediction, header, aux_frame, depth_m, want_points)
         with self._publishing:
             if self._shutting_down:  # the node is being destroyed: its publishers may be gone
                 return
@@ -548,6 +598,43 @@ class SegmentNode(Node):
         self._counters.add("frames_out")
         if want_points and any(publisher is self._points_pub for publisher, _ in outputs):
             self._counters.add("points_out")
+
+    def _decode_aux(self, served: ServedModel, aux_msg):
+        """The decoded aux image in the served checkpoint's unit, or False (bad input: said and counted)."""
+        try:
+            decoded = aux_from_msg(aux_msg, served.modality, self._config["depth_scale"])
+        except ImageDecodeError as error:
+            self._bad_input(self.aux_topic, str(error))
+            return False
+        if served.uses_aux and decoded.unit != served.unit:
+            self._bad_input(
+                self.aux_topic,
+                f"encoding {decoded.encoding!r} decodes to {served.modality} in {decoded.unit!r}, but the "
+                f"checkpoint {served.path} expects {served.unit!r}; publish an encoding that decodes to "
+                f"{served.unit!r} or serve a checkpoint trained on {decoded.unit!r}",
+            )
+            return False
+        return decoded
+
+    def _server_for_frame(self, main: ServedModel, colour_only: bool, why: str = "") -> ServedModel | None:
+        """The model that serves this frame: the main one while fusing; while the aux camera is missing, what
+        `degraded.colour_only_server` picks, or None (nothing is published; said and counted)."""
+        if not colour_only:
+            if self._aux_watch.frame_served(False) == "left":
+                self._log.info(f"aux back on {self.aux_topic}: fusing again with {main.method!r}")
+            return main
+        choice = colour_only_server(main, self._fallback)
+        if choice.served is None:
+            self._counters.add("dropped_cannot_degrade")
+            self._log_throttled("cannot_degrade", "warning",
+                                f"no aux on {self.aux_topic}: {choice.how}; publishing nothing until aux returns "
+                                "(counted in dropped_cannot_degrade)", 10.0)
+            return None
+        if self._aux_watch.frame_served(True, choice.how) == "entered":
+            missing = why or f"no aux on {self.aux_topic} for {self._aux_watch.missing_for(time.monotonic()):.1f} s"
+            self._log.warning(f"{missing}: degraded, masks from colour alone by {choice.how} until aux returns")
+        self._counters.add("frames_colour_only")
+        return choice.served
 
     def _calibrated_outputs(self, rgb, prediction, header, aux_frame: str, depth_m, want_points: bool) -> list:
         """~/points and ~/camera_info of one prediction, as far as aux/camera_info allows: a missing or
@@ -699,6 +786,10 @@ class SegmentNode(Node):
             "inference_errors": str(self._counters["inference_errors"]),
             "lost_in_transport_rgb": str(self._counters["lost_rgb"]),
             "lost_in_transport_aux": str(self._counters["lost_aux"]),
+            "degraded": self._aux_watch.degraded_how or "",
+            "frames_colour_only": str(self._counters["frames_colour_only"]),
+            "dropped_cannot_degrade": str(self._counters["dropped_cannot_degrade"]),
+            "aux_invalid": str(self._counters["aux_invalid"]),
             "points_out": str(self._counters["points_out"]),
             "points_skipped": str(self._counters["points_skipped"]),
             "bad_camera_info": str(self._counters["bad_camera_info"]),
@@ -707,18 +798,39 @@ class SegmentNode(Node):
             "precision": served.engine.precision if served else "",
         }
 
+    def _health(self, values: dict[str, str]) -> tuple[bytes, str]:
+        """ERROR: no model, or no input at all; WARN: colour alone (degraded), no pairs, frames lost or refused
+        since the last report, stamps from another clock; OK otherwise."""
+        now = time.monotonic()
+        no_input_for = now - max(self._last_input_at, self._start)
+        problems = sum(int(values[key]) for key in ("bad_input", "inference_errors", "lost_in_transport_rgb",
+                                                    "lost_in_transport_aux", "dropped_cannot_degrade"))
+        new_problems, self._problems_at_last_stats = problems - self._problems_at_last_stats, problems
+        starved = self._last_pair is None or now - self._last_pair > self._config["no_pair_timeout"]
+        if self._served is None:
+            return DiagnosticStatus.ERROR, f"idle: {self._idle_reason}"
+        if no_input_for > self._config["no_pair_timeout"]:
+            return DiagnosticStatus.ERROR, f"no input on {self.rgb_topic} nor {self.aux_topic} for {no_input_for:.1f} s"
+        if values["degraded"]:
+            return DiagnosticStatus.WARN, f"degraded: no aux, masks from colour alone by {values['degraded']}"
+        if starved:
+            return DiagnosticStatus.WARN, "no colour/aux pairs"
+        if new_problems:
+            return DiagnosticStatus.WARN, (f"{new_problems} frames lost, refused or dropped since the last report "
+                                           "(see the counters)")
+        if self._clock_gap_warned:
+            return DiagnosticStatus.WARN, f"serving {values['model']}; stamps from another clock (latency is no delay)"
+        return DiagnosticStatus.OK, f"serving {values['model']}"
+
     def _publish_stats(self) -> None:
         values = self.stats()
         status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}", hardware_id=values["device"])
-        starved = self._last_pair is None or time.monotonic() - self._last_pair > self._config["no_pair_timeout"]
-        if self._served is None:
-            status.level, status.message = DiagnosticStatus.ERROR, f"idle: {self._idle_reason}"
-        elif starved:
-            status.level, status.message = DiagnosticStatus.WARN, "no colour/aux pairs"
-        else:
-            status.level, status.message = DiagnosticStatus.OK, f"serving {values['model']}"
+        status.level, status.message = self._health(values)
         status.values = [KeyValue(key=key, value=value) for key, value in values.items()]
         self._stats_pub.publish(status)
+        diagnostics = DiagnosticArray(status=[status])
+        diagnostics.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_pub.publish(diagnostics)
         self._log.info(
             f"{values['rate_hz']} Hz, latency p50/p90/p99 {values['latency_p50_ms']}/{values['latency_p90_ms']}/"
             f"{values['latency_p99_ms']} ms (stamp -> publish), processing p50/p90 {values['processing_p50_ms']}/"
@@ -737,6 +849,7 @@ class SegmentNode(Node):
         with self._publishing:
             self._shutting_down = True
         self._loader.stop(timeout=30.0)
+        self._fallback_loader.stop(timeout=30.0)
         self._worker.stop(timeout=10.0)
 
 
