@@ -22,7 +22,8 @@ def test_bench_node_reports_all_four_runs(tmp_path):
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
-    for title in ("(i)   bare model", "(ii)  ROS end to end", "(iii) transport only", "(iv)  naive node", "node overhead"):
+    for title in ("(i)   bare model", "(ii)  ROS end to end", "(iii) transport only", "(iv)  naive node", "node overhead",
+                  "= waiting for the running inference", "semantic point cloud per frame at 64x48"):
         assert title in result.stdout, result.stdout
     data = json.loads(figures.read_text())
     for run in ("model", "node", "transport", "naive"):
@@ -31,7 +32,11 @@ def test_bench_node_reports_all_four_runs(tmp_path):
         assert row["rate_hz"] > 0, (run, row)
         if run != "model":
             assert row["sent"] > 0 and 0 < row["received"] <= row["sent"] and row["drops"] == row["sent"] - row["received"]
-    assert data["node"]["node_stats"]["model"] == "mid"
+    stats = data["node"]["node_stats"]
+    assert stats["model"] == "mid"
+    waiting, working = float(stats["waiting_p50_ms"]), float(stats["working_p50_ms"])
+    assert waiting >= 0 and 0 < working <= float(stats["processing_p90_ms"]) + 1.0
+    assert set(data["points"]) == {"1", "4"} and all(ms > 0 for ms in data["points"].values())
     assert data["node_overhead_ratio_p50"] > 0
     logs = {path.name: path.read_text() for path in tmp_path.rglob("*_node.log")}
     assert set(logs) == {"segment_node.log", "naive_node.log"}, logs.keys()

@@ -93,7 +93,8 @@ TOPICS: tuple[TopicSpec, ...] = (
               "OK otherwise (rqt_robot_monitor, diagnostic_aggregator)", OUTPUT_QOS_TEXT),
     TopicSpec("out", "~/stats", "diagnostic_msgs/msg/DiagnosticStatus",
               "every `stats_period`: latency p50/p90/p99 (colour stamp -> publish), processing p50/p90/p99 (pair "
-              "completed -> publish, needs no shared clock), rate, pairs, drops, bad input, model, device, backend and "
+              "completed -> publish, needs no shared clock) split into waiting (for the running inference) and "
+              "working (decode -> publish) p50/p90, rate, pairs, drops, bad input, model, device, backend and "
               "precision as they run",
               OUTPUT_QOS_TEXT),
 )

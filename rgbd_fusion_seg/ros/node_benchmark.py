@@ -395,8 +395,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of streaming per run (default 10)")
     parser.add_argument("--rate", type=float, default=30.0, help="camera rate in Hz (default 30)")
     parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"), help="frame size (default 480 640)")
-    parser.add_argument("--runs", nargs="+", default=["model", "node", "transport", "naive"],
-                        choices=["model", "node", "transport", "naive"], help="which runs (default: all four)")
+    parser.add_argument("--runs", nargs="+", default=["model", "node", "transport", "naive", "points"],
+                        choices=["model", "node", "transport", "naive", "points"],
+                        help="which runs (default: all; points: the semantic point cloud's cost per frame, stride 1 and 4)")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch intra-op threads in every run (OMP_NUM_THREADS for the node processes); default: "
                              "torch's own choice. 1 compares the node designs at equal compute on a busy CPU")
@@ -445,6 +446,16 @@ def print_table(results: dict, header: str) -> None:
         print("latency p50, first third -> last third of the run: " + "; ".join(drift))
     if "transport" in results:
         print(f"rclpy publish() of one colour + one depth message, p50: {results['transport']['publish_call_p50_ms']:.1f} ms")
+    stats = results.get("node", {}).get("node_stats")
+    if stats and "working_p50_ms" in stats:
+        bare = results.get("model", {}).get("p50_ms")
+        beside = f"; bare model (i) {bare:.1f} ms: work/bare {float(stats['working_p50_ms']) / bare:.2f}x" if bare else ""
+        print(f"segment_node processing p50 {stats['processing_p50_ms']} ms = waiting for the running inference "
+              f"{stats['waiting_p50_ms']} + working (decode -> publish) {stats['working_p50_ms']} ms{beside}")
+    if "points" in results:
+        cloud = ", ".join(f"stride {stride}: {ms:.1f} ms" for stride, ms in results["points"].items())
+        print(f"semantic point cloud per frame at {results['config']['size'][1]}x{results['config']['size'][0]} "
+              f"(labelled_points, outputs.points): {cloud}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -478,7 +489,12 @@ def run(args: argparse.Namespace) -> int:
     if "model" in args.runs:
         print("(i) bare model ...", flush=True)
         results["model"] = bench_model(checkpoint, device, bench_frames(*size), args.duration, args.torch_threads)
-    session = RosSession("bench_node_receiver", env) if set(args.runs) - {"model"} else None
+    if "points" in args.runs:
+        from .point_cloud import benchmark_point_cloud
+
+        print("semantic point cloud ...", flush=True)
+        results["points"] = benchmark_point_cloud(*size, strides=(1, 4))
+    session = RosSession("bench_node_receiver", env) if set(args.runs) - {"model", "points"} else None
     try:
         if "transport" in args.runs:
             print("(iii) transport ...", flush=True)

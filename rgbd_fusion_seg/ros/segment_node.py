@@ -177,6 +177,8 @@ class SegmentNode(Node):
         self._calibration_wanted_since = time.monotonic()  # for camera_info_timeout
         self._latency = LatencyWindow()  # colour stamp -> masks published: the camera-to-mask latency
         self._processing = LatencyWindow()  # pair completed -> masks published: this node alone, any clock
+        # ... split: waiting for the running inference to finish, then working on this pair (decode -> publish)
+        self._waiting, self._working = LatencyWindow(), LatencyWindow()
         self._start = time.monotonic()
         self._last_pair = None  # monotonic time of the last pair
         self._last_input_at = 0.0  # monotonic time of the last colour or aux message
@@ -538,6 +540,7 @@ class SegmentNode(Node):
             self._counters.add("dropped_no_model")
             return
         rgb_msg, aux_msg, paired_at = job
+        started = time.monotonic()
         try:
             rgb = colour_from_msg(rgb_msg)
         except ImageDecodeError as error:
@@ -588,7 +591,10 @@ class SegmentNode(Node):
                 publisher.publish(msg)
         latency_s = (self.get_clock().now().nanoseconds - stamp_ns(header)) / 1e9
         self._latency.add(latency_s)
-        self._processing.add(time.monotonic() - paired_at)
+        done = time.monotonic()
+        self._processing.add(done - paired_at)
+        self._waiting.add(started - paired_at)
+        self._working.add(done - started)
         if abs(latency_s) > CLOCK_GAP_WARNING_S and not self._clock_gap_warned:
             self._clock_gap_warned = True
             self._log.warning(
@@ -772,6 +778,8 @@ class SegmentNode(Node):
             "latency_p90_ms": f"{p90:.1f}",
             "latency_p99_ms": f"{p99:.1f}",
             **{f"processing_{name}_ms": f"{value:.1f}" for name, value in processing.items()},
+            **{f"{part}_{name}_ms": f"{value:.1f}" for part, window in (("waiting", self._waiting), ("working", self._working))
+               for name, value in zip(("p50", "p90"), window.percentiles_ms())},
             "rate_hz": f"{self._latency.rate_hz(max(self._config['stats_period'], 1.0)):.2f}",
             "frames_in_rgb": str(counts.received[0]),
             "frames_in_aux": str(counts.received[1]),
