@@ -96,8 +96,9 @@ def aux_dropout_mask(p: float, seed: int, global_step: int, count: int, *, batch
     draw is over the global batch (this rank's positions rank, rank + world_size, ...), so it does not
     depend on the number of processes either.
     """
-    generator = torch.Generator()
-    generator.manual_seed(int(np.random.SeedSequence([seed, global_step, 2]).generate_state(1, np.uint64)[0] >> 1))
+    # [seed, step, 2]: apart from the epoch order's [seed, epoch] (and drawn as 63 bits, not as the workers' 32)
+    stream = np.random.SeedSequence([seed, global_step, 2])
+    generator = torch.Generator().manual_seed(int(stream.generate_state(1, np.uint64)[0] >> 1))
     draws = torch.rand(max(batch_size, count * world_size), generator=generator)
     return draws[rank::world_size][:count] < p
 

@@ -138,6 +138,21 @@ def test_the_checkpoint_records_p_and_an_old_one_reads_as_zero(tiny_config, tmp_
     assert load_checkpoint(rgb).aux_dropout == 0.0
 
 
+@pytest.mark.slow  # four short trainings of early fusion
+def test_dropout_changes_training_and_a_resumed_run_equals_an_uninterrupted_one(tiny_config):
+    """Early fusion, p = 0.5: stopped after 4 of 6 steps and resumed, bit-identical weights; p = 0 differs."""
+    common = {"model": {"method": "early"}, "train": {"epochs": 2, "lr_schedule": "constant", "aux_dropout": 0.5}}
+    base = str(tiny_config().out_path)
+    reference = train(tiny_config(**common, out_dir=base + "_ref"), device="cpu", log=quiet)
+    plain = train(tiny_config(model=common["model"], train={**common["train"], "aux_dropout": 0.0},
+                              out_dir=base + "_plain"), device="cpu", log=quiet)
+    train(tiny_config(model=common["model"], train={**common["train"], "max_steps": 4}), device="cpu", log=quiet)
+    resumed = train(tiny_config(**common), device="cpu", log=quiet)
+    a, b, c = (load_checkpoint(path).state_dict for path in (reference, resumed, plain))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert not all(torch.equal(a[key], c[key]) for key in a)
+
+
 def _without_readings(mm5_copy):
     """Every D_FocusN image of the copy set to 0: "no reading" at every pixel."""
     for path in (mm5_copy / "D_FocusN").glob("*.png"):
