@@ -251,6 +251,8 @@ class ServedModel:
             f"{self.engine.checkpoint.num_classes} classes; aux {self.modality} in {self.unit} [{low:g}, {high:g}]"
             + ("" if self.uses_aux else " (aux not used by this method)")
             + "".join(f"; serving its {name} output" for name in self.engine.extras)
+            + (f"; trained with aux dropout {self.engine.checkpoint.aux_dropout:g}"
+               if self.engine.checkpoint.aux_dropout > 0 else "")
         )
 
 
