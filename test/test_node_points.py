@@ -136,3 +136,37 @@ def test_a_calibration_it_cannot_use_is_counted_and_said_and_masks_go_on(ros, cl
     stamp = next_stamp()
     send(client, stamp)
     client.spin_until(lambda: stamp in [stamp_of(m) for m in received["points"]], 15, "points again")
+
+
+def test_the_real_rgbd_indoor_bag_gives_a_labelled_cloud(ros, client, bags):
+    """The ESANet frames (a Kinect v2 view, 512x424) from the rgbd_indoor bag, with the Kinect v2's nominal
+    depth intrinsics (the bag has no camera_info): one point per valid depth pixel, labelled by its mask."""
+    from ros_helpers import read_bag_images, rosbags_to_ros
+
+    from rgbd_fusion_seg.ros.point_cloud import cloud_from_msg
+
+    node, info_pub, received = ros
+    frames = [rosbags_to_ros(msg) for _, msg in read_bag_images(
+        bags / "rgbd_indoor", {"/camera/color/image_raw", "/camera/depth/image_rect_raw"})]
+    colour = next(m for m in frames if m.encoding == "rgb8")
+    depth = next(m for m in frames if m.encoding == "16UC1")
+    info = camera_info(next_stamp(), depth.width, depth.height)
+    info.k = [365.5, 0.0, 255.5, 0.0, 365.5, 211.5, 0.0, 0.0, 1.0]  # Kinect v2 depth, nominal
+    info_pub.publish(info)
+    client.spin_for(0.5)
+    stamp = next_stamp()
+    for msg in (colour, depth):
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+    client.publish_pair(colour, depth)
+    client.spin_until(lambda: stamp in [stamp_of(m) for m in received["points"]], 30, "the bag frame's points")
+    points = cloud_from_msg(next(m for m in received["points"] if stamp_of(m) == stamp))
+    raw = np.frombuffer(bytes(depth.data), np.uint16).reshape(depth.height, depth.width)
+    valid = raw > 0  # about 11 % of this frame has no reading
+    assert points.size == int(valid.sum()) and 0.8 * raw.size < points.size < raw.size
+    np.testing.assert_allclose(points["z"], raw[valid] / 1000.0, atol=1e-6)
+    client.wait_for_stamp(stamp, "mask")
+    mask_msg = client.received["mask"][client.stamps("mask").index(stamp)]
+    mask = np.frombuffer(bytes(mask_msg.data), np.uint8).reshape(mask_msg.height, mask_msg.width)
+    np.testing.assert_array_equal(points["label"], mask[valid])
+    v, u = np.nonzero(valid)
+    np.testing.assert_allclose(points["x"], (u - 255.5) / 365.5 * points["z"], rtol=1e-5, atol=1e-5)
