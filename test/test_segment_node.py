@@ -456,10 +456,10 @@ def test_parameter_table_is_the_contract():
         "outputs.points": False, "outputs.camera_info": False,
         "overlay_alpha": 0.5, "depth_scale": 0.001, "aux_range": [], "aux_timeout": 1.0, "fallback_checkpoint": "",
         "points.stride": 2, "points.voxel_size": 0.0, "points.z_range": [], "points.exclude_classes": [],
-        "camera_info_timeout": 5.0, "stats_period": 5.0, "no_pair_timeout": 5.0,
+        "camera_info_timeout": 5.0, "autostart": True, "stats_period": 5.0, "no_pair_timeout": 5.0,
     }
     assert {s.name for s in params.PARAMETERS if s.read_only} == {"qos.profile", "qos.depth", "transport.rgb",
-                                                                  "transport.aux"}
+                                                                  "transport.aux", "autostart"}
     assert all(s.description for s in params.PARAMETERS)
     for spec in params.PARAMETERS:
         assert params.validate(spec.name, spec.default) is None, spec.name

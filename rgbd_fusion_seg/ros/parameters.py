@@ -298,6 +298,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "Warn when ~/points is on and no aux/camera_info came for this many seconds (masks keep flowing).",
                   validate=Bounds(WATCHDOG_PERIOD_S, 3600.0, f"the watchdog looks every {WATCHDOG_PERIOD_S} s",
                                   unit="s"), section=POINTS),
+    ParameterSpec("autostart", "bool", True,
+                  "Configure and activate at start (the node is a managed lifecycle node); false: it waits "
+                  "unconfigured for `ros2 lifecycle set /segment_node configure`, then `activate`.",
+                  read_only=True, section=MONITORING, launch_argument=False),
     ParameterSpec("stats_period", "double", 5.0,
                   "Seconds between ~/stats messages (latency p50/p90/p99, rate, pairs, drops) and their log lines.",
                   validate=Bounds(0.1, 3600.0, "each period publishes ~/stats and logs a line: faster floods the "

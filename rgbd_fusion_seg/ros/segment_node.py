@@ -28,7 +28,7 @@ from rclpy.clock import JumpThreshold, TimeJump
 from rclpy.duration import Duration
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import InvalidParameterTypeException
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import (
     DurabilityPolicy,
@@ -130,34 +130,93 @@ class _Counters:
         return self._values.get(name, 0)
 
 
-class SegmentNode(Node):
+class SegmentNode(LifecycleNode):
+    """A managed node (ROS 2 lifecycle). configure: read and check the parameters, start the worker and
+    loader threads, create the publishers, load the model; activate: subscribe and start the stats and
+    watchdog timers; deactivate: unsubscribe (the model stays loaded, nothing is published); cleanup: stop
+    the threads and free the models (and CUDA's cached memory). `autostart` (default true) configures and
+    activates at start, so `ros2 run` and `ros2 launch` just work."""
+
     def __init__(self, *, stopping: threading.Event | None = None, **kwargs):
         """`stopping`: set when the process is asked to stop; a start-up that sees it loads no model."""
         super().__init__(NODE_NAME, **kwargs)
         self._log = self.get_logger()
+        self._stopping = stopping
+        self._configured = False
         self._init_state()
         self._config = self._declare_parameters()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        if self._config["autostart"]:
+            configured = self.trigger_configure() == TransitionCallbackReturn.SUCCESS
+            if configured and not (stopping is not None and stopping.is_set()):
+                self.trigger_activate()
+        else:
+            self._log.info("autostart is false: unconfigured; configure and activate it through its lifecycle "
+                           "services (ros2 lifecycle set /segment_node configure, then activate)")
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        # What was set while unconfigured is read now.
+        self._config = {spec.name: params.coerce(spec.name, self.get_parameter(spec.name).value)
+                        for spec in params.PARAMETERS}
         model_ok = self._check_startup_values()
         self._start_pairing_and_threads()
         # Outputs before inputs: nothing is subscribed to before there is somewhere to publish.
         self._create_publishers()
-        self._create_subscriptions()
-        self._stats_timer = self.create_timer(self._config["stats_period"], self._publish_stats)
-        self._watchdog_timer = self.create_timer(params.WATCHDOG_PERIOD_S, self._watchdog)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-
+        self._configured = True
         # torch and the models take seconds to import: do it now (SIGINT/SIGTERM handlers are installed),
         # not in the first parameter change that needs them.
         from .. import models  # noqa: F401
 
-        if model_ok and not self._ask_for_initial_model(stopping):
-            return  # the process is stopping: nothing loads, nothing to watch
+        if model_ok and not self._ask_for_initial_model(self._stopping):
+            return TransitionCallbackReturn.SUCCESS  # the process is stopping: nothing loads
         if self._config["fallback_checkpoint"]:
             try:
                 self._request_fallback(self._config)
             except ValueError as error:
                 self._log.error(f"{error}; no fallback while the aux camera is missing")
-        self._start = time.monotonic()  # the no-pair watchdog counts from here, after torch was imported
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._create_subscriptions()
+        self._ensure_optional_publishers()  # and aux/camera_info's subscription
+        self._stats_timer = self.create_timer(self._config["stats_period"], self._publish_stats)
+        self._watchdog_timer = self.create_timer(params.WATCHDOG_PERIOD_S, self._watchdog)
+        self._start = time.monotonic()  # the no-pair watchdog counts from here
+        self._log.info("active")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        for subscription in (self._rgb_sub, self._aux_sub, self._camera_info_sub):
+            if subscription is not None:
+                self.destroy_subscription(subscription)
+        self._rgb_sub = self._aux_sub = self._camera_info_sub = None
+        for timer in (self._stats_timer, self._watchdog_timer):
+            self.destroy_timer(timer)
+        self._stats_timer = self._watchdog_timer = None
+        self._log.info("inactive: unsubscribed, the model stays loaded; activate to serve again")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.shutdown()
+        self._shutting_down = False
+        for name in ("_mask_pub", "_mask_color_pub", "_overlay_pub", "_confidence_pub", "_fused_pub", "_points_pub",
+                     "_camera_info_pub", "_stats_pub", "_diagnostics_pub"):
+            if getattr(self, name, None) is not None:
+                self.destroy_publisher(getattr(self, name))
+            setattr(self, name, None)
+        self._served = self._fallback = None
+        self._target, self._configured = None, False
+        self._idle_reason = "cleaned up: configure to serve again"
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the models' memory goes back to the device
+        self._log.info("unconfigured: threads stopped, models freed")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.shutdown()
+        return TransitionCallbackReturn.SUCCESS
 
     # ---- start-up --------------------------------------------------------------------------------------
 
@@ -194,6 +253,8 @@ class SegmentNode(Node):
         self._idle_reason = "no model loaded yet"
         self._shutting_down = False
         self._publishing = threading.Lock()  # held by the worker while it publishes; `shutdown` waits for it
+        self._rgb_sub = self._aux_sub = self._camera_info_sub = None
+        self._stats_timer = self._watchdog_timer = None
 
     def _start_pairing_and_threads(self) -> None:
         """The pairer, the ROS time-jump callback, the model loader and the inference worker."""
@@ -319,8 +380,8 @@ class SegmentNode(Node):
                 self._log.warning(f"refused {parameter.name}={value!r}: {reason}")
                 return SetParametersResult(successful=False, reason=reason)
             changes[parameter.name] = value
-        if not changes:
-            return SetParametersResult(successful=True)
+        if not changes or not self._configured:
+            return SetParametersResult(successful=True)  # unconfigured: configure reads them
         config = {**self._config, **changes}
         request = None
         if changes.keys() & params.MODEL_PARAMETERS:
@@ -344,7 +405,7 @@ class SegmentNode(Node):
         if changes.keys() & {"outputs.overlay", "outputs.confidence", "outputs.fused_image", "outputs.points",
                              "outputs.camera_info"}:
             self._ensure_optional_publishers()
-        if "stats_period" in changes:
+        if "stats_period" in changes and self._stats_timer is not None:
             self.destroy_timer(self._stats_timer)
             self._stats_timer = self.create_timer(config["stats_period"], self._publish_stats)
         if "aux_range" in changes:
@@ -709,7 +770,7 @@ class SegmentNode(Node):
         if self._config["outputs.camera_info"] and self._camera_info_pub is None:
             self._camera_info_pub = self.create_publisher(CameraInfo, "~/camera_info", self._outputs_qos)
         wanted = self._config["outputs.points"] or self._config["outputs.camera_info"]
-        if wanted and self._camera_info_sub is None:
+        if wanted and self._camera_info_sub is None and self._rgb_sub is not None:  # inputs only while active
             self._calibration_wanted_since = time.monotonic()
             # The input QoS: camera drivers publish camera_info as they publish the images.
             self._camera_info_sub = self.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info,
@@ -856,9 +917,10 @@ class SegmentNode(Node):
         """
         with self._publishing:
             self._shutting_down = True
-        self._loader.stop(timeout=30.0)
-        self._fallback_loader.stop(timeout=30.0)
-        self._worker.stop(timeout=10.0)
+        if self._configured:
+            self._loader.stop(timeout=30.0)
+            self._fallback_loader.stop(timeout=30.0)
+            self._worker.stop(timeout=10.0)
 
 
 def main(args=None) -> None:
