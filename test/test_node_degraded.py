@@ -117,3 +117,16 @@ def test_an_aux_image_without_any_reading_is_served_from_colour_alone(ros, clien
     client.publish_pair(rgb_msg, blank)
     client.wait_for_stamp(stamp)
     client.fresh_stats(predicate=lambda s: int(s["aux_invalid"]) > before)
+
+
+def test_aux_watch_counts_colour_alone_from_the_first_colour_frame_after_aux():
+    from rgbd_fusion_seg.ros.degraded import AuxWatch
+
+    watch = AuxWatch()
+    assert watch.colour_arrived(100.0) == 0.0  # a stream's first colour frame, its aux a few ms behind
+    watch.aux_arrived()
+    assert watch.missing_for(100.5) == 0.0 and watch.colour_arrived(130.0) == 0.0  # a pause of both cameras
+    assert watch.colour_arrived(130.6) == pytest.approx(0.6) and watch.missing_for(131.0) == pytest.approx(1.0)
+    assert [watch.frame_served(True, "rgb"), watch.frame_served(True, "rgb"), watch.frame_served(False)] == \
+        ["entered", None, "left"]
+    assert watch.degraded_how is None

@@ -72,6 +72,7 @@ def send(client, stamp):
 def test_without_camera_info_masks_flow_and_the_node_says_why_there_are_no_points(ros, client):
     node, _, received = ros
     client.prime(next_stamp, lambda stamp: plane_pair(stamp)[0])
+    client.spin_for(0.6)  # past camera_info_timeout since the node subscribed
     stamp = next_stamp()
     send(client, stamp)
     node.wait_for_log("no camera_info on /aux/camera_info")

@@ -25,9 +25,11 @@ NODE_NAME = "segment_node"
 REGENERATE = "python -m rgbd_fusion_seg.ros.contract --write README.md docs/node.md config/segment.yaml"
 INPUT_QOS = (f"`qos.profile`, `qos.depth` (default {PARAMETERS_BY_NAME['qos.profile'].default}: best effort, "
              f"keep last {PARAMETERS_BY_NAME['qos.depth'].default})")
-# What the node's publishers use: a subscriber asking for reliable delivery gets every mask.
-OUTPUT_QOS = {"reliability": "reliable", "durability": "volatile", "depth": 5}
-OUTPUT_QOS_TEXT = "reliable, volatile, keep last 5"
+# What the node's publishers use: a subscriber asking for reliable delivery gets every mask. A reliable writer
+# drops the oldest unacknowledged sample when its history is full, so the depth is the slack a slow reader
+# has over UDP (20: 0.7 s at 30 Hz); over shared memory samples go straight to the reader's own queue.
+OUTPUT_QOS = {"reliability": "reliable", "durability": "volatile", "depth": 20}
+OUTPUT_QOS_TEXT = f"reliable, volatile, keep last {OUTPUT_QOS['depth']}"
 
 
 @dataclass(frozen=True)

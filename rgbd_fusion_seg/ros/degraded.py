@@ -1,8 +1,9 @@
 """When the second camera drops out: which colour frames are served without aux, by which model, and the spells
 of it (for the log and the diagnostics). No ROS import.
 
-A colour frame is served from colour alone when no aux message came for `aux_timeout` seconds (the aux camera
-stopped, or never started), or when its aux image holds no valid reading at all. Colour alone is served by,
+A colour frame is served from colour alone when colour has been arriving without any aux message for
+`aux_timeout` seconds (the aux camera stopped, or never started), or when its aux image holds no valid
+reading at all. Colour alone is served by,
 in this order:
   1. the `fallback_checkpoint` (for example the `rgb` baseline), when one is loaded;
   2. the served model itself, fed the "missing" aux input (what an aux image without readings normalises
@@ -40,21 +41,32 @@ def colour_only_server(served: ServedModel, fallback: ServedModel | None) -> Col
 
 
 class AuxWatch:
-    """The time of the last aux message, and the current spell of colour-only frames (thread-safe: messages
-    arrive on the executor thread, frames are served on the worker)."""
+    """How long colour has been arriving without aux, and the current spell of colour-only frames
+    (thread-safe: messages arrive on the executor thread, frames are served on the worker).
 
-    def __init__(self, now: float):
+    The clock starts at the first colour frame after the last aux image, not at the last aux image: a camera
+    pair that starts streaming, or resumes after a pause of both, sends its first colour frame a few
+    milliseconds before its aux frame, and that frame must pair, not be served from colour alone."""
+
+    def __init__(self):
         self._lock = threading.Lock()
-        self._last_aux = now  # from the start: an aux camera that never starts counts as stopped
+        self._colour_alone_since: float | None = None
         self._degraded_how: str | None = None
 
-    def aux_arrived(self, now: float) -> None:
+    def aux_arrived(self) -> None:
         with self._lock:
-            self._last_aux = now
+            self._colour_alone_since = None
+
+    def colour_arrived(self, now: float) -> float:
+        """Seconds colour has been arriving without aux, this frame included (0 for the first)."""
+        with self._lock:
+            if self._colour_alone_since is None:
+                self._colour_alone_since = now
+            return now - self._colour_alone_since
 
     def missing_for(self, now: float) -> float:
         with self._lock:
-            return now - self._last_aux
+            return 0.0 if self._colour_alone_since is None else now - self._colour_alone_since
 
     def frame_served(self, colour_only: bool, how: str = "") -> str | None:
         """Record how a frame was served; 'entered' or 'left' when that starts or ends a colour-only spell."""

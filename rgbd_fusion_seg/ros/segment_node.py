@@ -43,6 +43,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from ..core.palette import colourise, overlay
 from ..core.preprocessing import PreprocessingError
 from . import parameters as params
+from .contract import OUTPUT_QOS
 from .cloud_output import CameraInfoState, cloud_options, cloud_points
 from .degraded import AuxWatch, colour_only_server
 from .image_codec import ImageDecodeError, aux_from_msg, colour_from_msg, float_to_msg, mask_to_msg, rgb_to_msg
@@ -229,7 +230,7 @@ class SegmentNode(LifecycleNode):
             "points_out", "points_skipped", "bad_camera_info", "frames_colour_only", "dropped_cannot_degrade",
             "aux_invalid",
         )
-        self._aux_watch = AuxWatch(time.monotonic())
+        self._aux_watch = AuxWatch()
         self._fallback: ServedModel | None = None
         self._fallback_generation = 0
         self._camera_info = CameraInfoState()
@@ -272,7 +273,7 @@ class SegmentNode(LifecycleNode):
         self._worker = InferenceWorker(self._process_pair, self._on_worker_error).start()
 
     def _create_publishers(self) -> None:
-        outputs_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        outputs_qos = QoSProfile(depth=OUTPUT_QOS["depth"], reliability=ReliabilityPolicy.RELIABLE)
         self._outputs_qos = outputs_qos
         self._mask_pub = self.create_publisher(Image, "~/mask", outputs_qos)
         self._mask_color_pub = self.create_publisher(Image, "~/mask_color", outputs_qos)
@@ -563,10 +564,13 @@ class SegmentNode(LifecycleNode):
     def _on_image(self, stream: int, msg: Image | CompressedImage) -> None:
         now = self._last_input_at = time.monotonic()
         if stream == 1:
-            self._aux_watch.aux_arrived(now)
+            self._aux_watch.aux_arrived()
+            colour_alone_s = 0.0
+        else:
+            colour_alone_s = self._aux_watch.colour_arrived(now)
         pair = self._pairer.add(stream, stamp_ns(msg.header), msg)
         if pair is None:
-            if stream == 0 and self._served is not None and self._aux_watch.missing_for(now) > self._config["aux_timeout"]:
+            if colour_alone_s > self._config["aux_timeout"] and self._served is not None:
                 self._worker.submit((msg, None, now))  # the aux camera is missing: colour alone
             return
         self._last_pair = time.monotonic()
