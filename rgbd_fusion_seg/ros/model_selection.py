@@ -1,9 +1,10 @@
 """Which checkpoint file a configuration of the node serves, and whether serving it needs a (re)load.
 
 The node asks this for every model parameter change (`params.MODEL_PARAMETERS`: the file, the method, the
-modality, the backend and where and how it runs, `outputs.fused_image`) and at start. A set-parameters request must be answered at once, accepted
-or refused with the reason, so the files are inspected while it waits; each file is read once per decision
-(memory-mapped: names and shapes, not the weights), and the full load runs later on the loader thread.
+modality, the backend and where and how it runs, `outputs.fused_image`) and at start. A set-parameters
+request must be answered at once, accepted or refused with the reason, so the files are inspected while it
+waits; each file is read once per decision (memory-mapped: names and shapes, not the weights), and the full
+load runs later on the loader thread.
 
 No ROS import: plain functions over the configuration dict, tested without rclpy.
 """
