@@ -37,6 +37,9 @@ def test_bench_node_reports_all_four_runs(tmp_path):
     waiting, working = float(stats["waiting_p50_ms"]), float(stats["working_p50_ms"])
     assert waiting >= 0 and 0 < working <= float(stats["processing_p90_ms"]) + 1.0
     assert set(data["points"]) == {"1", "4"} and all(ms > 0 for ms in data["points"].values())
+    stream = data["stream"]
+    assert 0 < stream["p50_ms"] <= stream["p90_ms"] and 0 < stream["stream_received"] <= stream["stream_sent"]
+    assert "bare model under the stream (v)" in result.stdout
     assert data["node_overhead_ratio_p50"] > 0
     logs = {path.name: path.read_text() for path in tmp_path.rglob("*_node.log")}
     assert set(logs) == {"segment_node.log", "naive_node.log"}, logs.keys()

@@ -3,7 +3,7 @@
     rgbd-fusion-seg bench-node                         # 640x480 at 30 Hz, 10 s per run, untrained `mid`
     rgbd-fusion-seg bench-node --checkpoint runs/x/last.pt --device cuda --duration 20
 
-Four runs on the same generated 640x480 colour + 16UC1 depth frames (latency = colour stamp -> receipt):
+Five runs on the same generated 640x480 colour + 16UC1 depth frames (latency = colour stamp -> receipt):
 
   (i)   bare model: `SegmentationEngine.predict` on the decoded frames, back to back, in this process on a
         worker thread like the node's inference thread.
@@ -17,6 +17,8 @@ Four runs on the same generated 640x480 colour + 16UC1 depth frames (latency = c
         queue depth x camera period + inference time (10 x 33 ms + inference at 30 Hz; without bound with a
         deeper queue), while the real node (one slot, newest pair wins, inference off the executor thread)
         stays near one inference time. The first and last thirds of each run are reported to show the drift.
+  (v)   the bare model of (i) while this process receives the stream of (ii): the model's cost under the
+        same incoming traffic, beside which the node's work (its ~/stats `working_*`) is read.
 
 On a CPU shared with other work, torch's two intra-op threads can slow the main thread's inference
 several-fold (OpenMP threads waiting on each other); `--torch-threads 1` gives every run the same single
@@ -322,6 +324,30 @@ def bench_transport(session: RosSession, env: dict, size, rate: float, duration:
             session.node.destroy_subscription(subscription)
 
 
+def bench_model_under_stream(session: RosSession, env: dict, checkpoint: Path, device: str, size, rate: float,
+                             duration: float, torch_threads: int | None = None) -> dict:
+    """(v) the bare model of (i) while this process receives the camera stream of (ii) (the publisher process
+    -> this process, colour and depth, as the node receives them): the model's own cost under the same
+    incoming traffic, so that the node's work in (ii) can be compared with it."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    rgb, depth = _Collector(), _Collector()
+    subscriptions = [session.node.create_subscription(Image, RGB_TOPIC, rgb.callback, qos),
+                     session.node.create_subscription(Image, DEPTH_TOPIC, depth.callback, qos)]
+    try:
+        publisher = _run_publisher(env, size, rate, duration)
+        result = bench_model(checkpoint, device, bench_frames(*size), duration, torch_threads)
+        published = _publisher_result(publisher, duration)
+        result["stream_sent"] = len(published["stamps"])
+        result["stream_received"] = depth.count(published["stamps"])
+        return result
+    finally:
+        for subscription in subscriptions:
+            session.node.destroy_subscription(subscription)
+
+
 def bench_node(session: RosSession, env: dict, node_command, node_name: str, size, rate: float, duration: float,
                log_path: Path, ready_timeout: float = 120.0) -> dict:
     """(ii) and (iv): publisher process -> node process -> this process (~/mask)."""
@@ -395,9 +421,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of streaming per run (default 10)")
     parser.add_argument("--rate", type=float, default=30.0, help="camera rate in Hz (default 30)")
     parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"), help="frame size (default 480 640)")
-    parser.add_argument("--runs", nargs="+", default=["model", "node", "transport", "naive", "points"],
-                        choices=["model", "node", "transport", "naive", "points"],
-                        help="which runs (default: all; points: the semantic point cloud's cost per frame, stride 1 and 4)")
+    parser.add_argument("--runs", nargs="+", default=["model", "node", "transport", "naive", "stream", "points"],
+                        choices=["model", "node", "transport", "naive", "stream", "points"],
+                        help="which runs (default: all; stream: the bare model while the camera stream is received; "
+                             "points: the semantic point cloud's cost per frame, stride 1 and 4)")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch intra-op threads in every run (OMP_NUM_THREADS for the node processes); default: "
                              "torch's own choice. 1 compares the node designs at equal compute on a busy CPU")
@@ -411,6 +438,7 @@ ROW_TITLES = {
     "node": "(ii)  ROS end to end (segment_node)",
     "transport": "(iii) transport only (no model)",
     "naive": "(iv)  naive node (inference in callback)",
+    "stream": "(v)   bare model under the stream",
 }
 
 
@@ -448,8 +476,10 @@ def print_table(results: dict, header: str) -> None:
         print(f"rclpy publish() of one colour + one depth message, p50: {results['transport']['publish_call_p50_ms']:.1f} ms")
     stats = results.get("node", {}).get("node_stats")
     if stats and "working_p50_ms" in stats:
-        bare = results.get("model", {}).get("p50_ms")
-        beside = f"; bare model (i) {bare:.1f} ms: work/bare {float(stats['working_p50_ms']) / bare:.2f}x" if bare else ""
+        working = float(stats["working_p50_ms"])
+        beside = "".join(f"; {label} {results[key]['p50_ms']:.1f} ms: work/bare {working / results[key]['p50_ms']:.2f}x"
+                         for key, label in (("model", "bare model (i)"), ("stream", "bare model under the stream (v)"))
+                         if key in results)
         print(f"segment_node processing p50 {stats['processing_p50_ms']} ms = waiting for the running inference "
               f"{stats['waiting_p50_ms']} + working (decode -> publish) {stats['working_p50_ms']} ms{beside}")
     if "points" in results:
@@ -509,6 +539,10 @@ def run(args: argparse.Namespace) -> int:
                 )
 
             results["node"] = bench_node(session, env, real_node, "segment_node", size, args.rate, args.duration, work / "segment_node.log")
+        if "stream" in args.runs:
+            print("(v) bare model under the stream ...", flush=True)
+            results["stream"] = bench_model_under_stream(session, env, checkpoint, device, size, args.rate,
+                                                         args.duration, args.torch_threads)
         if "naive" in args.runs:
             print("(iv) naive node ...", flush=True)
 
