@@ -593,9 +593,10 @@ class SegmentNode(LifecycleNode):
     # ---- the inference worker ---------------------------------------------------------------------------
 
     def _bad_input(self, topic: str, reason: str) -> None:
-        self._counters.add("bad_input")
+        # logged before counted: whoever has seen the counter move can find the reason in the log
         self._log_throttled(f"bad_input:{topic}:{reason.split(':')[0]}", "error",
                             f"bad input on {topic}: {reason} (frame skipped; counted in bad_input)")
+        self._counters.add("bad_input")
 
     def _process_pair(self, job) -> None:
         """One pair (or one colour frame, `aux_msg` None, while the aux camera is missing): decode, predict,
@@ -900,10 +901,7 @@ class SegmentNode(LifecycleNode):
         status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}", hardware_id=values["device"])
         status.level, status.message = self._health(values)
         status.values = [KeyValue(key=key, value=value) for key, value in values.items()]
-        self._stats_pub.publish(status)
-        diagnostics = DiagnosticArray(status=[status])
-        diagnostics.header.stamp = self.get_clock().now().to_msg()
-        self._diagnostics_pub.publish(diagnostics)
+        # logged before publishing: whoever has read the stats message can find its log line
         self._log.info(
             f"{values['rate_hz']} Hz, latency p50/p90/p99 {values['latency_p50_ms']}/{values['latency_p90_ms']}/"
             f"{values['latency_p99_ms']} ms (stamp -> publish), processing p50/p90 {values['processing_p50_ms']}/"
@@ -912,6 +910,10 @@ class SegmentNode(LifecycleNode):
             f"stale {values['dropped_stale']} no-model {values['dropped_no_model']}, bad input {values['bad_input']}; "
             f"model {values['model']}"
         )
+        self._stats_pub.publish(status)
+        diagnostics = DiagnosticArray(status=[status])
+        diagnostics.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_pub.publish(diagnostics)
 
     def shutdown(self) -> None:
         """Stop the threads, waiting for a frame or a load in progress (they run C++ code: torch, DDS).
