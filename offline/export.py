@@ -31,7 +31,6 @@ from torch import nn
 
 from rgbd_fusion_seg.core.checkpoint import Checkpoint, load_checkpoint
 from rgbd_fusion_seg.core.onnx_model import INPUT_NAMES, METADATA_KEY, ONNX_FORMAT, OUTPUT_NAME
-from rgbd_fusion_seg.models import method_class
 
 FORMATS = ("onnx",)
 DEFAULT_OPSET = 18  # the lowest opset torch's dynamo exporter writes natively (it converts down otherwise)
@@ -46,16 +45,6 @@ PARITY_TOLERANCE = 1e-4  # max |logit difference|, times max(1, largest |logit|)
 
 class ExportError(ValueError):
     """A checkpoint that cannot be exported (the method, and why)."""
-
-
-# Methods whose export is known not to finish here, and why (measured on the 2-core VM, 2026-12-01).
-NOT_EXPORTABLE = {
-    "sccosf": "its selective scan loops over the sequence length (or pads it to a power of two in mambapy's "
-              "parallel scan), and the dynamo trace of it did not finish within 12 minutes; a scan whose "
-              "length is part of the graph is needed",
-    "sartm": "the dynamo trace of SAM2's Hiera encoder did not finish within 12 minutes (the TorchScript "
-             "exporter traced it but fixes sizes that must stay dynamic)",
-}
 
 
 @dataclass
@@ -99,12 +88,10 @@ def run(args: argparse.Namespace) -> int:
 def export_onnx(checkpoint_path: str | os.PathLike, out: str | os.PathLike, opset: int = DEFAULT_OPSET,
                 fixed_size: bool = False) -> ExportResult:
     checkpoint = load_checkpoint(checkpoint_path)
-    refusal = NOT_EXPORTABLE.get(checkpoint.method)
-    if refusal:  # refused at once: the trace would run for many minutes before failing
-        raise ExportError(f"method {checkpoint.method!r} does not export to ONNX yet: {refusal} (docs/export.md)")
     size = _trace_size(checkpoint, fixed_size)
     torch.manual_seed(0)  # the example and check inputs
-    network = _LogitsOnly(checkpoint.build_model().deploy().eval())
+    # without gradients: torch's scan operator (SC-CoSF's scan while exporting) traces no backward graph then
+    network = _LogitsOnly(checkpoint.build_model().deploy().eval()).requires_grad_(False)
     with tempfile.TemporaryDirectory(prefix="rgbd_fusion_seg_export_") as folder:
         graph = _export_graph(network, checkpoint.method, size, Path(folder) / "graph.onnx", opset, fixed_size)
     checks = ((1, *size),) if fixed_size else CHECK_SHAPES

@@ -23,12 +23,13 @@ DEFAULT_SIZES = (
     ("1/16 of 480x640", 1, 256, 30 * 40, 16, 1),
     ("1/4 of 480x640", 1, 256, 120 * 160, 16, 1),
 )
-# The sequential loop runs one Python step per position: longer sequences than this are not timed with it.
+# The sequential loop runs one Python step per position, torch's scan operator one eager step per position:
+# longer sequences than this are not timed with them.
 SEQUENTIAL_MAX_LENGTH = 4096
 
 
 def available_backends(device: torch.device) -> list[str]:
-    backends = ["sequential", "mambapy"]
+    backends = ["sequential", "mambapy", "torch_scan"]
     if device.type == "cuda" and ssm._mamba_ssm_scan() is not None:
         backends.append("mamba_ssm")
     return backends
@@ -71,9 +72,9 @@ def measure_scan_backends(device="cpu", sizes=DEFAULT_SIZES, iters: int = 3, see
         for backend in available_backends(device):
             row = {"size": label, "backend": backend, "device": str(device),
                    "shape": {"batch": batch, "channels": channels, "length": length, "d_state": state, "groups": groups}}
-            if backend == "sequential" and length > SEQUENTIAL_MAX_LENGTH:
+            if backend in ("sequential", "torch_scan") and length > SEQUENTIAL_MAX_LENGTH:
                 results.append({**row, "forward_ms": None, "forward_backward_ms": None,
-                                "skipped": f"L = {length} > {SEQUENTIAL_MAX_LENGTH} steps of a Python loop"})
+                                "skipped": f"L = {length} > {SEQUENTIAL_MAX_LENGTH} steps of a loop"})
                 continue
             row["forward_ms"] = _time(lambda: _forward(inputs, backend), device, iters)
             row["forward_backward_ms"] = _time(lambda: _forward_backward(inputs, backend), device, iters)

@@ -18,7 +18,7 @@ def one_thread():
 
 
 def present_backends() -> list[str]:
-    backends = ["mambapy"]
+    backends = ["mambapy", "torch_scan"]
     if torch.cuda.is_available() and ssm._mamba_ssm_scan() is not None:
         backends.append("mamba_ssm")
     return backends
@@ -180,7 +180,7 @@ def test_mamba_ssm_absent_from_this_environment_gives_the_error():
 
 
 def test_unknown_backend_lists_the_backends():
-    with pytest.raises(ValueError, match="unknown scan backend 'cuda'; available: auto, mamba_ssm, mambapy, sequential"):
+    with pytest.raises(ValueError, match="unknown scan backend 'cuda'; available: auto, mamba_ssm, mambapy, sequential, torch_scan"):
         ssm.selective_scan(**scan_inputs(), backend="cuda")
     with pytest.raises(ValueError, match="unknown scan_order 'zigzag'"):
         ssm.SS2D(4, scan_order="zigzag")
@@ -194,9 +194,32 @@ def test_scan_benchmark_times_every_backend_and_formats_a_table(monkeypatch):
     sizes = (("short", 1, 8, 16, 4, 1), ("long", 1, 4, 33, 2, 2))
     results = measure_scan_backends("cpu", sizes=sizes, iters=1)
     assert [(row["size"], row["backend"]) for row in results] == [
-        ("short", "sequential"), ("short", "mambapy"), ("long", "sequential"), ("long", "mambapy")]
+        ("short", "sequential"), ("short", "mambapy"), ("short", "torch_scan"), ("long", "sequential"),
+        ("long", "mambapy"), ("long", "torch_scan")]
     assert all(row["forward_ms"] > 0 and row["forward_backward_ms"] > 0 for row in results if "skipped" not in row)
-    assert results[2]["forward_ms"] is None and "Python loop" in results[2]["skipped"]
+    assert all(row["forward_ms"] is None and "steps of a loop" in row["skipped"] for row in results[3::2])
     lines = format_scan_table(results)
     assert lines[0].startswith("| shape | backend") and len(lines) == 2 + len(results)
     assert "| short (B 1, D 8, L 16, N 4) | mambapy | cpu |" in lines[3]
+
+
+@pytest.mark.slow  # one dynamo export, about 10 s
+def test_an_exported_ss2d_runs_at_sizes_other_than_the_traced_one(tmp_path):
+    """`auto` while torch.export traces is torch's scan operator: the ONNX graph's scan length follows the
+    input, so SS2D exported at 5x7 gives the reference's output at 9x4 and 1x1 under ONNX Runtime."""
+    import onnxruntime
+
+    torch.manual_seed(0)
+    block = ssm.SS2D(8, d_state=4).eval().requires_grad_(False)  # backend "auto"
+    dynamic = {axis: torch.export.Dim.DYNAMIC for axis in (0, 2, 3)}
+    torch.onnx.export(block, (torch.randn(2, 8, 5, 7),), str(tmp_path / "ss2d.onnx"), input_names=["x"],
+                      dynamo=True, dynamic_shapes=({**dynamic},), report=False, verbose=False)
+    session = onnxruntime.InferenceSession(str(tmp_path / "ss2d.onnx"), providers=["CPUExecutionProvider"])
+    reference = ssm.SS2D(8, d_state=4, backend="sequential").eval()
+    reference.load_state_dict(block.state_dict())
+    for shape in ((1, 8, 9, 4), (3, 8, 1, 1)):
+        x = torch.randn(shape)
+        with torch.no_grad():
+            expected = reference(x)
+        (got,) = session.run(None, {"x": x.numpy()})
+        assert got.shape == tuple(shape) and torch.allclose(torch.from_numpy(got), expected, atol=1e-5), shape

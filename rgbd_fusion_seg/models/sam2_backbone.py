@@ -94,16 +94,23 @@ def sam2_size(name: str) -> SAM2Size:
     return SAM2_SIZES[name]
 
 
+class NoPositionEncoding(nn.Module):
+    """In place of SAM2's sine encoding of each neck level (it has no weights): SARTM reads only the neck's
+    maps (its mask decoder takes the prompt encoder's PE), so the encoding would be computed and dropped, and
+    its cache, keyed by the map's size, cannot hold the symbolic sizes of an export. `vision_pos_enc` is empty."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(0)
+
+
 def build_image_encoder(size: SAM2Size, fpn_fuse: str = "sum") -> nn.Module:
     """SAM2's ImageEncoder: Hiera trunk + FpnNeck, keys as in Meta's `image_encoder.*`."""
     from sam2.modeling.backbones.hieradet import Hiera
     from sam2.modeling.backbones.image_encoder import FpnNeck, ImageEncoder
-    from sam2.modeling.position_encoding import PositionEmbeddingSine
 
     if fpn_fuse not in ("sum", "avg"):
         raise ValueError(f"fpn_fuse must be 'sum' (SAM2's trained neck) or 'avg' (eq. 8), got {fpn_fuse!r}")
-    neck = FpnNeck(PositionEmbeddingSine(num_pos_feats=size.d_model, normalize=True, temperature=10000),
-                   d_model=size.d_model, backbone_channel_list=size.trunk_channels, fpn_top_down_levels=[2, 3],
+    neck = FpnNeck(NoPositionEncoding(), d_model=size.d_model, backbone_channel_list=size.trunk_channels, fpn_top_down_levels=[2, 3],
                    fpn_interp_model="nearest", fuse_type=fpn_fuse)
     with _LinspaceOnCPU():
         trunk = Hiera(**size.trunk)
@@ -147,8 +154,11 @@ def build_mask_decoder(size: SAM2Size, num_masks: int) -> nn.Module:
 def pad_to_multiple(x: torch.Tensor, multiple: int = INPUT_MULTIPLE) -> torch.Tensor:
     """Zero-pad the bottom and right of an N x C x H x W tensor to multiples of `multiple`."""
     height, width = x.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+    # Written as multiple x ceil(size / multiple) so that an export's symbolic sizes stay visibly divisible
+    # (with size % multiple, torch.export's reasoning about Hiera's windows ran for tens of minutes); padded
+    # also by zero, as a branch on the pad would fix the traced size.
+    padded_h, padded_w = (height + multiple - 1) // multiple * multiple, (width + multiple - 1) // multiple * multiple
+    return F.pad(x, (0, padded_w - width, 0, padded_h - height))
 
 
 def default_checkpoint_path(encoder: str) -> Path:

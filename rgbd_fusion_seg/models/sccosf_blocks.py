@@ -138,7 +138,7 @@ class DCR(nn.Module):
         pooled_h = f.mean(dim=3, keepdim=True)  # N x C x H x 1
         pooled_w = f.mean(dim=2, keepdim=True).transpose(2, 3)  # N x C x W x 1
         shared = self.shared(torch.cat([pooled_h, pooled_w], dim=2))
-        a_h, a_w = shared.split([height, width], dim=2)
+        a_h, a_w = shared[:, :, :height], shared[:, :, height:]  # slices: a split at a traced size would not export
         return f * torch.sigmoid(self.conv_h(a_h)) * torch.sigmoid(self.conv_w(a_w.transpose(2, 3)))
 
 

@@ -7,10 +7,12 @@ batch x G x N x L with D = G x d (G groups of d channels, e.g. SS2D's four direc
 with delta = softplus(delta + delta_bias) when delta_softplus.
 
 Backends: "mamba_ssm" (the CUDA kernels; an optional GPU install), "mambapy" (mambapy's parallel scan, pure
-PyTorch, any device), "sequential" (a plain loop over time: the reference the tests compare with). "auto":
-mamba_ssm when it is installed and the tensors are on CUDA; else, without gradients on a CPU (serving),
-the sequential loop, which ran forward 3.5-4x faster than mambapy's parallel scan here (docs/sccosf.md);
-else mambapy, whose backward is ~30x faster than the loop's.
+PyTorch, any device), "sequential" (a plain loop over time: the reference the tests compare with),
+"torch_scan" (torch's scan operator, torch._higher_order_ops.scan: the loop is one graph node whose length
+is the sequence's, so an exported graph (an ONNX Scan) runs at any image size). "auto": torch_scan while
+torch.export traces (offline/export.py); else mamba_ssm when it is installed and the tensors are on CUDA;
+else, without gradients on a CPU (serving), the sequential loop, which ran forward 3.5-4x faster than
+mambapy's parallel scan here (docs/sccosf.md); else mambapy, whose backward is ~30x faster than the loop's.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SCAN_BACKENDS = ("auto", "mamba_ssm", "mambapy", "sequential")
+SCAN_BACKENDS = ("auto", "mamba_ssm", "mambapy", "sequential", "torch_scan")
 SCAN_ORDERS = ("vmamba", "paper")
 # Elements of one (batch, L, channels, N) tensor the pure-PyTorch backends build at a time: the scan is
 # independent per channel, so long sequences are scanned a few channels at a time to bound memory.
@@ -49,6 +51,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in SCAN_BACKENDS:
         raise ValueError(f"unknown scan backend {backend!r}; available: {', '.join(SCAN_BACKENDS)}")
     if backend == "auto":
+        if torch.compiler.is_exporting():  # the Python loops would be unrolled at the traced length
+            return "torch_scan"
         if device.type == "cuda" and _mamba_ssm_scan() is not None:
             return "mamba_ssm"
         return "sequential" if device.type == "cpu" and not torch.is_grad_enabled() else "mambapy"
@@ -86,6 +90,30 @@ def _scan_torch(u, delta, A, B, C, D, parallel: bool) -> torch.Tensor:
             steps.append(h)
         states = torch.stack(steps, dim=1)
     y = (states * _per_channel(C, u.shape[1])).sum(-1).transpose(1, 2)
+    return y + D.view(1, -1, 1) * u if D is not None else y
+
+
+def _scan_operator(u, delta, A, B, C, D) -> torch.Tensor:
+    """The recurrence as torch's scan operator, one time step per iteration, in the grouped layout (a state
+    of batch x G x d x N; B, C of batch x G x N per step). Nothing of length L x N is built, so no chunking."""
+    from torch._higher_order_ops.scan import scan
+
+    batch, channels, length = u.shape
+    B, C = (m if m.dim() == 4 else m.unsqueeze(1) for m in (B, C))
+    groups = B.shape[1]
+    A = A.view(groups, channels // groups, A.shape[1])
+
+    def over_time(x):  # batch x D x L -> L x batch x G x d
+        return x.view(batch, groups, -1, length).permute(3, 0, 1, 2)
+
+    def step(h, inputs):
+        dt, drive, b, c = inputs
+        h = torch.exp(dt.unsqueeze(-1) * A) * h + drive.unsqueeze(-1) * b.unsqueeze(2)
+        return h, (h * c.unsqueeze(2)).sum(-1)
+
+    state = u.new_zeros(batch, groups, channels // groups, A.shape[-1])
+    _, ys = scan(step, state, (over_time(delta), over_time(delta * u), B.permute(3, 0, 1, 2), C.permute(3, 0, 1, 2)))
+    y = ys.permute(1, 2, 3, 0).reshape(batch, channels, length)
     return y + D.view(1, -1, 1) * u if D is not None else y
 
 
@@ -131,6 +159,8 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     if delta_softplus:
         delta = F.softplus(delta)
     D = None if D is None else D.float()
+    if backend == "torch_scan":
+        return _scan_operator(u, delta, A, B, C, D).to(dtype)
     return _scan_chunked(u, delta, A, B, C, D, parallel=backend == "mambapy").to(dtype)
 
 
@@ -222,14 +252,16 @@ def scan_orders(height: int, width: int, order: str = "vmamba") -> torch.Tensor:
 def cross_scan(x: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
     """batch x d x H x W -> batch x 4 x d x L: the map unfolded along each traversal."""
     flat = x.flatten(2)
-    return torch.stack([flat[..., index] for index in orders], dim=1)
+    unfolded = flat.index_select(2, orders.flatten())  # one gather (iterating `orders` would unbind it)
+    return unfolded.view(*flat.shape[:2], *orders.shape).transpose(1, 2)
 
 
 def cross_merge(ys: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
     """batch x 4 x d x L -> batch x d x L (row-major): each sequence put back in place, summed."""
     merged = torch.zeros_like(ys[:, 0])
-    for k, index in enumerate(orders):
-        merged = merged.index_add(2, index.to(ys.device), ys[:, k])
+    orders = orders.to(ys.device)
+    for k in range(orders.shape[0]):
+        merged = merged.index_add(2, orders[k], ys[:, k])
     return merged
 
 

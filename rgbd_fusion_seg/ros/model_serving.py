@@ -175,12 +175,6 @@ def check_runtime(summary: CheckpointSummary, runtime: Runtime, extras: tuple[st
     if asked:
         raise CheckpointError(f"backend onnxruntime serves the exported fp32 logits only; {' and '.join(asked)} "
                               "need backend torch")
-    if not summary.is_onnx:
-        from ..offline.export import NOT_EXPORTABLE
-
-        if summary.method in NOT_EXPORTABLE:
-            raise CheckpointError(f"method {summary.method!r} cannot be served by onnxruntime: it does not export "
-                                  f"to ONNX yet ({NOT_EXPORTABLE[summary.method]}); use backend torch")
 
 
 def default_onnx_cache() -> Path:

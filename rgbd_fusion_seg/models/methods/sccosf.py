@@ -172,7 +172,8 @@ class SCCoSF(FusionSegmenter):
         aux3 = aux.expand(-1, 3, -1, -1)
         # one pass of the shared encoder over both modalities (ConvNeXt has no batch statistics)
         both = self.encoder((torch.cat([rgb, aux3], dim=0) - self.mean) / self.std)
-        fused = [fusion(*f.chunk(2, dim=0)) for fusion, f in zip(self.fusions, both)]
+        batch = rgb.shape[0]  # sliced, not chunked: a chunk of a dynamic batch does not export
+        fused = [fusion(f[:batch], f[batch:]) for fusion, f in zip(self.fusions, both)]
         logits = F.interpolate(self.decoder(fused), size=rgb.shape[-2:], mode="bilinear", align_corners=False)
         if self.reaw is None:
             return SegOutput(logits)
