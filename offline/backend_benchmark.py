@@ -187,16 +187,17 @@ def _time_row(engine, frames, reference, iters: int, warmup: int) -> dict:
 def run_backends(method: str, rows, size, frame, device_name: str = "auto", iters: int = 20, warmup: int = 3,
                  options: dict | None = None) -> dict:
     """Every row of `rows` for `method`: {"settings": ..., "rows": [{"row", figures... | "not_here"}]}."""
-    from .model_benchmark import count_flops
+    from .model_benchmark import bench_options, class_names, count_flops
 
     device = resolve_device(device_name)
     unknown = [row for row in rows if row not in ROWS]
     if unknown:
         raise ValueError(f"--backends: unknown row {', '.join(unknown)}; rows: {', '.join(ROWS)}")
     preprocessing = Preprocessing(input_size=tuple(size), aux=AUX)
+    options = bench_options(method, NUM_CLASSES, options or {})
     model = fitted_model(method, options=options)
-    checkpoint = Checkpoint(method, NUM_CLASSES, [f"c{i}" for i in range(NUM_CLASSES)], default_palette(NUM_CLASSES),
-                            preprocessing, model.state_dict(), options=dict(options or {}), data={"dataset": "bench"})
+    checkpoint = Checkpoint(method, NUM_CLASSES, class_names(NUM_CLASSES), default_palette(NUM_CLASSES),
+                            preprocessing, model.state_dict(), options=options, data={"dataset": "bench"})
     rng = np.random.default_rng(0)
     frames = [(rng.integers(0, 256, (*frame, 3), dtype=np.uint8), rng.random(tuple(frame), dtype=np.float32) * 5.0)
               for _ in range(4)]

@@ -238,16 +238,26 @@ def _millions(parameters) -> float:
     return sum(p.numel() for p in parameters) / 1e6
 
 
-def _build(job: Job):
-    options = dict(job.options)
-    if method_class(job.method).wants_class_names and "class_names" not in options:
-        options["class_names"] = [f"class {index}" for index in range(job.num_classes)]
+def class_names(num_classes: int) -> list[str]:
+    return [f"class {index}" for index in range(num_classes)]
+
+
+def bench_options(method: str, num_classes: int, options: dict) -> dict:
+    """`options` completed so that `method` builds without files: class names for a method that wants them,
+    no pretrained weights."""
+    options = dict(options)
+    if method_class(method).wants_class_names and "class_names" not in options:
+        options["class_names"] = class_names(num_classes)
         # SARTM's text teacher: a seeded table costs what CLIP's would (no CLIP file is needed to measure)
-        if "text_standin" in method_options(job.method):
+        if "text_standin" in method_options(method):
             options.setdefault("text_standin", True)
-    if "pretrained" in method_class(job.method).weight_file_options:
+    if "pretrained" in method_class(method).weight_file_options:
         options.setdefault("pretrained", False)
-    return build_model(job.method, job.num_classes, **options)
+    return options
+
+
+def _build(job: Job):
+    return build_model(job.method, job.num_classes, **bench_options(job.method, job.num_classes, job.options))
 
 
 def _cell(value, digits: int) -> str:
