@@ -110,8 +110,8 @@ def build_image_encoder(size: SAM2Size, fpn_fuse: str = "sum") -> nn.Module:
 
     if fpn_fuse not in ("sum", "avg"):
         raise ValueError(f"fpn_fuse must be 'sum' (SAM2's trained neck) or 'avg' (eq. 8), got {fpn_fuse!r}")
-    neck = FpnNeck(NoPositionEncoding(), d_model=size.d_model, backbone_channel_list=size.trunk_channels, fpn_top_down_levels=[2, 3],
-                   fpn_interp_model="nearest", fuse_type=fpn_fuse)
+    neck = FpnNeck(NoPositionEncoding(), d_model=size.d_model, backbone_channel_list=size.trunk_channels,
+                   fpn_top_down_levels=[2, 3], fpn_interp_model="nearest", fuse_type=fpn_fuse)
     with _LinspaceOnCPU():
         trunk = Hiera(**size.trunk)
     return ImageEncoder(trunk=trunk, neck=neck, scalp=1)
