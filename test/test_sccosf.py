@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from rgbd_fusion_seg.models import build_model
+from rgbd_fusion_seg.models.base import SegOutput
 from rgbd_fusion_seg.models.blocks import PretrainedWeightsMissing
 from rgbd_fusion_seg.models.methods.sccosf import SCCoSF, ConvNeXtWeightsMismatch, SharedConvNeXt, convnext_weights_path
 from rgbd_fusion_seg.models.sccosf_blocks import chroma, fusion_loss, positive_samples, sobel
@@ -113,10 +114,11 @@ def test_the_aux_image_is_seen_by_the_same_encoder_as_three_equal_channels():
 def test_sobel_matches_a_hand_worked_3x3_example():
     image = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 10.0]]).view(1, 1, 3, 3)
     gx, gy = sobel(image)
-    # centre: dx = (3 - 1) + 2 (6 - 4) + (10 - 7) = 9, dy = (7 - 1) + 2 (8 - 2) + (10 - 3) = 25
-    assert gx[0, 0, 1, 1] == 9 and gy[0, 0, 1, 1] == 25
-    # top-left corner with zero padding: dx = 2 (2 - 0) + (5 - 0) = 9, dy = 2 (4 - 0) + (5 - 0) = 13
-    assert gx[0, 0, 0, 0] == 9 and gy[0, 0, 0, 0] == 13
+    # MRFS's signs: x right minus left, y top minus bottom
+    # centre: dx = (3 - 1) + 2 (6 - 4) + (10 - 7) = 9, dy = (1 - 7) + 2 (2 - 8) + (3 - 10) = -25
+    assert gx[0, 0, 1, 1] == 9 and gy[0, 0, 1, 1] == -25
+    # top-left corner with zero padding: dx = 2 (2 - 0) + (5 - 0) = 9, dy = 0 - (2 * 4 + 5) = -13
+    assert gx[0, 0, 0, 0] == 9 and gy[0, 0, 0, 0] == -13
 
 
 def test_positive_samples_are_gamma_08_rgb_and_the_aux_image_thrice():
@@ -144,7 +146,7 @@ def test_gradient_term_against_a_hand_computed_value():
     aux[0, 0, 1, 1] = 1.0  # one bright pixel: the Sobel maps are the kernels turned by 180 degrees
     gx, gy = sobel(aux)
     assert gx[0, 0].tolist() == [[1, 0, -1], [2, 0, -2], [1, 0, -1]]
-    assert gy[0, 0].tolist() == [[1, 2, 1], [0, 0, 0], [-1, -2, -1]]
+    assert gy[0, 0].tolist() == [[-1, -2, -1], [0, 0, 0], [1, 2, 1]]
     total, parts = fusion_loss(fused, rgb, aux, con_weight=0.0, color_weight=0.0)
     # max(dx J_R = 0, dx J_I) keeps the positive responses, 1 + 2 + 1 in x and in y; 0.5 |0 - max| per
     # direction, averaged over the 9 pixels (every channel alike): 0.5 (4 + 4) / 9
@@ -153,15 +155,91 @@ def test_gradient_term_against_a_hand_computed_value():
     assert torch.isclose(parts_abs["grad"], 0.5 * (gx.abs() + gy.abs()).mean())
 
 
-def test_masked_pixels_do_not_count():
+def _mrfs_fusion_loss(fused, rgb, aux, valid):
+    """MRFS's FusionLoss (FMB/utils/loss_utils.py) written out again in numpy, independently of sccosf_blocks:
+    Fuse = output * Mask on images zero-padded by the crop, Sobelxy per RGB channel with kernelx
+    [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]] and kernely [[1, 2, 1], [0, 0, 0], [-1, -2, -1]] (F.conv2d, i.e.
+    cross-correlation, padding 1), plain L1 means, 0.5 con + (0.5 grad_x + 0.5 grad_y) + (Cb + Cr)."""
+    kernel_x = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float64)
+    kernel_y = np.array([[1, 2, 1], [0, 0, 0], [-1, -2, -1]], np.float64)
+
+    def correlate(image, kernel):  # image N x C x H x W, zero padding
+        padded = np.pad(image, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        height, width = image.shape[-2:]
+        return sum(kernel[a, b] * padded[..., a : a + height, b : b + width] for a in range(3) for b in range(3))
+
+    def cr_cb(image):
+        y = 0.299 * image[:, 0] + 0.587 * image[:, 1] + 0.114 * image[:, 2]
+        return (image[:, 0] - y) * 0.713 + 0.5, (image[:, 2] - y) * 0.564 + 0.5
+
+    valid = valid.astype(np.float64)
+    vis, ir = rgb * valid, np.repeat(aux * valid, 3, axis=1)  # MRFS's crops pad the images with 0
+    fuse = fused * valid
+    r_vis = np.clip(vis, 0, 1) ** 0.8  # adjust_gamma(vis, 0.8, gain 1)
+    r_ir = ir  # adjust_contrast(ir, 1) is the identity
+    con = np.abs(fuse - np.maximum(r_vis, r_ir)).mean()
+    grad = sum(0.5 * np.abs(correlate(fuse, k) - np.maximum(correlate(r_vis, k), correlate(r_ir, k))).mean()
+               for k in (kernel_x, kernel_y))
+    (cr_f, cb_f), (cr_v, cb_v) = cr_cb(fuse), cr_cb(r_vis)
+    color = np.abs(cb_f - cb_v).mean() + np.abs(cr_f - cr_v).mean()
+    return 0.5 * con + grad + color, grad
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_fusion_loss_equals_mrfs_written_out_independently(padded):
+    rgb, aux = inputs(2, 20, 24, seed=3)
+    fused = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(4))
+    valid = torch.ones(2, 1, 20, 24, dtype=torch.bool)
+    if padded:  # a zoomed-out crop: image in the middle, padding on three sides
+        valid[:, :, :3] = valid[:, :, -5:] = valid[:, :, :, :2] = False
+    expected, expected_grad = _mrfs_fusion_loss(fused.double().numpy(), rgb.double().numpy(), aux.double().numpy(),
+                                                valid.numpy())
+    total, parts = fusion_loss(fused, rgb, aux, valid if padded else None)
+    assert np.isclose(float(total), expected, rtol=1e-5) and np.isclose(float(parts["grad"]), expected_grad, rtol=1e-5)
+    # the y sign matters (signed maxima): bottom-minus-top kernels give another gradient term
+    flipped = torch.flip
+    _, parts_upside_down = fusion_loss(flipped(fused, (2,)), flipped(rgb, (2,)), flipped(aux, (2,)),
+                                       flipped(valid, (2,)) if padded else None)
+    assert not np.isclose(float(parts_upside_down["grad"]), expected_grad, rtol=1e-3)
+
+
+def test_padding_does_not_count_and_ignore_labelled_pixels_do():
+    model = micro_model()
     rgb, aux = inputs(1, 16, 16)
     fused = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    mask = torch.ones(1, 1, 16, 16, dtype=torch.bool)
-    mask[..., :, 12:] = False
-    changed = fused.clone()
-    changed[..., :, 14:] = 1.0  # two columns away from the valid part: outside every 3x3 Sobel window
-    assert torch.isclose(fusion_loss(fused, rgb, aux, mask)[0], fusion_loss(changed, rgb, aux, mask)[0])
-    assert not torch.isclose(fusion_loss(fused, rgb, aux)[0], fusion_loss(changed, rgb, aux)[0])
+    label = torch.randint(0, 9, (1, 16, 16), generator=torch.Generator().manual_seed(2))
+    label[:, :, 10:] = 255  # columns 10..15 ignore-labelled (FMB's unlabelled regions; the crop's padding too)
+    valid = torch.ones(1, 16, 16, dtype=torch.bool)
+    valid[:, :, 13:] = False  # of those, columns 13..15 are crop padding
+
+    def fusion_part(image):
+        output = SegOutput(torch.zeros(1, 9, 16, 16), {"fused": image})
+        return model.compute_loss(output, {"rgb": rgb, "aux": aux, "label": label, "valid": valid}, seg_loss)[1]["fusion"]
+
+    in_padding, in_ignore = fused.clone(), fused.clone()
+    in_padding[..., 15:] = 1.0  # two columns away from the image: outside every 3x3 Sobel window of it
+    in_ignore[..., 11:13] = 1.0  # labelled 255 but image content (out of the labelled pixels' Sobel windows)
+    assert fusion_part(in_padding) == pytest.approx(fusion_part(fused), rel=1e-6)
+    assert abs(fusion_part(in_ignore) - fusion_part(fused)) > 1e-3
+
+
+def test_augmented_samples_mark_padding_and_not_ignore_labelled_pixels(tmp_path):
+    from rgbd_fusion_seg.offline.datasets import replicas
+    from rgbd_fusion_seg.offline.datasets.augment import Augmentation
+    from rgbd_fusion_seg.offline.datasets.fmb import FMBDataset
+
+    replicas.write_fmb_replica(tmp_path)  # 48x64 frames whose 2-pixel border is FMB's unlabelled (0)
+    zoom_out = Augmentation(hflip=False, scale=(0.5, 0.5), crop=(48, 64))  # a window twice the frame's size
+    dataset = FMBDataset(tmp_path, split="train", fmb_classes=14, augment=True, augmentation=zoom_out)
+    plain = FMBDataset(tmp_path, split="train", fmb_classes=14)
+    torch.manual_seed(0)
+    sample = dataset[0]
+    valid, label = sample["valid"], sample["label"]
+    assert valid.dtype == torch.bool and valid.shape == label.shape == (48, 64)
+    assert (label[~valid] == 255).all() and 0.6 < float((~valid).float().mean()) < 0.9  # 3/4 of the window
+    ignored_image = (label == 255) & valid  # the frame's own unlabelled border, shrunk by half
+    assert ignored_image.any() and (label[valid] != 255).any()
+    assert "valid" not in plain[0]  # no augmentation, no padding
 
 
 def test_compute_loss_is_ce_plus_weighted_fusion_and_reports_every_part():

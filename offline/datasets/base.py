@@ -12,6 +12,7 @@ units of core.preprocessing (`decode_rgb`, `decode_aux`, `decode_labels`), and `
   the ROS node cannot drift apart:
       {"rgb": 3xhxw float32, "aux": 1xhxw float32 (zeros without aux), "label": hxw int64 (255 = ignore),
        "stem": str, "group": str, **extra}
+  and, when augmented, "valid": hxw bool, False on crop padding and rotated-in corners (labels 255 there too)
 - `validate(full=True)`: decodes every file once, checks pixel types, sizes and every label value, counts
   label pixels per class, and raises one DatasetError listing every problem found;
 - `describe()`: what the dataset is (loader, root, split, aux choice, groups, sizes), for logs and reports.
@@ -378,14 +379,17 @@ class FrameDataset(Dataset):
         raw = self.read_raw(index)
         rgb, aux, labels = raw["rgb"], raw["aux"], raw["label"]
         spec = self.preprocessing
+        valid = None
         if self.augment:
-            rgb, aux, labels, out_size = augment_frame(rgb, aux, labels, self.augmentation)
+            rgb, aux, labels, valid, out_size = _augment_marking_padding(rgb, aux, labels, self.augmentation)
             if spec.input_size is None:  # crops and zoomed windows become the output size via the same path
                 spec = replace(spec, input_size=tuple(out_size))
         rgb_tensor, aux_tensor = prepare_inputs(rgb, aux, spec)
         sample = {"rgb": torch.from_numpy(rgb_tensor), "aux": torch.from_numpy(aux_tensor)}
         if labels is not None:
             sample["label"] = torch.from_numpy(resize_labels(labels, spec.input_size).astype(np.int64))
+        if valid is not None:
+            sample["valid"] = torch.from_numpy(resize_labels(valid.view(np.uint8), spec.input_size).view(np.bool_))
         return sample | {key: value for key, value in raw.items() if key not in ("rgb", "aux", "label")}
 
     # -- checks and description ---------------------------------------------------------------------
@@ -470,3 +474,19 @@ class FrameDataset(Dataset):
             f"frames={len(self.stems)}, samples={len(self)}, classes={self.num_classes}, "
             f"input_size={self.preprocessing.input_size}, augment={self.augment})"
         )
+
+
+_OWN_IGNORE = -1.0  # the frame's own ignore pixels while augmenting: augment_frame pads with IGNORE_INDEX
+
+
+def _augment_marking_padding(rgb, aux, labels, spec: Augmentation):
+    """augment_frame, plus `valid` (HxW bool): False where the window holds no image (crop padding, rotated-in
+    corners). Both kinds of pixel end as label IGNORE_INDEX, but SC-CoSF's fusion loss (after MRFS) masks only
+    the padding: the labels are augmented as float32 with the frame's own ignore pixels moved to -1, so that
+    afterwards IGNORE_INDEX means padding alone (nearest-neighbour warps keep every id exact)."""
+    marked = labels.astype(np.float32)
+    marked[labels == IGNORE_INDEX] = _OWN_IGNORE
+    rgb, aux, marked, out_size = augment_frame(rgb, aux, marked, spec)
+    valid = marked != IGNORE_INDEX
+    labels = np.where(marked == _OWN_IGNORE, IGNORE_INDEX, marked).astype(labels.dtype)
+    return rgb, aux, labels, valid, out_size

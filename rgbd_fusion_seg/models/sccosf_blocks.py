@@ -220,14 +220,17 @@ class ReAWDecoder(nn.Module):
 
 # --- fusion loss (§3.3, "following [42]" = MRFS) -------------------------------------------------------------
 
+# Cross-correlation kernels (F.conv2d) as MRFS's Sobelxy: x = right minus left, y = top minus bottom. The sign
+# matters: the gradient target is the signed maximum of the two positive samples' responses.
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+_SOBEL_Y = torch.tensor([[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]])
 
 
 def sobel(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Horizontal and vertical Sobel responses per channel (zero padding, as MRFS)."""
+    """Horizontal (right - left) and vertical (top - bottom) Sobel responses per channel, zero padding: MRFS's."""
     channels = image.shape[1]
     kx = _SOBEL_X.to(image).expand(channels, 1, 3, 3)
-    ky = _SOBEL_X.t().to(image).expand(channels, 1, 3, 3)
+    ky = _SOBEL_Y.to(image).expand(channels, 1, 3, 3)
     return F.conv2d(image, kx, padding=1, groups=channels), F.conv2d(image, ky, padding=1, groups=channels)
 
 
@@ -244,26 +247,27 @@ def positive_samples(rgb01: torch.Tensor, aux01: torch.Tensor, gamma: float = 0.
     return rgb01.clamp(min=0.0) ** gamma, aux01.expand_as(rgb01)
 
 
-def _masked_mean(value: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    if mask is None:
-        return value.mean()
-    mask = mask.to(value).expand_as(value)
-    return (value * mask).sum() / mask.sum().clamp(min=1.0)
-
-
-def fusion_loss(fused, rgb01, aux01, mask=None, *, con_weight=0.5, grad_weight=1.0, color_weight=1.0,
+def fusion_loss(fused, rgb01, aux01, valid=None, *, con_weight=0.5, grad_weight=1.0, color_weight=1.0,
                 gamma=0.8, grad_abs=False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L = con_w |F - max(J_R, J_I)| + grad_w (0.5|dx F - max dx J| + 0.5|dy F - max dy J|)
-    + color_w (|Cr_F - Cr_J_R| + |Cb_F - Cb_J_R|), each averaged over the pixels where `mask` (N x 1 x H x W)
-    is set. The gradient maximum is of the signed Sobel responses (MRFS), or of their magnitudes (grad_abs)."""
+    + color_w (|Cr_F - Cr_J_R| + |Cb_F - Cb_J_R|), each a mean over every pixel of the crop. The gradient
+    maximum is of the signed Sobel responses (MRFS), or of their magnitudes (grad_abs).
+
+    `valid` (N x 1 x H x W, bool; None = all) is False on crop padding only, never on ignore-labelled pixels.
+    As MRFS (FusionLoss: Fuse = output * Mask, plain L1 means; its crops pad the images with 0), the fused
+    image and both inputs are zeroed there and the means still run over the whole crop: a padded pixel adds
+    nothing, and the Sobel responses along the padding's edge are those of MRFS's zero-padded images."""
+    if valid is not None:
+        valid = valid.to(fused)
+        fused, rgb01, aux01 = fused * valid, rgb01 * valid, aux01 * valid
     j_r, j_i = positive_samples(rgb01, aux01, gamma)
-    con = _masked_mean((fused - torch.maximum(j_r, j_i)).abs(), mask)
+    con = (fused - torch.maximum(j_r, j_i)).abs().mean()
     grads = [sobel(image) for image in (fused, j_r, j_i)]
     if grad_abs:
         grads = [(gx.abs(), gy.abs()) for gx, gy in grads]
     (fx, fy), (rx, ry), (ix, iy) = grads
-    grad = _masked_mean(0.5 * (fx - torch.maximum(rx, ix)).abs() + 0.5 * (fy - torch.maximum(ry, iy)).abs(), mask)
+    grad = 0.5 * (fx - torch.maximum(rx, ix)).abs().mean() + 0.5 * (fy - torch.maximum(ry, iy)).abs().mean()
     (cb_f, cr_f), (cb_j, cr_j) = chroma(fused), chroma(j_r)
-    color = _masked_mean((cr_f - cr_j).abs() + (cb_f - cb_j).abs(), mask)
+    color = (cr_f - cr_j).abs().mean() + (cb_f - cb_j).abs().mean()
     total = con_weight * con + grad_weight * grad + color_weight * color
     return total, {"con": con, "grad": grad, "color": color}

@@ -184,8 +184,10 @@ class SCCoSF(FusionSegmenter):
         if "fused" not in output.extras:
             raise KeyError("sccosf's fusion loss needs the fused image: train the full model, not its deploy form")
         rgb01, aux01 = batch["rgb"].float(), batch["aux"].float()  # the configs feed both in [0, 1]
-        mask = (batch["label"] != 255).unsqueeze(1)  # scale/crop padding carries no image
-        fusion, parts = fusion_loss(output.extras["fused"].float(), rgb01, aux01, mask, **self.loss_options)
+        # MRFS masks crop padding only: ignore-labelled pixels still hold an image to fuse. Augmented training
+        # samples carry "valid" (False on padding, datasets/base.py); without it every pixel is image.
+        valid = batch["valid"].unsqueeze(1) if "valid" in batch else None
+        fusion, parts = fusion_loss(output.extras["fused"].float(), rgb01, aux01, valid, **self.loss_options)
         loss = seg + self.fusion_weight * fusion
         reported = {"seg": float(seg.detach()), "fusion": float(fusion.detach())}
         reported.update({name: float(value.detach()) for name, value in parts.items()})
