@@ -95,3 +95,82 @@ def test_without_autostart_it_waits_unconfigured(client, checkpoint, tmp_path):
         node.wait_for_log("serving method 'early'", timeout=60)
         client.prime(next_stamp, random_pair)
         assert node.stop() == 0 and "Traceback" not in node.log()
+
+
+def diagnostics_of(client):
+    """The node's /diagnostics statuses as they arrive."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    statuses = []
+    client.node.create_subscription(
+        DiagnosticArray, "/diagnostics",
+        lambda msg: statuses.extend(s for s in msg.status if s.name == "/segment_node"),
+        QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+    return statuses
+
+
+def wait_for_status(client, statuses, predicate, what: str, timeout: float = 20.0):
+    start = len(statuses)
+    client.spin_until(lambda: any(predicate(s) for s in statuses[start:]), timeout, what)
+    return next(s for s in statuses[start:] if predicate(s))
+
+
+def test_shutdown_from_active_finalizes_the_node(client, checkpoint, tmp_path):
+    """ROS 2's shutdown transition from any state: nothing subscribed or published, /diagnostics says it is
+    finalized, parameter changes are refused with the reason."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    lifecycle = Lifecycle(client)
+    statuses = diagnostics_of(client)
+    with NodeProcess(tmp_path / "node.log", DOMAIN, parameters={"checkpoint": str(checkpoint),
+                                                                "stats_period": 0.3}) as node:
+        client.wait_for_node()
+        node.wait_for_log("serving method 'early'", timeout=60)
+        client.prime(next_stamp, random_pair)
+        assert lifecycle.set("active_shutdown") and lifecycle.state() == "finalized"
+        node.wait_for_log(r"finalized \(shut down from active\)")
+        client.spin_until(lambda: client.rgb_pub.get_subscription_count() == 0
+                          and client.aux_pub.get_subscription_count() == 0, 10, "the node to unsubscribe")
+        assert client.node.count_publishers("/segment_node/mask") == 0
+        status = wait_for_status(client, statuses, lambda s: "finalized" in s.message, "a finalized status")
+        assert status.level == DiagnosticStatus.ERROR
+        assert not masks_flow(client)
+        [result] = client.set_parameters({"checkpoint": str(checkpoint)})
+        assert not result.successful and "finalized" in result.reason
+        assert node.stop() == 0 and "Traceback" not in node.log()
+
+
+def test_cleanup_then_configure_starts_every_counter_afresh(client, checkpoint, tmp_path):
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    lifecycle = Lifecycle(client)
+    statuses = diagnostics_of(client)
+    parameters = {"checkpoint": str(checkpoint), "stats_period": 0.3, "no_pair_timeout": 1.0}
+    with NodeProcess(tmp_path / "node.log", DOMAIN, parameters=parameters) as node:
+        client.wait_for_node()
+        node.wait_for_log("serving method 'early'", timeout=60)
+        client.prime(next_stamp, random_pair)
+        before = client.fresh_stats(predicate=lambda s: int(s["frames_out"]) > 0)
+        assert int(before["frames_in_rgb"]) > 0
+
+        assert lifecycle.set("deactivate") and lifecycle.state() == "inactive"
+        inactive = wait_for_status(client, statuses, lambda s: "inactive" in s.message, "an inactive status")
+        assert inactive.level == DiagnosticStatus.WARN
+        assert lifecycle.set("cleanup") and lifecycle.state() == "unconfigured"
+        wait_for_status(client, statuses, lambda s: s.message.startswith("unconfigured"), "an unconfigured status")
+        client.spin_for(1.5)  # longer than no_pair_timeout: the old watchdog clock would now say "no pair"
+        assert lifecycle.set("configure") and lifecycle.set("activate")
+        loading = wait_for_status(client, statuses, lambda s: s.message.startswith("idle") or "serving" in s.message,
+                                  "a status after configure")
+        assert "cleaned up" not in loading.message  # while the model loads: "idle: loading ...", then serving
+        node.wait_for_log("serving method 'early'", count=2, timeout=60)
+        client.wait_for_node()
+        first = client.fresh_stats(predicate=lambda s: s["model"] == "early")
+        assert int(first["frames_out"]) == 0 and int(first["pairs"]) == 0 and int(first["frames_in_rgb"]) == 0
+        client.prime(next_stamp, random_pair)
+        after = client.fresh_stats(predicate=lambda s: int(s["frames_out"]) > 0)
+        assert int(after["frames_out"]) <= int(after["pairs"]) <= int(after["frames_in_rgb"])
+        assert int(after["frames_out"]) < int(before["frames_out"]) + int(after["pairs"])
+        assert " got -" not in node.log()  # no negative frame counts from a clock kept over cleanup
+        assert node.stop() == 0 and "Traceback" not in node.log()

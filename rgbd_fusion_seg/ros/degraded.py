@@ -1,9 +1,10 @@
 """When the second camera drops out: which colour frames are served without aux, by which model, and the spells
 of it (for the log and the diagnostics). No ROS import.
 
-A colour frame is served from colour alone when colour has been arriving without any aux message for
-`aux_timeout` seconds (the aux camera stopped, or never started), or when its aux image holds no valid
-reading at all. Colour alone is served by,
+A colour frame is served from colour alone when the aux stream has been silent for more than `aux_timeout`
+seconds when it arrives (no aux frame arrived in that time: the aux camera stopped, or never started; the
+frame is then not queued for pairing, so it gets one mask, never a second one from a late aux frame), or
+when its aux image holds no valid reading at all. Colour alone is served by,
 in this order:
   1. the `fallback_checkpoint` (for example the `rgb` baseline), when one is loaded;
   2. the served model itself, fed the "missing" aux input (what an aux image without readings normalises
@@ -41,32 +42,36 @@ def colour_only_server(served: ServedModel, fallback: ServedModel | None) -> Col
 
 
 class AuxWatch:
-    """How long colour has been arriving without aux, and the current spell of colour-only frames
-    (thread-safe: messages arrive on the executor thread, frames are served on the worker).
+    """How long the aux stream has been silent, and the spells of colour-only frames (thread-safe: messages
+    arrive on the executor thread, frames are served on the worker).
 
-    The clock starts at the first colour frame after the last aux image, not at the last aux image: a camera
-    pair that starts streaming, or resumes after a pause of both, sends its first colour frame a few
-    milliseconds before its aux frame, and that frame must pair, not be served from colour alone."""
+    Silence is the aux stream's own: the time since its last frame arrived, whatever the order of arrival
+    within a pair. Before its first frame it counts from the first colour frame (not from the subscription),
+    so a camera pair that starts streaming pairs its first frame: its colour frame comes a few milliseconds
+    before its aux frame."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._colour_alone_since: float | None = None
+        self._last_aux: float | None = None
+        self._first_colour: float | None = None
         self._degraded_how: str | None = None
+        self.spells = 0  # colour-only spells entered so far
 
-    def aux_arrived(self) -> None:
+    def aux_arrived(self, now: float) -> None:
         with self._lock:
-            self._colour_alone_since = None
+            self._last_aux = now
 
     def colour_arrived(self, now: float) -> float:
-        """Seconds colour has been arriving without aux, this frame included (0 for the first)."""
+        """The aux stream's silence when this colour frame arrived (0 for the first colour frame)."""
         with self._lock:
-            if self._colour_alone_since is None:
-                self._colour_alone_since = now
-            return now - self._colour_alone_since
+            if self._first_colour is None:
+                self._first_colour = now
+        return self.silence(now)
 
-    def missing_for(self, now: float) -> float:
+    def silence(self, now: float) -> float:
         with self._lock:
-            return 0.0 if self._colour_alone_since is None else now - self._colour_alone_since
+            since = self._last_aux if self._last_aux is not None else self._first_colour
+            return 0.0 if since is None else now - since
 
     def frame_served(self, colour_only: bool, how: str = "") -> str | None:
         """Record how a frame was served; 'entered' or 'left' when that starts or ends a colour-only spell."""
@@ -74,6 +79,7 @@ class AuxWatch:
             was = self._degraded_how is not None
             self._degraded_how = how if colour_only else None
             if colour_only != was:
+                self.spells += int(colour_only)
                 return "entered" if colour_only else "left"
             return None
 

@@ -40,11 +40,27 @@ class CheckpointSummary:
     modality: str
     unit: str
     uses_aux: bool
+    classes: tuple[str, ...] = ()
+    aux_dropout: float = 0.0  # train.aux_dropout it was trained with (Checkpoint.aux_dropout)
     weights_problem: str | None = None  # why the weights do not fit the method, when they do not
 
     @property
     def is_onnx(self) -> bool:
         return is_onnx_file(self.path)
+
+    def fallback_refusal(self, main_classes: tuple[str, ...] | None) -> str | None:
+        """Why this file cannot be the node's fallback_checkpoint (served from colour alone while the aux
+        camera is missing, in place of a model with `main_classes`; None: not known yet), or None if it can.
+        The node's own rule for colour alone: a method that uses no aux, or one trained with aux dropout."""
+        if self.uses_aux and self.aux_dropout <= 0:
+            return (f"fallback_checkpoint {self.path} holds {self.method!r}, a fusion model not trained with "
+                    "train.aux_dropout: it cannot serve colour alone (use an RGB method such as 'rgb', or a model "
+                    "trained with aux dropout)")
+        if main_classes is not None and tuple(self.classes) != tuple(main_classes):
+            return (f"fallback_checkpoint {self.path} has other classes than the served model "
+                    f"({len(self.classes)}: {', '.join(self.classes[:4])}... vs {len(main_classes)}: "
+                    f"{', '.join(main_classes[:4])}...): its masks would mean other things")
+        return None
 
     def require(self, *, method: str | None = None, modality: str | None = None) -> "CheckpointSummary":
         """This summary if the file can serve `method` / `modality` (None: any); else CheckpointError."""
@@ -118,7 +134,8 @@ def read_checkpoint_summary(path: str | os.PathLike) -> CheckpointSummary:
         described = checkpoint_from_description(read_onnx_description(path))
         aux = described.preprocessing.aux
         return CheckpointSummary(str(path), described.method, described.num_classes, aux.modality, aux.unit,
-                                 _method_uses_aux(described.method))
+                                 _method_uses_aux(described.method), tuple(described.classes),
+                                 described.aux_dropout)
     raw = read_checkpoint_dict(path, mmap=True)
     check_architecture(raw, path)
     try:
@@ -127,10 +144,13 @@ def read_checkpoint_summary(path: str | os.PathLike) -> CheckpointSummary:
         options = dict(raw["model"].get("options", {}))
         spec = Preprocessing.from_dict(raw["preprocessing"])
         state_dict = raw["state_dict"]
+        classes = tuple(str(name) for name in raw["classes"])
+        aux_dropout = float((raw.get("data") or {}).get("aux_dropout") or 0.0)
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint {path} is missing or has a malformed field: {error}") from None
     uses_aux = _method_uses_aux(found_method)
     return CheckpointSummary(str(path), found_method, num_classes, spec.aux.modality, spec.aux.unit, uses_aux,
+                             classes, aux_dropout,
                              weights_problem=_weights_fit(found_method, num_classes, options, state_dict))
 
 
@@ -185,7 +205,8 @@ def default_onnx_cache() -> Path:
 
 def exported_for_serving(checkpoint_path: str | os.PathLike, cache: str | os.PathLike) -> Path:
     """`checkpoint_path` exported to ONNX in `cache`, named by its content: exported once, then reused (an
-    export takes seconds to minutes). A damaged cached file is exported again."""
+    export takes seconds to minutes). A cached file that is damaged, or was exported before weight digests
+    were recorded, is exported again."""
     from ..core.onnx_model import OnnxModelError, read_onnx_description
     from ..offline.export import export_onnx
 
@@ -200,7 +221,9 @@ def exported_for_serving(checkpoint_path: str | os.PathLike, cache: str | os.Pat
             return exported
         except OnnxModelError:
             pass
-    export_onnx(checkpoint_path, exported)  # atomic: a failed export leaves no file behind
+    # force: replaces the damaged file; atomic: a failed export leaves none. Refused before the work when the
+    # cache folder is a file, read-only or too full (the error names it).
+    export_onnx(checkpoint_path, exported, force=True)
     return exported
 
 

@@ -107,15 +107,16 @@ class ApproximateTimePairer:
                 self._newest[stream] = None
             return dropped
 
-    def add(self, stream: int, stamp_ns: int, item: Any) -> Pair | None:
-        """Queue `item` on `stream` (0 or 1); return the pair it completes, if any."""
+    def add(self, stream: int, stamp_ns: int, item: Any, pairable: bool = True) -> Pair | None:
+        """Queue `item` on `stream` (0 or 1); return the pair it completes, if any. `pairable` False: count it
+        (and its stamp) as received, but neither queue nor pair it (a frame served on its own)."""
         if stream not in (0, 1):
             raise ValueError(f"stream must be 0 or 1, got {stream}")
         stamp_ns = int(stamp_ns)
         with self._lock:
             self.counts.received[stream] += 1
             jump = self._drop_if_jumped_back(stream, stamp_ns)
-            pair = self._queue_and_match(stream, stamp_ns, item)
+            pair = self._queue_and_match(stream, stamp_ns, item) if pairable else None
         if jump is not None and self._on_stamp_jump is not None:
             self._on_stamp_jump(stream, *jump)
         return pair

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-QOS_PROFILES = ("sensor_data", "reliable", "system_default")
+QOS_PROFILES = ("auto", "sensor_data", "reliable", "system_default")
 MODALITIES = ("", "depth", "thermal")
 PRECISIONS = ("fp32", "fp16", "bf16")
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -130,6 +130,8 @@ def _fusion_method(value: str) -> str | None:
 def _existing_file(value: str) -> str | None:
     if value == "" or os.path.isfile(value):
         return None
+    if os.path.isdir(value):
+        return f"{value!r} is a directory, expected a checkpoint file (.pt written by rgbd-fusion-seg train, or .onnx)"
     return f"checkpoint file {value!r} does not exist"
 
 
@@ -153,6 +155,19 @@ def _device(value: str) -> str | None:
             return (f"device {value!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
                     "use one of those, 'auto' or 'cpu'")
     return None
+
+
+# Voxel keys are three integer cell indices packed into 64 bits: 1 mm cells still cover a cube 200 m across
+# (more than any depth camera sees) in (2e5)^3 = 8e15 < 2^62 keys, and no depth camera resolves finer.
+MIN_VOXEL_SIZE_M = 1e-3
+
+
+def _voxel_size(value) -> str | None:
+    if _finite(value) and (value == 0 or MIN_VOXEL_SIZE_M <= value <= 1.0):
+        return None
+    return (f"must be 0 (off) or in [{MIN_VOXEL_SIZE_M:g}, 1] m, got {value!r} (finer than 1 mm is below any depth "
+            "camera's resolution and overflows the voxel keys of a cloud metres across; coarser than 1 m leaves a "
+            "room as a handful of points)")
 
 
 def _class_ids(value) -> str | None:
@@ -231,8 +246,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("sync.exact", "bool", False,
                   "true: pair only identical stamps (ExactTime); false: nearest stamps within sync.slop.",
                   section=PAIRING),
-    ParameterSpec("qos.profile", "string", "sensor_data",
-                  "sensor_data (best effort, what camera drivers publish), reliable or system_default.",
+    ParameterSpec("qos.profile", "string", "auto",
+                  "auto: the reliability and durability the topic's publishers offer (as rosbag2 records: reliable "
+                  "when every publisher is, best effort otherwise), re-checked when publishers come and go; or "
+                  "sensor_data (best effort), reliable or system_default.",
                   read_only=True, validate=_one_of(QOS_PROFILES), section=QOS),
     ParameterSpec("qos.depth", "integer", 5, "History depth of the input subscriptions.", read_only=True,
                   validate=Bounds(1, 100, "the middleware keeps this many whole images per input, and the node "
@@ -285,7 +302,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   validate=Bounds(1, 64, "64 leaves 10x7 points of a 640x480 image", integer=True), section=POINTS),
     ParameterSpec("points.voxel_size", "double", 0.0,
                   "Keep one point per cube of this size (the one nearest the cube's centroid); 0 = off.",
-                  validate=Bounds(0.0, 1.0, "coarser than 1 m leaves a room as a handful of points", unit="m"),
+                  validate=_voxel_size, constraints=f"0, or in [{MIN_VOXEL_SIZE_M:g}, 1] m",
                   section=POINTS),
     ParameterSpec("points.z_range", "double_array", [],
                   "[min, max] depth (z, m) kept, inclusive. Empty: every valid depth.",
@@ -335,11 +352,26 @@ def coerce(name: str, value: Any) -> Any:
     return value
 
 
+_TYPE_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "string": ("a string", lambda v: isinstance(v, str)),
+    "integer": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "double": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "double_array": ("a list of numbers", lambda v: isinstance(v, (list, tuple)) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)),
+    "integer_array": ("a list of integers", lambda v: isinstance(v, (list, tuple)) and all(
+        isinstance(x, int) and not isinstance(x, bool) for x in v)),
+}
+
+
 def validate(name: str, value: Any) -> str | None:
     """None if `value` is acceptable for parameter `name`, else the reason (one line) it is refused."""
     spec = PARAMETERS_BY_NAME.get(name)
     if spec is None:
         return f"unknown parameter {name!r}"
+    wanted, is_type = _TYPE_CHECKS[spec.type]
+    if not is_type(value):
+        return f"{name}: must be {wanted} ({spec.type}), got {type(value).__name__} {value!r}"
     if spec.validate is None:
         return None
     reason = spec.validate(value)

@@ -27,7 +27,6 @@ from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.clock import JumpThreshold, TimeJump
 from rclpy.duration import Duration
 from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import (
@@ -61,6 +60,18 @@ CAMERA_INFO_TOPIC = "aux/camera_info"
 # Beyond this, stamp -> publish is not a processing time: the stamps come from another clock (a bag replayed
 # without its clock, a camera without time sync).
 CLOCK_GAP_WARNING_S = 60.0
+# /diagnostics warns when more than this share of the frames received in a report period left the pairing
+# queues unpaired: a few frames at the start or end of a stream are normal, a fifth means stamps that
+# rarely fall within sync.slop or one stream far slower than the other.
+UNPAIRED_WARNING_SHARE = 0.2
+# What to do about frames lost between the camera and the node (said in the log and on /diagnostics).
+LOST_CURE = ("best-effort delivery of large images drops UDP fragments; publish the camera reliably (qos.profile "
+             "auto then subscribes reliably), or use Fast DDS's LARGE_DATA transports "
+             "(FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA on both ends), or compressed transport (transport.rgb/aux)")
+# ~/stats counters whose growth in one report period /diagnostics judges.
+_PERIOD_COUNTERS = ("frames_in_rgb", "frames_in_aux", "dropped_unpaired", "frames_out", "points_out", "bad_input",
+                    "inference_errors", "dropped_cannot_degrade", "lost_in_transport_rgb", "lost_in_transport_aux")
+_OUTPUTS_QOS = QoSProfile(depth=OUTPUT_QOS["depth"], reliability=ReliabilityPolicy.RELIABLE)
 
 _PARAMETER_TYPES = {
     "string": Parameter.Type.STRING,
@@ -73,7 +84,9 @@ _PARAMETER_TYPES = {
 
 
 def make_qos(profile: str, depth: int) -> QoSProfile:
-    if profile == "sensor_data":
+    """The input QoS of a fixed profile; `auto` starts best effort (it receives from any publisher) until
+    `adapted_qos` has seen the publishers."""
+    if profile in ("sensor_data", "auto"):
         qos = copy.copy(qos_profile_sensor_data)
     elif profile == "reliable":
         qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
@@ -84,6 +97,20 @@ def make_qos(profile: str, depth: int) -> QoSProfile:
     qos.history = HistoryPolicy.KEEP_LAST
     qos.depth = depth
     return qos
+
+
+def adapted_qos(offered: list[QoSProfile], depth: int) -> QoSProfile:
+    """`qos.profile: auto`, as rosbag2 subscribes when it records: reliable only when every publisher offers it
+    (a reliable subscription receives nothing from a best-effort publisher), transient local only when every
+    publisher keeps history for late joiners; best effort and volatile while there is no publisher."""
+    everyone = bool(offered)
+    reliable = everyone and all(qos.reliability == ReliabilityPolicy.RELIABLE for qos in offered)
+    transient = everyone and all(qos.durability == DurabilityPolicy.TRANSIENT_LOCAL for qos in offered)
+    return QoSProfile(
+        depth=depth, history=HistoryPolicy.KEEP_LAST,
+        reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL if transient else DurabilityPolicy.VOLATILE,
+    )
 
 
 def describe_qos(profile: str, qos: QoSProfile) -> str:
@@ -114,6 +141,20 @@ def log_at(logger, level: str, message: str) -> None:
         raise ValueError(f"unknown log level {level!r}")
 
 
+def params_as_declared(parameters: list[Parameter]) -> list[Parameter]:
+    """A pre-set callback: an integer given for a double (`ros2 param set ... sync.slop 1`) is that double, as
+    in a params file; other types reach the node's check, which names the parameter and the type it wants."""
+    converted = []
+    for parameter in parameters:
+        spec = params.PARAMETERS_BY_NAME.get(parameter.name)
+        if spec is not None and spec.type == "double" and parameter.type_ == Parameter.Type.INTEGER:
+            parameter = Parameter(parameter.name, Parameter.Type.DOUBLE, float(parameter.value))
+        elif spec is not None and spec.type == "double_array" and parameter.type_ == Parameter.Type.INTEGER_ARRAY:
+            parameter = Parameter(parameter.name, Parameter.Type.DOUBLE_ARRAY, [float(v) for v in parameter.value])
+        converted.append(parameter)
+    return converted
+
+
 def stamp_ns(header) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
@@ -132,21 +173,29 @@ class _Counters:
 
 
 class SegmentNode(LifecycleNode):
-    """A managed node (ROS 2 lifecycle). configure: read and check the parameters, start the worker and
-    loader threads, create the publishers, load the model; activate: subscribe and start the stats and
-    watchdog timers; deactivate: unsubscribe (the model stays loaded, nothing is published); cleanup: stop
-    the threads and free the models (and CUDA's cached memory). `autostart` (default true) configures and
-    activates at start, so `ros2 run` and `ros2 launch` just work."""
+    """A managed node, with ROS 2's lifecycle state machine. configure: read and check the parameters, start
+    the worker and loader threads, create the publishers, load the model; activate: subscribe and start the
+    watchdog; deactivate: unsubscribe (the model stays loaded, nothing is published); cleanup: stop the threads,
+    free the models and forget every counter, window and clock; shutdown, from any state: all of that, and
+    the node is finalized (parameter changes refused). `/diagnostics` says the state in every state, finalized
+    included, so a monitor sees why nothing is served. `autostart` (default true) configures and activates at
+    start, so `ros2 run` and `ros2 launch` just work."""
 
     def __init__(self, *, stopping: threading.Event | None = None, **kwargs):
         """`stopping`: set when the process is asked to stop; a start-up that sees it loads no model."""
         super().__init__(NODE_NAME, **kwargs)
         self._log = self.get_logger()
         self._stopping = stopping
-        self._configured = False
+        self._configured = self._finalized = False
+        self._shutting_down = False  # set by `shutdown` under `_publishing`: the worker publishes nothing after it
+        self._publishing = threading.Lock()  # held by the worker while it publishes; `shutdown` waits for it
         self._init_state()
         self._config = self._declare_parameters()
+        self.add_pre_set_parameters_callback(params_as_declared)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        # /diagnostics in every state (the one thing a finalized node keeps): a monitor must see that it stopped.
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", _OUTPUTS_QOS)
+        self._stats_timer = self.create_timer(self._config["stats_period"], self._publish_stats)
         if self._config["autostart"]:
             configured = self.trigger_configure() == TransitionCallbackReturn.SUCCESS
             if configured and not (stopping is not None and stopping.is_set()):
@@ -160,6 +209,7 @@ class SegmentNode(LifecycleNode):
         self._config = {spec.name: params.coerce(spec.name, self.get_parameter(spec.name).value)
                         for spec in params.PARAMETERS}
         model_ok = self._check_startup_values()
+        self._shutting_down = False
         self._start_pairing_and_threads()
         # Outputs before inputs: nothing is subscribed to before there is somewhere to publish.
         self._create_publishers()
@@ -180,44 +230,61 @@ class SegmentNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._create_subscriptions()
         self._ensure_optional_publishers()  # and aux/camera_info's subscription
-        self._stats_timer = self.create_timer(self._config["stats_period"], self._publish_stats)
         self._watchdog_timer = self.create_timer(params.WATCHDOG_PERIOD_S, self._watchdog)
         self._start = time.monotonic()  # the no-pair watchdog counts from here
         self._log.info("active")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        for subscription in (self._rgb_sub, self._aux_sub, self._camera_info_sub):
-            if subscription is not None:
-                self.destroy_subscription(subscription)
-        self._rgb_sub = self._aux_sub = self._camera_info_sub = None
-        for timer in (self._stats_timer, self._watchdog_timer):
-            self.destroy_timer(timer)
-        self._stats_timer = self._watchdog_timer = None
+        self._unsubscribe()
         self._log.info("inactive: unsubscribed, the model stays loaded; activate to serve again")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self._log.info("unconfigured: threads stopped, models freed, counters reset")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """From unconfigured, inactive or active: unsubscribe, stop, free; the node holds nothing but
+        /diagnostics, which says it is finalized."""
+        self._unsubscribe()
+        self._release()
+        self._finalized = True
+        self._log.info(f"finalized (shut down from {state.label}): unsubscribed, threads stopped, models freed; "
+                       "restart the node to serve again")
+        return TransitionCallbackReturn.SUCCESS
+
+    def _unsubscribe(self) -> None:
+        for subscription in (*self._input_subs, self._camera_info_sub):
+            if subscription is not None:
+                self.destroy_subscription(subscription)
+        self._input_subs, self._camera_info_sub = [None, None], None
+        if self._watchdog_timer is not None:
+            self.destroy_timer(self._watchdog_timer)
+        self._watchdog_timer = None
+
+    def _release(self) -> None:
+        """Stop the threads, destroy the publishers (but /diagnostics'), free the models and start every
+        counter, window and clock afresh for the next configure."""
         self.shutdown()
-        self._shutting_down = False
+        if self._time_jump_handle is not None:
+            self._time_jump_handle.unregister()
         for name in ("_mask_pub", "_mask_color_pub", "_overlay_pub", "_confidence_pub", "_fused_pub", "_points_pub",
-                     "_camera_info_pub", "_stats_pub", "_diagnostics_pub"):
+                     "_camera_info_pub", "_stats_pub"):
             if getattr(self, name, None) is not None:
                 self.destroy_publisher(getattr(self, name))
-            setattr(self, name, None)
-        self._served = self._fallback = None
-        self._target, self._configured = None, False
+        self._configured = False
+        self._init_state()
         self._idle_reason = "cleaned up: configure to serve again"
         import torch
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # the models' memory goes back to the device
-        self._log.info("unconfigured: threads stopped, models freed")
-        return TransitionCallbackReturn.SUCCESS
 
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.shutdown()
-        return TransitionCallbackReturn.SUCCESS
+    def lifecycle_state(self) -> str:
+        """unconfigured, inactive, active or finalized (or a transition's name while one runs)."""
+        return self._state_machine.current_state[1]
 
     # ---- start-up --------------------------------------------------------------------------------------
 
@@ -246,16 +313,19 @@ class SegmentNode(LifecycleNode):
         self._starved_warnings: dict[str, float] = {}  # problem kind -> when it was last warned
         self._frame_id_warned = False
         self._resize_warned: set[tuple[tuple[int, int], tuple[int, int]]] = set()  # (colour, aux) sizes warned of
-        self._clock_gap_warned = False
+        self._other_clock = False  # the newest frame's stamp is CLOCK_GAP_WARNING_S or more from this node's clock
+        self._at_last_stats: dict[str, int] = {}  # counters at the last report: /diagnostics judges the period
         self._served: ServedModel | None = None
         self._served_lock = threading.Lock()
         self._generation = 0
         self._target: tuple | None = None  # ModelChoice.target last asked for
         self._idle_reason = "no model loaded yet"
-        self._shutting_down = False
-        self._publishing = threading.Lock()  # held by the worker while it publishes; `shutdown` waits for it
-        self._rgb_sub = self._aux_sub = self._camera_info_sub = None
-        self._stats_timer = self._watchdog_timer = None
+        self._input_subs: list = [None, None]  # colour, aux
+        self._input_qos: list[QoSProfile | None] = [None, None]
+        self._camera_info_sub = self._watchdog_timer = self._time_jump_handle = None
+        for name in ("_mask_pub", "_mask_color_pub", "_overlay_pub", "_confidence_pub", "_fused_pub", "_points_pub",
+                     "_camera_info_pub", "_stats_pub"):
+            setattr(self, name, None)
 
     def _start_pairing_and_threads(self) -> None:
         """The pairer, the ROS time-jump callback, the model loader and the inference worker."""
@@ -271,34 +341,44 @@ class SegmentNode(LifecycleNode):
         self._loader = BackgroundLoader(self._on_model_loaded, self._on_model_failed)
         self._fallback_loader = BackgroundLoader(self._on_fallback_loaded, self._on_fallback_failed)
         self._worker = InferenceWorker(self._process_pair, self._on_worker_error).start()
+        if self._stats_timer.timer_period_ns != int(self._config["stats_period"] * 1e9):  # set while unconfigured
+            self.destroy_timer(self._stats_timer)
+            self._stats_timer = self.create_timer(self._config["stats_period"], self._publish_stats)
 
     def _create_publishers(self) -> None:
-        outputs_qos = QoSProfile(depth=OUTPUT_QOS["depth"], reliability=ReliabilityPolicy.RELIABLE)
-        self._outputs_qos = outputs_qos
-        self._mask_pub = self.create_publisher(Image, "~/mask", outputs_qos)
-        self._mask_color_pub = self.create_publisher(Image, "~/mask_color", outputs_qos)
-        self._overlay_pub = None
-        self._confidence_pub = None
-        self._fused_pub = None
-        self._points_pub = self._camera_info_pub = self._camera_info_sub = None
+        self._mask_pub = self.create_publisher(Image, "~/mask", _OUTPUTS_QOS)
+        self._mask_color_pub = self.create_publisher(Image, "~/mask_color", _OUTPUTS_QOS)
         self._ensure_optional_publishers()
-        self._stats_pub = self.create_publisher(DiagnosticStatus, "~/stats", outputs_qos)
-        # The ROS convention that rqt_robot_monitor and diagnostic_aggregator read.
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", outputs_qos)
-        self._problems_at_last_stats = 0
+        self._stats_pub = self.create_publisher(DiagnosticStatus, "~/stats", _OUTPUTS_QOS)
+
+    @property
+    def rgb_topic(self) -> str:
+        return self._input_subs[0].topic_name if self._input_subs[0] is not None else self.resolve_topic_name(RGB_TOPIC)
+
+    @property
+    def aux_topic(self) -> str:
+        return self._input_subs[1].topic_name if self._input_subs[1] is not None else self.resolve_topic_name(AUX_TOPIC)
+
+    @property
+    def _qos_text(self) -> str:
+        profile = self._config["qos.profile"]
+        texts = [describe_qos(profile, qos) for qos in self._input_qos if qos is not None]
+        if len(set(texts)) == 1:
+            return texts[0]
+        return f"{texts[0]} for colour, {texts[1]} for aux" if texts else profile
 
     def _create_subscriptions(self) -> None:
-        """Subscribe to both streams with the configured QoS, and say what was subscribed and how it pairs."""
-        profile = self._config["qos.profile"]
-        self._input_qos = make_qos(profile, self._config["qos.depth"])
-        self._qos_text = describe_qos(profile, self._input_qos)
-        self._rgb_sub = self._subscribe(0)
-        self._aux_sub = self._subscribe(1)
-        self.rgb_topic = self._rgb_sub.topic_name
-        self.aux_topic = self._aux_sub.topic_name
+        """Subscribe to both streams with the configured QoS (with `auto`, what their publishers offer), and say
+        what was subscribed and how it pairs."""
+        for stream in (0, 1):
+            qos = make_qos(self._config["qos.profile"], self._config["qos.depth"])
+            if self._config["qos.profile"] == "auto":
+                qos = adapted_qos(self._offered_qos(stream), self._config["qos.depth"])
+            self._input_subs[stream] = self._subscribe(stream, qos)
+        rgb_sub, aux_sub = self._input_subs
         self._log.info(
-            f"subscribed to {self.rgb_topic} (colour, {_type_name(self._rgb_sub.msg_type)}) and {self.aux_topic} "
-            f"(aux, {_type_name(self._aux_sub.msg_type)}) with QoS {self._qos_text}"
+            f"subscribed to {self.rgb_topic} (colour, {_type_name(rgb_sub.msg_type)}) and {self.aux_topic} "
+            f"(aux, {_type_name(aux_sub.msg_type)}) with QoS {self._qos_text}"
         )
         self._log.info(
             f"pairing: queue_size {self._config['sync.queue_size']}, "
@@ -337,19 +417,12 @@ class SegmentNode(LifecycleNode):
                 if parameter.type_ == Parameter.Type.NOT_SET:
                     self.set_parameters([Parameter(spec.name, ros_type, list(spec.default))])
             else:
-                try:
-                    self.declare_parameter(spec.name, spec.default, descriptor)
-                except InvalidParameterTypeException:
-                    # e.g. `slop: 1` in YAML for a double: take the number, refuse anything else clearly.
-                    override = self._parameter_overrides[spec.name].value
-                    value = params.coerce(spec.name, override)
-                    if type(value) is not type(spec.default):
-                        self._log.error(
-                            f"parameter {spec.name} must be a {spec.type}, got {override!r}; using the default "
-                            f"{spec.default!r}"
-                        )
-                        value = spec.default
-                    self.declare_parameter(spec.name, value, descriptor, ignore_override=True)
+                # Any type is taken here so that a wrong one gets the node's own refusal, which names the type
+                # wanted (`_check_startup_values`, `_on_set_parameters`), not rclpy's bare type numbers.
+                descriptor.dynamic_typing = True
+                value = self.declare_parameter(spec.name, spec.default, descriptor).value
+                if spec.type == "double" and type(value) is int:  # `slop: 1` in a params file
+                    self.set_parameters([Parameter(spec.name, Parameter.Type.DOUBLE, float(value))])
             config[spec.name] = params.coerce(spec.name, self.get_parameter(spec.name).value)
         return config
 
@@ -371,6 +444,10 @@ class SegmentNode(LifecycleNode):
         return model_ok
 
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        if self._finalized:
+            reason = "the node is finalized (shut down through its lifecycle) and serves nothing: restart it"
+            self._log.warning(f"refused {', '.join(p.name for p in parameters)}: {reason}")
+            return SetParametersResult(successful=False, reason=reason)
         changes = {}
         for parameter in parameters:
             if parameter.name not in params.PARAMETERS_BY_NAME:
@@ -394,9 +471,10 @@ class SegmentNode(LifecycleNode):
                 return SetParametersResult(successful=False, reason=reason)
         if "fallback_checkpoint" in changes and changes["fallback_checkpoint"]:
             try:
-                inspect_checkpoint(changes["fallback_checkpoint"])
+                self._check_fallback(changes["fallback_checkpoint"])
             except ValueError as error:
-                return SetParametersResult(successful=False, reason=f"fallback_checkpoint: {error}")
+                self._log.warning(f"refused fallback_checkpoint: {error}")
+                return SetParametersResult(successful=False, reason=str(error))
         # Everything validated: apply.
         self._config = config
         if "fallback_checkpoint" in changes:
@@ -440,6 +518,8 @@ class SegmentNode(LifecycleNode):
             f"[{request.reason}]{serving}"
         )
         self._load_started = time.monotonic()
+        if self._served is None:
+            self._idle_reason = f"loading {request.path}"
         self._loader.request(request)
 
     def _on_model_loaded(self, request: LoadRequest, served: ServedModel) -> None:
@@ -455,6 +535,10 @@ class SegmentNode(LifecycleNode):
         took = time.monotonic() - self._load_started
         replaced = f" (replacing {old.method!r} from {old.path})" if old else ""
         self._log.info(f"serving {self._served.describe()}{replaced}; loaded in {took:.2f} s")
+        fallback = self._fallback
+        if fallback is not None and fallback.engine.checkpoint.classes != served.engine.checkpoint.classes:
+            self._log.error(f"fallback_checkpoint {fallback.path} has other classes than {served.path}: it is not "
+                            "used while the aux camera is missing (set a fallback with the same classes)")
         if self._config["outputs.fused_image"] and "fused" not in served.engine.extras:
             self._log.warning(f"outputs.fused_image is true but method {served.method!r} makes no fused image: "
                               "~/fused_image stays silent (SC-CoSF, fusion_method sccosf, makes one)")
@@ -476,15 +560,32 @@ class SegmentNode(LifecycleNode):
         if not path:
             self._fallback = None
             return
-        inspect_checkpoint(path)
+        self._check_fallback(path)
         self._log.info(f"loading fallback_checkpoint {path} in the background (served while aux is missing)")
         self._fallback_loader.request(LoadRequest(self._fallback_generation, path, runtime_from(config), (),
                                                   reason="fallback_checkpoint"))
 
+    def _check_fallback(self, path: str) -> None:
+        """ValueError with the reason when `path` cannot be the fallback: the node's rules for colour alone, and
+        the served model's classes (checked again when either model is loaded)."""
+        from ..core.checkpoint import CheckpointError  # imports torch: not at the node's start
+
+        served = self._served
+        refusal = inspect_checkpoint(path).fallback_refusal(
+            tuple(served.engine.checkpoint.classes) if served is not None else None)
+        if refusal:
+            raise CheckpointError(refusal)
+
     def _on_fallback_loaded(self, request: LoadRequest, served: ServedModel) -> None:
-        if request.generation == self._fallback_generation and not self._shutting_down:
-            self._fallback = served
-            self._log.info(f"fallback ready: {served.describe()}")
+        if request.generation != self._fallback_generation or self._shutting_down:
+            return
+        main = self._served
+        if main is not None and served.engine.checkpoint.classes != main.engine.checkpoint.classes:
+            self._log.error(f"fallback_checkpoint {served.path} refused: it has other classes than the served model "
+                            f"{main.path}; no fallback while the aux camera is missing")
+            return
+        self._fallback = served
+        self._log.info(f"fallback ready: {served.describe()}")
 
     def _on_fallback_failed(self, request: LoadRequest, error: BaseException) -> None:
         if request.generation == self._fallback_generation and not self._shutting_down:
@@ -497,45 +598,59 @@ class SegmentNode(LifecycleNode):
 
     # ---- input: the executor thread only pairs and hands over ------------------------------------------
 
-    def _subscribe(self, stream: int):
-        """Subscribe as image_transport does: remap rules apply to the base name, then /<transport> is appended
-        (rcl matches a rule against a full name only, so `-r rgb/image:=/cam/image_raw` alone would leave
-        rgb/image/compressed as it is). A rule for the full name (`-r rgb/image/compressed:=...`) works too
-        when the base name is not remapped."""
+    def _input_topic(self, stream: int) -> tuple[type, str]:
+        """The message type and full topic name of an input, as image_transport names it: remap rules apply to
+        the base name, then /<transport> is appended (rcl matches a rule against a full name only, so
+        `-r rgb/image:=/cam/image_raw` alone would leave rgb/image/compressed as it is). A rule for the full
+        name (`-r rgb/image/compressed:=...`) works too when the base name is not remapped."""
         base = (RGB_TOPIC, AUX_TOPIC)[stream]
         transport = self._config[("transport.rgb", "transport.aux")[stream]]
         if transport == "raw":
-            msg_type, topic = Image, base
-        else:
-            msg_type, topic = CompressedImage, f"{self.resolve_topic_name(base)}/{transport}"
+            return Image, self.resolve_topic_name(base)
+        return CompressedImage, f"{self.resolve_topic_name(base)}/{transport}"
+
+    def _subscribe(self, stream: int, qos: QoSProfile):
+        msg_type, topic = self._input_topic(stream)
+        self._input_qos[stream] = qos
         # Decoding (and decompressing) happens on the inference worker, not in these callbacks.
         callback = (self._on_rgb, self._on_aux)[stream]
-        return self.create_subscription(msg_type, topic, callback, self._input_qos,
-                                        event_callbacks=self._transport_events(stream))
+        return self.create_subscription(msg_type, topic, callback, qos, event_callbacks=self._transport_events(stream))
+
+    def _offered_qos(self, stream: int) -> list[QoSProfile]:
+        """The QoS of each publisher of an input topic now (other nodes' and our own process's alike)."""
+        return [info.qos_profile for info in self.get_publishers_info_by_topic(self._input_topic(stream)[1])]
+
+    def _follow_publishers_qos(self) -> None:
+        """`qos.profile: auto`: subscribe again when the publishers' offer changes what fits them best."""
+        for stream in (0, 1):
+            current = self._input_qos[stream]
+            wanted = adapted_qos(self._offered_qos(stream), self._config["qos.depth"])
+            if current is None or self._input_subs[stream] is None or (
+                    (wanted.reliability, wanted.durability) == (current.reliability, current.durability)):
+                continue
+            self.destroy_subscription(self._input_subs[stream])
+            self._input_subs[stream] = self._subscribe(stream, wanted)
+            self._log.info(f"{self._input_subs[stream].topic_name}: its publishers now offer "
+                           f"{describe_qos('auto', wanted)}: subscribed again with it")
 
     def _transport_events(self, stream: int) -> SubscriptionEventCallbacks:
         """Say so when the middleware cannot deliver: incompatible QoS, or messages lost in transport."""
         label = ("rgb", "aux")[stream]
 
         def topic() -> str:
-            return getattr(self, ("rgb_topic", "aux_topic")[stream], (RGB_TOPIC, AUX_TOPIC)[stream])
+            return (self.rgb_topic, self.aux_topic)[stream]
 
         def incompatible(info) -> None:
             self._log.error(
                 f"{topic()}: a publisher's QoS is incompatible with ours ({self._qos_text}); policy "
                 f"{getattr(info.last_policy_kind, 'name', info.last_policy_kind)}: no messages will arrive from it. "
-                "A best-effort publisher needs qos.profile sensor_data."
+                "qos.profile auto subscribes with what the publishers offer."
             )
 
         def lost(info) -> None:
             self._counters.add(f"lost_{label}", int(info.total_count_change))
-            self._log_throttled(
-                f"lost:{label}", "warning",
-                f"{topic()}: {info.total_count} messages lost in transport so far (best-effort QoS and large "
-                "images over UDP fragments: use qos.profile reliable with a reliable publisher, or a transport "
-                "for large data such as FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA on both ends)",
-                30.0,
-            )
+            self._log_throttled(f"lost:{label}", "warning",
+                                f"{topic()}: {info.total_count} messages lost in transport so far: {LOST_CURE}", 30.0)
 
         return SubscriptionEventCallbacks(incompatible_qos=incompatible, message_lost=lost)
 
@@ -564,14 +679,16 @@ class SegmentNode(LifecycleNode):
     def _on_image(self, stream: int, msg: Image | CompressedImage) -> None:
         now = self._last_input_at = time.monotonic()
         if stream == 1:
-            self._aux_watch.aux_arrived()
-            colour_alone_s = 0.0
+            self._aux_watch.aux_arrived(now)
+            colour_alone = False
         else:
-            colour_alone_s = self._aux_watch.colour_arrived(now)
-        pair = self._pairer.add(stream, stamp_ns(msg.header), msg)
+            # Decided on the aux stream's own silence when this frame arrives; a frame served alone is not
+            # queued, so no late aux frame pairs it for a second mask.
+            colour_alone = self._aux_watch.colour_arrived(now) > self._config["aux_timeout"] and self._served is not None
+        pair = self._pairer.add(stream, stamp_ns(msg.header), msg, pairable=not colour_alone)
+        if colour_alone:
+            self._worker.submit((msg, None, now))
         if pair is None:
-            if colour_alone_s > self._config["aux_timeout"] and self._served is not None:
-                self._worker.submit((msg, None, now))  # the aux camera is missing: colour alone
             return
         self._last_pair = time.monotonic()
         self._starved_warnings.clear()  # a starved spell ends with a pair
@@ -661,12 +778,16 @@ class SegmentNode(LifecycleNode):
         self._processing.add(done - paired_at)
         self._waiting.add(started - paired_at)
         self._working.add(done - started)
-        if abs(latency_s) > CLOCK_GAP_WARNING_S and not self._clock_gap_warned:
-            self._clock_gap_warned = True
-            self._log.warning(
-                f"{self.rgb_topic} stamps are {latency_s:.0f} s from this node's clock, so the latency in ~/stats "
-                "is not a processing time; replaying a bag? play it with its clock (`rgbd-fusion-seg bag play "
-                "--clock`, `ros2 bag play --clock`) and set use_sim_time:=true. Warned once.")
+        other_clock = abs(latency_s) > CLOCK_GAP_WARNING_S
+        if other_clock and not self._other_clock:
+            self._log_throttled("other_clock", "warning",
+                                f"{self.rgb_topic} stamps are {latency_s:.0f} s from this node's clock, so the latency in "
+                                "~/stats is not a processing time; replaying a bag? play it with its clock "
+                                "(`rgbd-fusion-seg bag play --clock`, `ros2 bag play --clock`) and set "
+                                "use_sim_time:=true", 60.0)
+        elif self._other_clock and not other_clock:
+            self._log.info(f"{self.rgb_topic} stamps agree with this node's clock again")
+        self._other_clock = other_clock
         self._counters.add("frames_out")
         if want_points and any(publisher is self._points_pub for publisher, _ in outputs):
             self._counters.add("points_out")
@@ -689,11 +810,13 @@ class SegmentNode(LifecycleNode):
         return decoded
 
     def _server_for_frame(self, main: ServedModel, colour_only: bool, why: str = "") -> ServedModel | None:
-        """The model that serves this frame: the main one while fusing; while the aux camera is missing, what
-        `degraded.colour_only_server` picks, or None (nothing is published; said and counted)."""
-        if not colour_only:
+        """The model that serves this frame: the main one while fusing (or when it uses no aux at all); while the
+        aux camera is missing, what `degraded.colour_only_server` picks, or None (nothing is published; said and
+        counted). Flaky aux frames start and end many spells: the lines saying so are throttled and counted."""
+        if not colour_only or not main.uses_aux:
             if self._aux_watch.frame_served(False) == "left":
-                self._log.info(f"aux back on {self.aux_topic}: fusing again with {main.method!r}")
+                self._log_throttled("aux_back", "info", f"aux back on {self.aux_topic}: fusing again with "
+                                    f"{main.method!r} (colour-only spells so far: {self._aux_watch.spells})", 10.0)
             return main
         choice = colour_only_server(main, self._fallback)
         if choice.served is None:
@@ -703,8 +826,9 @@ class SegmentNode(LifecycleNode):
                                 "(counted in dropped_cannot_degrade)", 10.0)
             return None
         if self._aux_watch.frame_served(True, choice.how) == "entered":
-            missing = why or f"no aux on {self.aux_topic} for {self._aux_watch.missing_for(time.monotonic()):.1f} s"
-            self._log.warning(f"{missing}: degraded, masks from colour alone by {choice.how} until aux returns")
+            missing = why or f"no aux on {self.aux_topic} for {self._aux_watch.silence(time.monotonic()):.1f} s"
+            self._log_throttled("degraded", "warning", f"{missing}: degraded, masks from colour alone by {choice.how} "
+                                f"until aux returns (colour-only spells so far: {self._aux_watch.spells})", 10.0)
         self._counters.add("frames_colour_only")
         return choice.served
 
@@ -765,17 +889,17 @@ class SegmentNode(LifecycleNode):
 
     def _ensure_optional_publishers(self) -> None:
         if self._config["outputs.overlay"] and self._overlay_pub is None:
-            self._overlay_pub = self.create_publisher(Image, "~/overlay", self._outputs_qos)
+            self._overlay_pub = self.create_publisher(Image, "~/overlay", _OUTPUTS_QOS)
         if self._config["outputs.confidence"] and self._confidence_pub is None:
-            self._confidence_pub = self.create_publisher(Image, "~/confidence", self._outputs_qos)
+            self._confidence_pub = self.create_publisher(Image, "~/confidence", _OUTPUTS_QOS)
         if self._config["outputs.fused_image"] and self._fused_pub is None:
-            self._fused_pub = self.create_publisher(Image, "~/fused_image", self._outputs_qos)
+            self._fused_pub = self.create_publisher(Image, "~/fused_image", _OUTPUTS_QOS)
         if self._config["outputs.points"] and self._points_pub is None:
-            self._points_pub = self.create_publisher(PointCloud2, "~/points", self._outputs_qos)
+            self._points_pub = self.create_publisher(PointCloud2, "~/points", _OUTPUTS_QOS)
         if self._config["outputs.camera_info"] and self._camera_info_pub is None:
-            self._camera_info_pub = self.create_publisher(CameraInfo, "~/camera_info", self._outputs_qos)
+            self._camera_info_pub = self.create_publisher(CameraInfo, "~/camera_info", _OUTPUTS_QOS)
         wanted = self._config["outputs.points"] or self._config["outputs.camera_info"]
-        if wanted and self._camera_info_sub is None and self._rgb_sub is not None:  # inputs only while active
+        if wanted and self._camera_info_sub is None and self._input_subs[0] is not None:  # inputs only while active
             self._calibration_wanted_since = time.monotonic()
             # The input QoS: camera drivers publish camera_info as they publish the images.
             self._camera_info_sub = self.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info,
@@ -802,7 +926,10 @@ class SegmentNode(LifecycleNode):
         log_at(self._log, level, message)
 
     def _watchdog(self) -> None:
-        """Warn when no pair was made for no_pair_timeout: once per kind of problem per starved spell."""
+        """Follow the publishers' QoS (`qos.profile: auto`); warn when no pair was made for no_pair_timeout: once
+        per kind of problem per starved spell."""
+        if self._config["qos.profile"] == "auto":
+            self._follow_publishers_qos()
         timeout = self._config["no_pair_timeout"]
         now = time.monotonic()
         since = now - (self._last_pair if self._last_pair is not None else self._start)
@@ -872,14 +999,21 @@ class SegmentNode(LifecycleNode):
             "precision": served.engine.precision if served else "",
         }
 
+    def _period_counts(self, values: dict[str, str]) -> dict[str, int]:
+        """How much each counter grew since the last report."""
+        now = {key: int(values[key]) for key in _PERIOD_COUNTERS}
+        grown = {key: value - self._at_last_stats.get(key, 0) for key, value in now.items()}
+        self._at_last_stats = now
+        return grown
+
     def _health(self, values: dict[str, str]) -> tuple[bytes, str]:
-        """ERROR: no model, or no input at all; WARN: colour alone (degraded), no pairs, frames lost or refused
-        since the last report, stamps from another clock; OK otherwise."""
+        """The level and message of an active node's report: ERROR no model, or no input at all; WARN colour
+        alone (degraded), no pairs, frames lost in transport, refused or undecodable, more than
+        UNPAIRED_WARNING_SHARE of the frames unpaired, an enabled output not produced, stamps from another
+        clock; OK otherwise. Judged on what happened since the last report, so a WARN clears when it stops."""
         now = time.monotonic()
+        grown = self._period_counts(values)
         no_input_for = now - max(self._last_input_at, self._start)
-        problems = sum(int(values[key]) for key in ("bad_input", "inference_errors", "lost_in_transport_rgb",
-                                                    "lost_in_transport_aux", "dropped_cannot_degrade"))
-        new_problems, self._problems_at_last_stats = problems - self._problems_at_last_stats, problems
         starved = self._last_pair is None or now - self._last_pair > self._config["no_pair_timeout"]
         if self._served is None:
             return DiagnosticStatus.ERROR, f"idle: {self._idle_reason}"
@@ -889,28 +1023,72 @@ class SegmentNode(LifecycleNode):
             return DiagnosticStatus.WARN, f"degraded: no aux, masks from colour alone by {values['degraded']}"
         if starved:
             return DiagnosticStatus.WARN, "no colour/aux pairs"
-        if new_problems:
-            return DiagnosticStatus.WARN, (f"{new_problems} frames lost, refused or dropped since the last report "
-                                           "(see the counters)")
-        if self._clock_gap_warned:
+        lost = grown["lost_in_transport_rgb"] + grown["lost_in_transport_aux"]
+        if lost:
+            return DiagnosticStatus.WARN, f"{lost} frames lost in transport since the last report: {LOST_CURE}"
+        received = grown["frames_in_rgb"] + grown["frames_in_aux"]
+        if received and grown["dropped_unpaired"] > UNPAIRED_WARNING_SHARE * received:
+            return DiagnosticStatus.WARN, (
+                f"{grown['dropped_unpaired']} of {received} frames received since the last report found no partner "
+                f"(more than {UNPAIRED_WARNING_SHARE:.0%}): check the stamps against sync.slop and the streams' rates")
+        refused = sum(grown[key] for key in ("bad_input", "inference_errors", "dropped_cannot_degrade"))
+        if refused:
+            return DiagnosticStatus.WARN, (f"{refused} frames refused, failed or dropped since the last report "
+                                           "(see bad_input, inference_errors, dropped_cannot_degrade)")
+        silent = self._silent_outputs(grown)
+        if silent:
+            return DiagnosticStatus.WARN, f"serving {values['model']}; not produced: {silent}"
+        if self._other_clock:
             return DiagnosticStatus.WARN, f"serving {values['model']}; stamps from another clock (latency is no delay)"
         return DiagnosticStatus.OK, f"serving {values['model']}"
 
+    def _silent_outputs(self, grown: dict[str, int]) -> str:
+        """Enabled outputs that produced nothing while masks went out in the last period, and why."""
+        if not grown["frames_out"]:
+            return ""
+        silent = []
+        if self._config["outputs.points"] and not grown["points_out"]:
+            info = self._camera_info.snapshot()
+            why = ("no camera_info on " + self.camera_info_topic if info.msg is None
+                   else f"camera_info refused: {info.refusal}" if info.camera is None
+                   else "no metric depth, or no point passed the points.* filters")
+            silent.append(f"~/points ({why})")
+        served = self._served
+        if self._config["outputs.fused_image"] and served is not None and "fused" not in served.engine.extras:
+            silent.append(f"~/fused_image ({served.method!r} makes no fused image)")
+        return "; ".join(silent)
+
+    def _state_report(self) -> tuple[bytes, str, dict[str, str]]:
+        """Level, message and values of /diagnostics in the node's lifecycle state."""
+        state = self.lifecycle_state()
+        if state == "active" and self._configured:
+            values = self.stats()
+            return (*self._health(values), values)
+        messages = {
+            "unconfigured": f"unconfigured ({self._idle_reason}): configure and activate to serve",
+            "inactive": "inactive: not subscribed, publishes nothing; activate to serve",
+            "finalized": "finalized: shut down through its lifecycle, holds no model and no subscription; restart "
+                         "the node to serve",
+        }
+        level = DiagnosticStatus.ERROR if state == "finalized" else DiagnosticStatus.WARN
+        return level, messages.get(state, f"{state}: in a lifecycle transition"), {"state": state}
+
     def _publish_stats(self) -> None:
-        values = self.stats()
-        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}", hardware_id=values["device"])
-        status.level, status.message = self._health(values)
+        level, message, values = self._state_report()
+        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}", hardware_id=values.get("device", ""),
+                                  level=level, message=message)
         status.values = [KeyValue(key=key, value=value) for key, value in values.items()]
-        # logged before publishing: whoever has read the stats message can find its log line
-        self._log.info(
-            f"{values['rate_hz']} Hz, latency p50/p90/p99 {values['latency_p50_ms']}/{values['latency_p90_ms']}/"
-            f"{values['latency_p99_ms']} ms (stamp -> publish), processing p50/p90 {values['processing_p50_ms']}/"
-            f"{values['processing_p90_ms']} ms (pair -> publish); in {values['frames_in_rgb']}/{values['frames_in_aux']}, "
-            f"pairs {values['pairs']}, out {values['frames_out']}, dropped unpaired {values['dropped_unpaired']} "
-            f"stale {values['dropped_stale']} no-model {values['dropped_no_model']}, bad input {values['bad_input']}; "
-            f"model {values['model']}"
-        )
-        self._stats_pub.publish(status)
+        if "state" not in values:
+            # logged before publishing: whoever has read the stats message can find its log line
+            self._log.info(
+                f"{values['rate_hz']} Hz, latency p50/p90/p99 {values['latency_p50_ms']}/{values['latency_p90_ms']}/"
+                f"{values['latency_p99_ms']} ms (stamp -> publish), processing p50/p90 {values['processing_p50_ms']}/"
+                f"{values['processing_p90_ms']} ms (pair -> publish); in {values['frames_in_rgb']}/"
+                f"{values['frames_in_aux']}, pairs {values['pairs']}, out {values['frames_out']}, dropped unpaired "
+                f"{values['dropped_unpaired']} stale {values['dropped_stale']} no-model {values['dropped_no_model']}, "
+                f"bad input {values['bad_input']}; model {values['model']}"
+            )
+            self._stats_pub.publish(status)
         diagnostics = DiagnosticArray(status=[status])
         diagnostics.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics_pub.publish(diagnostics)
