@@ -77,23 +77,72 @@ def test_aux_stopped_then_back_degrades_to_the_fallback_and_fuses_again(ros, cli
     assert "degraded: no aux, masks from colour alone by fallback_checkpoint" in warn.message
     assert {kv.key: kv.value for kv in warn.values}["degraded"].startswith("fallback_checkpoint")
 
-    client.prime(next_stamp, random_pair)  # aux is back: pairs again
+    # aux is back: the first colour frame, after the aux stream's long silence, is still served alone (its aux
+    # partner arrives after it); the pairs after it fuse again
+    client.prime(next_stamp, random_pair)
+    client.prime(next_stamp, random_pair)
     node.wait_for_log("aux back on /aux/image: fusing again with 'early'")
     stats = client.fresh_stats(predicate=lambda s: s["degraded"] == "")
     assert int(stats["frames_colour_only"]) >= 10
     latest_status(diagnostics, lambda s: s.level == DiagnosticStatus.OK, client)
 
 
+def test_a_fallback_that_cannot_serve_colour_alone_or_has_other_classes_is_refused(ros, client, checkpoints):
+    node, _ = ros
+    [other_classes] = client.set_parameters({"fallback_checkpoint": str(checkpoints / "rgb_other_classes.pt")})
+    assert not other_classes.successful and "has other classes than the served model" in other_classes.reason
+    [fusion] = client.set_parameters({"fallback_checkpoint": str(checkpoints / "early.pt")})
+    assert not fusion.successful and "cannot serve colour alone" in fusion.reason
+    log = node.wait_for_log("refused fallback_checkpoint: .*early.pt")
+    assert log.count("fallback ready") == 1  # the fixture's rgb.pt stays the fallback
+
+
 def test_without_a_way_to_degrade_nothing_is_published_and_it_is_said(ros, client, checkpoints):
     node, _ = ros
-    [result] = client.set_parameters({"fallback_checkpoint": str(checkpoints / "rgb_other_classes.pt")})
-    assert result.successful, result.reason
-    node.wait_for_log("fallback ready: method 'rgb' from .*rgb_other_classes.pt")
+    assert client.set_parameters({"fallback_checkpoint": ""})[0].successful
     before = int(client.fresh_stats()["dropped_cannot_degrade"])
     stamps = colour_only(client, 1.5)
-    node.wait_for_log("has other classes than")
+    node.wait_for_log("was not trained with train.aux_dropout and no usable fallback_checkpoint is set")
     assert not set(stamps) & set(client.stamps("mask"))  # no masks from a model that never saw missing aux
     client.fresh_stats(predicate=lambda s: int(s["dropped_cannot_degrade"]) > before)
+    client.prime(next_stamp, random_pair)
+    assert client.set_parameters({"fallback_checkpoint": str(checkpoints / "rgb.pt")})[0].successful
+    node.wait_for_log("fallback ready", count=2, timeout=60)
+
+
+def test_each_stamp_gets_one_mask_whichever_camera_comes_first(ros, client):
+    """Pairs slower than aux_timeout, aux first for every other one: the colour-first frames are decided on the
+    aux stream's silence, and a frame served alone is never paired again, so no stamp gets two masks."""
+    stamps = []
+    for index in range(6):
+        stamp = next_stamp()
+        rgb_msg, aux_msg = random_pair(stamp)
+        first, second = (aux_msg, rgb_msg) if index % 2 == 0 else (rgb_msg, aux_msg)
+        (client.aux_pub if first is aux_msg else client.rgb_pub).publish(first)
+        client.spin_for(0.02)
+        (client.aux_pub if second is aux_msg else client.rgb_pub).publish(second)
+        stamps.append(stamp)
+        client.spin_for(0.8)  # longer than the fixture's aux_timeout of 0.5 s
+    client.spin_until(lambda: all(stamp in client.stamps("mask") for stamp in stamps), 15, "a mask for each stamp")
+    client.spin_for(1.0)  # a second mask would come within this
+    masks = client.stamps("mask")
+    assert {stamp: masks.count(stamp) for stamp in stamps} == {stamp: 1 for stamp in stamps}
+    client.prime(next_stamp, random_pair)
+
+
+def test_flaky_aux_frames_are_said_once_and_counted(ros, client):
+    """Aux frames that alternate between readings and none: each colour-only spell is counted, the lines
+    saying so are throttled."""
+    node, _ = ros
+    before = node.log().count("degraded, masks from colour alone")
+    for index in range(16):
+        stamp = next_stamp()
+        rgb_msg, aux_msg = random_pair(stamp)
+        if index % 2:
+            aux_msg = image_msg(np.zeros((48, 64), np.uint16), "16UC1", 48, 64, 128, stamp)  # 0 = no reading
+        client.publish_pair(rgb_msg, aux_msg)
+        client.wait_for_stamp(stamp)
+    assert node.log().count("degraded, masks from colour alone") - before <= 1
     client.prime(next_stamp, random_pair)
 
 
@@ -119,14 +168,31 @@ def test_an_aux_image_without_any_reading_is_served_from_colour_alone(ros, clien
     client.fresh_stats(predicate=lambda s: int(s["aux_invalid"]) > before)
 
 
-def test_aux_watch_counts_colour_alone_from_the_first_colour_frame_after_aux():
+def test_a_model_that_uses_no_aux_is_never_degraded(ros, client, checkpoints):
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    node, diagnostics = ros
+    assert client.set_parameters({"checkpoint": str(checkpoints / "rgb.pt")})[0].successful
+    before = client.fresh_stats(predicate=lambda s: s["model"] == "rgb", timeout=30)
+    stamps = colour_only(client, 1.5)
+    assert set(stamps[-5:]) <= set(client.stamps("mask"))
+    stats = client.fresh_stats()
+    assert stats["degraded"] == "" and stats["frames_colour_only"] == before["frames_colour_only"]
+    status = latest_status(diagnostics, lambda s: True, client)
+    assert "degraded" not in status.message and status.level != DiagnosticStatus.ERROR
+    client.prime(next_stamp, random_pair)
+
+
+def test_aux_watch_measures_the_aux_streams_own_silence():
     from rgbd_fusion_seg.ros.degraded import AuxWatch
 
     watch = AuxWatch()
     assert watch.colour_arrived(100.0) == 0.0  # a stream's first colour frame, its aux a few ms behind
-    watch.aux_arrived()
-    assert watch.missing_for(100.5) == 0.0 and watch.colour_arrived(130.0) == 0.0  # a pause of both cameras
-    assert watch.colour_arrived(130.6) == pytest.approx(0.6) and watch.missing_for(131.0) == pytest.approx(1.0)
-    assert [watch.frame_served(True, "rgb"), watch.frame_served(True, "rgb"), watch.frame_served(False)] == \
-        ["entered", None, "left"]
-    assert watch.degraded_how is None
+    assert watch.colour_arrived(100.3) == pytest.approx(0.3)  # no aux yet: counted from the first colour frame
+    watch.aux_arrived(100.4)
+    assert watch.colour_arrived(101.9) == pytest.approx(1.5)  # since the last aux, whatever came in between
+    watch.aux_arrived(101.95)
+    assert watch.silence(102.0) == pytest.approx(0.05)
+    assert [watch.frame_served(True, "rgb"), watch.frame_served(True, "rgb"), watch.frame_served(False),
+            watch.frame_served(True, "rgb")] == ["entered", None, "left", "entered"]
+    assert watch.spells == 2 and watch.degraded_how == "rgb"

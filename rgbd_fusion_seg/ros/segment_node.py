@@ -683,8 +683,15 @@ class SegmentNode(LifecycleNode):
             colour_alone = False
         else:
             # Decided on the aux stream's own silence when this frame arrives; a frame served alone is not
-            # queued, so no late aux frame pairs it for a second mask.
-            colour_alone = self._aux_watch.colour_arrived(now) > self._config["aux_timeout"] and self._served is not None
+            # queued, so no late aux frame pairs it for a second mask. One that nothing can serve alone is
+            # queued: its aux may still come.
+            main = self._served
+            colour_alone = main is not None and self._aux_watch.colour_arrived(now) > self._config["aux_timeout"]
+            if colour_alone and main.uses_aux:
+                choice = colour_only_server(main, self._fallback)
+                if choice.served is None:
+                    self._cannot_degrade(choice)
+                    colour_alone = False
         pair = self._pairer.add(stream, stamp_ns(msg.header), msg, pairable=not colour_alone)
         if colour_alone:
             self._worker.submit((msg, None, now))
@@ -820,17 +827,20 @@ class SegmentNode(LifecycleNode):
             return main
         choice = colour_only_server(main, self._fallback)
         if choice.served is None:
-            self._counters.add("dropped_cannot_degrade")
-            self._log_throttled("cannot_degrade", "warning",
-                                f"no aux on {self.aux_topic}: {choice.how}; publishing nothing until aux returns "
-                                "(counted in dropped_cannot_degrade)", 10.0)
+            self._cannot_degrade(choice)
             return None
         if self._aux_watch.frame_served(True, choice.how) == "entered":
             missing = why or f"no aux on {self.aux_topic} for {self._aux_watch.silence(time.monotonic()):.1f} s"
-            self._log_throttled("degraded", "warning", f"{missing}: degraded, masks from colour alone by {choice.how} "
+            self._log_throttled(f"degraded:{choice.how}", "warning", f"{missing}: degraded, masks from colour alone by {choice.how} "
                                 f"until aux returns (colour-only spells so far: {self._aux_watch.spells})", 10.0)
         self._counters.add("frames_colour_only")
         return choice.served
+
+    def _cannot_degrade(self, choice) -> None:
+        self._counters.add("dropped_cannot_degrade")
+        self._log_throttled("cannot_degrade", "warning",
+                            f"no aux on {self.aux_topic}: {choice.how}; publishing nothing from colour alone until aux "
+                            "returns (counted in dropped_cannot_degrade)", 10.0)
 
     def _calibrated_outputs(self, rgb, prediction, header, aux_frame: str, depth_m, want_points: bool) -> list:
         """~/points and ~/camera_info of one prediction, as far as aux/camera_info allows: a missing or
