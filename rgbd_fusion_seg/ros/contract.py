@@ -23,12 +23,16 @@ from .parameters import PARAMETERS, PARAMETERS_BY_NAME, SECTION_NOTES, Parameter
 
 NODE_NAME = "segment_node"
 REGENERATE = "python -m rgbd_fusion_seg.ros.contract --write README.md docs/node.md config/segment.yaml"
-INPUT_QOS = (f"`qos.profile`, `qos.depth` (default {PARAMETERS_BY_NAME['qos.profile'].default}: best effort, "
-             f"keep last {PARAMETERS_BY_NAME['qos.depth'].default})")
+INPUT_QOS = (f"`qos.profile`, `qos.depth` (default {PARAMETERS_BY_NAME['qos.profile'].default}: the reliability "
+             f"and durability the publishers offer, keep last {PARAMETERS_BY_NAME['qos.depth'].default})")
 # What the node's publishers use: a subscriber asking for reliable delivery gets every mask. A reliable writer
 # drops the oldest unacknowledged sample when its history is full, so the depth is the slack a slow reader
 # has over UDP (20: 0.7 s at 30 Hz); over shared memory samples go straight to the reader's own queue.
 OUTPUT_QOS = {"reliability": "reliable", "durability": "volatile", "depth": 20}
+# /diagnostics warns when more than this share of the frames received in a report period left the pairing
+# queues unpaired: a few frames at the start or end of a stream are normal, a fifth means stamps that
+# rarely fall within sync.slop or one stream far slower than the other.
+UNPAIRED_WARNING_SHARE = 0.2
 OUTPUT_QOS_TEXT = f"reliable, volatile, keep last {OUTPUT_QOS['depth']}"
 
 
@@ -90,8 +94,10 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("out", "~/camera_info", CAMERA_INFO, "aux/camera_info scaled to the mask's size, the mask's header",
               OUTPUT_QOS_TEXT, ("outputs.camera_info", True)),
     TopicSpec("out", "/diagnostics", "diagnostic_msgs/msg/DiagnosticArray",
-              "every `stats_period`: the ~/stats status (name: the node's full name) with its level: ERROR no "
-              "model or no input, WARN degraded (colour alone), no pairs, frames lost or refused, another clock; "
+              "every `stats_period`, in every lifecycle state: the ~/stats status (name: the node's full name) "
+              "with its level, judged on the last period: ERROR no model, no input, or finalized; WARN "
+              "unconfigured or inactive, degraded (colour alone), no pairs, frames lost in transport (with the "
+              f"cure), over {UNPAIRED_WARNING_SHARE:.0%} of frames unpaired, frames refused, an enabled output not produced, another clock; "
               "OK otherwise (rqt_robot_monitor, diagnostic_aggregator)", OUTPUT_QOS_TEXT),
     TopicSpec("out", "~/stats", "diagnostic_msgs/msg/DiagnosticStatus",
               "every `stats_period`: latency p50/p90/p99 (colour stamp -> publish), processing p50/p90/p99 (pair "

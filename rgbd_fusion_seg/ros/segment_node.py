@@ -42,7 +42,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from ..core.palette import colourise, overlay
 from ..core.preprocessing import PreprocessingError
 from . import parameters as params
-from .contract import OUTPUT_QOS
+from .contract import OUTPUT_QOS, UNPAIRED_WARNING_SHARE
 from .cloud_output import CameraInfoState, cloud_options, cloud_points
 from .degraded import AuxWatch, colour_only_server
 from .image_codec import ImageDecodeError, aux_from_msg, colour_from_msg, float_to_msg, mask_to_msg, rgb_to_msg
@@ -60,10 +60,6 @@ CAMERA_INFO_TOPIC = "aux/camera_info"
 # Beyond this, stamp -> publish is not a processing time: the stamps come from another clock (a bag replayed
 # without its clock, a camera without time sync).
 CLOCK_GAP_WARNING_S = 60.0
-# /diagnostics warns when more than this share of the frames received in a report period left the pairing
-# queues unpaired: a few frames at the start or end of a stream are normal, a fifth means stamps that
-# rarely fall within sync.slop or one stream far slower than the other.
-UNPAIRED_WARNING_SHARE = 0.2
 # What to do about frames lost between the camera and the node (said in the log and on /diagnostics).
 LOST_CURE = ("best-effort delivery of large images drops UDP fragments; publish the camera reliably (qos.profile "
              "auto then subscribes reliably), or use Fast DDS's LARGE_DATA transports "
@@ -641,6 +637,10 @@ class SegmentNode(LifecycleNode):
             return (self.rgb_topic, self.aux_topic)[stream]
 
         def incompatible(info) -> None:
+            if self._config["qos.profile"] == "auto":  # the watchdog subscribes again with what is offered
+                self._log.info(f"{topic()}: a new publisher's QoS does not fit the subscription: following the "
+                               "publishers' QoS (qos.profile auto)")
+                return
             self._log.error(
                 f"{topic()}: a publisher's QoS is incompatible with ours ({self._qos_text}); policy "
                 f"{getattr(info.last_policy_kind, 'name', info.last_policy_kind)}: no messages will arrive from it. "
