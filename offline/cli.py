@@ -11,13 +11,17 @@ ones do not pay for what they do not use); every subcommand is listed in `--help
 
 Errors the user caused (a bad config field, a missing file, a checkpoint that does not fit) end with
 one line on stderr and exit status 2; `--traceback` (or RGBD_FUSION_SEG_TRACEBACK=1) shows the full
-traceback instead.
+traceback instead. Ctrl-C, also while a subcommand's module imports (torch takes seconds), ends with one
+line and status 130; a subcommand with files to clean up turns SIGTERM into an exception
+(`terminate_as_exception`), which ends with one line and status 143.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
 
 PROG = "rgbd-fusion-seg"
@@ -42,6 +46,26 @@ USER_ERRORS = (ValueError, OSError)
 
 class SubcommandUnavailable(RuntimeError):
     pass
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program was (see `terminate_as_exception`)."""
+
+    signum = signal.SIGTERM  # read by attribute: under `python -m`, this module is loaded twice, two classes
+
+
+@contextlib.contextmanager
+def terminate_as_exception():
+    """SIGTERM raises Terminated while inside, so `finally` blocks and context managers clean up as for Ctrl-C
+    (its default action ends the process where it stands, leaving temporary files behind)."""
+    def raise_terminated(_signum, _frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _chosen_subcommand(argv: list[str]) -> str | None:
@@ -98,6 +122,14 @@ def _error(command: str | None, message: str) -> int:
     return 2
 
 
+def _stopped(command: str | None, interruption: KeyboardInterrupt) -> int:
+    """One line and the shell's status for a process ended by the signal: 130 for Ctrl-C, 143 for SIGTERM."""
+    signum = getattr(interruption, "signum", signal.SIGINT)
+    where = f"{PROG} {command}" if command else PROG
+    print(f"{where}: {'terminated' if signum == signal.SIGTERM else 'interrupted'}", file=sys.stderr)
+    return 128 + signum
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = _chosen_subcommand(argv)
@@ -110,13 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         if want_traceback:
             raise
         return _error(chosen, str(error))
+    except KeyboardInterrupt as interruption:
+        return _stopped(chosen, interruption)
     args = parser.parse_args(argv)  # usage errors: argparse prints them and exits with status 2
     want_traceback = want_traceback or args.traceback
     try:
         return int(args.handler(args) or 0)
-    except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interruption:
+        return _stopped(args.command, interruption)
     except USER_ERRORS as error:
         if want_traceback:
             raise

@@ -13,7 +13,11 @@ silently freezes any size the model computes in Python (a loop over a sequence l
 being zero). A method whose graph does not hold at other sizes is refused with that reason; `--fixed-size`
 exports it at the checkpoint's own input size instead (the engine resizes every image to it anyway).
 
-The file is written atomically (a temporary file beside it, renamed): a failed export leaves nothing.
+Before any work, `--out` is checked (docs/export.md, "Refusals"): never the checkpoint itself (also through a
+link), an existing file only with `--force`, a folder that can take a file of the estimated size; and the
+opset must be one the exporter writes (SUPPORTED_OPSETS). The file is written atomically (a temporary file
+beside it, renamed), and the graph is built in memory: a failed, interrupted or terminated export leaves
+nothing, neither at `--out` nor in the temporary folder.
 """
 from __future__ import annotations
 
@@ -24,16 +28,24 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from rgbd_fusion_seg.core.checkpoint import Checkpoint, load_checkpoint
-from rgbd_fusion_seg.core.onnx_model import INPUT_NAMES, METADATA_KEY, ONNX_FORMAT, OUTPUT_NAME
+from rgbd_fusion_seg.core.checkpoint import Checkpoint, load_checkpoint, write_failure_cause
+from rgbd_fusion_seg.core.onnx_model import (INPUT_NAMES, METADATA_KEY, ONNX_FORMAT, OUTPUT_NAME, graph_opset,
+                                             weights_digest)
+from rgbd_fusion_seg.core.writable_folder import UnwritableFolderError, check_writable_folder
+from rgbd_fusion_seg.offline.cli import terminate_as_exception
 
 FORMATS = ("onnx",)
-DEFAULT_OPSET = 18  # the lowest opset torch's dynamo exporter writes natively (it converts down otherwise)
+# torch's dynamo exporter writes opset 18 (its torchlib's) and converts to the opset asked for. Upwards that
+# works for every method; downwards onnx's converter has no adapter for Pad 18 -> 17, which every method uses,
+# so torch keeps 18 without an error (measured with torch 2.14, onnx 1.23, onnxscript 0.7: 6..17 gave 18,
+# 19..28 gave what was asked). The newest is the newest opset the installed onnx knows.
+DEFAULT_OPSET = 18
 # Odd at every stride-2 level (129, 65, 33, 17, 9, 5, 3) and no multiple of 32: every size-dependent pad or
 # crop in the methods (fit_to, pad_to_multiple, SAM2's window padding) is traced in its general form. At a
 # "round" size the exporter would keep only the no-pad branch, and other sizes would fail or be wrong.
@@ -41,6 +53,7 @@ TRACE_SIZE = (129, 129)
 # (batch, height, width) checked after export: other sizes than the trace's, odd and even, and batch 2.
 CHECK_SHAPES = ((1, 64, 96), (2, 61, 90))
 PARITY_TOLERANCE = 1e-4  # max |logit difference|, times max(1, largest |logit|)
+ONNX_BYTES_PER_VALUE = 4  # the graph stores the weights as float32: the file's size is about 4 bytes a value
 
 
 class ExportError(ValueError):
@@ -52,6 +65,7 @@ class ExportResult:
     path: Path
     parity: dict[str, float]  # "NxHxW" -> max |logit difference| to PyTorch at that shape
     dynamic_size: bool
+    opset: int  # the graph's, read from the written model
 
 
 class _LogitsOnly(nn.Module):
@@ -68,8 +82,10 @@ class _LogitsOnly(nn.Module):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint written by `train` (last.pt / best.pt)")
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="export format (default: onnx)")
-    parser.add_argument("--out", help="output file (default: the checkpoint's path with .onnx)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
+    parser.add_argument("--out", help="output file (default: the checkpoint's path with .onnx); never the checkpoint")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset, {DEFAULT_OPSET} or newer (default: {DEFAULT_OPSET})")
     parser.add_argument("--fixed-size", action="store_true",
                         help="export at the checkpoint's input size only, for a method whose graph depends on "
                              "the size (the default exports any height and width)")
@@ -77,30 +93,85 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
-    result = export_onnx(args.checkpoint, out, opset=args.opset, fixed_size=args.fixed_size)
+    with terminate_as_exception():  # SIGTERM: the atomic writer's temporary file is removed, as on Ctrl-C
+        result = export_onnx(args.checkpoint, out, opset=args.opset, fixed_size=args.fixed_size, force=args.force,
+                             log=lambda line: print(line, flush=True))
     sizes = "any height and width" if result.dynamic_size else "the checkpoint's input size only"
     parity = ", ".join(f"{shape}: {diff:.1e}" for shape, diff in result.parity.items())
-    print(f"wrote {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB, {sizes}); "
+    print(f"wrote {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB, {sizes}, opset {result.opset}); "
           f"max |logit difference| to PyTorch: {parity}")
     return 0
 
 
 def export_onnx(checkpoint_path: str | os.PathLike, out: str | os.PathLike, opset: int = DEFAULT_OPSET,
-                fixed_size: bool = False) -> ExportResult:
+                fixed_size: bool = False, force: bool = False,
+                log: Callable[[str], None] = lambda _line: None) -> ExportResult:
+    """Export `checkpoint_path` to `out` (replacing an existing file only with `force`); ExportError (or
+    CheckpointError for the checkpoint) says why not, before any work where the reason is known then.
+    `log` gets one line as the trace starts."""
+    check_opset(opset)
+    path = check_output(checkpoint_path, out, force)
     checkpoint = load_checkpoint(checkpoint_path)
+    _check_folder(path, estimated_size(checkpoint))
     size = _trace_size(checkpoint, fixed_size)
     torch.manual_seed(0)  # the example and check inputs
     # without gradients: torch's scan operator (SC-CoSF's scan while exporting) traces no backward graph then
     network = _LogitsOnly(checkpoint.build_model().deploy().eval()).requires_grad_(False)
-    with tempfile.TemporaryDirectory(prefix="rgbd_fusion_seg_export_") as folder:
-        graph = _export_graph(network, checkpoint.method, size, Path(folder) / "graph.onnx", opset, fixed_size)
+    log(f"exporting method {checkpoint.method!r} from {checkpoint_path} to {path} (opset {opset}): tracing takes "
+        "seconds to minutes")
+    graph = _export_graph(network, checkpoint.method, size, opset, fixed_size)
+    written = graph_opset(graph)
+    if written != opset:  # the converter keeps the exporter's opset when it cannot convert, without an error
+        raise ExportError(f"method {checkpoint.method!r} cannot be exported at opset {opset}: the exporter wrote "
+                          f"opset {written} (use --opset {written})")
     checks = ((1, *size),) if fixed_size else CHECK_SHAPES
     parity = {"x".join(map(str, shape)): _check_parity(network, graph, shape, checkpoint.method) for shape in checks}
-    description = describe(checkpoint, opset, size, dynamic_size=not fixed_size, parity=parity)
+    description = describe(checkpoint, written, size, dynamic_size=not fixed_size, parity=parity,
+                           weights_sha256=weights_digest(graph))
     graph.metadata_props.add(key=METADATA_KEY, value=json.dumps(description))
-    path = Path(out)
     _write_atomically(graph, path)
-    return ExportResult(path, parity, not fixed_size)
+    return ExportResult(path, parity, not fixed_size, written)
+
+
+def supported_opsets() -> range:
+    import onnx
+
+    return range(DEFAULT_OPSET, onnx.defs.onnx_opset_version() + 1)
+
+
+def check_opset(opset: int) -> None:
+    supported = supported_opsets()
+    if opset not in supported:
+        raise ExportError(f"--opset {opset} is outside {supported[0]}-{supported[-1]}, the opsets the exporter "
+                          f"writes here (below {DEFAULT_OPSET} it cannot convert the graphs' Pad operators)")
+
+
+def check_output(checkpoint_path: str | os.PathLike, out: str | os.PathLike, force: bool) -> Path:
+    """`out` as a Path if an export may be written there; else ExportError naming it and why."""
+    path = Path(out)
+    if path.is_dir():
+        raise ExportError(f"--out {path} is a directory: name a file in it, e.g. {path / Path(checkpoint_path).stem}.onnx")
+    if path.exists():
+        # samefile compares device and inode: the same file also through a symlink or a hard link
+        if Path(checkpoint_path).exists() and os.path.samefile(checkpoint_path, path):
+            raise ExportError(f"--out {path} is the checkpoint being exported ({checkpoint_path}); writing it would "
+                              "destroy the checkpoint: name another file (e.g. one ending in .onnx)")
+        if not force:
+            raise ExportError(f"--out {path} exists already: pass --force to replace it, or name another file")
+    _check_folder(path, 0)
+    return path
+
+
+def estimated_size(checkpoint: Checkpoint) -> int:
+    """About the bytes of the exported file: the checkpoint's weights (parameters and buffers) as float32."""
+    return ONNX_BYTES_PER_VALUE * sum(t.numel() for t in checkpoint.state_dict.values() if isinstance(t, torch.Tensor))
+
+
+def _check_folder(path: Path, need_bytes: int) -> None:
+    try:
+        check_writable_folder(path.parent, need_bytes)
+    except UnwritableFolderError as error:
+        raise ExportError(f"--out {path} cannot be written: {error}") from None
 
 
 def _trace_size(checkpoint: Checkpoint, fixed_size: bool) -> tuple[int, int]:
@@ -112,23 +183,22 @@ def _trace_size(checkpoint: Checkpoint, fixed_size: bool) -> tuple[int, int]:
     return tuple(checkpoint.preprocessing.input_size)
 
 
-def _export_graph(network: nn.Module, method: str, size: tuple[int, int], file: Path, opset: int, fixed_size: bool):
+def _export_graph(network: nn.Module, method: str, size: tuple[int, int], opset: int, fixed_size: bool):
     """Trace with torch.export (the dynamo exporter): unlike the TorchScript one it keeps nn.MultiheadAttention's
-    shapes symbolic (the attention method) and keeps inputs the graph does not read (the rgb method's aux)."""
-    import onnx
-
+    shapes symbolic (the attention method) and keeps inputs the graph does not read (the rgb method's aux). The
+    model is built in memory: no file is written until the checked graph is."""
     dims = {0: torch.export.Dim.DYNAMIC} if fixed_size else {axis: torch.export.Dim.DYNAMIC for axis in (0, 2, 3)}
     example = (torch.randn(2, 3, *size), torch.rand(2, 1, *size))  # batch 2: a traced 1 would be frozen
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation and tracing chatter
-            torch.onnx.export(network, example, str(file), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                              opset_version=opset, dynamo=True, dynamic_shapes={"rgb": dims, "aux": dims},
-                              verbose=False, report=False)
+            program = torch.onnx.export(network, example, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                                        opset_version=opset, dynamo=True, dynamic_shapes={"rgb": dims, "aux": dims},
+                                        verbose=False, report=False)
+        return program.model_proto
     except Exception as error:  # torch.export and the converter raise many types
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ExportError(f"method {method!r} cannot be exported to ONNX: {reason}") from error
-    return onnx.load(str(file))
 
 
 def _check_parity(network: nn.Module, graph, shape: tuple[int, int, int], method: str) -> float:
@@ -155,7 +225,7 @@ def _check_parity(network: nn.Module, graph, shape: tuple[int, int, int], method
 
 
 def describe(checkpoint: Checkpoint, opset: int, size: tuple[int, int], dynamic_size: bool,
-             parity: dict[str, float]) -> dict:
+             parity: dict[str, float], weights_sha256: str) -> dict:
     """The metadata stored in the file (see core/onnx_model.py): a checkpoint's description, without weights."""
     import onnx
 
@@ -167,11 +237,13 @@ def describe(checkpoint: Checkpoint, opset: int, size: tuple[int, int], dynamic_
         "exporter": {"path": "torch.onnx.export(dynamo=True)", "opset": opset, "torch": torch.__version__,
                      "onnx": onnx.__version__},
         "parity": parity,
+        "weights_sha256": weights_sha256,
     }
 
 
 def _write_atomically(graph, path: Path) -> None:
-    """A temporary file beside `path`, flushed to disk, then renamed; on any failure nothing is left."""
+    """A temporary file beside `path`, flushed to disk, then renamed; on any failure nothing is left, and a
+    failed write is an ExportError naming the file and the cause."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -181,6 +253,8 @@ def _write_atomically(graph, path: Path) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; the file is an ordinary model file
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise ExportError(f"cannot write {path}: {write_failure_cause(error)}; nothing was written") from error
         raise

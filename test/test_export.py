@@ -1,7 +1,8 @@
 """`rgbd-fusion-seg export --format onnx` and serving the .onnx file: per method, ONNX Runtime's logits at two
 sizes other than the trace's lie within 1e-4 of PyTorch's deploy form and the engine's masks from the .onnx
-agree with the .pt engine's; a method that cannot export says why; the metadata round-trips; bad files get
-clear errors; the CLI works end to end."""
+agree with the .pt engine's; a method that cannot export says why; the metadata round-trips and records the
+graph's own opset; bad files get clear errors, and a file whose weights or class count are not those its
+metadata records is refused; the CLI works end to end (refusals before any work: test_export_refusals.py)."""
 from __future__ import annotations
 
 import json
@@ -13,13 +14,14 @@ import torch
 
 from rgbd_fusion_seg.core.checkpoint import Checkpoint, save_checkpoint
 from rgbd_fusion_seg.core.engine import SegmentationEngine
-from rgbd_fusion_seg.core.onnx_model import (METADATA_KEY, OnnxModelError, OnnxRuntimeModel, choose_providers,
-                                             read_onnx_description)
+from rgbd_fusion_seg.core.onnx_model import (METADATA_KEY, ONNX_FORMAT, OnnxModelError, OnnxRuntimeModel,
+                                             choose_providers, read_onnx_description)
 from rgbd_fusion_seg.core.palette import default_palette
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 from rgbd_fusion_seg.models import method_class
 from rgbd_fusion_seg.offline.backend_benchmark import fitted_model
 from rgbd_fusion_seg.offline.cli import main
+from rgbd_fusion_seg.offline import export as export_module
 from rgbd_fusion_seg.offline.export import TRACE_SIZE, ExportError, export_onnx
 
 NUM_CLASSES = 5
@@ -133,7 +135,7 @@ def test_bad_files_get_clear_errors(tmp_path, mid_export):
     onnx.save(foreign, str(tmp_path / "foreign.onnx"))
     with pytest.raises(OnnxModelError, match=f"no '{METADATA_KEY}' metadata"):
         SegmentationEngine.from_file(tmp_path / "foreign.onnx", device="cpu")
-    foreign.metadata_props.add(key=METADATA_KEY, value=json.dumps({"format": "rgbd_fusion_seg/onnx/1"}))
+    foreign.metadata_props.add(key=METADATA_KEY, value=json.dumps({"format": ONNX_FORMAT}))
     onnx.save(foreign, str(tmp_path / "broken.onnx"))
     with pytest.raises(OnnxModelError, match="malformed"):
         read_onnx_description(tmp_path / "broken.onnx")
@@ -157,10 +159,87 @@ def test_providers_follow_the_device(tmp_path):
         choose_providers("tpu", gpu)
 
 
+@pytest.mark.slow  # two exports of the mid method
 def test_cli_exports_end_to_end(mid_export, tmp_path, capsys):
     out = tmp_path / "deep" / "served.onnx"
     assert main(["export", str(mid_export[0]), "--format", "onnx", "--out", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out and read_onnx_description(out)["model"]["method"] == "mid"
     assert [p.name for p in out.parent.iterdir()] == ["served.onnx"]  # no temporary file left
+    out.write_bytes(b"an older export")
+    assert main(["export", str(mid_export[0]), "--out", str(out)]) == 2
+    assert "exists already: pass --force" in capsys.readouterr().err and out.read_bytes() == b"an older export"
+    assert main(["export", str(mid_export[0]), "--out", str(out), "--force"]) == 0
+    assert read_onnx_description(out)["model"]["method"] == "mid" and [p.name for p in out.parent.iterdir()] == ["served.onnx"]
     assert main(["export", str(tmp_path / "none.pt"), "--out", str(tmp_path / "none.onnx")]) == 2
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "none.onnx").exists()
+
+
+def edited(onnx_path: Path, tmp_path: Path, name: str, edit) -> Path:
+    """A copy of the exported file with `edit(model)` applied, its metadata as exported."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    edit(model)
+    onnx.save(model, str(tmp_path / name))
+    return tmp_path / name
+
+
+def test_a_file_whose_weights_changed_after_export_is_refused(mid_export, tmp_path):
+    def flip_a_weight_byte(model):
+        weight = max(model.graph.initializer, key=lambda tensor: len(tensor.raw_data))
+        data = bytearray(weight.raw_data)
+        data[len(data) // 2] ^= 0x40
+        weight.raw_data = bytes(data)
+
+    flipped = edited(mid_export[1], tmp_path, "flipped.onnx", flip_a_weight_byte)
+    for load in (read_onnx_description, lambda path: SegmentationEngine.from_file(path, device="cpu")):
+        with pytest.raises(OnnxModelError, match=f"ONNX file {flipped}: its weights' sha256 is .* recorded at export"):
+            load(flipped)
+    untouched = edited(mid_export[1], tmp_path, "copy.onnx", lambda model: None)
+    assert read_onnx_description(untouched)["weights_sha256"] == read_onnx_description(mid_export[1])["weights_sha256"]
+
+
+def test_a_file_exported_before_digests_is_refused_with_re_export(mid_export, tmp_path):
+    def drop_the_digest(model):
+        (entry,) = [prop for prop in model.metadata_props if prop.key == METADATA_KEY]
+        entry.value = json.dumps({k: v for k, v in json.loads(entry.value).items() if k != "weights_sha256"})
+
+    old = edited(mid_export[1], tmp_path, "old.onnx", drop_the_digest)
+    with pytest.raises(OnnxModelError, match=f"ONNX file {old} records no weights digest .* re-export it"):
+        SegmentationEngine.from_file(old, device="cpu")
+
+
+def test_a_graph_with_more_classes_than_its_metadata_is_refused(mid_export, tmp_path):
+    """10 output classes under metadata that says 5 (it would publish ids 5-9): the 5-class logits, twice."""
+    import onnx
+
+    def ten_classes(model):
+        for node in model.graph.node:
+            node.output[:] = ["logits5" if name == "logits" else name for name in node.output]
+        model.graph.node.append(onnx.helper.make_node("Concat", ["logits5", "logits5"], ["logits"], axis=1))
+        model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 10
+
+    wider = edited(mid_export[1], tmp_path, "ten.onnx", ten_classes)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(wider), providers=["CPUExecutionProvider"])
+    rgb, aux = np.zeros((1, 3, 48, 64), np.float32), np.zeros((1, 1, 48, 64), np.float32)
+    assert session.run(["logits"], {"rgb": rgb, "aux": aux})[0].shape == (1, 10, 48, 64)  # it runs, 10 classes
+    with pytest.raises(OnnxModelError, match=f"ONNX file {wider}: its graph gives 10 classes, and its metadata says 5"):
+        SegmentationEngine.from_file(wider, device="cpu")
+
+
+@pytest.mark.slow  # two exports of the rgb method
+def test_the_opset_asked_for_is_the_graphs_or_refused(tmp_path, monkeypatch):
+    import onnx
+
+    pt_path = save_checkpoint(fitted_checkpoint("rgb", Preprocessing(input_size=None, aux=AUX)), tmp_path / "rgb.pt")
+    result = export_onnx(pt_path, tmp_path / "rgb19.onnx", opset=19)
+    written = onnx.load(str(result.path))
+    assert [(o.domain, o.version) for o in written.opset_import if o.domain == ""] == [("", 19)]
+    assert result.opset == 19 and read_onnx_description(result.path)["exporter"]["opset"] == 19
+    # Past the range check, an opset the converter cannot reach is refused from the graph's own opset.
+    monkeypatch.setattr(export_module, "check_opset", lambda opset: None)
+    with pytest.raises(ExportError, match="cannot be exported at opset 17: the exporter wrote opset 18"):
+        export_onnx(pt_path, tmp_path / "rgb17.onnx", opset=17)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rgb.pt", "rgb19.onnx"]

@@ -11,6 +11,12 @@ The file alone is enough: besides the deploy-form graph (inputs `rgb` Nx3xHxW no
     traced_size    [height, width] the graph was traced at
     exporter       {"torch", "onnx", "opset", "path"}                      what wrote the graph
     parity         {"HxW": max |logit difference| to PyTorch's deploy form}  measured at export
+    weights_sha256 `weights_digest` of the graph as written
+
+A file is served only when its graph is the one described: its `logits` output has the metadata's number of
+classes, and its weights' digest is the recorded one (else OnnxModelError with what differs). A file without
+a digest (exported before digests were recorded) is refused too: nothing says its weights are intact, and
+re-exporting it takes one command.
 
 `OnnxRuntimeModel` has the torch model's call interface (`model(rgb, aux) -> SegOutput`, CPU tensors), so
 the engine serves it with its own pre- and post-processing. onnx and onnxruntime are imported only here,
@@ -18,6 +24,7 @@ and only when a file is read: serving a `.pt` checkpoint never needs them.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -74,7 +81,58 @@ def read_onnx_description(path: str | os.PathLike) -> dict:
         checkpoint_from_description(description)  # every field the engine reads is there and well-formed
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise OnnxModelError(f"ONNX file {path} has malformed '{METADATA_KEY}' metadata: {error}") from None
+    _check_graph_is_described(model, description, path)
     return description
+
+
+def _check_graph_is_described(model, description: dict, path: Path) -> None:
+    """OnnxModelError unless the graph's class count and weights are those its metadata describes."""
+    described = int(description["model"]["num_classes"])
+    outputs = {output.name: output for output in model.graph.output}
+    dims = outputs[OUTPUT_NAME].type.tensor_type.shape.dim if OUTPUT_NAME in outputs else []
+    graph_classes = dims[1].dim_value if len(dims) == 4 and dims[1].HasField("dim_value") else None
+    if graph_classes != described:
+        found = (f"gives {graph_classes} classes" if graph_classes
+                 else f"has no N x C x H x W '{OUTPUT_NAME}' output with a fixed class count")
+        raise OnnxModelError(f"ONNX file {path}: its graph {found}, and its metadata says {described}: the file was "
+                             "changed after export; re-export it with `rgbd-fusion-seg export`")
+    recorded = description.get("weights_sha256")
+    if not recorded:
+        raise OnnxModelError(f"ONNX file {path} records no weights digest (exported before digests were recorded, "
+                             "or its metadata was edited): re-export it with `rgbd-fusion-seg export`")
+    actual = weights_digest(model)
+    if actual != recorded:
+        raise OnnxModelError(f"ONNX file {path}: its weights' sha256 is {actual[:16]}..., not the {recorded[:16]}... "
+                             "recorded at export: the weights were changed or damaged (a bad copy?); copy or "
+                             "re-export it")
+
+
+def weights_digest(model) -> str:
+    """sha256 over every initializer (name, type, shape, values) of the graph and its subgraphs, in order. The
+    values are hashed as arrays, so it does not depend on how the file stores them (raw bytes or typed lists)."""
+    from onnx import numpy_helper
+
+    digest = hashlib.sha256()
+    for graph in _graphs(model.graph):
+        for tensor in graph.initializer:
+            values = numpy_helper.to_array(tensor)
+            digest.update(f"{tensor.name}:{values.dtype}:{values.shape};".encode())
+            digest.update(values.tobytes())
+    return digest.hexdigest()
+
+
+def _graphs(graph):
+    """`graph` and every subgraph in it (the bodies of Scan, Loop and If nodes)."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _graphs(subgraph)
+
+
+def graph_opset(model) -> int:
+    """The opset of the default ONNX domain the graph uses (what an exporter wrote, whatever was asked)."""
+    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
 
 
 def checkpoint_from_description(description: dict) -> Checkpoint:
