@@ -163,6 +163,26 @@ def test_the_backend_follows_the_file_and_refuses_what_it_cannot_serve(files):
         choose(files, config(checkpoint=sccosf, backend="onnxruntime", **{"outputs.fused_image": True}), {"backend"})
 
 
+def test_an_onnx_cache_dir_that_cannot_take_the_export_is_refused_before_it(files, tmp_path):
+    mid = files.add("mid.pt", "mid")
+    a_file = tmp_path / "not_a_folder"
+    a_file.write_text("")
+    with pytest.raises(CheckpointError, match=r"onnx_cache_dir: folder .*not_a_folder is a file, not a folder"):
+        choose(files, config(checkpoint=mid, backend="onnxruntime", onnx_cache_dir=str(a_file)), {"backend"})
+    assert choose(files, config(checkpoint=mid, backend="onnxruntime", onnx_cache_dir=str(tmp_path / "cache")),
+                  {"backend"}).runtime.onnx_cache == str(tmp_path / "cache")
+
+
+def test_a_fallback_must_serve_colour_alone_and_have_the_served_classes():
+    classes = ("a", "b")
+    fusion = CheckpointSummary("mid.pt", "mid", 2, "depth", "m", True, classes=classes)
+    assert "cannot serve colour alone" in fusion.fallback_refusal(classes)
+    assert replace(fusion, aux_dropout=0.5).fallback_refusal(classes) is None
+    rgb = CheckpointSummary("rgb.pt", "rgb", 2, "depth", "m", False, classes=classes)
+    assert rgb.fallback_refusal(None) is None and rgb.fallback_refusal(classes) is None
+    assert "has other classes" in rgb.fallback_refusal(("a", "b", "c"))
+
+
 def test_fusion_method_finds_an_exported_file_when_there_is_no_checkpoint(files):
     early = files.add("early.pt", "early")
     late_onnx = files.add("late.onnx", "late")

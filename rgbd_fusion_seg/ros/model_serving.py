@@ -40,9 +40,9 @@ class CheckpointSummary:
     modality: str
     unit: str
     uses_aux: bool
+    weights_problem: str | None = None  # why the weights do not fit the method, when they do not
     classes: tuple[str, ...] = ()
     aux_dropout: float = 0.0  # train.aux_dropout it was trained with (Checkpoint.aux_dropout)
-    weights_problem: str | None = None  # why the weights do not fit the method, when they do not
 
     @property
     def is_onnx(self) -> bool:
@@ -134,8 +134,8 @@ def read_checkpoint_summary(path: str | os.PathLike) -> CheckpointSummary:
         described = checkpoint_from_description(read_onnx_description(path))
         aux = described.preprocessing.aux
         return CheckpointSummary(str(path), described.method, described.num_classes, aux.modality, aux.unit,
-                                 _method_uses_aux(described.method), tuple(described.classes),
-                                 described.aux_dropout)
+                                 _method_uses_aux(described.method), classes=tuple(described.classes),
+                                 aux_dropout=described.aux_dropout)
     raw = read_checkpoint_dict(path, mmap=True)
     check_architecture(raw, path)
     try:
@@ -150,8 +150,8 @@ def read_checkpoint_summary(path: str | os.PathLike) -> CheckpointSummary:
         raise CheckpointError(f"checkpoint {path} is missing or has a malformed field: {error}") from None
     uses_aux = _method_uses_aux(found_method)
     return CheckpointSummary(str(path), found_method, num_classes, spec.aux.modality, spec.aux.unit, uses_aux,
-                             classes, aux_dropout,
-                             weights_problem=_weights_fit(found_method, num_classes, options, state_dict))
+                             weights_problem=_weights_fit(found_method, num_classes, options, state_dict),
+                             classes=classes, aux_dropout=aux_dropout)
 
 
 def inspect_checkpoint(path: str | os.PathLike, *, method: str | None = None, modality: str | None = None) -> CheckpointSummary:
@@ -195,6 +195,14 @@ def check_runtime(summary: CheckpointSummary, runtime: Runtime, extras: tuple[st
     if asked:
         raise CheckpointError(f"backend onnxruntime serves the exported fp32 logits only; {' and '.join(asked)} "
                               "need backend torch")
+    if not summary.is_onnx:  # exported into the cache first: refused now, not after minutes of export
+        from ..core.writable_folder import UnwritableFolderError, check_writable_folder
+
+        try:  # the .onnx holds the same weights: about the checkpoint's size
+            check_writable_folder(runtime.onnx_cache or default_onnx_cache(), os.path.getsize(summary.path))
+        except UnwritableFolderError as error:
+            raise CheckpointError(f"onnx_cache_dir: {error} (backend onnxruntime exports {summary.path} there "
+                                  "before serving it)") from None
 
 
 def default_onnx_cache() -> Path:

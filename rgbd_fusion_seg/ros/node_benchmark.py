@@ -24,7 +24,7 @@ On a CPU shared with other work, torch's two intra-op threads can slow the main 
 several-fold (OpenMP threads waiting on each other); `--torch-threads 1` gives every run the same single
 thread, so the runs differ only by design.
 
-Every subscription here is reliable (the real node with `qos.profile: reliable`), like the publisher: with
+Every subscription here is reliable (the real node with `qos.profile: auto` follows the camera's `--camera-qos`), like the publisher: with
 Fast DDS's default socket buffers a best-effort subscriber loses most 640x480 frames (measured here: 2 of
 234 at 30 Hz over loopback, 3 of 234 over shared memory), which would measure the loss, not the node.
 
@@ -104,7 +104,8 @@ def publisher_main(argv: list[str]) -> int:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    reliability = ReliabilityPolicy.BEST_EFFORT if options.get("qos") == "best_effort" else ReliabilityPolicy.RELIABLE
+    qos = QoSProfile(depth=10, reliability=reliability)
     node = session.node
     rgb_pub = node.create_publisher(Image, options["rgb_topic"], qos)
     depth_pub = node.create_publisher(Image, options["depth_topic"], qos)
@@ -274,8 +275,10 @@ class _Collector:
         drain(lambda: self.count(stamps), len(stamps), quiet_s=1.5, timeout=timeout)
 
 
-def _run_publisher(env: dict, size, rate: float, duration: float) -> subprocess.Popen:
-    options = {"rgb_topic": RGB_TOPIC, "depth_topic": DEPTH_TOPIC, "size": list(size), "rate": rate, "duration": duration}
+def _run_publisher(env: dict, size, rate: float, duration: float, qos: str = "reliable") -> subprocess.Popen:
+    """The camera process; `qos` reliable or best_effort (what a camera driver offers)."""
+    options = {"rgb_topic": RGB_TOPIC, "depth_topic": DEPTH_TOPIC, "size": list(size), "rate": rate, "duration": duration,
+               "qos": qos}
     return subprocess.Popen(
         [sys.executable, "-m", "rgbd_fusion_seg.ros.node_benchmark", "publisher", json.dumps(options)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -310,7 +313,7 @@ def bench_transport(session: RosSession, env: dict, size, rate: float, duration:
         session.node.create_subscription(Image, DEPTH_TOPIC, depth.callback, qos),
     ]
     try:
-        published = _publisher_result(_run_publisher(env, size, rate, duration), duration)
+        published = _publisher_result(_run_publisher(env, size, rate, duration, camera_qos), duration)
         stamps = published["stamps"]
         depth.drain(stamps, 3.0)
         with rgb.lock, depth.lock:
@@ -349,7 +352,7 @@ def bench_model_under_stream(session: RosSession, env: dict, checkpoint: Path, d
 
 
 def bench_node(session: RosSession, env: dict, node_command, node_name: str, size, rate: float, duration: float,
-               log_path: Path, ready_timeout: float = 120.0) -> dict:
+               log_path: Path, ready_timeout: float = 120.0, camera_qos: str = "reliable") -> dict:
     """(ii) and (iv): publisher process -> node process -> this process (~/mask)."""
     from diagnostic_msgs.msg import DiagnosticStatus
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -389,14 +392,22 @@ def bench_node(session: RosSession, env: dict, node_command, node_name: str, siz
         ros.destroy_publisher(rgb_pub)
         ros.destroy_publisher(depth_pub)
         rgb_pub = depth_pub = None
-        published = _publisher_result(_run_publisher(env, size, rate, duration), duration)
+        reports = len(stats)
+        wait_until(lambda: len(stats) > reports, 10.0)  # counts that include every warm-up frame
+        before = dict(stats[-1]) if stats else {}
+        published = _publisher_result(_run_publisher(env, size, rate, duration, camera_qos), duration)
         stamps = published["stamps"]
         collector.drain(stamps, 10.0)
+        reports = len(stats)
+        wait_until(lambda: len(stats) > reports, 10.0)
         with collector.lock:
             latencies, receive = _latencies(stamps, dict(collector.received))
         result = _summary(latencies, receive, sent=len(stamps))
         if stats:
             result["node_stats"] = stats[-1]
+            # what reached the node of this stream (the warm-up frames taken off)
+            result["node_received"] = {key: int(stats[-1].get(key, 0)) - int(before.get(key, 0)) for key in (
+                "frames_in_rgb", "frames_in_aux", "lost_in_transport_rgb", "lost_in_transport_aux")}
         return result
     finally:
         ros.destroy_subscription(subscription)
@@ -428,6 +439,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch intra-op threads in every run (OMP_NUM_THREADS for the node processes); default: "
                              "torch's own choice. 1 compares the node designs at equal compute on a busy CPU")
+    parser.add_argument("--camera-qos", choices=["reliable", "best_effort"], default="reliable",
+                        help="what the camera process offers in the node runs (the node subscribes with qos.profile auto, "
+                             "its default); best_effort is what most camera drivers publish")
     parser.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: the environment's)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--work-dir", default=None, help="folder for the untrained checkpoint and node logs (default: a temporary one)")
@@ -472,6 +486,12 @@ def print_table(results: dict, header: str) -> None:
             drift.append(f"{key} {r['first_third_p50_ms']:.0f} -> {r['last_third_p50_ms']:.0f} ms")
     if drift:
         print("latency p50, first third -> last third of the run: " + "; ".join(drift))
+    received = results.get("node", {}).get("node_received")
+    if received:
+        sent = results["node"]["sent"]
+        print(f"segment_node received {received['frames_in_rgb']}/{sent} colour and {received['frames_in_aux']}/{sent} "
+              f"aux frames of the stream (camera QoS {results['config']['camera_qos']}, qos.profile auto); counted lost "
+              f"in transport: {received['lost_in_transport_rgb']} colour, {received['lost_in_transport_aux']} aux")
     if "transport" in results:
         print(f"rclpy publish() of one colour + one depth message, p50: {results['transport']['publish_call_p50_ms']:.1f} ms")
     stats = results.get("node", {}).get("node_stats")
@@ -514,7 +534,8 @@ def run(args: argparse.Namespace) -> int:
               f"{args.duration:g} s per run, {os.cpu_count()} CPU cores{threads}")
     print(header, flush=True)
     results: dict = {"config": {"checkpoint": str(checkpoint), "device": device, "size": list(size), "rate": args.rate,
-                                "duration": args.duration, "torch_threads": args.torch_threads}}
+                                "duration": args.duration, "torch_threads": args.torch_threads,
+                                "camera_qos": args.camera_qos}}
 
     if "model" in args.runs:
         print("(i) bare model ...", flush=True)
@@ -534,11 +555,12 @@ def run(args: argparse.Namespace) -> int:
 
             def real_node(log_path):
                 return NodeProcess(
-                    checkpoint, parameters={"device": device, "stats_period": 1.0, "qos.profile": "reliable"}, namespace=NAMESPACE,
+                    checkpoint, parameters={"device": device, "stats_period": 1.0}, namespace=NAMESPACE,
                     remappings={"rgb/image": RGB_TOPIC, "aux/image": DEPTH_TOPIC}, env=env, log_path=log_path,
                 )
 
-            results["node"] = bench_node(session, env, real_node, "segment_node", size, args.rate, args.duration, work / "segment_node.log")
+            results["node"] = bench_node(session, env, real_node, "segment_node", size, args.rate, args.duration,
+                                         work / "segment_node.log", camera_qos=args.camera_qos)
         if "stream" in args.runs:
             print("(v) bare model under the stream ...", flush=True)
             results["stream"] = bench_model_under_stream(session, env, checkpoint, device, size, args.rate,
