@@ -75,7 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--published", nargs="*", default=None, metavar="METHOD",
                         help="measure the configurations the methods' authors report (none named: every method "
                              "that has them), each at its published size, beside the published figures")
-    parser.add_argument("--scan", action="store_true", help="time the selective-scan backends (SC-CoSF) instead")
+    parser.add_argument("--scan", action="store_true", help="time the selective-scan backends (SC-CoSF) instead; "
+                        "with --methods sccosf also its whole predict with the scans and with identity scans")
     parser.add_argument("--backends", nargs="*", default=None, metavar="ROW",
                         help="instead: serve one method (default mid) every way the engine can, side by side (rows: "
                              "eager fast compile bf16 fp16 onnxruntime tensorrt; none named: all)")
@@ -424,16 +425,7 @@ def _print_header(settings: dict, args, published: bool) -> None:
 def _run_scan(args) -> int:
     from . import scan_benchmark
 
-    device = resolve_device(args.device)
-    print(f"# selective scan backends on {_device_name(device)} [{device}], torch {torch.__version__}")
-    results = scan_benchmark.measure_scan_backends(device, sizes=scan_benchmark.DEFAULT_SIZES, iters=args.iters)
-    for line in scan_benchmark.format_scan_table(results):
-        print(line)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"scan": results}, indent=2) + "\n")
-        print(f"# figures written to {args.json}")
-    return 0
+    return scan_benchmark.run(args)
 
 
 def main(argv=None) -> int:

@@ -1,35 +1,53 @@
-"""Selective-scan backends side by side (rgbd_fusion_seg/models/ssm.py): forward and forward+backward time of
-`selective_scan` on the shapes SC-CoSF scans, for every backend available on the device.
+"""`rgbd-fusion-seg bench --scan`: the selective-scan backends (rgbd_fusion_seg/models/ssm.py) side by side in
+one run, forward and forward+backward time and peak memory of `selective_scan` on the shapes SC-CoSF scans, for
+every backend available on the device:
 
-- sequential: the reference loop over time (CPU or GPU; slow, one step per position);
+- sequential: the reference loop over time (one Python step per position);
 - mambapy: mambapy's parallel (Blelloch) scan, pure PyTorch;
+- chunked: chunks of ssm.CHUNK_LENGTH steps, two levels (`auto` without mamba-ssm);
 - mamba_ssm: the fused CUDA kernel, only where CUDA is present and mamba-ssm is installed.
 
-Shapes: one S6 scan of d_inner = 256 channels, d_state 16 (Sc-LRB's at ConvNeXt-B's first stage with E = 2)
-at 1/4 of 480x640 (L = 120 x 160 = 19200) and at 1/16 (L = 30 x 40 = 1200). Inputs are random (the cost does not depend on them);
-times are the median of `iters` passes after one warm-up pass, with CUDA synchronisation on a GPU.
+Shapes: one S6 scan of d_inner = 256 channels, d_state 16, batch 1, at 1/16 of 480x640 (L = 30 x 40 = 1200)
+and at 1/4 (L = 120 x 160 = 19200). Inputs are random (the cost does not depend on them). Times are the median
+of up to `iters` passes after one warm-up pass, fewer where the passes so far took ROW_BUDGET_S (the slow
+rows), with CUDA synchronisation on a GPU. Memory: on a CPU the process's peak resident set during the row
+above its resident set at the row's start (Linux VmHWM, reset per row: what the row allocated at most); on
+CUDA torch's peak allocated memory during the row.
+
+With `--methods sccosf` it also times the whole model: SC-CoSF's whole predict (`bench --backends` rows fast and
+onnxruntime, at `--size`, built with `--option`s) once with its scans as served (`auto`) and once with every
+scan replaced by the identity (y = u: a benchmark-only patch, never a model option), to show what the scans cost.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from rgbd_fusion_seg.models import ssm
+
+from . import backend_benchmark
 
 # (label, batch, channels (directions x d_inner), length, d_state, groups)
 DEFAULT_SIZES = (
     ("1/16 of 480x640", 1, 256, 30 * 40, 16, 1),
     ("1/4 of 480x640", 1, 256, 120 * 160, 16, 1),
 )
-# The sequential loop runs one Python step per position, torch's scan operator one eager step per position:
-# longer sequences than this are not timed with them.
-SEQUENTIAL_MAX_LENGTH = 4096
+# Autograd through the sequential loop keeps one graph node per step and position: 99 s at L = 1200 here, so
+# longer sequences time its forward only.
+SEQUENTIAL_BACKWARD_MAX_LENGTH = 4096
+# A row stops repeating once its passes have taken this long (at least one timed pass).
+ROW_BUDGET_S = 20.0
+WHOLE_MODEL_ROWS = ("fast", "onnxruntime")
+MIB = 1024 * 1024
 
 
 def available_backends(device: torch.device) -> list[str]:
-    backends = ["sequential", "mambapy", "torch_scan"]
+    backends = ["sequential", "mambapy", "chunked"]
     if device.type == "cuda" and ssm._mamba_ssm_scan() is not None:
         backends.append("mamba_ssm")
     return backends
@@ -46,8 +64,23 @@ def _inputs(batch, channels, length, state, groups, device, generator):
     }
 
 
-def _time(function, device: torch.device, iters: int) -> float:
-    """Median milliseconds of `iters` calls after one warm-up call."""
+def _resident_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        return None
+    return None
+
+
+def _time(function, device: torch.device, iters: int) -> tuple[float, float | None]:
+    """Median milliseconds of up to `iters` calls after one warm-up call, and the peak memory (MiB) above the
+    start, warm-up included."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start_mib = _resident_mib()
+    backend_benchmark._peak_rss_reset()
     times = []
     for index in range(iters + 1):
         if device.type == "cuda":
@@ -58,12 +91,19 @@ def _time(function, device: torch.device, iters: int) -> float:
             torch.cuda.synchronize(device)
         if index:
             times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
+            if sum(times) > ROW_BUDGET_S * 1000.0:
+                break
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / MIB
+    else:
+        peak_rss = backend_benchmark._peak_rss_mib()
+        peak = None if peak_rss is None or start_mib is None else peak_rss - start_mib
+    return statistics.median(times), peak
 
 
 def measure_scan_backends(device="cpu", sizes=DEFAULT_SIZES, iters: int = 3, seed: int = 0) -> list[dict]:
-    """One dict per (size, backend): label, backend, device, shape, forward_ms, forward_backward_ms
-    (None where the backend was not timed at that size, with `skipped` saying why)."""
+    """One dict per (size, backend): label, backend, device, shape, forward_ms, forward_backward_ms and their
+    peak memory forward_mib, forward_backward_mib (None where not timed, with `skipped` saying why)."""
     device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)
     results = []
@@ -72,12 +112,13 @@ def measure_scan_backends(device="cpu", sizes=DEFAULT_SIZES, iters: int = 3, see
         for backend in available_backends(device):
             row = {"size": label, "backend": backend, "device": str(device),
                    "shape": {"batch": batch, "channels": channels, "length": length, "d_state": state, "groups": groups}}
-            if backend in ("sequential", "torch_scan") and length > SEQUENTIAL_MAX_LENGTH:
-                results.append({**row, "forward_ms": None, "forward_backward_ms": None,
-                                "skipped": f"L = {length} > {SEQUENTIAL_MAX_LENGTH} steps of a loop"})
-                continue
-            row["forward_ms"] = _time(lambda: _forward(inputs, backend), device, iters)
-            row["forward_backward_ms"] = _time(lambda: _forward_backward(inputs, backend), device, iters)
+            row["forward_ms"], row["forward_mib"] = _time(lambda: _forward(inputs, backend), device, iters)
+            if backend == "sequential" and length > SEQUENTIAL_BACKWARD_MAX_LENGTH:
+                row.update(forward_backward_ms=None, forward_backward_mib=None,
+                           skipped=f"backward: autograd through {length} loop steps")
+            else:
+                row["forward_backward_ms"], row["forward_backward_mib"] = _time(
+                    lambda: _forward_backward(inputs, backend), device, iters)
             results.append(row)
     return results
 
@@ -93,19 +134,95 @@ def _forward_backward(inputs: dict, backend: str) -> None:
 
 
 def format_scan_table(results: list[dict]) -> list[str]:
-    """Markdown lines: one row per size and backend, with the speed-up over the sequential reference."""
-    lines = ["| shape | backend | device | forward (ms) | forward + backward (ms) | forward vs sequential |",
-             "|---|---|---|---:|---:|---:|"]
-    reference = {row["size"]: row["forward_ms"] for row in results if row["backend"] == "sequential"}
+    """Markdown lines: one row per size and backend, with the speed-ups of the fastest forward over each
+    backend's and of chunked's forward+backward over each one's."""
+    lines = ["| shape | backend | device | forward (ms) | forward peak MiB | forward + backward (ms) | "
+             "forward + backward peak MiB | chunked faster: forward | chunked faster: forward + backward |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    chunked = {row["size"]: row for row in results if row["backend"] == "chunked"}
 
-    def ms(value):
+    def number(value):
         return "-" if value is None else f"{value:.1f}"
+
+    def ratio(key, row):
+        base = chunked.get(row["size"], {}).get(key)
+        return f"{row[key] / base:.1f}x" if base and row[key] else "-"
 
     for row in results:
         shape = row["shape"]
         label = f"{row['size']} (B {shape['batch']}, D {shape['channels']}, L {shape['length']}, N {shape['d_state']})"
-        base = reference.get(row["size"])
-        speedup = f"{base / row['forward_ms']:.1f}x" if base and row["forward_ms"] else row.get("skipped", "-")
-        lines.append(f"| {label} | {row['backend']} | {row['device']} | {ms(row['forward_ms'])} | "
-                     f"{ms(row['forward_backward_ms'])} | {speedup} |")
+        backward = number(row["forward_backward_ms"]) if row["forward_backward_ms"] is not None else row["skipped"]
+        lines.append(f"| {label} | {row['backend']} | {row['device']} | {number(row['forward_ms'])} | "
+                     f"{number(row['forward_mib'])} | {backward} | {number(row['forward_backward_mib'])} | "
+                     f"{ratio('forward_ms', row)} | {ratio('forward_backward_ms', row)} |")
     return lines
+
+
+@contextlib.contextmanager
+def identity_scans():
+    """Every selective scan replaced by y = u while inside (benchmark only: what the rest of a model costs)."""
+    original = ssm.selective_scan
+    ssm.selective_scan = lambda u, *args, **kwargs: u
+    try:
+        yield
+    finally:
+        ssm.selective_scan = original
+
+
+def measure_whole_model(size, frame, iters: int, warmup: int, options: dict | None = None,
+                        rows=WHOLE_MODEL_ROWS) -> list[dict]:
+    """SC-CoSF's whole predict on the CPU (backend_benchmark.run_backends) with its scans as served and with
+    identity scans: [{"scans": "auto" | "identity", **run_backends' figures}]."""
+    results = []
+    for scans in ("auto", "identity"):
+        with identity_scans() if scans == "identity" else contextlib.nullcontext():
+            figures = backend_benchmark.run_backends("sccosf", rows, size, frame, "cpu", iters, warmup, options)
+        results.append({"scans": scans, **figures})
+    return results
+
+
+def format_whole_model(results: list[dict]) -> list[str]:
+    settings = results[0]["settings"]
+    lines = [f"# sccosf whole predict on cpu, network {settings['size'][0]}x{settings['size'][1]}, batch 1, "
+             f"{settings['warmup']} warm-up + {settings['iters']} timed predicts per row; scans as served (auto = "
+             f"chunked here) and replaced by the identity",
+             "| row | scans | p50 ms | p90 ms | peak MiB | build s | auto / identity (p50) |", "|---|---|---:|---:|---:|---:|---:|"]
+    identity = {row["row"]: row for row in results[1]["rows"] if "not_here" not in row}
+    for result in results:
+        for row in result["rows"]:
+            if "not_here" in row:
+                lines.append(f"| {row['row']} | {result['scans']} | n/a: {row['not_here']} | | | | |")
+                continue
+            base = identity.get(row["row"])
+            share = f"{row['p50_ms'] / base['p50_ms']:.2f}x" if base and result["scans"] == "auto" else ""
+            memory = "-" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
+            lines.append(f"| {row['row']} | {result['scans']} | {row['p50_ms']:.1f} | {row['p90_ms']:.1f} | "
+                         f"{memory} | {row['build_s']:.1f} | {share} |")
+    return lines
+
+
+def run(args) -> int:
+    """`bench --scan`: the backends table; with `--methods sccosf` the whole-model rows too."""
+    from rgbd_fusion_seg.core.engine import resolve_device
+
+    from .model_benchmark import _device_name, _parse_options
+
+    methods = args.methods or []
+    if any(method != "sccosf" for method in methods):
+        raise ValueError(f"--scan times the scans of sccosf only; got --methods {' '.join(methods)}")
+    device = resolve_device(args.device)
+    print(f"# selective scan backends on {_device_name(device)} [{device}], torch {torch.__version__}; "
+          f"chunk length {ssm.CHUNK_LENGTH}", flush=True)
+    figures = {"scan": measure_scan_backends(device, sizes=DEFAULT_SIZES, iters=args.iters)}
+    for line in format_scan_table(figures["scan"]):
+        print(line, flush=True)
+    if methods:
+        figures["whole_model"] = measure_whole_model(args.size, args.frame, args.iters, args.warmup,
+                                                     _parse_options(args.option))
+        for line in format_whole_model(figures["whole_model"]):
+            print(line, flush=True)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"# figures written to {args.json}")
+    return 0

@@ -18,7 +18,7 @@ def one_thread():
 
 
 def present_backends() -> list[str]:
-    backends = ["mambapy", "torch_scan"]
+    backends = ["chunked", "mambapy"]
     if torch.cuda.is_available() and ssm._mamba_ssm_scan() is not None:
         backends.append("mamba_ssm")
     return backends
@@ -64,8 +64,9 @@ def test_sequential_reference_is_the_recurrence(groups):
 
 @pytest.mark.parametrize("groups", [None, 3])
 @pytest.mark.parametrize("backend", present_backends())
-def test_backend_agrees_with_the_reference_forward_and_backward(backend, groups):
+def test_backend_agrees_with_the_reference_forward_and_backward(backend, groups, monkeypatch):
     device = "cuda" if backend == "mamba_ssm" else "cpu"
+    monkeypatch.setattr(ssm, "CHUNK_LENGTH", 8)  # L = 37: four chunks and a ragged fifth
     results = {}
     for name in ("sequential", backend):
         inputs = {k: v.clone().requires_grad_(True) for k, v in scan_inputs(groups=groups, device=device).items()}
@@ -78,6 +79,26 @@ def test_backend_agrees_with_the_reference_forward_and_backward(backend, groups)
         assert torch.allclose(grad, grads_ref[key], atol=1e-5, rtol=1e-4), key
 
 
+@pytest.mark.parametrize("chunk_length", [1, 5, 37, 64])
+def test_chunked_scan_at_any_chunk_length_is_the_reference(chunk_length, monkeypatch):
+    """One step per chunk, a ragged last chunk, one chunk exactly, one chunk longer than the sequence."""
+    monkeypatch.setattr(ssm, "CHUNK_LENGTH", chunk_length)
+    for groups in (None, 2):
+        inputs = scan_inputs(channels=4, groups=groups)
+        expected = ssm.selective_scan(**inputs, backend="sequential")
+        assert torch.allclose(ssm.selective_scan(**inputs, backend="chunked"), expected, atol=1e-5, rtol=1e-5), groups
+
+
+def test_chunked_scan_is_stable_where_the_state_decays_to_nothing():
+    """Large delta x A: the decays underflow to 0 (never exp of a positive sum), the outputs stay finite and
+    equal the reference's, which then only sees the last step's input."""
+    inputs = scan_inputs(length=300)
+    inputs["delta"] = inputs["delta"].abs() * 200.0
+    expected = ssm.selective_scan(**inputs, backend="sequential")
+    got = ssm.selective_scan(**inputs, backend="chunked")
+    assert torch.isfinite(got).all() and torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_scanning_a_few_channels_at_a_time_changes_nothing(monkeypatch):
     inputs = scan_inputs(channels=8, groups=2, length=20)
     whole = ssm.selective_scan(**inputs, backend="mambapy")
@@ -87,10 +108,14 @@ def test_scanning_a_few_channels_at_a_time_changes_nothing(monkeypatch):
     assert torch.allclose(ssm.selective_scan(**inputs, backend="sequential"), whole, atol=1e-5)
 
 
-def test_auto_is_mambapy_on_the_cpu_and_the_scan_keeps_fp16_inputs_fp16():
-    assert ssm.resolve_backend("auto", torch.device("cpu")) == "mambapy"  # training: its backward is fast
-    with torch.no_grad():  # serving: the loop's forward is faster on a CPU
-        assert ssm.resolve_backend("auto", torch.device("cpu")) == "sequential"
+def test_auto_is_chunked_without_mamba_ssm_and_the_scan_keeps_fp16_inputs_fp16(monkeypatch):
+    assert ssm.resolve_backend("auto", torch.device("cpu")) == "chunked"  # training
+    with torch.no_grad():  # serving
+        assert ssm.resolve_backend("auto", torch.device("cpu")) == "chunked"
+    monkeypatch.setattr(ssm, "_mamba_ssm_scan", lambda: object())  # installed: first on CUDA, not on a CPU
+    assert ssm.resolve_backend("auto", torch.device("cuda")) == "mamba_ssm"
+    assert ssm.resolve_backend("auto", torch.device("cpu")) == "chunked"
+    monkeypatch.undo()
     inputs = scan_inputs()
     half = {k: v.half() if k in ("u", "delta") else v for k, v in inputs.items()}
     y = ssm.selective_scan(**half)
@@ -170,7 +195,7 @@ def test_mamba_ssm_asked_for_and_absent_says_how_to_install_it(monkeypatch):
     inputs = scan_inputs()
     with pytest.raises(RuntimeError, match=r"pip install mamba-ssm --no-build-isolation.*MAMBA_FORCE_BUILD=TRUE.*scan_backend: auto"):
         ssm.selective_scan(**inputs, backend="mamba_ssm")
-    assert ssm.resolve_backend("auto", torch.device("cuda")) == "mambapy"  # auto falls back
+    assert ssm.resolve_backend("auto", torch.device("cuda")) == "chunked"  # auto falls back
 
 
 @pytest.mark.skipif(ssm._mamba_ssm_scan() is not None, reason="mamba_ssm is installed here")
@@ -180,7 +205,7 @@ def test_mamba_ssm_absent_from_this_environment_gives_the_error():
 
 
 def test_unknown_backend_lists_the_backends():
-    with pytest.raises(ValueError, match="unknown scan backend 'cuda'; available: auto, mamba_ssm, mambapy, sequential, torch_scan"):
+    with pytest.raises(ValueError, match="unknown scan backend 'cuda'; available: auto, mamba_ssm, chunked, mambapy, sequential"):
         ssm.selective_scan(**scan_inputs(), backend="cuda")
     with pytest.raises(ValueError, match="unknown scan_order 'zigzag'"):
         ssm.SS2D(4, scan_order="zigzag")
@@ -190,34 +215,55 @@ def test_scan_benchmark_times_every_backend_and_formats_a_table(monkeypatch):
     from rgbd_fusion_seg.offline import scan_benchmark
     from rgbd_fusion_seg.offline.scan_benchmark import format_scan_table, measure_scan_backends
 
-    monkeypatch.setattr(scan_benchmark, "SEQUENTIAL_MAX_LENGTH", 32)
+    monkeypatch.setattr(scan_benchmark, "SEQUENTIAL_BACKWARD_MAX_LENGTH", 32)
     sizes = (("short", 1, 8, 16, 4, 1), ("long", 1, 4, 33, 2, 2))
     results = measure_scan_backends("cpu", sizes=sizes, iters=1)
     assert [(row["size"], row["backend"]) for row in results] == [
-        ("short", "sequential"), ("short", "mambapy"), ("short", "torch_scan"), ("long", "sequential"),
-        ("long", "mambapy"), ("long", "torch_scan")]
-    assert all(row["forward_ms"] > 0 and row["forward_backward_ms"] > 0 for row in results if "skipped" not in row)
-    assert all(row["forward_ms"] is None and "steps of a loop" in row["skipped"] for row in results[3::2])
+        ("short", "sequential"), ("short", "mambapy"), ("short", "chunked"), ("long", "sequential"),
+        ("long", "mambapy"), ("long", "chunked")]
+    assert all(row["forward_ms"] > 0 and row["forward_mib"] >= 0 for row in results)
+    assert all(row["forward_backward_ms"] > 0 for row in results if "skipped" not in row)
+    assert [row["size"] for row in results if "skipped" in row] == ["long"]
+    assert results[3]["forward_backward_ms"] is None and "autograd through 33 loop steps" in results[3]["skipped"]
     lines = format_scan_table(results)
     assert lines[0].startswith("| shape | backend") and len(lines) == 2 + len(results)
-    assert "| short (B 1, D 8, L 16, N 4) | mambapy | cpu |" in lines[3]
+    assert lines[4].startswith("| short (B 1, D 8, L 16, N 4) | chunked | cpu |") and lines[4].endswith("| 1.0x | 1.0x |")
+
+
+def test_identity_scans_replace_every_scan_of_a_model_and_only_inside():
+    from rgbd_fusion_seg.offline.scan_benchmark import identity_scans
+
+    torch.manual_seed(0)
+    ss2d = ssm.SS2D(8, d_state=4).eval()
+    x = torch.randn(1, 8, 3, 4)
+    with torch.no_grad():
+        scanned = ss2d(x)
+        with identity_scans():  # the four traversals unscanned, merged back: 4 x
+            assert torch.allclose(ss2d(x), 4 * x)
+        assert torch.equal(ss2d(x), scanned) and not torch.allclose(scanned, 4 * x, atol=1e-2)
 
 
 @pytest.mark.slow  # one dynamo export, about 10 s
-def test_an_exported_ss2d_runs_at_sizes_other_than_the_traced_one(tmp_path):
-    """`auto` while torch.export traces is torch's scan operator: the ONNX graph's scan length follows the
-    input, so SS2D exported at 5x7 gives the reference's output at 9x4 and 1x1 under ONNX Runtime."""
+def test_an_exported_ss2d_runs_at_sizes_other_than_the_traced_one(tmp_path, monkeypatch):
+    """`auto` while torch.export traces is the chunked scan with its loops as torch's scan operator: the ONNX
+    graph holds per scan three ONNX Scans (T steps, L/T chunks, T steps) and no step unrolled per position,
+    so SS2D exported at 5x7 (L = 35: 9 chunks of 4, the last ragged) gives the reference's output at 9x4
+    (9 whole chunks), 1x1 (one padded chunk) and 13x11 (36 chunks) under ONNX Runtime."""
+    import onnx
     import onnxruntime
 
+    monkeypatch.setattr(ssm, "CHUNK_LENGTH", 4)
     torch.manual_seed(0)
     block = ssm.SS2D(8, d_state=4).eval().requires_grad_(False)  # backend "auto"
     dynamic = {axis: torch.export.Dim.DYNAMIC for axis in (0, 2, 3)}
     torch.onnx.export(block, (torch.randn(2, 8, 5, 7),), str(tmp_path / "ss2d.onnx"), input_names=["x"],
                       dynamo=True, dynamic_shapes=({**dynamic},), report=False, verbose=False)
+    graph = onnx.load(str(tmp_path / "ss2d.onnx")).graph
+    assert [node.op_type for node in graph.node].count("Scan") == 3
     session = onnxruntime.InferenceSession(str(tmp_path / "ss2d.onnx"), providers=["CPUExecutionProvider"])
     reference = ssm.SS2D(8, d_state=4, backend="sequential").eval()
     reference.load_state_dict(block.state_dict())
-    for shape in ((1, 8, 9, 4), (3, 8, 1, 1)):
+    for shape in ((1, 8, 9, 4), (3, 8, 1, 1), (1, 8, 13, 11)):
         x = torch.randn(shape)
         with torch.no_grad():
             expected = reference(x)

@@ -6,13 +6,11 @@ batch x G x N x L with D = G x d (G groups of d channels, e.g. SS2D's four direc
     h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,   y_t = C_t h_t + D u_t
 with delta = softplus(delta + delta_bias) when delta_softplus.
 
-Backends: "mamba_ssm" (the CUDA kernels; an optional GPU install), "mambapy" (mambapy's parallel scan, pure
-PyTorch, any device), "sequential" (a plain loop over time: the reference the tests compare with),
-"torch_scan" (torch's scan operator, torch._higher_order_ops.scan: the loop is one graph node whose length
-is the sequence's, so an exported graph (an ONNX Scan) runs at any image size). "auto": torch_scan while
-torch.export traces (offline/export.py); else mamba_ssm when it is installed and the tensors are on CUDA;
-else, without gradients on a CPU (serving), the sequential loop, which ran forward 3.5-4x faster than
-mambapy's parallel scan here (docs/sccosf.md); else mambapy, whose backward is ~30x faster than the loop's.
+Backends: "mamba_ssm" (the CUDA kernels; an optional GPU install), "chunked" (pure PyTorch, any device, with
+gradients: the sequence cut into chunks of CHUNK_LENGTH steps, below), "mambapy" (mambapy's parallel scan, pure
+PyTorch), "sequential" (a plain loop over time: the reference the tests compare with). "auto": mamba_ssm when
+it is installed and the tensors are on CUDA (and not while torch.export traces); else chunked, which was the
+fastest pure-PyTorch form forward and backward here and exports (docs/sccosf.md, `bench --scan`).
 """
 from __future__ import annotations
 
@@ -23,17 +21,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SCAN_BACKENDS = ("auto", "mamba_ssm", "mambapy", "sequential", "torch_scan")
+SCAN_BACKENDS = ("auto", "mamba_ssm", "chunked", "mambapy", "sequential")
 SCAN_ORDERS = ("vmamba", "paper")
-# Elements of one (batch, L, channels, N) tensor the pure-PyTorch backends build at a time: the scan is
-# independent per channel, so long sequences are scanned a few channels at a time to bound memory.
+# T of the chunked scan: steps per chunk (docs/sccosf.md gives the timings it was chosen by).
+CHUNK_LENGTH = 128
+# Elements of one (batch, L, channels, N) tensor mambapy and the sequential loop build at a time: the scan is
+# independent per channel, so long sequences are scanned a few channels at a time to bound memory. (The
+# chunked scan builds nothing of length L x N without gradients: its steps hold batch x L/T x D x N.)
 _CHUNK_ELEMENTS = 1 << 26
 
 MAMBA_SSM_MISSING = (
     "scan_backend 'mamba_ssm' was asked for but mamba_ssm is not installed. It is an optional GPU extra: "
     "build it against the installed torch with nvcc on the PATH, `pip install mamba-ssm --no-build-isolation` "
     "(with MAMBA_FORCE_BUILD=TRUE where GitHub release downloads are blocked), or use `scan_backend: auto` "
-    "(mambapy's parallel scan, pure PyTorch)"
+    "(the chunked scan, pure PyTorch)"
 )
 
 
@@ -51,16 +52,14 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in SCAN_BACKENDS:
         raise ValueError(f"unknown scan backend {backend!r}; available: {', '.join(SCAN_BACKENDS)}")
     if backend == "auto":
-        if torch.compiler.is_exporting():  # the Python loops would be unrolled at the traced length
-            return "torch_scan"
-        if device.type == "cuda" and _mamba_ssm_scan() is not None:
+        if device.type == "cuda" and _mamba_ssm_scan() is not None and not torch.compiler.is_exporting():
             return "mamba_ssm"
-        return "sequential" if device.type == "cpu" and not torch.is_grad_enabled() else "mambapy"
+        return "chunked"
     if backend == "mamba_ssm":
         if _mamba_ssm_scan() is None:
             raise RuntimeError(MAMBA_SSM_MISSING)
         if device.type != "cuda":
-            raise RuntimeError(f"scan_backend 'mamba_ssm' runs on CUDA tensors only, got {device}; use 'auto' or 'mambapy'")
+            raise RuntimeError(f"scan_backend 'mamba_ssm' runs on CUDA tensors only, got {device}; use 'auto' or 'chunked'")
     return backend
 
 
@@ -93,27 +92,73 @@ def _scan_torch(u, delta, A, B, C, D, parallel: bool) -> torch.Tensor:
     return y + D.view(1, -1, 1) * u if D is not None else y
 
 
-def _scan_operator(u, delta, A, B, C, D) -> torch.Tensor:
-    """The recurrence as torch's scan operator, one time step per iteration, in the grouped layout (a state
-    of batch x G x d x N; B, C of batch x G x N per step). Nothing of length L x N is built, so no chunking."""
-    from torch._higher_order_ops.scan import scan
+def _loop(step, state, xs: tuple):
+    """state, ys = step(state, x) over the leading dimension of xs, ys stacked (None when step gives none).
+    A Python loop in eager mode; torch's scan operator while torch.export traces, so that the exported graph
+    holds one loop node (an ONNX Scan) whose length follows the input instead of the traced length unrolled."""
+    if torch.compiler.is_exporting():
+        from torch._higher_order_ops.scan import scan
 
+        state, ys = scan(lambda carry, x: _step_or_empty(step, carry, x), state, xs)
+        return state, ys if isinstance(ys, torch.Tensor) else None
+    ys = []
+    for x in zip(*(t.unbind(0) for t in xs)):
+        state, y = step(state, x)
+        ys.append(y)
+    return state, None if ys[0] is None else torch.stack(ys)
+
+
+def _step_or_empty(step, carry, x):
+    carry, y = step(carry, x)
+    return carry, () if y is None else y
+
+
+def _scan_chunks(u, delta, A, B, C, D, chunk_length: int) -> torch.Tensor:
+    """The recurrence in chunks of T = chunk_length steps (delta already biased and softplus'd), two levels:
+    1. inside every chunk at once, T vectorised steps from a zero state give each chunk's own end state;
+    2. the states entering the chunks: L/T steps of h_c = exp(sum of delta A over chunk c-1) h_{c-1} + that
+       chunk's own end state;
+    3. inside every chunk again, T steps from its entering state, now giving the outputs C_t h_t.
+    Every exponent is delta A (one step) or its sum over a chunk, never positive, so nothing overflows; each
+    step holds batch x L/T x D x N, so nothing of length L x N is built (without gradients). A per channel
+    and per state (S6) keeps the decay inside the sum over states, so C.B does not factor out as in Mamba-2's
+    SSD; the quadratic in-chunk form measured slower (docs/sccosf.md)."""
     batch, channels, length = u.shape
     B, C = (m if m.dim() == 4 else m.unsqueeze(1) for m in (B, C))
-    groups = B.shape[1]
-    A = A.view(groups, channels // groups, A.shape[1])
+    groups, state_size = B.shape[1], A.shape[1]
+    chunks = (length + chunk_length - 1) // chunk_length
+    padded = chunks * chunk_length  # padding: delta 0 (decay 1) and input 0, after the last real step
 
-    def over_time(x):  # batch x D x L -> L x batch x G x d
-        return x.view(batch, groups, -1, length).permute(3, 0, 1, 2)
+    def by_step(x):  # batch x G x c x L -> T x batch x chunks x G x c: step t of every chunk together
+        x = F.pad(x, (0, padded - length)).view(batch, groups, x.shape[2], chunks, chunk_length)
+        return x.permute(4, 0, 3, 1, 2).contiguous()
 
-    def step(h, inputs):
-        dt, drive, b, c = inputs
-        h = torch.exp(dt.unsqueeze(-1) * A) * h + drive.unsqueeze(-1) * b.unsqueeze(2)
-        return h, (h * c.unsqueeze(2)).sum(-1)
+    dt = by_step(delta.view(batch, groups, -1, length))
+    dtu = by_step((delta * u).view(batch, groups, -1, length))
+    B, C, A = by_step(B), by_step(C), A.view(groups, channels // groups, state_size)
 
-    state = u.new_zeros(batch, groups, channels // groups, A.shape[-1])
-    _, ys = scan(step, state, (over_time(delta), over_time(delta * u), B.permute(3, 0, 1, 2), C.permute(3, 0, 1, 2)))
-    y = ys.permute(1, 2, 3, 0).reshape(batch, channels, length)
+    def advance(h, dt_t, dtu_t, b_t):  # h: batch x chunks x G x d x N
+        return torch.addcmul(dtu_t.unsqueeze(-1) * b_t.unsqueeze(-2), torch.exp(dt_t.unsqueeze(-1) * A), h)
+
+    def own_state(h, x):
+        return advance(h, *x), None
+
+    def with_output(h, x):
+        h = advance(h, *x[:3])
+        return h, (h * x[3].unsqueeze(-2)).sum(-1)
+
+    state_shape = (batch, groups, channels // groups, state_size)
+    chunk_ends, _ = _loop(own_state, u.new_zeros(batch, chunks, *state_shape[1:]), (dt, dtu, B))
+    chunk_decay = torch.exp(dt.sum(0).unsqueeze(-1) * A)
+
+    def enter(h, x):  # h: the state entering chunk c; x: chunk c's decay and own end state
+        decay, own = x
+        return decay * h + own, h.clone()  # torch's scan operator refuses an output that aliases its input
+
+    _, entering = _loop(enter, u.new_zeros(state_shape), (chunk_decay.transpose(0, 1), chunk_ends.transpose(0, 1)))
+    # contiguous: torch's scan operator wants the state's layout to stay that of its start
+    _, ys = _loop(with_output, entering.transpose(0, 1).contiguous(), (dt, dtu, B, C))
+    y = ys.permute(1, 3, 4, 2, 0).reshape(batch, channels, padded)[..., :length]
     return y + D.view(1, -1, 1) * u if D is not None else y
 
 
@@ -159,8 +204,8 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     if delta_softplus:
         delta = F.softplus(delta)
     D = None if D is None else D.float()
-    if backend == "torch_scan":
-        return _scan_operator(u, delta, A, B, C, D).to(dtype)
+    if backend == "chunked":
+        return _scan_chunks(u, delta, A, B, C, D, CHUNK_LENGTH).to(dtype)
     return _scan_chunked(u, delta, A, B, C, D, parallel=backend == "mambapy").to(dtype)
 
 
