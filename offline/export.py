@@ -15,7 +15,7 @@ exports it at the checkpoint's own input size instead (the engine resizes every 
 
 Before any work, `--out` is checked (docs/export.md, "Refusals"): never the checkpoint itself (also through a
 link), an existing file only with `--force`, a folder that can take a file of the estimated size; and the
-opset must be one the exporter writes (SUPPORTED_OPSETS). The file is written atomically (a temporary file
+opset must be one the exporter writes (`supported_opsets`). The file is written atomically (a temporary file
 beside it, renamed), and the graph is built in memory: a failed, interrupted or terminated export leaves
 nothing, neither at `--out` nor in the temporary folder.
 """
@@ -53,7 +53,10 @@ TRACE_SIZE = (129, 129)
 # (batch, height, width) checked after export: other sizes than the trace's, odd and even, and batch 2.
 CHECK_SHAPES = ((1, 64, 96), (2, 61, 90))
 PARITY_TOLERANCE = 1e-4  # max |logit difference|, times max(1, largest |logit|)
-ONNX_BYTES_PER_VALUE = 4  # the graph stores the weights as float32: the file's size is about 4 bytes a value
+# The exported file's size, estimated before the export: 4 bytes a weight (float32) and room for the graph and the
+# metadata (0.25-0.3 MiB beyond the weights for rgb and mid).
+ONNX_BYTES_PER_VALUE = 4
+ONNX_GRAPH_BYTES = 2**20
 
 
 class ExportError(ValueError):
@@ -163,15 +166,17 @@ def check_output(checkpoint_path: str | os.PathLike, out: str | os.PathLike, for
 
 
 def estimated_size(checkpoint: Checkpoint) -> int:
-    """About the bytes of the exported file: the checkpoint's weights (parameters and buffers) as float32."""
-    return ONNX_BYTES_PER_VALUE * sum(t.numel() for t in checkpoint.state_dict.values() if isinstance(t, torch.Tensor))
+    """About the bytes of the exported file: the checkpoint's weights (parameters and buffers) as float32, and
+    the graph."""
+    values = sum(t.numel() for t in checkpoint.state_dict.values() if isinstance(t, torch.Tensor))
+    return ONNX_BYTES_PER_VALUE * values + ONNX_GRAPH_BYTES
 
 
 def _check_folder(path: Path, need_bytes: int) -> None:
     try:
         check_writable_folder(path.parent, need_bytes)
     except UnwritableFolderError as error:
-        raise ExportError(f"--out {path} cannot be written: {error}") from None
+        raise ExportError(f"cannot write {path}: {error}") from None  # also the node's onnx_cache_dir: no "--out"
 
 
 def _trace_size(checkpoint: Checkpoint, fixed_size: bool) -> tuple[int, int]:
