@@ -109,8 +109,8 @@ def test_an_enabled_output_that_is_not_produced_warns(ros, client):
 
 
 @pytest.mark.parametrize("name, value, reason", [
-    ("points.voxel_size", 1e-6, "must be 0 (off) or in [0.001, 1] m"),
-    ("sync.slop", "0.1", "must be a number (double), got str '0.1'"),
+    ("points.voxel_size", 1e-6, "must be 0 (off), or in [0.001, 1] m, got 1e-06 (finer than 1 mm"),
+    ("sync.slop", "0.1", "sync.slop: must be in [0, 1] s, got '0.1'"),
     ("outputs.overlay", 1, "must be true or false (bool), got int 1"),
 ])
 def test_bad_values_are_refused_with_what_was_wrong(ros, client, name, value, reason):

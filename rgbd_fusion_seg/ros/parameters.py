@@ -48,22 +48,27 @@ class Bounds:
     unit: str = ""
     integer: bool = False
     min_width: float | None = None  # arrays [low, high]: the smallest high - low
+    min_nonzero: float | None = None  # 0 means "off"; any other value must be at least this
 
     @property
     def range_text(self) -> str:
-        return f"[{self.low:g}, {self.high:g}]" + (f" {self.unit}" if self.unit else "")
+        low = self.low if self.min_nonzero is None else self.min_nonzero
+        return f"[{low:g}, {self.high:g}]" + (f" {self.unit}" if self.unit else "")
 
     @property
     def constraints(self) -> str:
         if self.min_width is not None:
             return f"[] or [low, high] with high > low by at least {self.min_width:g}, values in {self.range_text}"
+        if self.min_nonzero is not None:
+            return f"0 (off), or in {self.range_text}"
         return ("an integer in " if self.integer else "in ") + self.range_text
 
     def __call__(self, value) -> str | None:
         if self.min_width is not None:
             return self._check_pair(value)
         well_typed = isinstance(value, int) and not isinstance(value, bool) if self.integer else _finite(value)
-        if well_typed and self.low <= value <= self.high:
+        too_fine = self.min_nonzero is not None and well_typed and 0 < value < self.min_nonzero
+        if well_typed and self.low <= value <= self.high and not too_fine:
             return None
         return f"must be {self.constraints}, got {value!r} ({self.why})"
 
@@ -155,19 +160,6 @@ def _device(value: str) -> str | None:
             return (f"device {value!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
                     "use one of those, 'auto' or 'cpu'")
     return None
-
-
-# Voxel keys are three integer cell indices packed into 64 bits: 1 mm cells still cover a cube 200 m across
-# (more than any depth camera sees) in (2e5)^3 = 8e15 < 2^62 keys, and no depth camera resolves finer.
-MIN_VOXEL_SIZE_M = 1e-3
-
-
-def _voxel_size(value) -> str | None:
-    if _finite(value) and (value == 0 or MIN_VOXEL_SIZE_M <= value <= 1.0):
-        return None
-    return (f"must be 0 (off) or in [{MIN_VOXEL_SIZE_M:g}, 1] m, got {value!r} (finer than 1 mm is below any depth "
-            "camera's resolution and overflows the voxel keys of a cloud metres across; coarser than 1 m leaves a "
-            "room as a handful of points)")
 
 
 def _class_ids(value) -> str | None:
@@ -302,7 +294,11 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   validate=Bounds(1, 64, "64 leaves 10x7 points of a 640x480 image", integer=True), section=POINTS),
     ParameterSpec("points.voxel_size", "double", 0.0,
                   "Keep one point per cube of this size (the one nearest the cube's centroid); 0 = off.",
-                  validate=_voxel_size, constraints=f"0, or in [{MIN_VOXEL_SIZE_M:g}, 1] m",
+                  # Voxel keys pack three cell indices into 64 bits: 1 mm cells still cover a cube 200 m across
+                  # ((2e5)^3 = 8e15 < 2^62 keys), and no depth camera resolves finer.
+                  validate=Bounds(0.0, 1.0, "finer than 1 mm is below any depth camera's resolution and overflows "
+                                  "the voxel keys of a cloud metres across; coarser than 1 m leaves a room as a "
+                                  "handful of points", unit="m", min_nonzero=1e-3),
                   section=POINTS),
     ParameterSpec("points.z_range", "double_array", [],
                   "[min, max] depth (z, m) kept, inclusive. Empty: every valid depth.",
@@ -352,13 +348,10 @@ def coerce(name: str, value: Any) -> Any:
     return value
 
 
+# The types a numeric parameter wants are said by its Bounds, with the range.
 _TYPE_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "string": ("a string", lambda v: isinstance(v, str)),
-    "integer": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
-    "double": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
     "bool": ("true or false", lambda v: isinstance(v, bool)),
-    "double_array": ("a list of numbers", lambda v: isinstance(v, (list, tuple)) and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)),
     "integer_array": ("a list of integers", lambda v: isinstance(v, (list, tuple)) and all(
         isinstance(x, int) and not isinstance(x, bool) for x in v)),
 }
@@ -369,8 +362,8 @@ def validate(name: str, value: Any) -> str | None:
     spec = PARAMETERS_BY_NAME.get(name)
     if spec is None:
         return f"unknown parameter {name!r}"
-    wanted, is_type = _TYPE_CHECKS[spec.type]
-    if not is_type(value):
+    wanted, is_type = _TYPE_CHECKS.get(spec.type, ("", None))
+    if is_type is not None and not is_type(value):
         return f"{name}: must be {wanted} ({spec.type}), got {type(value).__name__} {value!r}"
     if spec.validate is None:
         return None
