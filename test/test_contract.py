@@ -123,7 +123,7 @@ def test_the_node_has_exactly_the_contracts_topics(ros_context, config):
         found |= {(p.topic_name, "out", _type_name(p.msg_type)) for p in node.publishers if p.topic_name not in builtin}
         assert found == expected
         for subscription in node.subscriptions:
-            if not config:  # the defaults the table states
+            if not config:  # the defaults the table states: auto, best effort while no publisher offers more
                 assert subscription.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
                 assert subscription.qos_profile.depth == 5
         wanted = contract.OUTPUT_QOS

@@ -81,7 +81,7 @@ def send_and_wait(client, rgb_msg, aux_msg, stamp, output="mask"):
 def test_logs_the_topics_and_qos_it_subscribed_with(node):
     text = node.log()
     assert ("subscribed to /rgb/image (colour, sensor_msgs/msg/Image) and /aux/image (aux, sensor_msgs/msg/Image) "
-            "with QoS sensor_data (reliability best_effort") in text
+            "with QoS auto (reliability reliable") in text  # auto: what the client's reliable publishers offer
 
 
 def test_pairs_publish_every_output_with_the_colour_header(node, client):
@@ -165,7 +165,7 @@ def test_missing_aux_stream_warns_with_topics_qos_and_counts(node, client):
         client.spin_for(0.2)
     text = node.wait_for_log(r"missing aux stream", timeout=10)
     line = next(line for line in text.splitlines() if "missing aux stream" in line)
-    assert "/rgb/image got" in line and "/aux/image got" in line and "sensor_data" in line
+    assert "/rgb/image got" in line and "/aux/image got" in line and "QoS auto (reliability" in line
     prime(client)  # pairs again afterwards
 
 
@@ -451,7 +451,7 @@ def test_parameter_table_is_the_contract():
         "checkpoint": "", "fusion_method": "", "checkpoint_dir": "", "modality": "", "device": "auto",
         "precision": "fp32", "backend": "auto", "compile": False, "onnx_cache_dir": "", "tensorrt_cache_dir": "",
         "sync.queue_size": 10, "sync.slop": 0.05, "sync.exact": False,
-        "qos.profile": "sensor_data", "qos.depth": 5, "transport.rgb": "raw", "transport.aux": "raw",
+        "qos.profile": "auto", "qos.depth": 5, "transport.rgb": "raw", "transport.aux": "raw",
         "outputs.overlay": False, "outputs.confidence": False, "outputs.fused_image": False,
         "outputs.points": False, "outputs.camera_info": False,
         "overlay_alpha": 0.5, "depth_scale": 0.001, "aux_range": [], "aux_timeout": 1.0, "fallback_checkpoint": "",
