@@ -26,9 +26,8 @@ What it does:
    73.7 %, RGB8 59.3 %).
 3. Starts the real `segment_node` in its own process, exactly as a user would:
    `python -m rgbd_fusion_seg.ros.segment_node --ros-args --params-file config/segment.yaml -p checkpoint:=...`
-   (plus `-p qos.profile:=reliable`: the demo's camera publishes reliably, and best-effort delivery of large
-   images loses most frames with Fast DDS's default socket buffers; a real camera driver publishes best
-   effort, which is why the file's default stays `sensor_data`).
+   (the file's `qos.profile: auto` subscribes reliably to the demo's camera, which publishes reliably:
+   best-effort delivery of large images loses most frames with Fast DDS's default socket buffers).
 4. Streams the held-out generated frames over real rclpy topics, like an RGB-D camera driver: colour as
    rgb8 and depth as 16UC1 millimetres, both with the same stamp, at `--rate` Hz, lighting by lighting
    through all eight lightings (bright, normal, dim, very dark, warm, blue, spotlight, very dark + noise).
@@ -373,9 +372,6 @@ def start_node(checkpoint_path: Path, device: str, env: dict, log_path: Path) ->
         parameters={
             "device": device, "outputs.overlay": True, "stats_period": 1.0,
             "checkpoint_dir": str(checkpoint_path.parent),
-            # Our "camera" publishes reliably, so the node may subscribe reliably: with Fast DDS's default
-            # socket buffers, best-effort loses most frames above a few hundred kB (640x480 rgb8 is 900 kB).
-            "qos.profile": "reliable",
         },
         namespace=NAMESPACE,
         remappings={"rgb/image": RGB_TOPIC, "aux/image": DEPTH_TOPIC},
