@@ -138,9 +138,9 @@ def public_folder():
 
 def start_export(checkpoint: Path, out: Path, temp: Path) -> subprocess.Popen:
     env = dict(os.environ, TMPDIR=str(temp), PYTHONUNBUFFERED="1")
-    log = (temp.parent / "stdout.txt").open("w")
-    return subprocess.Popen([*CLI, "export", str(checkpoint), "--out", str(out)], stdout=log,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    with (temp.parent / "stdout.txt").open("w") as log:  # the child writes to its own copy of the handle
+        return subprocess.Popen([*CLI, "export", str(checkpoint), "--out", str(out)], stdout=log,
+                                stderr=subprocess.PIPE, text=True, env=env)
 
 
 def wait_for(condition, process: subprocess.Popen, what: str) -> None:
@@ -174,7 +174,8 @@ def test_sigterm_while_exporting_leaves_nothing(checkpoint, tmp_path):
     temp.mkdir()
     out.parent.mkdir()
     process = start_export(checkpoint, out, temp)
-    # The line `export` prints as the trace begins (or, before it printed one, its temporary folder).
+    # The line `export` prints as the trace begins, or a temporary folder (an exporter that writes its graph
+    # through one, as `export` once did, leaves it behind when SIGTERM ends the process where it stands).
     started = lambda: "exporting" in (tmp_path / "stdout.txt").read_text() or any(temp.iterdir())  # noqa: E731
     wait_for(started, process, "the export's start")
     process.send_signal(signal.SIGTERM)
