@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 5
 NAMES = ["background", "hand_drill", "backpack", "fire_extinguisher", "survivor"]
 OHEM = {"threshold": 0.7, "min_kept_fraction": 0.0625}
+BALANCED_CR, BALANCED_SE = 300.0, 40.0  # the balance rule's weights (docs/sartm.md, "Loss balance")
 
 
 def micro(**options):
@@ -127,9 +128,9 @@ def test_per_modality_uses_one_adapter_per_modality_and_shared_one_for_both():
 def test_only_lora_fusion_decoder_heads_and_aux_head_train_and_gradients_reach_lora():
     model = micro().train()
     trainable = {name for name, _ in model.trainable_parameters()}
-    allowed = ("rectify.", "fuse.", "aux_head.", "sam_mask_decoder.mask_tokens.",
-               "sam_mask_decoder.output_hypernetworks_mlps.", "sam_mask_decoder.output_upscaling.",
-               "sam_mask_decoder.conv_s0.", "sam_mask_decoder.conv_s1.")
+    allowed = ("rectify.", "fuse.", "aux_head.", "sam_mask_decoder.mask_tokens.", "sam_mask_decoder.iou_token.",
+               "sam_mask_decoder.obj_score_token.", "sam_mask_decoder.output_hypernetworks_mlps.",
+               "sam_mask_decoder.output_upscaling.", "sam_mask_decoder.conv_s0.", "sam_mask_decoder.conv_s1.")
     assert all(name.startswith(allowed) or ".lora_" in name for name in trainable)
     assert sum(".lora_" in name for name in trainable) == 10 and any(n.startswith("aux_head.") for n in trainable)
     assert not any("transformer" in n or "iou_prediction" in n or "image_encoder" in n and ".lora_" not in n
@@ -145,22 +146,28 @@ def test_only_lora_fusion_decoder_heads_and_aux_head_train_and_gradients_reach_l
         else:
             assert parameter.grad is None, name
     assert all(layer.lora_b.grad.abs().sum() > 0 for layer in model.lora)  # (A's are 0 while B = 0)
+    # the IoU and object-score tokens (trained, as the official code) reach the class masks through the
+    # two-way transformer's self-attention
+    decoder = model.sam_mask_decoder
+    assert decoder.iou_token.weight.grad.abs().sum() > 0 and decoder.obj_score_token.weight.grad.abs().sum() > 0
     with_transformer = micro(train_decoder_transformer=True)
     assert any("transformer" in n for n, _ in with_transformer.trainable_parameters())
 
 
-def test_loss_is_eq_15_with_the_papers_weights():
-    model = micro().train()
+def test_loss_is_eq_15_with_the_balanced_weights_and_the_papers_literal_ones():
     rgb, aux = inputs()
     label = torch.randint(0, NUM_CLASSES, (2, 64, 96))
     label[:, :10] = 255
-    output = model(rgb, aux)
     seg_loss = build_seg_loss(NUM_CLASSES, dice=0.0, ohem=OHEM)
-    loss, parts = model.compute_loss(output, {"label": label}, seg_loss)
-    assert set(parts) == {"seg", "aux", "cr", "se"} and all(np.isfinite(v) and v > 0 for v in parts.values())
-    assert parts["aux"] == pytest.approx(float(seg_loss(output.extras["aux_logits"], label).detach()), rel=1e-6)
-    expected = parts["seg"] + 0.008 * parts["aux"] + 1e4 * parts["cr"] + 100 * parts["se"]
-    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    for options, weights in (({}, (0.008, BALANCED_CR, BALANCED_SE)),
+                             ({"cr_weight": 1e4, "se_weight": 100.0}, (0.008, 1e4, 100.0))):  # Table VII literally
+        model = micro(**options).train()
+        output = model(rgb, aux)
+        loss, parts = model.compute_loss(output, {"label": label}, seg_loss)
+        assert set(parts) == {"seg", "aux", "cr", "se"} and all(np.isfinite(v) and v > 0 for v in parts.values())
+        assert parts["aux"] == pytest.approx(float(seg_loss(output.extras["aux_logits"], label).detach()), rel=1e-6)
+        expected = parts["seg"] + weights[0] * parts["aux"] + weights[1] * parts["cr"] + weights[2] * parts["se"]
+        assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
     plain = micro(aux_weight=0.0, cr_weight=0.0, se_weight=0.0, class_names=None).train()  # Table V ablations
     assert plain.aux_head is None and plain.distillation is None
     output = plain(rgb, aux)
@@ -453,7 +460,8 @@ def serve_checkpoint(path: Path) -> None:
 
 @pytest.mark.parametrize(("config_name", "write"), [("mfnet/sartm.yaml", "write_mfnet_replica"),
                                                      ("pst900/sartm.yaml", "write_pst900_replica"),
-                                                     ("fmb/sartm.yaml", "write_fmb_replica")])
+                                                     ("fmb/sartm.yaml", "write_fmb_replica"),
+                                                     ("mfnet/sartm_official.yaml", "write_mfnet_replica")])
 def test_trains_and_evaluates_on_the_replicas(config_name, write, tmp_path):
     from rgbd_fusion_seg.offline.datasets import replicas
 
@@ -485,7 +493,7 @@ def test_shipped_configs_are_the_papers_recipe():
         config = load_config(REPO / "config" / "experiments" / name / "sartm.yaml")
         options = config.model.options
         assert config.model.method == "sartm" and options["encoder"] == "base_plus" and options["lora_rank"] == 16
-        assert (options["aux_weight"], options["cr_weight"], options["se_weight"]) == (0.008, 1e4, 100.0)
+        assert (options["aux_weight"], options["cr_weight"], options["se_weight"]) == (0.008, BALANCED_CR, BALANCED_SE)
         train = config.train
         assert (train.optimizer, train.lr, train.weight_decay, train.no_decay_1d) == ("adamw", 1e-4, 0.01, True), name
         assert (train.batch_size, train.epochs, train.lr_schedule, train.poly_power) == (8, 500, "poly", 0.9), name
@@ -493,3 +501,107 @@ def test_shipped_configs_are_the_papers_recipe():
         assert config.data.augmentation["crop"] == [crop, crop], name
         assert config.data.rgb_mean == [0.485, 0.456, 0.406] and config.data.rgb_std == [0.229, 0.224, 0.225]
         assert config.loss.ohem == {"threshold": 0.7, "min_kept_fraction": 0.0625} and config.loss.dice == 0
+
+
+def test_official_configs_are_the_official_codes_path():
+    from rgbd_fusion_seg.offline.config import load_config
+
+    for name in ("mfnet", "pst900", "fmb"):
+        paper = load_config(REPO / "config" / "experiments" / name / "sartm.yaml")
+        official = load_config(REPO / "config" / "experiments" / name / "sartm_official.yaml")
+        options = official.model.options
+        assert (options["lora_mode"], options["lora_rank"], options["decoder_input"]) == ("shared", 48, "modality_mean")
+        assert options["train_decoder_transformer"] is True and official.loss.ohem is None, name
+        assert (options["aux_weight"], options["cr_weight"], options["se_weight"]) == (1.0, 1.0, 1.0), name
+        changed = {key for key in options if options[key] != paper.model.options[key]}
+        assert changed == {"lora_mode", "lora_rank", "decoder_input", "train_decoder_transformer", "aux_weight",
+                           "cr_weight", "se_weight"}, name
+        assert official.train == paper.train and official.data == paper.data, name  # the same recipe otherwise
+
+
+# --- the official code's path: what its options change -------------------------------------------------
+
+
+def official(**options):
+    return micro(lora_mode="shared", lora_rank=48, decoder_input="modality_mean", train_decoder_transformer=True,
+                 aux_weight=1.0, cr_weight=1.0, se_weight=1.0, **options)
+
+
+def test_modality_mean_decodes_each_modalitys_unfused_features_and_averages():
+    model = official().eval()
+    randomise_lora(model)
+    rgb, aux = inputs()
+    with torch.no_grad():
+        logits = model(rgb, aux).logits
+        thermal = aux.expand(-1, 3, -1, -1)
+        masks = (model._decode(*model._encode(rgb, 0)) + model._decode(*model._encode(thermal, 0))) / 2
+        expected = F.interpolate(masks, size=(64, 96), mode="bilinear", align_corners=False)
+        assert torch.allclose(logits, expected, atol=1e-6)
+        for block in model.fuse:  # the fusion feeds only the auxiliary head and the distillation there
+            block.norm.weight.mul_(3.0)
+        assert torch.equal(model(rgb, aux).logits, logits)
+        fused = micro().eval()
+        before = fused(rgb, aux).logits
+        for block in fused.fuse:
+            block.norm.weight.mul_(3.0)
+        assert not torch.allclose(fused(rgb, aux).logits, before)  # the paper's path decodes the fused maps
+
+
+@pytest.mark.slow
+def test_official_path_shares_one_rank_48_adapter_and_trains_the_decoder_transformer():
+    model = official().train()
+    assert all(layer.lora_a.shape[0] == 1 and layer.lora_a.shape[-1] == 48 for layer in model.lora)
+    assert model.loss_weights() == {"seg": 1.0, "aux": 1.0, "cr": 1.0, "se": 1.0}
+    rgb, aux = inputs()
+    label = torch.randint(0, NUM_CLASSES, (2, 64, 96))
+    loss, _ = model.compute_loss(model(rgb, aux), {"label": label}, build_seg_loss(NUM_CLASSES, dice=0.0))
+    loss.backward()
+    transformer = [p for p in model.sam_mask_decoder.transformer.parameters()]
+    assert all(p.requires_grad for p in transformer)
+    assert sum(float(p.grad.abs().sum()) for p in transformer if p.grad is not None) > 0
+    assert not any(p.requires_grad for p in micro().sam_mask_decoder.transformer.parameters())  # paper: frozen
+
+
+# --- initialisation and loss balance -------------------------------------------------------------------
+
+
+def test_fusion_blocks_start_as_cmx_initialises_them():
+    """Linear: truncated normal std 0.02, zero bias; Conv2d: normal std sqrt(2 / fan_out), zero bias; norms 1, 0."""
+    from rgbd_fusion_seg.models.sartm_blocks import FeatureFusion, FeatureRectify
+
+    torch.manual_seed(0)
+    for block in (FeatureRectify(64), FeatureFusion(64, 2)):
+        for layer in block.modules():
+            if isinstance(layer, torch.nn.Linear):
+                assert float(layer.weight.std()) == pytest.approx(0.02, rel=0.15)  # cut at +-2: 100 std
+                assert layer.bias is None or not torch.any(layer.bias)
+            elif isinstance(layer, torch.nn.Conv2d):
+                fan_out = layer.kernel_size[0] * layer.kernel_size[1] * layer.out_channels // layer.groups
+                if layer.weight.numel() >= 500:  # enough values for the sample std
+                    assert float(layer.weight.std()) == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.15)
+                assert layer.bias is None or not torch.any(layer.bias)
+            elif isinstance(layer, (torch.nn.LayerNorm, torch.nn.BatchNorm2d)):
+                assert torch.equal(layer.weight, torch.ones_like(layer.weight)) and not torch.any(layer.bias)
+
+
+@pytest.mark.slow
+def test_the_shipped_weights_hold_the_balance_rule_at_initialisation(tmp_path):
+    """The rule (docs/sartm.md): at initialisation each weighted distillation term is a tenth of the
+    segmentation loss, within the band, in the measurement's setting (MFNet recipe on its replica, tiny
+    encoder, 96x128, batch 4); the paper's literal 1e4 breaks it."""
+    from rgbd_fusion_seg.offline import sartm_loss_balance as balance
+    from rgbd_fusion_seg.offline.config import load_config
+
+    recipe = REPO / "config" / "experiments" / "mfnet" / "sartm.yaml"
+    options = load_config(recipe).model.options
+    assert (options["cr_weight"], options["se_weight"]) == (BALANCED_CR, BALANCED_SE)
+    trainer, train_set, _ = balance.prepare_run(recipe, tmp_path, encoder="tiny", steps=1, frames=32, size=(96, 128),
+                                                batch_size=4, weights={})
+    batch = next(iter(torch.utils.data.DataLoader(train_set, batch_size=4)))
+    model = trainer.model.train()
+    with torch.no_grad():
+        terms = model.loss_terms(model(batch["rgb"], batch["aux"]), batch, trainer.seg_loss)
+    low, high = balance.BALANCE_BAND
+    for name, weight in (("cr", BALANCED_CR), ("se", BALANCED_SE)):
+        assert low <= float(weight * terms[name] / terms["seg"]) <= high, name
+    assert float(1e4 * terms["cr"] / terms["seg"]) > 1.0  # the literal weight: L_cr outweighs segmentation

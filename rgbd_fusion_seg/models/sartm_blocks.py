@@ -62,6 +62,25 @@ def add_lora(trunk: nn.Module, rank: int, adapters: int) -> list[LoRAQV]:
     return wrapped
 
 
+def init_like_cmx(module: nn.Module) -> None:
+    """CMX's initialisation of its FRM/FFM (and of its whole encoder): Linear weights truncated normal with std
+    0.02 (cut at +-2, as timm's default) and zero bias; Conv2d weights normal with std sqrt(2 / fan_out), fan_out = k_h k_w out / groups, zero
+    bias; LayerNorm / BatchNorm weight 1, bias 0. (PyTorch's default, kaiming-uniform, starts the fusion with
+    other scales.)"""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.trunc_normal_(layer.weight, std=0.02)
+        elif isinstance(layer, nn.Conv2d):
+            fan_out = layer.kernel_size[0] * layer.kernel_size[1] * layer.out_channels // layer.groups
+            nn.init.normal_(layer.weight, 0.0, math.sqrt(2.0 / fan_out))
+        elif isinstance(layer, (nn.LayerNorm, nn.BatchNorm2d)):
+            nn.init.ones_(layer.weight)
+        else:
+            continue
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
+
+
 class FeatureRectify(nn.Module):
     """FRM (CMX): each modality is corrected by the other, weighted per channel and per pixel.
 
@@ -77,6 +96,7 @@ class FeatureRectify(nn.Module):
                                          nn.Linear(4 * channels // reduction, 2 * channels))
         self.spatial = nn.Sequential(nn.Conv2d(2 * channels, channels // reduction, 1), nn.ReLU(inplace=True),
                                      nn.Conv2d(channels // reduction, 2, 1))
+        init_like_cmx(self)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         both = torch.cat([x1, x2], dim=1)
@@ -120,6 +140,7 @@ class FeatureFusion(nn.Module):
                                    nn.Conv2d(channels, channels, 3, padding=1, groups=channels),
                                    nn.ReLU(inplace=True), nn.Conv2d(channels, channels, 1), nn.BatchNorm2d(channels))
         self.norm = nn.BatchNorm2d(channels)
+        init_like_cmx(self)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x1.shape

@@ -9,22 +9,28 @@ docs/sartm.md).
   normalised, as SARTM's code); the RGB arrives normalised by the checkpoint's preprocessing (ImageNet).
 - Levels (III-C): the neck's 1/4, 1/8, 1/16 maps; SAM2's conv_s0 / conv_s1 reduce the first two to d/8 and
   d/4 channels (F_0, F_1), F_n keeps d. `fpn_fuse`: "sum" (SAM2's trained neck, the code) or "avg" (eq. 8).
-- Fusion (III-A/E): one FRM + FFM pair (CMX) per level, widths d/8, d/4, d, FFM heads 1, 2, 4, fusing RGB with
-  thermal (the official code passes RGB twice: thermal never reaches its fusion; not reproduced).
+- Fusion (III-A/E): one FRM + FFM pair (CMX) per level, widths d/8, d/4, d, FFM heads 1, 2, 4, initialised as
+  CMX's, fusing RGB with thermal (the official code passes RGB twice: thermal never reaches its fusion; not
+  reproduced).
 - Path 1 (III-D, eq. 9): SAM2's mask decoder with one mask token per class and no prompt (SAM2's "not a
   point" padding and no-mask embedding), image PE made for the actual grid; `logits` = its C masks (tokens
   1..C) upsampled. SAM2's object-score gate is not applied. `decoder_input`: "fused" (the paper) or
   "modality_mean" (the code: the decoder on each modality's unfused features, logits averaged).
-  Trained: mask tokens, hypernetwork MLPs, output upscaling, conv_s0/s1; the two-way transformer stays
-  frozen as the paper says (`train_decoder_transformer: true` trains it, as the code does); IoU and
-  object-score heads and the prompt encoder are frozen.
+  Trained: mask tokens, IoU and object-score tokens (as the code), hypernetwork MLPs, output upscaling,
+  conv_s0/s1; the two-way transformer stays frozen as the paper says (`train_decoder_transformer: true`
+  trains it, as the code does); IoU and object-score heads and the prompt encoder are frozen.
 - Path 2 (eq. 10): the auxiliary FPN head (registered modules; the code rebuilt its convs at every call),
   extras["aux_logits"] in training only.
 - Language-aided distillation (III-E, eq. 12-14) on the fused F_n: L_cr against an EMA of the class
   prototypes, L_se between the prototypes' and the class names' CLIP-text self-similarities
   (text_embeddings.py; table kept as a buffer so checkpoints carry it). Present classes only.
-- Loss (eq. 15): seg_loss(S_0) + aux_weight seg_loss(S_1) + cr_weight L_cr + se_weight L_se with the paper's
-  Table VII weights 0.008 / 1e4 / 100 (the code uses 1 / 1 / 1); seg_loss is the trainer's (SARTM: OHEM CE).
+- Loss (eq. 15): seg_loss(S_0) + aux_weight seg_loss(S_1) + cr_weight L_cr + se_weight L_se; seg_loss is the
+  trainer's (SARTM: OHEM CE). aux_weight 0.008 is Table VII's w1. cr_weight 300 and se_weight 40 follow the
+  balance rule (docs/sartm.md, "Loss balance": at initialisation each weighted distillation term is a tenth of
+  the segmentation loss; offline/sartm_loss_balance.py measures it): Table VII's 1e4 was tuned against the
+  official code's L_cr, whose prototypes are divided by the pixel count twice, and with true means it gives
+  L_cr several times the segmentation loss. `cr_weight: 1e4, se_weight: 100` is the paper's literal choice;
+  the official code uses 1 / 1 / 1 (config sartm_official.yaml).
 - Inputs of any size: padded with zeros to multiples of 32 inside forward, logits cropped back.
 
 Weight files: `pretrained: true` reads Meta's sam2_hiera_<size>.pt from $TORCH_HOME/hub/checkpoints (or
@@ -50,8 +56,11 @@ LORA_MODES = ("per_modality", "shared")
 DECODER_INPUTS = ("fused", "modality_mean")
 FFM_HEADS = (1, 2, 4)  # per level, as the official code
 TEXT_FROM_CLIP, TEXT_STANDIN = 1, 2  # PrototypeDistillation.text_source
-# decoder parts trained (the rest of SAM2 stays frozen): the class-dependent ones start from random
-DECODER_TRAINED = ("mask_tokens", "output_hypernetworks_mlps", "output_upscaling", "conv_s0", "conv_s1")
+# decoder parts trained (the rest of SAM2 stays frozen): the class-dependent ones start from random. The IoU
+# and object-score tokens are trained as the official code does: their heads are unused here, but they sit
+# beside the class tokens in the two-way transformer's self-attention, so they shape every class mask.
+DECODER_TRAINED = ("mask_tokens", "iou_token", "obj_score_token", "output_hypernetworks_mlps", "output_upscaling",
+                   "conv_s0", "conv_s1")
 
 
 @register
@@ -73,8 +82,8 @@ class SARTM(FusionSegmenter):
         fpn_fuse: str = "sum",
         train_decoder_transformer: bool = False,
         aux_weight: float = 0.008,
-        cr_weight: float = 1.0e4,
-        se_weight: float = 100.0,
+        cr_weight: float = 300.0,
+        se_weight: float = 40.0,
         ema_momentum: float = 0.9,
         text_encoder: str = "ViT-B-32",
         text_weights: str | None = "default",
@@ -164,7 +173,9 @@ class SARTM(FusionSegmenter):
             extras["sfm"] = fused[2]  # on the padded grid
         return SegOutput(logits, extras)
 
-    def compute_loss(self, output: SegOutput, batch: dict, seg_loss) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_terms(self, output: SegOutput, batch: dict, seg_loss) -> dict[str, torch.Tensor]:
+        """Eq. 15's four terms, unweighted: {"seg": S_0's, "aux": S_1's, "cr": L_cr, "se": L_se} (a term whose
+        part is switched off is 0). Updates the prototype EMA, as a training step does."""
         label = batch["label"]
         seg = seg_loss(output.logits, label)
         zero = seg.new_zeros(())
@@ -177,9 +188,17 @@ class SARTM(FusionSegmenter):
                                    "se_weight: 0")
             padded_label = F.pad(label, (0, -label.shape[-1] % 32, 0, -label.shape[-2] % 32), value=255)
             cr, se = self.distillation(output.extras["sfm"], padded_label)
-        loss = seg + self.aux_weight * aux + self.cr_weight * cr + self.se_weight * se  # eq. 15
-        return loss, {name: float(value.detach()) for name, value in
-                      (("seg", seg), ("aux", aux), ("cr", cr), ("se", se))}
+        return {"seg": seg, "aux": aux, "cr": cr, "se": se}
+
+    def loss_weights(self) -> dict[str, float]:
+        """Eq. 15's w0..w3, keyed as loss_terms."""
+        return {"seg": 1.0, "aux": self.aux_weight, "cr": self.cr_weight, "se": self.se_weight}
+
+    def compute_loss(self, output: SegOutput, batch: dict, seg_loss) -> tuple[torch.Tensor, dict[str, float]]:
+        terms = self.loss_terms(output, batch, seg_loss)
+        weights = self.loss_weights()
+        loss = sum(weights[name] * term for name, term in terms.items())  # eq. 15
+        return loss, {name: float(term.detach()) for name, term in terms.items()}
 
     def deploy(self, keep_extras: tuple[str, ...] = ()) -> "SARTM":
         """An eval copy without the auxiliary head and the distillation state; a shared LoRA is merged into
