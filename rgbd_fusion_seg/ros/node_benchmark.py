@@ -361,12 +361,12 @@ def bench_node(session: RosSession, env: dict, node_command, node_name: str, siz
     node = node_command(log_path)
     collector = _Collector()
     qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-    camera_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    warm_up_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     mask_topic = f"{NAMESPACE}/{node_name}/mask"
     ros = session.node
     subscription = ros.create_subscription(Image, mask_topic, collector.callback, qos)
-    rgb_pub = ros.create_publisher(Image, RGB_TOPIC, camera_qos)
-    depth_pub = ros.create_publisher(Image, DEPTH_TOPIC, camera_qos)
+    rgb_pub = ros.create_publisher(Image, RGB_TOPIC, warm_up_qos)
+    depth_pub = ros.create_publisher(Image, DEPTH_TOPIC, warm_up_qos)
     stats = []
     stats_sub = None
     try:
