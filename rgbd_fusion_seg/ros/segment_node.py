@@ -617,11 +617,12 @@ class SegmentNode(LifecycleNode):
         return [info.qos_profile for info in self.get_publishers_info_by_topic(self._input_topic(stream)[1])]
 
     def _follow_publishers_qos(self) -> None:
-        """`qos.profile: auto`: subscribe again when the publishers' offer changes what fits them best."""
+        """`qos.profile: auto`: subscribe again when the publishers' offer changes what fits them best. While a
+        topic has no publisher the subscription stays as it is: a camera that restarts comes back as it was."""
         for stream in (0, 1):
-            current = self._input_qos[stream]
-            wanted = adapted_qos(self._offered_qos(stream), self._config["qos.depth"])
-            if current is None or self._input_subs[stream] is None or (
+            current, offered = self._input_qos[stream], self._offered_qos(stream)
+            wanted = adapted_qos(offered, self._config["qos.depth"])
+            if not offered or current is None or self._input_subs[stream] is None or (
                     (wanted.reliability, wanted.durability) == (current.reliability, current.durability)):
                 continue
             self.destroy_subscription(self._input_subs[stream])
