@@ -83,16 +83,20 @@ def average_balance(model: SARTM, batches: list[dict], seg_loss) -> dict[str, di
 
 
 def balanced_weights(unweighted: dict[str, float], fraction: float = DISTILLATION_FRACTION) -> dict[str, float]:
-    """The rule: w = fraction x seg / term for the distillation terms (cr, se), to one significant digit."""
+    """The rule: w = fraction x seg / term for the distillation terms (cr, se) in `unweighted`, to one
+    significant digit."""
     chosen = {}
     for name in ("cr", "se"):
+        if not unweighted.get(name):
+            continue  # switched off: nothing to balance
         exact = fraction * unweighted["seg"] / unweighted[name]
         chosen[f"{name}_weight"] = float(f"{exact:.0e}")
     return chosen
 
 
 def format_table(title: str, table: dict[str, dict[str, float]]) -> str:
-    lines = [title, "| term | weighted loss | / seg | LoRA grad share | fusion grad share |", "| --- | --- | --- | --- | --- |"]
+    lines = [title, "| term | weighted loss | / seg | LoRA grad share | fusion grad share |",
+             "| --- | --- | --- | --- | --- |"]
     seg = table["seg"]["loss"]
     for name, row in table.items():
         lines.append(f"| {name} | {row['loss']:.4g} | {row['loss'] / seg:.3f} | {row['lora_share']:.1%} | "
@@ -141,7 +145,8 @@ def run(config_path: Path, *, encoder: str, steps: int, frames: int, size: tuple
             seconds = time.perf_counter() - started
             trained = average_balance(model, probe_batches, trainer.seg_loss)
             print(format_table(f"after {steps} steps ({seconds:.0f} s)", trained), file=out, flush=True)
-    unweighted = {name: row["loss"] / (model.loss_weights()[name] or 1.0) for name, row in init.items()}
+    weights_used = model.loss_weights()
+    unweighted = {name: row["loss"] / weights_used[name] for name, row in init.items() if weights_used[name]}
     rule = balanced_weights(unweighted)
     print(f"rule (each weighted distillation term {DISTILLATION_FRACTION:g} x seg at initialisation): "
           + ", ".join(f"{name} {value:g}" for name, value in rule.items()), file=out, flush=True)

@@ -64,9 +64,9 @@ def add_lora(trunk: nn.Module, rank: int, adapters: int) -> list[LoRAQV]:
 
 def init_like_cmx(module: nn.Module) -> None:
     """CMX's initialisation of its FRM/FFM (and of its whole encoder): Linear weights truncated normal with std
-    0.02 (cut at +-2, as timm's default) and zero bias; Conv2d weights normal with std sqrt(2 / fan_out), fan_out = k_h k_w out / groups, zero
-    bias; LayerNorm / BatchNorm weight 1, bias 0. (PyTorch's default, kaiming-uniform, starts the fusion with
-    other scales.)"""
+    0.02 (cut at +-2, as timm's default) and zero bias; Conv2d weights normal with std sqrt(2 / fan_out),
+    fan_out = k_h k_w out / groups, zero bias; LayerNorm / BatchNorm weight 1, bias 0. (PyTorch's default,
+    kaiming-uniform, starts the fusion with other scales.)"""
     for layer in module.modules():
         if isinstance(layer, nn.Linear):
             nn.init.trunc_normal_(layer.weight, std=0.02)
