@@ -10,9 +10,11 @@ every backend available on the device:
 Shapes: one S6 scan of d_inner = 256 channels, d_state 16, batch 1, at 1/16 of 480x640 (L = 30 x 40 = 1200)
 and at 1/4 (L = 120 x 160 = 19200). Inputs are random (the cost does not depend on them). Times are the median
 of up to `iters` passes after one warm-up pass, fewer where the passes so far took ROW_BUDGET_S (the slow
-rows), with CUDA synchronisation on a GPU. Memory: on a CPU the process's peak resident set during the row
-above its resident set at the row's start (Linux VmHWM, reset per row: what the row allocated at most); on
-CUDA torch's peak allocated memory during the row.
+rows), with CUDA synchronisation on a GPU. Memory, measured in the warm-up pass: on a CPU the process's peak
+resident set above its resident set at the pass's start (Linux VmRSS and VmHWM, reset before it), run with glibc's malloc told to
+map every block of 64 KiB or more on its own (mallopt M_MMAP_THRESHOLD) and the heap's free pages returned
+first (malloc_trim), so that the peak counts what the pass held at most, not what earlier passes left; on CUDA
+torch's peak allocated memory.
 
 With `--methods sccosf` it also times the whole model: SC-CoSF's whole predict (`bench --backends` rows fast and
 onnxruntime, at `--size`, built with `--option`s) once with its scans as served (`auto`) and once with every
@@ -21,6 +23,7 @@ scan replaced by the identity (y = u: a benchmark-only patch, never a model opti
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import statistics
 import time
@@ -37,13 +40,15 @@ DEFAULT_SIZES = (
     ("1/16 of 480x640", 1, 256, 30 * 40, 16, 1),
     ("1/4 of 480x640", 1, 256, 120 * 160, 16, 1),
 )
-# Autograd through the sequential loop keeps one graph node per step and position: 99 s at L = 1200 here, so
-# longer sequences time its forward only.
-SEQUENTIAL_BACKWARD_MAX_LENGTH = 4096
+# Autograd through the sequential loop keeps graph nodes per step: its forward+backward took 99 s at L = 1200
+# here (docs/sccosf.md), so from that length on only its forward is timed.
+SEQUENTIAL_BACKWARD_MAX_LENGTH = 1024
 # A row stops repeating once its passes have taken this long (at least one timed pass).
 ROW_BUDGET_S = 20.0
 WHOLE_MODEL_ROWS = ("fast", "onnxruntime")
 MIB = 1024 * 1024
+# glibc's mallopt parameter, and the largest value its dynamic threshold reaches on 64-bit (restored after)
+M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX = -3, 32 * MIB
 
 
 def available_backends(device: torch.device) -> list[str]:
@@ -75,30 +80,45 @@ def _resident_mib() -> float | None:
 
 
 def _time(function, device: torch.device, iters: int) -> tuple[float, float | None]:
-    """Median milliseconds of up to `iters` calls after one warm-up call, and the peak memory (MiB) above the
-    start, warm-up included."""
+    """Median milliseconds of up to `iters` calls after one warm-up call, and the peak memory (MiB) of the
+    warm-up call."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    start_mib = _resident_mib()
-    backend_benchmark._peak_rss_reset()
+        function()
+        peak = torch.cuda.max_memory_allocated(device) / MIB
+    else:
+        peak = _cpu_peak_mib(function)
     times = []
-    for index in range(iters + 1):
+    for _ in range(iters):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         function()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        if index:
-            times.append((time.perf_counter() - start) * 1000.0)
-            if sum(times) > ROW_BUDGET_S * 1000.0:
-                break
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / MIB
-    else:
-        peak_rss = backend_benchmark._peak_rss_mib()
-        peak = None if peak_rss is None or start_mib is None else peak_rss - start_mib
+        times.append((time.perf_counter() - start) * 1000.0)
+        if sum(times) > ROW_BUDGET_S * 1000.0:
+            break
     return statistics.median(times), peak
+
+
+def _cpu_peak_mib(function) -> float | None:
+    """What one call of `function` held at most above what the process held before it (Linux, glibc)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+    except (OSError, AttributeError):  # not glibc: the call still warms up
+        function()
+        return None
+    try:
+        libc.malloc_trim(0)  # what earlier passes freed into the heap goes back, so a reuse counts again
+        start = _resident_mib()
+        backend_benchmark._peak_rss_reset()
+        function()
+        peak = backend_benchmark._peak_rss_mib()
+    finally:
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
+    return None if peak is None or start is None else peak - start
 
 
 def measure_scan_backends(device="cpu", sizes=DEFAULT_SIZES, iters: int = 3, seed: int = 0) -> list[dict]:

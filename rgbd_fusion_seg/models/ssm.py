@@ -24,7 +24,7 @@ from torch import nn
 SCAN_BACKENDS = ("auto", "mamba_ssm", "chunked", "mambapy", "sequential")
 SCAN_ORDERS = ("vmamba", "paper")
 # T of the chunked scan: steps per chunk (docs/sccosf.md gives the timings it was chosen by).
-CHUNK_LENGTH = 128
+CHUNK_LENGTH = 32
 # Elements of one (batch, L, channels, N) tensor mambapy and the sequential loop build at a time: the scan is
 # independent per channel, so long sequences are scanned a few channels at a time to bound memory. (The
 # chunked scan builds nothing of length L x N without gradients: its steps hold batch x L/T x D x N.)
