@@ -11,6 +11,11 @@ keep what the file says.
 
 rgb_topic and aux_topic remap the node's base names, so with `transport: {rgb: compressed}` in the params
 file the node subscribes to <rgb_topic>/compressed, as image_transport does.
+
+`rviz:=true` also starts RViz2 with the installed config/segment.rviz (the overlay, the colour mask and the
+labelled point cloud), in the node's namespace, with `rviz_fixed_frame` (the depth camera's optical frame) as
+its fixed frame. The overlay and the cloud appear when the params file turns on outputs.overlay and
+outputs.points.
 """
 import os
 
@@ -24,6 +29,7 @@ from rgbd_fusion_seg.ros.contract import launch_parameter_arguments, launch_rema
 
 PACKAGE = "rgbd_fusion_seg"
 EXECUTABLE = "segment_node"
+RVIZ_CONFIG = ("config", "segment.rviz")  # under the package's share folder
 
 # Launch arguments that set the node parameter of the same name when non-empty: the parameters marked
 # `launch_argument` in the node's parameter table, with its descriptions (rgbd_fusion_seg.ros.contract and
@@ -39,6 +45,18 @@ def _node(context, *args, **kwargs):
 
     overrides = {name: value(name) for name in PARAMETER_ARGUMENTS if value(name)}
     overrides["use_sim_time"] = value("use_sim_time").strip().lower() in ("true", "1", "yes")
+    rviz = []
+    if value("rviz").strip().lower() in ("true", "1", "yes"):
+        config = os.path.join(get_package_share_directory(PACKAGE), *RVIZ_CONFIG)
+        rviz.append(Node(
+            package="rviz2",
+            executable="rviz2",
+            name="rviz2",
+            namespace=value("namespace"),  # so that the config's relative topics name this node's outputs
+            output="screen",
+            parameters=[{"use_sim_time": overrides["use_sim_time"]}],
+            arguments=["--display-config", config, "--fixed-frame", value("rviz_fixed_frame")],
+        ))
     return [
         Node(
             package=PACKAGE,
@@ -50,7 +68,8 @@ def _node(context, *args, **kwargs):
             parameters=[value("params_file"), overrides],
             remappings=[("rgb/image", value("rgb_topic")), ("aux/image", value("aux_topic"))],
             arguments=["--ros-args", "--log-level", value("log_level")],
-        )
+        ),
+        *rviz,
     ]
 
 
@@ -68,5 +87,9 @@ def generate_launch_description():
             "use_sim_time", default_value="false", choices=["true", "false"], description="Use /clock (true when replaying a rosbag with --clock)"
         ),
         DeclareLaunchArgument("log_level", default_value="info", description="Logging level of the node (debug, info, warn, error)"),
+        DeclareLaunchArgument("rviz", default_value="false", choices=["true", "false"],
+                              description="Also start RViz2 with the installed config/segment.rviz (overlay, colour mask, labelled points)"),
+        DeclareLaunchArgument("rviz_fixed_frame", default_value="camera_color_optical_frame",
+                              description="RViz2's fixed frame: the depth image's frame_id (the frame of ~/points)"),
     ]
     return LaunchDescription([*arguments, OpaqueFunction(function=_node)])

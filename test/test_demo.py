@@ -52,7 +52,7 @@ def test_demo_end_to_end(tmp_path):
 
     overlays = sorted((out / "overlays").glob("*.png"))
     assert len(overlays) == received
-    assert (out / "contact_sheet.png").stat().st_size > 0
+    _check_point_clouds(out, text, received)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["masks_received"] == received and summary["frames_sent"] == 8
     assert summary["latency_ms"]["p50"] > 0
@@ -72,6 +72,39 @@ def test_demo_end_to_end(tmp_path):
     assert not (path.parent / "last.pt").exists(), "the resumable training state is removed once served"
     assert lines and all("generating" not in line and "training" not in line for line in lines), lines
     assert "cached" in lines[-1]
+
+
+def _check_point_clouds(out: Path, text: str, received: float) -> None:
+    """~/points arrived, and each saved cloud's labels are the node's mask's at the pixels its points project to."""
+    import cv2
+    import numpy as np
+
+    from rgbd_fusion_seg.offline.demo_model import demo_intrinsics
+
+    clouds, per_cloud = _figure(rf"point clouds:\s+{NUMBER} received, {NUMBER} points per cloud", text)
+    assert 0 < clouds <= received and per_cloud > 0
+    p50, p99 = _figure(rf"latency \(~/points\):\s+p50 {NUMBER} ms\s+p90 {NUMBER} ms\s+p99 {NUMBER} ms", text)[::2]
+    assert 0 < p50 <= p99
+    saved = sorted((out / "point_clouds").glob("*.npz"))
+    assert saved and len(saved) == len(list((out / "point_clouds").glob("*.png")))
+    for path in saved:
+        with np.load(path) as stored:
+            points, mask = stored["points"], stored["mask"]
+        height, width = mask.shape
+        k = demo_intrinsics(width, height)
+        assert points.size > 0 and (points["z"] > 0).all()
+        sample = np.random.default_rng(0).choice(points.size, min(points.size, 200), replace=False)
+        z = points["z"][sample].astype(np.float64)
+        u = k["fx"] * points["x"][sample] / z + k["cx"]
+        v = k["fy"] * points["y"][sample] / z + k["cy"]
+        columns, rows = np.rint(u).astype(int), np.rint(v).astype(int)
+        assert np.abs(u - columns).max() < 1e-2 and np.abs(v - rows).max() < 1e-2, "points are not at pixel centres"
+        assert (columns % 2 == 0).all() and (rows % 2 == 0).all(), "the node's default points.stride is 2"
+        np.testing.assert_array_equal(points["label"][sample], mask[rows, columns], err_msg=path.name)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["clouds_received"] == clouds and summary["cloud_label_agreement"] == 1.0
+    sheet = cv2.imread(str(out / "contact_sheet.png"))
+    assert sheet.shape[1] == 5 * width  # camera | depth | mask | ground truth | point cloud
 
 
 def test_demo_fails_cleanly_when_the_node_dies(tmp_path):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from test_package import colcon_install  # noqa: F401  (fixture: a real colcon build of the package)
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / "launch" / "segment.launch.py"
@@ -27,7 +28,7 @@ CONFIG_FILE = REPO / "config" / "segment.yaml"
 FAKE_SHARE = "/opt/fake_ws/install/rgbd_fusion_seg/share/rgbd_fusion_seg"
 EXPECTED_ARGUMENTS = {
     "fusion_method", "checkpoint", "checkpoint_dir", "modality", "device", "backend", "rgb_topic", "aux_topic",
-    "params_file", "namespace", "use_sim_time",
+    "params_file", "namespace", "use_sim_time", "rviz", "rviz_fixed_frame",
 }
 # Parameters every rclpy node declares itself.
 BUILTIN_PARAMETERS = {"use_sim_time"}
@@ -63,8 +64,9 @@ def _launch_tree() -> ast.Module:
 
 
 def _node_call_keywords() -> dict[str, ast.expr]:
-    calls = [n for n in ast.walk(_launch_tree()) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Node"]
-    assert len(calls) == 1, "the launch file should start exactly one Node"
+    calls = [n for n in ast.walk(_launch_tree()) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Node"
+             and any(k.arg == "executable" and getattr(k.value, "id", None) == "EXECUTABLE" for k in n.keywords)]
+    assert len(calls) == 1, "the launch file should start exactly one segment node (and RViz2 when asked)"
     return {k.arg: k.value for k in calls[0].keywords}
 
 
@@ -215,17 +217,22 @@ def launched(monkeypatch):
     opaque = [e for e in description.entities if type(e).__name__ == "OpaqueFunction"]
     assert len(opaque) == 1
 
-    def launch(**arguments):
+    def nodes(**arguments):
+        """The kwargs of every Node the launch file builds for those launch arguments."""
         configurations = {a.name: a.kwargs.get("default_value", "") for a in declared}
         unknown = set(arguments) - set(configurations)
         assert not unknown, f"not launch arguments: {unknown}"
         configurations.update(arguments)
         function = opaque[0].kwargs.get("function") or opaque[0].args[0]
         actions = function(_Context(configurations))
-        nodes = [a for a in actions if type(a).__name__ == "Node"]
-        assert len(nodes) == 1
-        return nodes[0].kwargs
+        return [a.kwargs for a in actions if type(a).__name__ == "Node"]
 
+    def launch(**arguments):
+        segment_nodes = [n for n in nodes(**arguments) if n["executable"] == "segment_node"]
+        assert len(segment_nodes) == 1
+        return segment_nodes[0]
+
+    launch.nodes = nodes
     launch.declared = {a.name: a for a in declared}
     launch.parameter_arguments = namespace["PARAMETER_ARGUMENTS"]
     return launch
@@ -269,6 +276,75 @@ def test_launch_arguments_become_parameters_and_remappings(launched, parameter_t
     assert set(overrides) - BUILTIN_PARAMETERS <= set(parameter_table.PARAMETERS_BY_NAME)
     assert dict(node["remappings"]) == {"rgb/image": "/cam/rgb", "aux/image": "/cam/thermal"}
     assert node["namespace"] == "robot1"
+
+
+# ---- RViz2 -------------------------------------------------------------------------------------------
+
+RVIZ_CONFIG = REPO / "config" / "segment.rviz"
+# RViz2 display classes that subscribe, and the message type each reads
+RVIZ_DISPLAY_TYPES = {
+    "rviz_default_plugins/Image": "sensor_msgs/msg/Image",
+    "rviz_default_plugins/PointCloud2": "sensor_msgs/msg/PointCloud2",
+}
+
+
+def _rviz_displays(displays: list) -> list[dict]:
+    """Every display of an RViz config, those inside display groups included."""
+    found = []
+    for display in displays:
+        found.append(display)
+        found += _rviz_displays(display.get("Displays", []))
+    return found
+
+
+def test_rviz_config_shows_the_nodes_contract_topics():
+    from rgbd_fusion_seg.ros.contract import OUTPUT_QOS, TOPICS
+
+    config = yaml.safe_load(RVIZ_CONFIG.read_text())
+    manager = config["Visualization Manager"]
+    contract = {topic.name: topic for topic in TOPICS}
+    shown = {}
+    for display in _rviz_displays(manager["Displays"]):
+        if "Topic" not in display:
+            continue
+        assert display["Class"] in RVIZ_DISPLAY_TYPES, f"display {display['Name']!r}: unexpected class {display['Class']}"
+        topic = display["Topic"]["Value"]
+        # relative to RViz2's namespace, the launch's: <node name>/<output> is the node's ~/<output>
+        node_name, _, output = topic.partition("/")
+        assert node_name == "segment_node", f"display {display['Name']!r} reads {topic!r}, not the node's output"
+        spec = contract.get(f"~/{output}")
+        assert spec is not None and spec.direction == "out", f"{topic!r} is not an output of the node's contract"
+        assert spec.type == RVIZ_DISPLAY_TYPES[display["Class"]], f"{topic!r} is {spec.type}, the display reads {display['Class']}"
+        assert display["Topic"]["Reliability Policy"].lower() == OUTPUT_QOS["reliability"]
+        assert display["Topic"]["Durability Policy"].lower() == OUTPUT_QOS["durability"]
+        shown[f"~/{output}"] = display
+    assert set(shown) == {"~/overlay", "~/mask_color", "~/points"}
+    cloud = shown["~/points"]
+    assert cloud["Color Transformer"] == "Intensity" and cloud["Channel Name"] == "label"  # coloured by class
+    assert cloud["Use Fixed Frame"] is True
+
+
+def test_rviz_starts_only_when_asked_with_the_installed_config_and_fixed_frame(launched):
+    assert launched.declared["rviz"].kwargs["default_value"] == "false"
+    assert [n["executable"] for n in launched.nodes()] == ["segment_node"]
+    default_frame = launched.declared["rviz_fixed_frame"].kwargs["default_value"]
+    assert yaml.safe_load(RVIZ_CONFIG.read_text())["Visualization Manager"]["Global Options"]["Fixed Frame"] == default_frame
+
+    nodes = launched.nodes(rviz="true", rviz_fixed_frame="robot1/camera_depth_optical_frame", namespace="robot1",
+                           use_sim_time="true")
+    assert [n["executable"] for n in nodes] == ["segment_node", "rviz2"]
+    rviz = nodes[1]
+    assert rviz["package"] == "rviz2" and rviz["namespace"] == "robot1" == nodes[0]["namespace"]
+    assert rviz["arguments"] == ["--display-config", os.path.join(FAKE_SHARE, "config", "segment.rviz"),
+                                 "--fixed-frame", "robot1/camera_depth_optical_frame"]
+    assert rviz["parameters"] == [{"use_sim_time": True}]
+
+
+@pytest.mark.slow
+def test_colcon_installs_the_rviz_config(colcon_install):
+    """The real `colcon build` (test_package's fixture) installs config/segment.rviz where the launch file looks."""
+    installed = colcon_install / "share" / "rgbd_fusion_seg" / "config" / "segment.rviz"
+    assert installed.is_file() and installed.read_bytes() == RVIZ_CONFIG.read_bytes()
 
 
 # ---- the real node started with the config file --------------------------------------------------------

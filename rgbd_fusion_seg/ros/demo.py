@@ -27,15 +27,23 @@ What it does:
 3. Starts the real `segment_node` in its own process, exactly as a user would:
    `python -m rgbd_fusion_seg.ros.segment_node --ros-args --params-file config/segment.yaml -p checkpoint:=...`
    (the file's `qos.profile: auto` subscribes reliably to the demo's camera, which publishes reliably:
-   best-effort delivery of large images loses most frames with Fast DDS's default socket buffers).
+   best-effort delivery of large images loses most frames with Fast DDS's default socket buffers), with
+   `outputs.overlay` and `outputs.points` on and aux/camera_info remapped to the demo's depth camera_info.
 4. Streams the held-out generated frames over real rclpy topics, like an RGB-D camera driver: colour as
-   rgb8 and depth as 16UC1 millimetres, both with the same stamp, at `--rate` Hz, lighting by lighting
-   through all eight lightings (bright, normal, dim, very dark, warm, blue, spotlight, very dark + noise).
-5. Subscribes to the node's ~/mask, ~/overlay and ~/stats, matches every mask to its frame by stamp.
-6. Writes the node's overlays as PNGs and a contact sheet (camera | depth | node's mask | ground truth, one
+   rgb8, depth as 16UC1 millimetres and the depth's camera_info (`demo_model.demo_intrinsics`: a pinhole
+   whose focal length makes the generated objects' pixel size and depth relief agree), all with the same
+   stamp, at `--rate` Hz, lighting by lighting through all eight lightings (bright, normal, dim, very dark,
+   warm, blue, spotlight, very dark + noise).
+5. Subscribes to the node's ~/mask, ~/overlay, ~/points and ~/stats, matches every mask and cloud to its
+   frame by stamp.
+6. Writes the node's overlays as PNGs, for the first frame of each lighting its labelled cloud rendered from
+   an oblique viewpoint (matplotlib 3-D, coloured by class; `point_clouds/*.png`, with the cloud and the
+   node's mask in `*.npz`), and a contact sheet (camera | depth | node's mask | ground truth | ~/points, one
    row per lighting) into `--out`, and prints: frames sent, pairs, masks received, drops, latency p50/p90/p99
-   (stamp to receipt, measured here, and the node's own ~/stats), rate, and mIoU/mAcc against the generated
-   labels, overall and per lighting. A `summary.json` holds the same figures.
+   (stamp to receipt, measured here, and the node's own ~/stats), rate, mIoU/mAcc against the generated
+   labels, overall and per lighting, and the clouds: how many, points per cloud, their latency and the share
+   of points whose label is the mask's at the pixel they project back to. A `summary.json` holds the same
+   figures.
 
 It ends by itself, stops the node process, and returns non-zero if no mask arrived.
 
@@ -58,7 +66,7 @@ from pathlib import Path
 import numpy as np
 
 from rgbd_fusion_seg.offline.demo_model import (DEFAULT_DATA, DEFAULT_METHOD, DEFAULT_TRAIN, default_work_dir,
-                                                 ensure_checkpoint, prepare_data)
+                                                 demo_intrinsics, ensure_checkpoint, prepare_data)
 
 from .harness import (NodeProcess, RosSession, drain, find_params_file, format_number, image_msg, json_ready,
                       node_failure, parse_stats, percentiles_ms, rate_hz, ros_environment, set_stamp, stamp_of,
@@ -67,6 +75,7 @@ from .harness import (NodeProcess, RosSession, drain, find_params_file, format_n
 NAMESPACE = "/rgbd_fusion_seg_demo"
 RGB_TOPIC = f"{NAMESPACE}/camera/color/image_raw"
 DEPTH_TOPIC = f"{NAMESPACE}/camera/depth/image_raw"
+DEPTH_INFO_TOPIC = f"{NAMESPACE}/camera/depth/camera_info"
 NODE_NAME = "segment_node"
 FRAME_ID = "demo_camera_color_optical_frame"
 
@@ -106,6 +115,7 @@ class Received:
     masks: dict = field(default_factory=dict)  # stamp -> (receive time ns, mask)
     overlays: dict = field(default_factory=dict)  # stamp -> overlay
     stats: list = field(default_factory=list)  # (receive time ns, dict)
+    clouds: dict = field(default_factory=dict)  # stamp -> (receive time ns, structured points, frame_id)
 
 
 class DemoClient:
@@ -114,7 +124,7 @@ class DemoClient:
     def __init__(self, session: RosSession, node_fqn: str):
         from diagnostic_msgs.msg import DiagnosticStatus
         from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import Image
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
         node = session.node
         self.lock = threading.Lock()
@@ -122,11 +132,13 @@ class DemoClient:
         camera_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.rgb_pub = node.create_publisher(Image, RGB_TOPIC, camera_qos)
         self.depth_pub = node.create_publisher(Image, DEPTH_TOPIC, camera_qos)
+        self.depth_info_pub = node.create_publisher(CameraInfo, DEPTH_INFO_TOPIC, camera_qos)
         outputs_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.mask_topic = f"{node_fqn}/mask"
         node.create_subscription(Image, self.mask_topic, self._on_mask, outputs_qos)
         node.create_subscription(Image, f"{node_fqn}/overlay", self._on_overlay, outputs_qos)
         node.create_subscription(DiagnosticStatus, f"{node_fqn}/stats", self._on_stats, outputs_qos)
+        node.create_subscription(PointCloud2, f"{node_fqn}/points", self._on_points, outputs_qos)
         self.node = node
 
     def _on_mask(self, msg):
@@ -144,6 +156,14 @@ class DemoClient:
         with self.lock:
             self.received.overlays[stamp_of(msg)] = image
 
+    def _on_points(self, msg):
+        from .point_cloud import cloud_from_msg
+
+        now = time.time_ns()
+        points = cloud_from_msg(msg)
+        with self.lock:
+            self.received.clouds[stamp_of(msg)] = (now, points, msg.header.frame_id)
+
     def _on_stats(self, msg):
         with self.lock:
             self.received.stats.append((time.time_ns(), parse_stats(msg)))
@@ -155,9 +175,11 @@ class DemoClient:
             and self.node.count_publishers(self.mask_topic) > 0
         )
 
-    def publish(self, rgb_msg, depth_msg, stamp_ns: int) -> None:
-        set_stamp(rgb_msg, stamp_ns)
-        set_stamp(depth_msg, stamp_ns)
+    def publish(self, rgb_msg, depth_msg, info_msg, stamp_ns: int) -> None:
+        """One camera frame as an RGB-D driver sends it: colour, depth and the depth's camera_info, one stamp."""
+        for msg in (rgb_msg, depth_msg, info_msg):
+            set_stamp(msg, stamp_ns)
+        self.depth_info_pub.publish(info_msg)
         self.rgb_pub.publish(rgb_msg)
         self.depth_pub.publish(depth_msg)
 
@@ -168,10 +190,24 @@ class DemoClient:
             return sum(1 for s in stamps if s in self.received.masks)
 
 
+def camera_info_msg(width: int, height: int, frame_id: str = FRAME_ID):
+    """sensor_msgs/CameraInfo of the generated depth: the demo's pinhole intrinsics, no distortion."""
+    from sensor_msgs.msg import CameraInfo
+
+    k = demo_intrinsics(width, height)
+    msg = CameraInfo(width=width, height=height, distortion_model="plumb_bob", d=[0.0] * 5)
+    msg.header.frame_id = frame_id
+    msg.k = [k["fx"], 0.0, k["cx"], 0.0, k["fy"], k["cy"], 0.0, 0.0, 1.0]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.p = [k["fx"], 0.0, k["cx"], 0.0, 0.0, k["fy"], k["cy"], 0.0, 0.0, 0.0, 1.0, 0.0]
+    return msg
+
+
 def stream(client: DemoClient, frames: list[Frame], rate: float, node: NodeProcess, log=print,
            ready_timeout: float = 120.0, drain_timeout: float = 30.0) -> dict:
     """Warm up until the node answers, then publish every frame at `rate`; returns stamps and timings."""
-    messages = [(image_msg(f.rgb, frame_id=FRAME_ID), image_msg(f.depth_mm, frame_id=FRAME_ID)) for f in frames]
+    messages = [(image_msg(f.rgb, frame_id=FRAME_ID), image_msg(f.depth_mm, frame_id=FRAME_ID),
+                 camera_info_msg(f.depth_mm.shape[1], f.depth_mm.shape[0])) for f in frames]
 
     started = time.monotonic()
     if not wait_until(client.connected, ready_timeout, abort=lambda: not node.alive()):
@@ -190,13 +226,13 @@ def stream(client: DemoClient, frames: list[Frame], rate: float, node: NodeProce
     stamps = []
     period = 1.0 / rate
     t0 = time.monotonic()
-    for i, (rgb_msg, depth_msg) in enumerate(messages):
+    for i, frame_messages in enumerate(messages):
         delay = t0 + i * period - time.monotonic()
         if delay > 0:
             time.sleep(delay)
         stamp = time.time_ns()
         stamps.append(stamp)
-        client.publish(rgb_msg, depth_msg, stamp)
+        client.publish(*frame_messages, stamp)
     streaming_s = time.monotonic() - t0
     drain(lambda: client.mask_count(stamps), len(stamps), quiet_s=max(3.0, 4 * period), timeout=drain_timeout)
     # One more ~/stats message after the last mask (the demo sets stats_period to 1 s).
@@ -239,12 +275,75 @@ def score_streamed_masks(frames: list[Frame], streamed: dict, received: Received
         "send_rate_hz": sent / streamed["streaming_s"] if streamed["streaming_s"] > 0 else float("nan"),
         "answered": answered,
     }
+    result.update(score_clouds(frames, streamed["stamps"], received))
     metrics = overall.compute()
     result["miou"], result["macc"], result["pixel_accuracy"] = metrics.miou, metrics.macc, metrics.pixel_accuracy
     result["per_lighting"] = {
         lighting: {"miou": cm.compute().miou, "macc": cm.compute().macc} for lighting, cm in sorted(per_lighting.items())
     }
     return result
+
+
+def cloud_pixels(points: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each point's pixel (column, row) in the generated depth: projected back with the demo's intrinsics."""
+    k = demo_intrinsics(width, height)
+    z = points["z"].astype(np.float64)
+    columns = np.rint(k["fx"] * points["x"] / z + k["cx"]).astype(np.int64)
+    rows = np.rint(k["fy"] * points["y"] / z + k["cy"]).astype(np.int64)
+    return columns, rows
+
+
+def score_clouds(frames: list[Frame], stamps: list[int], received: Received) -> dict:
+    """~/points figures: clouds received, points per cloud, latency (stamp -> cloud received), and the share of
+    points whose label is the node's mask's at the pixel they project back to (1.0: cloud and mask agree)."""
+    latencies, sizes, agreeing, compared = [], [], 0, 0
+    for frame, stamp in zip(frames, stamps):
+        if stamp not in received.clouds:
+            continue
+        received_ns, points, _ = received.clouds[stamp]
+        latencies.append((received_ns - stamp) / 1e9)
+        sizes.append(points.size)
+        if stamp in received.masks and points.size:
+            mask = received.masks[stamp][1]
+            columns, rows = cloud_pixels(points, mask.shape[1], mask.shape[0])
+            inside = (columns >= 0) & (columns < mask.shape[1]) & (rows >= 0) & (rows < mask.shape[0])
+            agreeing += int(np.count_nonzero(mask[rows[inside], columns[inside]] == points["label"][inside]))
+            compared += points.size
+    return {
+        "clouds_received": len(sizes),
+        "points_per_cloud": {"median": float(np.median(sizes)), "min": int(min(sizes)), "max": int(max(sizes))} if sizes else None,
+        "cloud_latency_ms": dict(zip(("p50", "p90", "p99"), percentiles_ms(latencies))),
+        "cloud_label_agreement": agreeing / compared if compared else None,
+    }
+
+
+def render_cloud(points: np.ndarray, palette, size: tuple[int, int]) -> np.ndarray:
+    """An oblique 3-D view (matplotlib, Agg) of a labelled cloud, coloured by class, as HxWx3 uint8 RGB.
+
+    Axes: x right, the camera's forward z going into the picture, up = -y (the optical frame's y points down);
+    background points (class 0, black in the palette) are drawn light grey so that the table and wall show.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    height, width = size
+    fig = Figure(figsize=(width / 100.0, height / 100.0), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    axes = fig.add_axes((0.0, 0.0, 1.0, 1.0), projection="3d")
+    colours = np.asarray(palette, np.float32)[np.minimum(points["label"], len(palette) - 1)] / 255.0
+    colours[points["label"] == 0] = 0.78
+    order = np.argsort(points["label"] != 0, kind="stable")  # objects drawn last, over the table
+    axes.scatter(points["x"][order], points["z"][order], -points["y"][order], c=colours[order], s=1.5,
+                 marker="s", linewidths=0, depthshade=False)
+    if points.size:
+        spans = [float(np.ptp(points[name])) or 1.0 for name in ("x", "z", "y")]
+        axes.set_box_aspect(spans, zoom=1.6)  # metres to scale; zoomed in on the scene
+    # From above the table's front left corner, rolled so that the demo's tilted table lies roughly level:
+    # the objects, their heights and the shadows they cast in depth show (chosen by looking at renders).
+    axes.view_init(elev=20, azim=-45, roll=-15)
+    axes.set_axis_off()
+    canvas.draw()
+    return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])
 
 
 def _depth_view(depth_mm: np.ndarray) -> np.ndarray:
@@ -273,15 +372,17 @@ def _label(image: np.ndarray, text: str) -> np.ndarray:
 
 
 def write_outputs(out_dir: Path, frames: list[Frame], streamed: dict, received: Received, palette, lighting_names) -> dict:
-    """Overlay PNGs (from the node's ~/overlay, else drawn from its ~/mask) and a contact sheet."""
+    """Overlay PNGs (from the node's ~/overlay, else drawn from its ~/mask), and for the first frame of each
+    lighting its ~/points rendered (PNG) and saved with the node's mask (NPZ: points, mask), and a contact sheet."""
     import cv2
 
     from rgbd_fusion_seg.core.palette import overlay
 
-    overlays_dir = out_dir / "overlays"
-    if overlays_dir.exists():
-        shutil.rmtree(overlays_dir)
-    overlays_dir.mkdir(parents=True)
+    overlays_dir, clouds_dir = out_dir / "overlays", out_dir / "point_clouds"
+    for folder in (overlays_dir, clouds_dir):
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
     written = 0
     rows, shown_lightings = [], set()
     for frame, stamp in zip(frames, streamed["stamps"]):
@@ -296,18 +397,26 @@ def write_outputs(out_dir: Path, frames: list[Frame], streamed: dict, received: 
         if frame.lighting not in shown_lightings and mask.shape == frame.labels.shape:
             shown_lightings.add(frame.lighting)
             title = f"{frame.lighting} {lighting_names.get(frame.lighting, '')}".strip()
+            cloud_view = np.zeros_like(frame.rgb)
+            if stamp in received.clouds:
+                points = received.clouds[stamp][1]
+                cloud_view = render_cloud(points, palette, frame.rgb.shape[:2])
+                cv2.imwrite(str(clouds_dir / name), cv2.cvtColor(cloud_view, cv2.COLOR_RGB2BGR))
+                np.savez_compressed(clouds_dir / f"{Path(name).stem}.npz", points=points, mask=mask)
             rows.append(np.concatenate([
                 _label(frame.rgb.copy(), f"camera: {title}"),
                 _label(_depth_view(frame.depth_mm), "depth (16UC1)"),
                 _label(overlay(frame.rgb, mask, palette), "node ~/mask"),
                 _label(overlay(frame.rgb, frame.labels, palette), "ground truth"),
+                _label(cloud_view, "node ~/points (3-D)"),
             ], axis=1))
     sheet_path = None
     if rows:
         sheet = np.concatenate(rows, axis=0)
         sheet_path = out_dir / "contact_sheet.png"
         cv2.imwrite(str(sheet_path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-    return {"overlays_dir": str(overlays_dir), "overlays_written": written, "contact_sheet": str(sheet_path) if sheet_path else None}
+    return {"overlays_dir": str(overlays_dir), "overlays_written": written, "point_clouds_dir": str(clouds_dir),
+            "contact_sheet": str(sheet_path) if sheet_path else None}
 
 
 def report(result: dict, node_stats: dict | None, lighting_names: dict, log=print) -> None:
@@ -330,12 +439,22 @@ def report(result: dict, node_stats: dict | None, lighting_names: dict, log=prin
         log(f"  processing (node):  p50 {node_stats.get('processing_p50_ms')} ms  p90 {node_stats.get('processing_p90_ms')} ms  "
             f"p99 {node_stats.get('processing_p99_ms')} ms  (~/stats: pair completed -> publish)")
     log(f"  rate:               {format_number(result['rate_hz'])} Hz masks received")
+    cloud_lat, sizes = result["cloud_latency_ms"], result["points_per_cloud"]
+    if sizes:
+        log(f"  point clouds:       {result['clouds_received']} received, {sizes['median']:.0f} points per cloud "
+            f"(median; {sizes['min']}-{sizes['max']}), labels agree with the mask at "
+            f"{format_number(100 * result['cloud_label_agreement'])} % of their pixels")
+        log(f"  latency (~/points): p50 {format_number(cloud_lat['p50'])} ms  p90 {format_number(cloud_lat['p90'])} ms  "
+            f"p99 {format_number(cloud_lat['p99'])} ms  (stamp -> cloud received)")
+    else:
+        log("  point clouds:       0 received")
     log(f"  mIoU:               {format_number(100 * result['miou'])} %   mAcc: {format_number(100 * result['macc'])} %   "
         f"(node's masks vs generated labels; training val mIoU {format_number(100 * result['train_val_miou']) if result.get('train_val_miou') is not None else 'n/a'} %)")
     for lighting, values in result["per_lighting"].items():
         log(f"    {lighting} {lighting_names.get(lighting, ''):<26} mIoU {format_number(100 * values['miou']):>5} %  mAcc {format_number(100 * values['macc']):>5} %")
     log(f"  outputs:            {result['overlays_written']} overlays in {result['overlays_dir']}; "
-        f"contact sheet {result['contact_sheet']}; figures in {result['summary']}")
+        f"point clouds in {result['point_clouds_dir']}; contact sheet {result['contact_sheet']}; "
+        f"figures in {result['summary']}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -370,11 +489,11 @@ def start_node(checkpoint_path: Path, device: str, env: dict, log_path: Path) ->
         checkpoint_path,
         params_file=find_params_file(),
         parameters={
-            "device": device, "outputs.overlay": True, "stats_period": 1.0,
+            "device": device, "outputs.overlay": True, "outputs.points": True, "stats_period": 1.0,
             "checkpoint_dir": str(checkpoint_path.parent),
         },
         namespace=NAMESPACE,
-        remappings={"rgb/image": RGB_TOPIC, "aux/image": DEPTH_TOPIC},
+        remappings={"rgb/image": RGB_TOPIC, "aux/image": DEPTH_TOPIC, "aux/camera_info": DEPTH_INFO_TOPIC},
         env=env,
         log_path=log_path,
     )
