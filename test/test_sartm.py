@@ -605,3 +605,23 @@ def test_the_shipped_weights_hold_the_balance_rule_at_initialisation(tmp_path):
     for name, weight in (("cr", BALANCED_CR), ("se", BALANCED_SE)):
         assert low <= float(weight * terms[name] / terms["seg"]) <= high, name
     assert float(1e4 * terms["cr"] / terms["seg"]) > 1.0  # the literal weight: L_cr outweighs segmentation
+
+
+def test_the_balance_measurement_is_linear_in_the_weights_and_leaves_the_model_alone():
+    from rgbd_fusion_seg.offline.sartm_loss_balance import balanced_weights, measure_terms
+
+    model = micro()
+    rgb, aux = inputs()
+    label = torch.randint(0, NUM_CLASSES, (2, 64, 96))
+    batch = {"rgb": rgb, "aux": aux, "label": label}
+    seg_loss = build_seg_loss(NUM_CLASSES, dice=0.0, ohem=OHEM)
+    once = measure_terms(model, batch, seg_loss)
+    assert all(once[name][group] > 0 for name in once for group in ("lora", "fusion"))
+    assert torch.equal(model.distillation.ema_prototypes, torch.zeros_like(model.distillation.ema_prototypes))
+    model.cr_weight *= 2.0
+    twice = measure_terms(model, batch, seg_loss)
+    for key in ("loss", "lora", "fusion"):
+        assert twice["cr"][key] == pytest.approx(2.0 * once["cr"][key], rel=1e-4), key
+        assert twice["seg"][key] == pytest.approx(once["seg"][key], rel=1e-4), key
+    # the rule: w = 0.1 x seg / term, one significant digit
+    assert balanced_weights({"seg": 2.0, "cr": 7e-4, "se": 4e-3}) == {"cr_weight": 300.0, "se_weight": 50.0}
