@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -70,13 +71,11 @@ def _inputs(batch, channels, length, state, groups, device, generator):
 
 
 def _resident_mib() -> float | None:
+    """The process's resident set now (Linux: /proc/self/statm, in pages)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
+    except (OSError, ValueError):
         return None
-    return None
 
 
 def _time(function, device: torch.device, iters: int) -> tuple[float, float | None]:
