@@ -8,8 +8,14 @@ the mask copied back), batch 1, the network at `--size`, the frames at `--frame`
     compile      the fast path under torch.compile (its compile time is reported apart)
     bf16         the fast path under bf16 autocast (CUDA, or a CPU with bf16 instructions)
     fp16         the fast path under fp16 autocast (CUDA only)
-    onnxruntime  the exported file (`rgbd-fusion-seg export`) by ONNX Runtime: CPU, or CUDA on a GPU
-    tensorrt     the exported file by ONNX Runtime's TensorRT provider (CUDA with TensorRT only), fp32
+    onnxruntime  the exported mask graph (`rgbd-fusion-seg export`'s default: upsampling and argmax in the
+                 graph) by ONNX Runtime: CPU, or CUDA on a GPU (through I/O binding)
+    onnxruntime-logits  the exported logits graph (`export --logits`): the engine upsamples and takes the argmax
+    tensorrt     the mask graph by ONNX Runtime's TensorRT provider (CUDA with TensorRT only), fp32 engines
+    tensorrt-fp16  the same as TensorRT fp16 engines (`precision: fp16` for an .onnx)
+
+The logits graph is exported once per method and the mask graph made from it by export's own `add_mask_head`
+(one trace, not two: a large method's trace takes minutes).
 
 Columns: latency p50/p90 (ms), images/s (1000 / mean ms), the share of mask pixels equal to eager's, the
 network's GFLOP/s at p50 (its FLOPs over the whole predict), and peak memory: on a CPU the process's peak
@@ -38,10 +44,11 @@ from rgbd_fusion_seg.core.palette import default_palette
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing, prepare_inputs
 from rgbd_fusion_seg.models import build_model
 
-ROWS = ("eager", "fast", "compile", "bf16", "fp16", "onnxruntime", "tensorrt")
+ROWS = ("eager", "fast", "compile", "bf16", "fp16", "onnxruntime", "onnxruntime-logits", "tensorrt", "tensorrt-fp16")
 NUM_CLASSES = 9
 AUX = AuxNormalisation("depth", "m", 0.0, 5.0)
 MIB = 1024 * 1024
+MIN_TIMED_ITERS = 3
 
 
 class NotHere(Exception):
@@ -145,17 +152,19 @@ def _engine_for(row: str, checkpoint_path: Path, deployed, preprocessing: Prepro
     start = time.perf_counter()
     if row == "eager":
         engine = _EagerEngine(deployed, preprocessing, device)
-    elif row in ("onnxruntime", "tensorrt"):
-        if row == "tensorrt" and device.type != "cuda":
+    elif row.startswith(("onnxruntime", "tensorrt")):
+        tensorrt = row.startswith("tensorrt")
+        if tensorrt and device.type != "cuda":
             raise NotHere("TensorRT runs on CUDA only")
-        from rgbd_fusion_seg.offline.export import export_onnx
-
-        onnx_path = folder / "model.onnx"
-        if not onnx_path.exists():
-            export_onnx(checkpoint_path, onnx_path)
-        cache = folder / "tensorrt" if row == "tensorrt" else None
-        engine = SegmentationEngine.from_file(onnx_path, device=str(device), tensorrt_cache=cache)
-        if row == "tensorrt" and "Tensorrt" not in engine.backend:
+        try:
+            import onnxruntime  # noqa: F401  (only these rows need it)
+        except ImportError as error:
+            raise NotHere(f"onnxruntime is not importable ({error})") from None
+        logits_path, mask_path = exported_graphs(checkpoint_path, folder)
+        engine = SegmentationEngine.from_file(logits_path if row == "onnxruntime-logits" else mask_path,
+                                              device=str(device), tensorrt_cache=folder / "tensorrt" if tensorrt else None,
+                                              precision="fp16" if row == "tensorrt-fp16" else "fp32")
+        if tensorrt and ("Tensorrt" not in engine.backend or engine.precision_note):
             raise NotHere(f"TensorRT did not start; ONNX Runtime runs {engine.backend}")
     else:
         precision = row if row in ("bf16", "fp16") else "fp32"
@@ -170,23 +179,45 @@ def _engine_for(row: str, checkpoint_path: Path, deployed, preprocessing: Prepro
     return engine, time.perf_counter() - start
 
 
-def _time_row(engine, frames, reference, iters: int, warmup: int) -> dict:
+def exported_graphs(checkpoint_path: Path, folder: Path) -> tuple[Path, Path]:
+    """The checkpoint's logits graph and mask graph in `folder`, exported once and reused by every row."""
+    logits_path, mask_path = folder / "model-logits.onnx", folder / "model-mask.onnx"
+    if not mask_path.exists():
+        import onnx
+
+        from rgbd_fusion_seg.offline.export import add_mask_head, export_onnx
+
+        export_onnx(checkpoint_path, logits_path, outputs=("logits",))
+        logits = onnx.load(str(logits_path))
+        onnx.save(add_mask_head(logits, NUM_CLASSES), str(mask_path))
+    return logits_path, mask_path
+
+
+def _time_row(engine, frames, reference, iters: int, warmup: int, budget_s: float | None = None) -> dict:
+    """`iters` timed predicts after `warmup`; with `budget_s`, fewer once the timed ones took that long (at
+    least MIN_TIMED_ITERS)."""
     for index in range(warmup):
         engine.predict(*frames[index % len(frames)])
     times, agree = [], []
     for index in range(iters):
+        if budget_s is not None and index >= MIN_TIMED_ITERS and sum(times) / 1000.0 > budget_s:
+            break
         rgb, aux = frames[index % len(frames)]
         start = time.perf_counter()
         mask = engine.predict(rgb, aux).mask  # a NumPy array: the device has finished
         times.append((time.perf_counter() - start) * 1000.0)
         agree.append(float(np.mean(mask == reference[index % len(frames)])))
     return {"p50_ms": float(np.percentile(times, 50)), "p90_ms": float(np.percentile(times, 90)),
-            "images_per_s": 1000.0 / float(np.mean(times)), "agreement": float(np.mean(agree))}
+            "images_per_s": 1000.0 / float(np.mean(times)), "agreement": float(np.mean(agree)),
+            "timed_iters": len(times)}
 
 
 def run_backends(method: str, rows, size, frame, device_name: str = "auto", iters: int = 20, warmup: int = 3,
-                 options: dict | None = None) -> dict:
-    """Every row of `rows` for `method`: {"settings": ..., "rows": [{"row", figures... | "not_here"}]}."""
+                 options: dict | None = None, row_budget_s: float | None = None, deadline: float | None = None,
+                 progress=lambda _line: None) -> dict:
+    """Every row of `rows` for `method`: {"settings": ..., "rows": [{"row", figures... | "not_here"}]}. With
+    `row_budget_s` each row's timing stops after that many seconds; a row not started by `deadline` (a
+    time.monotonic() value) is not run, and says so. `progress` gets a line as each row starts."""
     from .model_benchmark import bench_options, class_names, count_flops
 
     device = resolve_device(device_name)
@@ -211,16 +242,23 @@ def run_backends(method: str, rows, size, frame, device_name: str = "auto", iter
     with tempfile.TemporaryDirectory(prefix="rgbd_fusion_seg_bench_") as folder:
         checkpoint_path = save_checkpoint(checkpoint, Path(folder) / f"{method}.pt")
         for row in rows:
+            if deadline is not None and time.monotonic() > deadline:
+                results.append({"row": row, "not_here": "skipped: the time budget was spent"})
+                continue
+            progress(f"{method}: {row}")
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             _peak_rss_reset()
             try:
                 engine, build_s = _engine_for(row, Path(checkpoint_path), deployed, preprocessing, device, Path(folder))
-                figures = _time_row(engine, frames, reference, iters, warmup)
+                figures = _time_row(engine, frames, reference, iters, warmup, row_budget_s)
             except NotHere as reason:
                 results.append({"row": row, "not_here": str(reason)})
                 continue
-            peak = (torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else _peak_rss_mib())
+            if device.type == "cuda":  # ONNX Runtime's device memory is its own arena, not torch's
+                peak = None if row.startswith(("onnxruntime", "tensorrt")) else torch.cuda.max_memory_allocated(device) / MIB
+            else:
+                peak = _peak_rss_mib()
             results.append({"row": row, "backend": engine.backend,
                             "build_s": build_s, "peak_mib": peak,
                             "gflops_per_s": flops / 1e9 / (figures["p50_ms"] / 1000.0), **figures})
@@ -236,15 +274,15 @@ def format_backends(figures: dict) -> list[str]:
              f"{settings['iters']} timed predicts per row; {settings['gflops_per_image']:.1f} GFLOP per image"]
     if peak:
         lines.append(f"# this CPU's fp32 peak through oneDNN (1x1 conv 512->512, 64x64): {peak:.0f} GFLOP/s")
-    lines.append(f"{'row':<12} {'p50 ms':>8} {'p90 ms':>8} {'img/s':>7} {'= eager':>8} {'GFLOP/s':>8} "
+    lines.append(f"{'row':<18} {'p50 ms':>8} {'p90 ms':>8} {'img/s':>7} {'= eager':>8} {'GFLOP/s':>8} "
                  f"{'of peak':>7} {'peak MiB':>9} {'build s':>8}  backend")
     for row in figures["rows"]:
         if "not_here" in row:
-            lines.append(f"{row['row']:<12} n/a: {row['not_here']}")
+            lines.append(f"{row['row']:<18} n/a: {row['not_here']}")
             continue
         share = f"{row['gflops_per_s'] / peak:.0%}" if peak else "-"
         memory = f"{row['peak_mib']:.0f}" if row["peak_mib"] is not None else "-"
-        lines.append(f"{row['row']:<12} {row['p50_ms']:>8.1f} {row['p90_ms']:>8.1f} {row['images_per_s']:>7.1f} "
+        lines.append(f"{row['row']:<18} {row['p50_ms']:>8.1f} {row['p90_ms']:>8.1f} {row['images_per_s']:>7.1f} "
                      f"{row['agreement']:>8.2%} {row['gflops_per_s']:>8.0f} {share:>7} {memory:>9} "
                      f"{row['build_s']:>8.1f}  {row['backend']}")
     return lines

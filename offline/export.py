@@ -1,14 +1,20 @@
 """`rgbd-fusion-seg export CHECKPOINT --format onnx`: the deploy form as an ONNX file that alone is enough to serve.
 
     rgbd-fusion-seg export runs/mm5_mid_RGB1/best.pt --format onnx [--out mid.onnx] [--opset 18] [--fixed-size]
+                                                                   [--confidence | --logits]
 
 The graph takes `rgb` (Nx3xHxW, normalised as the checkpoint's preprocessing does) and `aux` (Nx1xHxW in
-[0, 1]) and gives `logits` (NxCxHxW), with batch, height and width dynamic; the checkpoint's description
-(core/onnx_model.py's docstring lists it) is stored as JSON in the file's metadata. The deploy form has no
-extra outputs (SC-CoSF's fused image is not exported).
+[0, 1]), with batch, height and width dynamic, and gives by default the mask: `mask` (NxHxW class ids at the
+input size, uint8, or uint16 beyond 256 classes), the logits upsampled bilinearly and their argmax taken in
+the graph (`add_mask_head`), and with `--confidence` also `confidence` (NxHxW float32, the softmax probability
+of that class). So ONNX Runtime returns a byte a pixel, not C floats, and on CUDA the argmax runs there.
+`--logits` writes the graph ending in `logits` (NxCxHxW) instead. The checkpoint's description
+(core/onnx_model.py's docstring lists it) is stored as JSON in the file's metadata, with the graph's kind
+(`outputs`). The deploy form has no extra outputs (SC-CoSF's fused image is not exported).
 
-Every export is checked before it is written: ONNX Runtime runs the graph at sizes other than the one it was
-traced at and its logits must match PyTorch's deploy form within PARITY_TOLERANCE, because an exporter
+Every export is checked before it is written: ONNX Runtime runs the logits graph at sizes other than the one it
+was traced at and its logits must match PyTorch's deploy form within PARITY_TOLERANCE (and a mask graph's masks
+must agree with PyTorch's on MASK_AGREEMENT of the pixels), because an exporter
 silently freezes any size the model computes in Python (a loop over a sequence length, a branch on a pad
 being zero). A method whose graph does not hold at other sizes is refused with that reason; `--fixed-size`
 exports it at the checkpoint's own input size instead (the engine resizes every image to it anyway).
@@ -32,11 +38,12 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rgbd_fusion_seg.core.checkpoint import Checkpoint, load_checkpoint, write_failure_cause
-from rgbd_fusion_seg.core.onnx_model import (INPUT_NAMES, METADATA_KEY, ONNX_FORMAT, OUTPUT_NAME, graph_opset,
-                                             weights_digest)
+from rgbd_fusion_seg.core.onnx_model import (CONFIDENCE_OUTPUT, INPUT_NAMES, MASK_OUTPUT, METADATA_KEY, ONNX_FORMAT,
+                                             OUTPUT_NAME, graph_opset, mask_dtype, weights_digest)
 from rgbd_fusion_seg.core.writable_folder import UnwritableFolderError, check_writable_folder
 from rgbd_fusion_seg.offline.cli import terminate_as_exception
 
@@ -53,6 +60,9 @@ TRACE_SIZE = (129, 129)
 # (batch, height, width) checked after export: other sizes than the trace's, odd and even, and batch 2.
 CHECK_SHAPES = ((1, 64, 96), (2, 61, 90))
 PARITY_TOLERANCE = 1e-4  # max |logit difference|, times max(1, largest |logit|)
+# A mask graph's masks against PyTorch's: logits within PARITY_TOLERANCE can still swap the argmax of a pixel
+# whose two best classes tie to within it (the tests' bound for every backend).
+MASK_AGREEMENT = 0.999
 # The exported file's size, estimated before the export: 4 bytes a weight (float32) and room for the graph and the
 # metadata (0.25-0.3 MiB beyond the weights for rgb and mid).
 ONNX_BYTES_PER_VALUE = 4
@@ -69,6 +79,7 @@ class ExportResult:
     parity: dict[str, float]  # "NxHxW" -> max |logit difference| to PyTorch at that shape
     dynamic_size: bool
     opset: int  # the graph's, read from the written model
+    outputs: tuple[str, ...]  # the graph's outputs: ("mask",), ("mask", "confidence") or ("logits",)
 
 
 class _LogitsOnly(nn.Module):
@@ -92,26 +103,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fixed-size", action="store_true",
                         help="export at the checkpoint's input size only, for a method whose graph depends on "
                              "the size (the default exports any height and width)")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--confidence", action="store_true",
+                      help="the mask graph also gives `confidence`, the softmax probability of each pixel's class "
+                           "(costs a softmax at the input size every frame)")
+    kind.add_argument("--logits", action="store_true",
+                      help="write the graph ending in the logits (NxCxHxW), upsampled and argmaxed by the engine, "
+                           "instead of the mask graph")
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
     with terminate_as_exception():  # SIGTERM: the atomic writer's temporary file is removed, as on Ctrl-C
         result = export_onnx(args.checkpoint, out, opset=args.opset, fixed_size=args.fixed_size, force=args.force,
-                             log=lambda line: print(line, flush=True))
+                             outputs=graph_kind(args.logits, args.confidence), log=lambda line: print(line, flush=True))
     sizes = "any height and width" if result.dynamic_size else "the checkpoint's input size only"
     parity = ", ".join(f"{shape}: {diff:.1e}" for shape, diff in result.parity.items())
-    print(f"wrote {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB, {sizes}, opset {result.opset}); "
-          f"max |logit difference| to PyTorch: {parity}")
+    print(f"wrote {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB, outputs {', '.join(result.outputs)}, "
+          f"{sizes}, opset {result.opset}); max |logit difference| to PyTorch: {parity}")
     return 0
 
 
+def graph_kind(logits: bool = False, confidence: bool = False) -> tuple[str, ...]:
+    """The outputs of the graph the CLI's --logits / --confidence ask for."""
+    if logits and confidence:
+        raise ExportError("--confidence is an output of the mask graph; --logits writes the logits graph instead")
+    if logits:
+        return (OUTPUT_NAME,)
+    return (MASK_OUTPUT, CONFIDENCE_OUTPUT) if confidence else (MASK_OUTPUT,)
+
+
 def export_onnx(checkpoint_path: str | os.PathLike, out: str | os.PathLike, opset: int = DEFAULT_OPSET,
-                fixed_size: bool = False, force: bool = False,
+                fixed_size: bool = False, force: bool = False, outputs: tuple[str, ...] = (MASK_OUTPUT,),
                 log: Callable[[str], None] = lambda _line: None) -> ExportResult:
-    """Export `checkpoint_path` to `out` (replacing an existing file only with `force`); ExportError (or
-    CheckpointError for the checkpoint) says why not, before any work where the reason is known then.
-    `log` gets one line as the trace starts."""
+    """Export `checkpoint_path` to `out` (replacing an existing file only with `force`) as the graph giving
+    `outputs` (`graph_kind`'s: the mask graph by default); ExportError (or CheckpointError for the checkpoint)
+    says why not, before any work where the reason is known then. `log` gets one line as the trace starts."""
+    outputs = tuple(outputs)
+    if outputs not in {graph_kind(), graph_kind(confidence=True), graph_kind(logits=True)}:
+        raise ExportError(f"outputs {list(outputs)}: a graph gives ['mask'], ['mask', 'confidence'] or ['logits']")
     check_opset(opset)
     path = check_output(checkpoint_path, out, force)
     checkpoint = load_checkpoint(checkpoint_path)
@@ -129,11 +159,89 @@ def export_onnx(checkpoint_path: str | os.PathLike, out: str | os.PathLike, opse
                           f"opset {written} (use --opset {written})")
     checks = ((1, *size),) if fixed_size else CHECK_SHAPES
     parity = {"x".join(map(str, shape)): _check_parity(network, graph, shape, checkpoint.method) for shape in checks}
+    if outputs != (OUTPUT_NAME,):
+        graph = add_mask_head(graph, checkpoint.num_classes, confidence=CONFIDENCE_OUTPUT in outputs)
+        for shape in checks:
+            _check_masks(network, graph, shape, checkpoint.method)
     description = describe(checkpoint, written, size, dynamic_size=not fixed_size, parity=parity,
-                           weights_sha256=weights_digest(graph))
+                           weights_sha256=weights_digest(graph), outputs=outputs)
     graph.metadata_props.add(key=METADATA_KEY, value=json.dumps(description))
     _write_atomically(graph, path)
-    return ExportResult(path, parity, not fixed_size, written)
+    return ExportResult(path, parity, not fixed_size, written, outputs)
+
+
+def add_mask_head(graph, num_classes: int, confidence: bool = False):
+    """A copy of logits graph `graph` whose outputs are `mask` (and with `confidence`, `confidence`): the logits
+    upsampled bilinearly to the input's height and width (Resize, pytorch_half_pixel: F.interpolate's
+    align_corners=False), their argmax over the classes as uint8 (uint16 beyond 256 classes), and the softmax
+    probability of that class as 1 / sum(exp(logit - max logit)) (ONNX Runtime's Softmax over the channel axis
+    of NCHW is 30x slower than these element-wise operators on the CPU). Constants are nodes, not
+    initialisers: the weights, and so their digest, are the logits graph's. A graph carrying metadata gets its
+    `outputs` updated."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    mask_type = TensorProto.UINT8 if mask_dtype(num_classes) == np.uint8 else TensorProto.UINT16
+    model = onnx.ModelProto()
+    model.CopyFrom(graph)
+    (logits,) = [output for output in model.graph.output if output.name == OUTPUT_NAME]
+    model.graph.value_info.append(logits)  # the class count stays readable (core/onnx_model.py checks it)
+    del model.graph.output[:]
+
+    def constant(name: str, values: list[int]):
+        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [len(values)], values))
+
+    prefix = "mask_head/"
+    nodes = [
+        helper.make_node("Shape", [OUTPUT_NAME], [prefix + "batch_classes"], start=0, end=2),
+        helper.make_node("Shape", [INPUT_NAMES[0]], [prefix + "height_width"], start=2, end=4),
+        helper.make_node("Concat", [prefix + "batch_classes", prefix + "height_width"], [prefix + "sizes"], axis=0),
+        helper.make_node("Resize", [OUTPUT_NAME, "", "", prefix + "sizes"], [prefix + "upsampled"], mode="linear",
+                         coordinate_transformation_mode="pytorch_half_pixel"),
+        helper.make_node("ArgMax", [prefix + "upsampled"], [prefix + "ids"], axis=1, keepdims=0),
+        helper.make_node("Cast", [prefix + "ids"], [MASK_OUTPUT], to=mask_type),
+    ]
+    batch_height_width = ["N", "H", "W"]
+    model.graph.output.append(helper.make_tensor_value_info(MASK_OUTPUT, mask_type, batch_height_width))
+    if confidence:
+        nodes += [
+            constant(prefix + "class_axis", [1]),
+            helper.make_node("ReduceMax", [prefix + "upsampled", prefix + "class_axis"], [prefix + "best"], keepdims=1),
+            helper.make_node("Sub", [prefix + "upsampled", prefix + "best"], [prefix + "shifted"]),
+            helper.make_node("Exp", [prefix + "shifted"], [prefix + "exp"]),
+            helper.make_node("ReduceSum", [prefix + "exp", prefix + "class_axis"], [prefix + "sum"], keepdims=0),
+            helper.make_node("Reciprocal", [prefix + "sum"], [CONFIDENCE_OUTPUT]),
+        ]
+        model.graph.output.append(helper.make_tensor_value_info(CONFIDENCE_OUTPUT, TensorProto.FLOAT,
+                                                                batch_height_width))
+    model.graph.node.extend(nodes)
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            prop.value = json.dumps(json.loads(prop.value) | {"outputs": [o.name for o in model.graph.output]})
+    return model
+
+
+def torch_masks(network: nn.Module, rgb: torch.Tensor, aux: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """What a mask graph computes, by PyTorch: NxHxW ids and the softmax probability of each."""
+    with torch.inference_mode():
+        logits = F.interpolate(network(rgb, aux), size=rgb.shape[2:], mode="bilinear", align_corners=False)
+        confidence, mask = torch.softmax(logits, dim=1).max(dim=1)
+    return mask.numpy(), confidence.numpy()
+
+
+def _check_masks(network: nn.Module, graph, shape: tuple[int, int, int], method: str) -> None:
+    """ExportError unless the mask graph's masks at `shape` agree with PyTorch's on MASK_AGREEMENT of the pixels."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    batch, height, width = shape
+    rgb, aux = torch.randn(batch, 3, height, width), torch.rand(batch, 1, height, width)
+    expected, _ = torch_masks(network, rgb, aux)
+    mask = session.run([MASK_OUTPUT], {"rgb": rgb.numpy(), "aux": aux.numpy()})[0]
+    agreement = float(np.mean(mask == expected)) if mask.shape == expected.shape else 0.0
+    if agreement < MASK_AGREEMENT:
+        raise ExportError(f"method {method!r}: at {height}x{width} the mask graph's masks agree with PyTorch's on "
+                          f"{agreement:.2%} of the pixels only (needs {MASK_AGREEMENT:.1%}); export --logits")
 
 
 def supported_opsets() -> range:
@@ -230,7 +338,7 @@ def _check_parity(network: nn.Module, graph, shape: tuple[int, int, int], method
 
 
 def describe(checkpoint: Checkpoint, opset: int, size: tuple[int, int], dynamic_size: bool,
-             parity: dict[str, float], weights_sha256: str) -> dict:
+             parity: dict[str, float], weights_sha256: str, outputs: tuple[str, ...]) -> dict:
     """The metadata stored in the file (see core/onnx_model.py): a checkpoint's description, without weights."""
     import onnx
 
@@ -243,6 +351,7 @@ def describe(checkpoint: Checkpoint, opset: int, size: tuple[int, int], dynamic_
                      "onnx": onnx.__version__},
         "parity": parity,
         "weights_sha256": weights_sha256,
+        "outputs": list(outputs),
     }
 
 

@@ -101,3 +101,26 @@ def test_compiled_network_gives_the_masks_of_the_plain_path():
     reference = plain_masks(model.deploy(), preprocessing, rgb, aux)
     assert len(np.unique(reference)) > 1
     assert np.mean(engine.predict(rgb, aux).mask == reference) >= 0.999  # inductor may reorder float sums
+
+
+def test_pinned_inputs_keep_one_buffer_per_input_while_its_shape_holds():
+    """The CUDA path's host staging (page-locking itself needs CUDA: here the same buffers, unpinned)."""
+    import torch
+
+    from rgbd_fusion_seg.core.engine import PinnedInputs
+
+    staging = PinnedInputs(pin_memory=False)
+    rng = np.random.default_rng(0)
+    first, second, other = (rng.random(shape, dtype=np.float32) for shape in ((3, 8, 10), (3, 8, 10), (3, 6, 10)))
+    on_device = staging.to_device("rgb", first, torch.device("cpu"))
+    buffer = staging.buffers["rgb"]
+    np.testing.assert_array_equal(on_device[0].numpy(), first)
+    np.testing.assert_array_equal(staging.to_device("rgb", second, torch.device("cpu"))[0].numpy(), second)
+    assert staging.buffers["rgb"] is buffer  # reused: no allocation per frame
+    np.testing.assert_array_equal(staging.to_device("rgb", other, torch.device("cpu"))[0].numpy(), other)
+    assert staging.buffers["rgb"] is not buffer and staging.buffers["rgb"].shape == (1, 3, 6, 10)
+
+
+def test_the_cpu_path_stages_nothing():
+    engine, _, _ = _engine()
+    assert engine._inputs is None  # page-locked staging only where a device copy follows (CUDA)

@@ -1,6 +1,8 @@
 """`rgbd-fusion-seg export --format onnx` and serving the .onnx file: per method, ONNX Runtime's logits at two
-sizes other than the trace's lie within 1e-4 of PyTorch's deploy form and the engine's masks from the .onnx
-agree with the .pt engine's; a method that cannot export says why; the metadata round-trips and records the
+sizes other than the trace's lie within 1e-4 of PyTorch's deploy form, and the engine's masks from the logits
+graph and from the mask graph (upsampling and argmax in the graph) agree with the .pt engine's and with each
+other, the mask graph's confidence with PyTorch's softmax; older logits-only files keep serving; fp16, the
+TensorRT options and I/O binding as far as a CPU goes; a method that cannot export says why; the metadata round-trips and records the
 graph's own opset; bad files get clear errors, and a file whose weights or class count are not those its
 metadata records is refused; the CLI works end to end (refusals before any work: test_export_refusals.py)."""
 from __future__ import annotations
@@ -14,15 +16,15 @@ import torch
 
 from rgbd_fusion_seg.core.checkpoint import Checkpoint, save_checkpoint
 from rgbd_fusion_seg.core.engine import SegmentationEngine
-from rgbd_fusion_seg.core.onnx_model import (METADATA_KEY, ONNX_FORMAT, OnnxModelError, OnnxRuntimeModel,
-                                             choose_providers, read_onnx_description)
+from rgbd_fusion_seg.core.onnx_model import (METADATA_KEY, ONNX_FORMAT, BoundRun, OnnxModelError, OnnxRuntimeModel,
+                                             choose_providers, read_onnx_description, session_runner)
 from rgbd_fusion_seg.core.palette import default_palette
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 from rgbd_fusion_seg.models import method_class
 from rgbd_fusion_seg.offline.backend_benchmark import fitted_model
 from rgbd_fusion_seg.offline.cli import main
 from rgbd_fusion_seg.offline import export as export_module
-from rgbd_fusion_seg.offline.export import TRACE_SIZE, ExportError, export_onnx
+from rgbd_fusion_seg.offline.export import TRACE_SIZE, ExportError, add_mask_head, export_onnx
 
 NUM_CLASSES = 5
 CLASSES = [f"c{i}" for i in range(NUM_CLASSES)]
@@ -54,12 +56,26 @@ def camera_pair(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, 256, (*size, 3), dtype=np.uint8), rng.random(size, dtype=np.float32) * 5.0
 
 
-def assert_parity(onnx_path: Path, pt_path: Path, sizes, method: str) -> None:
-    """Logits within 1e-4 of the deploy form, engine masks agreeing on >= 99.9 % of pixels, at each size."""
+def with_mask_head(logits_path: Path, confidence: bool = True) -> Path:
+    """The mask graph of an exported logits graph, as `export` writes it (the same `add_mask_head`), without
+    tracing the method again."""
+    import onnx
+
+    mask_path = logits_path.with_name(f"{logits_path.stem}-mask.onnx")
+    onnx.save(add_mask_head(onnx.load(str(logits_path)), NUM_CLASSES, confidence=confidence), str(mask_path))
+    return mask_path
+
+
+def assert_parity(onnx_path: Path, pt_path: Path, sizes, method: str, mask_path: Path | None = None) -> None:
+    """Logits within 1e-4 of the deploy form, engine masks agreeing on >= 99.9 % of pixels, at each size; with
+    `mask_path` (a mask graph with confidence) also its masks against the .pt's and the logits graph's, and
+    its confidence against the .pt engine's."""
     model = OnnxRuntimeModel(onnx_path, device="cpu")
     assert model.provider == "CPUExecutionProvider"
     torch_engine, onnx_engine = SegmentationEngine.from_file(pt_path, device="cpu"), SegmentationEngine.from_file(onnx_path, device="cpu")
     assert onnx_engine.backend == "onnxruntime (CPUExecutionProvider)" and torch_engine.backend == "torch"
+    assert "logits graph" in onnx_engine.describe_runtime()
+    mask_engine = SegmentationEngine.from_file(mask_path, device="cpu") if mask_path else None
     deploy = torch_engine.checkpoint.build_model().deploy().eval()
     for size in sizes:
         rgb_t, aux_t = torch.randn(1, 3, *size), torch.rand(1, 1, *size)
@@ -68,30 +84,44 @@ def assert_parity(onnx_path: Path, pt_path: Path, sizes, method: str) -> None:
         difference = (model(rgb_t, aux_t).logits - expected).abs().max().item()
         assert difference <= 1e-4, f"{method} at {size}: max logit difference {difference}"
         rgb, aux = camera_pair(size)
-        reference = torch_engine.predict(rgb, aux).mask
+        reference = torch_engine.predict(rgb, aux, with_confidence=True)
         mask = onnx_engine.predict(rgb, aux).mask
-        assert len(np.unique(reference)) > 1, "a constant mask would compare nothing"
-        agreement = (mask == reference).mean()
-        assert mask.dtype == reference.dtype and agreement >= 0.999, f"{method} at {size}: {agreement:.5f} agree"
+        assert len(np.unique(reference.mask)) > 1, "a constant mask would compare nothing"
+        agreement = (mask == reference.mask).mean()
+        assert mask.dtype == reference.mask.dtype and agreement >= 0.999, f"{method} at {size}: {agreement:.5f} agree"
+        if mask_engine is not None:
+            served = mask_engine.predict(rgb, aux, with_confidence=True)
+            assert served.mask.dtype == np.uint8 and served.mask.shape == size
+            for other, name in ((reference.mask, "the .pt"), (mask, "the logits graph")):
+                agreement = (served.mask == other).mean()
+                assert agreement >= 0.999, f"{method} at {size}: mask graph and {name} agree on {agreement:.5f}"
+            np.testing.assert_allclose(served.confidence, reference.confidence, atol=1e-4)
 
 
 @pytest.mark.parametrize("method", EXPORTED)
 def test_every_method_exports_and_serves_like_pytorch(method, tmp_path):
     preprocessing = Preprocessing(input_size=None, aux=AUX)  # served at the camera's own sizes
     pt_path = save_checkpoint(fitted_checkpoint(method, preprocessing), tmp_path / f"{method}.pt")
-    result = export_onnx(pt_path, tmp_path / f"{method}.onnx")
+    result = export_onnx(pt_path, tmp_path / f"{method}.onnx", outputs=("logits",))
     assert result.path == tmp_path / f"{method}.onnx" and result.dynamic_size
     assert all(difference <= 1e-4 for difference in result.parity.values())
-    assert_parity(result.path, pt_path, SIZES, method)
+    assert_parity(result.path, pt_path, SIZES, method, mask_path=with_mask_head(result.path))
 
 
 def test_fixed_size_export_serves_at_the_checkpoint_size(tmp_path):
+    """Also export's default, the mask graph, checked and written by export_onnx itself."""
     pt_path = save_checkpoint(fitted_checkpoint("mid", Preprocessing(input_size=(48, 64), aux=AUX)), tmp_path / "m.pt")
     result = export_onnx(pt_path, tmp_path / "m.onnx", fixed_size=True)
     description = read_onnx_description(result.path)
     assert description["dynamic_size"] is False and description["traced_size"] == [48, 64]
     assert list(description["parity"]) == ["1x48x64"]
-    assert_parity(result.path, pt_path, [(48, 64)], "mid")
+    assert result.outputs == ("mask",) and description["outputs"] == ["mask"]
+    torch_engine, mask_engine = (SegmentationEngine.from_file(path, device="cpu") for path in (pt_path, result.path))
+    rgb, aux = camera_pair((48, 64))
+    reference, served = torch_engine.predict(rgb, aux).mask, mask_engine.predict(rgb, aux).mask
+    assert len(np.unique(reference)) > 1 and served.dtype == np.uint8 and np.mean(served == reference) >= 0.999
+    with pytest.raises(OnnxModelError, match="has no confidence output: export it with .*--confidence"):
+        mask_engine.predict(rgb, aux, with_confidence=True)
     unsized = save_checkpoint(fitted_checkpoint("rgb", Preprocessing(input_size=None, aux=AUX)), tmp_path / "u.pt")
     with pytest.raises(ExportError, match="--fixed-size needs a checkpoint with an input size"):
         export_onnx(unsized, tmp_path / "u.onnx", fixed_size=True)
@@ -103,7 +133,7 @@ def mid_export(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("mid")
     checkpoint = fitted_checkpoint("mid", Preprocessing(input_size=(48, 64), aux=AUX))
     pt_path = save_checkpoint(checkpoint, folder / "mid.pt")
-    return pt_path, export_onnx(pt_path, folder / "mid.onnx", opset=18).path
+    return pt_path, export_onnx(pt_path, folder / "mid.onnx", opset=18, outputs=("logits",)).path
 
 
 def test_metadata_round_trips(mid_export):
@@ -117,8 +147,79 @@ def test_metadata_round_trips(mid_export):
         assert getattr(engine.checkpoint, field) == getattr(source, field), field
     assert description["traced_size"] == list(TRACE_SIZE) and description["dynamic_size"] is True
     assert description["exporter"]["opset"] == 18 and description["exporter"]["torch"] == torch.__version__
+    assert description["outputs"] == ["logits"]
     rgb, aux = camera_pair((120, 160))  # resized to the checkpoint's 48x64 by the shared preprocessing
     assert engine.predict(rgb, aux).mask.shape == (120, 160)
+
+
+def test_mask_graph_and_older_logits_files_serve_the_same_masks(mid_export, tmp_path):
+    """The mid checkpoint (network at 48x64) served from camera frames of 48x64, the graph's own size: the mask
+    graph's masks and confidence are the .pt's and the logits graph's. From 120x160 frames the mask graph's
+    ids, at 48x64, are resized nearest (the logits path upsamples the logits instead: the two differ along class
+    boundaries, which for this barely trained network are everywhere). A logits file from before the `outputs`
+    field serves as a logits graph."""
+    from rgbd_fusion_seg.core.preprocessing import prepare_inputs
+
+    pt_path, logits_path = mid_export
+    mask_path = with_mask_head(logits_path)
+    assert read_onnx_description(mask_path)["outputs"] == ["mask", "confidence"]
+    assert read_onnx_description(mask_path)["weights_sha256"] == read_onnx_description(logits_path)["weights_sha256"]
+
+    def without_outputs_field(model):
+        (entry,) = [prop for prop in model.metadata_props if prop.key == METADATA_KEY]
+        entry.value = json.dumps({k: v for k, v in json.loads(entry.value).items() if k != "outputs"})
+
+    older = edited(logits_path, tmp_path, "older.onnx", without_outputs_field)
+    engines = {path.name: SegmentationEngine.from_file(path, device="cpu") for path in (pt_path, logits_path, older, mask_path)}
+    assert "mask graph" in engines[mask_path.name].describe_runtime()
+    assert "logits graph" in engines["older.onnx"].describe_runtime()
+    for camera in ((48, 64), (120, 160)):
+        rgb, aux = camera_pair(camera)
+        predictions = {name: engine.predict(rgb, aux, with_confidence=True) for name, engine in engines.items()}
+        reference = predictions[pt_path.name]
+        assert len(np.unique(reference.mask)) > 1
+        for prediction in predictions.values():
+            assert prediction.mask.shape == prediction.confidence.shape == camera and prediction.mask.dtype == np.uint8
+        np.testing.assert_array_equal(predictions["older.onnx"].mask, predictions[logits_path.name].mask)
+        served = predictions[mask_path.name]
+        if camera == (48, 64):
+            for name, prediction in predictions.items():
+                assert np.mean(prediction.mask == reference.mask) >= 0.999, name
+                np.testing.assert_allclose(prediction.confidence, reference.confidence, atol=1e-4, err_msg=name)
+        else:
+            rgb_in, aux_in = prepare_inputs(rgb, aux, engines[pt_path.name].preprocessing)
+            network = engines[pt_path.name].model
+            with torch.inference_mode():
+                ids = network(torch.from_numpy(rgb_in)[None], torch.from_numpy(aux_in)[None]).logits.argmax(dim=1)
+            expected = torch.nn.functional.interpolate(ids[None].to(torch.uint8), size=camera, mode="nearest-exact")
+            assert np.mean(served.mask == expected[0, 0].numpy()) >= 0.999
+
+
+def test_mask_head_gives_two_byte_ids_beyond_256_classes(tmp_path):
+    """300 classes: the head's ids are uint16 and its argmax and confidence are NumPy's over the upsampled
+    logits (a one-operator graph stands in for a network: logits = a learned 1x1 map of rgb, at half size)."""
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    classes = 300
+    weights = np.random.default_rng(0).standard_normal((classes, 3, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["rgb", "w"], ["logits"], strides=[2, 2])], "stand_in",
+        [helper.make_tensor_value_info("rgb", TensorProto.FLOAT, ["N", 3, "H", "W"]),
+         helper.make_tensor_value_info("aux", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes, "h", "w"])],
+        [numpy_helper.from_array(weights, "w")])
+    head = add_mask_head(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), classes, confidence=True)
+    session = onnxruntime.InferenceSession(head.SerializeToString(), providers=["CPUExecutionProvider"])
+    rgb = np.random.default_rng(1).standard_normal((1, 3, 20, 30)).astype(np.float32)
+    mask, confidence = session.run(["mask", "confidence"], {"rgb": rgb, "aux": rgb[:, :1]})
+    logits = torch.nn.functional.conv2d(torch.from_numpy(rgb), torch.from_numpy(weights), stride=2)
+    upsampled = torch.nn.functional.interpolate(logits, size=(20, 30), mode="bilinear", align_corners=False)
+    expected_confidence, expected = torch.softmax(upsampled, dim=1).max(dim=1)
+    assert mask.dtype == np.uint16 and mask.shape == (1, 20, 30) and mask.max() > 255
+    assert np.mean(mask == expected.numpy()) >= 0.999
+    np.testing.assert_allclose(confidence, expected_confidence.numpy(), atol=1e-5)
 
 
 def test_bad_files_get_clear_errors(tmp_path, mid_export):
@@ -139,8 +240,12 @@ def test_bad_files_get_clear_errors(tmp_path, mid_export):
     onnx.save(foreign, str(tmp_path / "broken.onnx"))
     with pytest.raises(OnnxModelError, match="malformed"):
         read_onnx_description(tmp_path / "broken.onnx")
-    with pytest.raises(ValueError, match="runs in fp32 with logits only"):
+    with pytest.raises(OnnxModelError, match="precision fp16 on the CPU: ONNX Runtime's CPU provider has no fast"):
         SegmentationEngine.from_file(mid_export[1], device="cpu", precision="fp16")
+    with pytest.raises(OnnxModelError, match="precision 'bf16': an exported ONNX file runs in fp32, or fp16 as TensorRT"):
+        SegmentationEngine.from_file(mid_export[1], device="cpu", precision="bf16")
+    with pytest.raises(ValueError, match="serves its mask .or logits. only, uncompiled"):
+        SegmentationEngine.from_file(mid_export[1], device="cpu", compile=True)
 
 
 def test_providers_follow_the_device(tmp_path):
@@ -150,7 +255,8 @@ def test_providers_follow_the_device(tmp_path):
     assert choose_providers("auto", gpu) == [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
     trt = choose_providers("cuda:1", gpu, tensorrt_cache=tmp_path / "trt")
     assert [p if isinstance(p, str) else p[0] for p in trt] == gpu and trt[0][1]["device_id"] == 1
-    assert trt[0][1]["trt_engine_cache_path"] == str(tmp_path / "trt") and (tmp_path / "trt").is_dir()
+    assert trt[0][1]["trt_engine_cache_path"] == str(tmp_path / "trt" / "fp32" / "camera-size")
+    assert (tmp_path / "trt" / "fp32" / "camera-size").is_dir()
     with pytest.raises(OnnxModelError, match="no CUDA provider"):
         choose_providers("cuda", cpu_only)
     with pytest.raises(OnnxModelError, match="no TensorRT provider"):
@@ -159,17 +265,94 @@ def test_providers_follow_the_device(tmp_path):
         choose_providers("tpu", gpu)
 
 
+def test_fp16_runs_as_tensorrt_fp16_engines_cached_per_precision_and_size(tmp_path):
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    cache = tmp_path / "trt"
+    (name, fp16), cuda, cpu = choose_providers("cuda", gpu, cache, precision="fp16", input_size=(480, 640))
+    assert name == "TensorrtExecutionProvider" and cuda == ("CUDAExecutionProvider", {"device_id": 0})
+    assert fp16["trt_fp16_enable"] is True and fp16["trt_engine_cache_enable"] is True
+    assert fp16["trt_engine_cache_path"] == fp16["trt_timing_cache_path"] == str(cache / "fp16" / "480x640")
+    assert fp16["trt_profile_min_shapes"] == fp16["trt_profile_opt_shapes"] == fp16["trt_profile_max_shapes"] \
+        == "rgb:1x3x480x640,aux:1x1x480x640"
+    (_, fp32), *_ = choose_providers("cuda:1", gpu, cache, precision="fp32", input_size=None)
+    assert fp32["trt_fp16_enable"] is False and fp32["device_id"] == 1
+    assert fp32["trt_engine_cache_path"] == str(cache / "fp32" / "camera-size") and "trt_profile_min_shapes" not in fp32
+    assert sorted(p.relative_to(cache).as_posix() for p in cache.glob("*/*")) == ["fp16/480x640", "fp32/camera-size"]
+    with pytest.raises(OnnxModelError, match="fp16 for an exported ONNX file runs as TensorRT fp16 engines: give a "
+                                             "TensorRT engine cache"):
+        choose_providers("cuda", gpu, None, precision="fp16")
+    with pytest.raises(OnnxModelError, match="no TensorRT provider"):
+        choose_providers("cuda", gpu[1:], cache, precision="fp16")
+    for device in ("cpu", "auto"):
+        with pytest.raises(OnnxModelError, match="precision fp16 on the CPU"):
+            choose_providers(device, ["CPUExecutionProvider"], precision="fp16")
+
+
+class _FakeSession:
+    """Stands in for an InferenceSession whose provider is `provider` (no GPU needed to choose the path)."""
+
+    def __init__(self):
+        self.bindings = 0
+
+    def run(self, names, feeds):
+        return ["host run"]
+
+    def io_binding(self):
+        self.bindings += 1
+        return object()
+
+
+def test_io_binding_is_chosen_for_the_cuda_providers_only(mid_export):
+    import onnxruntime
+
+    for provider, bound in (("TensorrtExecutionProvider", True), ("CUDAExecutionProvider", True),
+                            ("CPUExecutionProvider", False)):
+        session = _FakeSession()
+        runner = session_runner(session, onnxruntime, provider, device_id=0)
+        assert isinstance(runner, BoundRun) == bound and session.bindings == int(bound), provider
+        if bound:
+            assert (runner.device_type, runner.device_id) == ("cuda", 0)
+        else:
+            assert runner(["logits"], {}) == ["host run"]
+
+
+def test_io_binding_gives_session_runs_outputs_and_keeps_its_input_buffers(mid_export):
+    """The binding path's calls on a CPU session (device 'cpu'): the same logits as session.run, the input
+    buffers kept while the shape holds and made again when it changes."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(mid_export[1]), providers=["CPUExecutionProvider"])
+    bound = BoundRun(session, onnxruntime, "cpu", 0)
+    rng = np.random.default_rng(0)
+    buffers = None
+    for shape in ((1, 48, 64), (1, 48, 64), (1, 40, 56)):
+        feeds = {"rgb": rng.standard_normal((shape[0], 3, *shape[1:]), dtype=np.float32),
+                 "aux": rng.random((shape[0], 1, *shape[1:]), dtype=np.float32)}
+        (logits,) = bound(["logits"], feeds)
+        np.testing.assert_array_equal(logits, session.run(["logits"], feeds)[0])
+        kept = dict(bound.inputs)
+        if buffers is not None:
+            same_shape = shape[1:] == (48, 64)
+            assert all((kept[name] is buffers[name]) == same_shape for name in ("rgb", "aux")), shape
+        buffers = kept
+
+
 @pytest.mark.slow  # two exports of the mid method
 def test_cli_exports_end_to_end(mid_export, tmp_path, capsys):
     out = tmp_path / "deep" / "served.onnx"
     assert main(["export", str(mid_export[0]), "--format", "onnx", "--out", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out and read_onnx_description(out)["model"]["method"] == "mid"
+    assert read_onnx_description(out)["outputs"] == ["mask"]  # the default graph
     assert [p.name for p in out.parent.iterdir()] == ["served.onnx"]  # no temporary file left
     out.write_bytes(b"an older export")
     assert main(["export", str(mid_export[0]), "--out", str(out)]) == 2
     assert "exists already: pass --force" in capsys.readouterr().err and out.read_bytes() == b"an older export"
-    assert main(["export", str(mid_export[0]), "--out", str(out), "--force"]) == 0
-    assert read_onnx_description(out)["model"]["method"] == "mid" and [p.name for p in out.parent.iterdir()] == ["served.onnx"]
+    assert main(["export", str(mid_export[0]), "--out", str(out), "--force", "--confidence"]) == 0
+    assert "outputs mask, confidence" in capsys.readouterr().out
+    assert read_onnx_description(out)["outputs"] == ["mask", "confidence"] and [p.name for p in out.parent.iterdir()] == ["served.onnx"]
+    with pytest.raises(SystemExit):  # argparse: --confidence is the mask graph's, --logits the other graph
+        main(["export", str(mid_export[0]), "--out", str(out), "--force", "--confidence", "--logits"])
+    assert "not allowed with argument" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "none.pt"), "--out", str(tmp_path / "none.onnx")]) == 2
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "none.onnx").exists()
 

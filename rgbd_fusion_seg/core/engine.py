@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from ..models import method_class
 from .checkpoint import Checkpoint, load_checkpoint
+from .onnx_model import mask_dtype
 from .preprocessing import prepare_inputs
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -61,9 +62,12 @@ class SegmentationEngine:
     `extras`: the method's extra outputs to keep in the deploy form and return (e.g. ("fused",)); a branch
     not asked for is dropped from the network, so it costs nothing.
     `model`: a network to serve in place of the checkpoint's (an OnnxRuntimeModel: see `from_file`), called
-    like the torch model with tensors on `device`; `backend` says which runs.
+    like the torch model with tensors on `device`, or one that gives masks itself (`gives_masks`, an exported
+    mask graph: `model.masks(rgb, aux, with_confidence)`); `backend` says which runs, and such a model's own
+    `precision` is the one that runs.
     `precision`: the autocast precision asked for; `self.precision` is the one that runs and `precision_note`
     says why when they differ (fp16 on a CPU, bf16 on a CPU without bf16 instructions).
+    On CUDA the inputs pass through page-locked host buffers kept from frame to frame (`PinnedInputs`).
     `compile`: torch.compile the network; it compiles at the first `predict` (`warm_up`), and a network that
     does not compile is served eagerly, with the reason in `compile_note`.
     """
@@ -79,6 +83,8 @@ class SegmentationEngine:
         self.checkpoint = checkpoint
         self.device = resolve_device(device)
         self.precision, self.precision_note = resolve_precision(self.device, precision)
+        if model is not None and hasattr(model, "precision"):  # it runs its own precision (TensorRT's fp16)
+            self.precision, self.precision_note = model.precision, model.precision_note
         # channels_last: oneDNN's and cuDNN's fast convolution layout (forward ~20 % faster on the CPU here)
         self.model = model if model is not None else (checkpoint.build_model().deploy(keep_extras=self.extras)
                                                       .eval().to(self.device, memory_format=torch.channels_last))
@@ -90,23 +96,26 @@ class SegmentationEngine:
                 raise ValueError(f"compile applies to the torch backend only, not {self.backend}")
             self.model = torch.compile(self.model, dynamic=False)  # the engine feeds one input size
             self.backend = "torch (compiled)"
-        self._mask_dtype = np.uint8 if checkpoint.num_classes <= 256 else np.uint16
+        self._mask_dtype = mask_dtype(checkpoint.num_classes)
+        self._gives_masks = getattr(self.model, "gives_masks", False)
+        self._inputs = PinnedInputs() if self.device.type == "cuda" else None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, device: str = "auto", precision: str = "fp32",
                   extras: tuple[str, ...] = (), compile: bool = False,
                   tensorrt_cache: str | os.PathLike | None = None) -> "SegmentationEngine":
         """A `.pt` checkpoint served by PyTorch, or an exported `.onnx` file by ONNX Runtime (its providers
-        chosen by `device`, TensorRT first on CUDA when `tensorrt_cache` names a folder for its engines)."""
+        chosen by `device`, TensorRT first on CUDA when `tensorrt_cache` names a folder for its engines; fp16
+        as TensorRT fp16 engines, refused with the reason elsewhere: see onnx_model.choose_providers)."""
         if Path(path).suffix.lower() != ".onnx":
             return cls(load_checkpoint(path), device=device, precision=precision, extras=extras, compile=compile)
         from .onnx_model import OnnxRuntimeModel  # onnxruntime is needed only for .onnx files
 
-        if precision != "fp32" or extras or compile:
-            raise ValueError(f"{path}: an exported ONNX file runs in fp32 with logits only, uncompiled (asked for "
-                             f"precision {precision!r}, extras {list(extras)}, compile {compile}); serve the .pt "
-                             "checkpoint with the torch backend for those")
-        model = OnnxRuntimeModel(path, device=device, tensorrt_cache=tensorrt_cache)
+        if extras or compile:
+            raise ValueError(f"{path}: an exported ONNX file serves its mask (or logits) only, uncompiled (asked "
+                             f"for extras {list(extras)}, compile {compile}); serve the .pt checkpoint with the "
+                             "torch backend for those")
+        model = OnnxRuntimeModel(path, device=device, tensorrt_cache=tensorrt_cache, precision=precision)
         # ONNX Runtime takes and gives CPU tensors, whatever device it runs on: pre/post-processing stay there
         return cls(model.checkpoint, device="cpu", model=model)
 
@@ -127,7 +136,8 @@ class SegmentationEngine:
     def describe_runtime(self) -> str:
         """Backend, device and precision as they run, with why they differ from what was asked for."""
         notes = "; ".join(note for note in (self.precision_note, self.compile_note) if note)
-        return f"{self.backend} on {self.device} ({self.precision})" + (f" [{notes}]" if notes else "")
+        graph = f", {self.model.graph_kind}" if hasattr(self.model, "graph_kind") else ""  # an exported file's kind
+        return f"{self.backend}{graph} on {self.device} ({self.precision})" + (f" [{notes}]" if notes else "")
 
     @property
     def method(self) -> str:
@@ -145,8 +155,13 @@ class SegmentationEngine:
         much as the upsampling itself on a CPU.
         """
         rgb_in, aux_in = prepare_inputs(rgb, aux, self.preprocessing)
-        rgb_t = _channels_last(torch.from_numpy(rgb_in)[None].to(self.device, non_blocking=True))
-        aux_t = _channels_last(torch.from_numpy(aux_in)[None].to(self.device, non_blocking=True))
+        if self._inputs is not None:  # CUDA: from reused page-locked buffers, asynchronously
+            rgb_t, aux_t = self._inputs.to_device("rgb", rgb_in, self.device), self._inputs.to_device("aux", aux_in, self.device)
+        else:
+            rgb_t, aux_t = torch.from_numpy(rgb_in)[None], torch.from_numpy(aux_in)[None]
+        if self._gives_masks:
+            return self._from_mask_graph(rgb_t, aux_t, rgb.shape[:2], with_confidence)
+        rgb_t, aux_t = _channels_last(rgb_t), _channels_last(aux_t)
         with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision], enabled=self.precision != "fp32"):
             output = self.model(rgb_t, aux_t)
         # Upsampling and the argmax over classes in channels_last: each pixel's class scores lie together, so
@@ -162,6 +177,41 @@ class SegmentationEngine:
         if self._mask_dtype == np.uint8:  # narrowed on the device: an eighth of the copy of int64 ids
             return Prediction(mask.to(torch.uint8).cpu().numpy(), confidence, fused)
         return Prediction(mask.to(torch.int32).cpu().numpy().astype(self._mask_dtype), confidence, fused)
+
+    def _from_mask_graph(self, rgb_t, aux_t, size: tuple[int, int], with_confidence: bool) -> Prediction:
+        """A mask graph's output at the network's input size, brought to the colour image's `size` when the
+        preprocessing resized the image (nearest for ids, bilinear for the confidence). Identical to the logits
+        path when the network runs at the camera's size; resized, it differs only along class boundaries
+        (the logits path upsamples the logits once, to the camera's size)."""
+        mask, confidence = self.model.masks(rgb_t, aux_t, with_confidence)
+        if tuple(mask.shape[-2:]) != tuple(size):
+            mask = F.interpolate(mask[None].to(torch.uint8 if self._mask_dtype == np.uint8 else torch.float32),
+                                 size=size, mode="nearest-exact")[0]
+            if confidence is not None:
+                confidence = F.interpolate(confidence[None], size=size, mode="bilinear", align_corners=False)[0]
+        return Prediction(mask[0].numpy().astype(self._mask_dtype, copy=False),
+                          None if confidence is None else confidence[0].numpy())
+
+
+class PinnedInputs:
+    """Page-locked host buffers, one per input and kept while its shape holds: each frame is copied once from
+    NumPy into its buffer, and from there to the device asynchronously (a pageable array is staged by the
+    driver through a pinned buffer of its own, synchronously). A buffer is overwritten only after the previous
+    frame's copy has finished: `predict` waits for its mask on the host before it returns. `pin_memory=False`
+    keeps the reuse without page-locking (page-locking needs CUDA; the tests run this way)."""
+
+    def __init__(self, pin_memory: bool = True):
+        self.pin_memory = pin_memory
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def to_device(self, name: str, array: np.ndarray, device: torch.device) -> torch.Tensor:
+        """`array` (CxHxW) as a 1xCxHxW tensor on `device`."""
+        buffer = self.buffers.get(name)
+        if buffer is None or tuple(buffer.shape) != (1, *array.shape) or buffer.numpy().dtype != array.dtype:
+            buffer = torch.empty((1, *array.shape), dtype=torch.from_numpy(array).dtype, pin_memory=self.pin_memory)
+            self.buffers[name] = buffer
+        buffer[0].numpy()[...] = array
+        return buffer.to(device, non_blocking=True)
 
 
 def _channels_last(tensor: torch.Tensor) -> torch.Tensor:

@@ -189,8 +189,8 @@ def check_runtime(summary: CheckpointSummary, runtime: Runtime, extras: tuple[st
             raise CheckpointError(f"{summary.path} is an exported ONNX file, served by ONNX Runtime: set backend "
                                   "to onnxruntime or auto, or serve its .pt checkpoint")
         return
-    asked = [what for what, wrong in (
-        (f"precision {runtime.precision}", runtime.precision != "fp32"), ("compile", runtime.compile),
+    asked = [what for what, wrong in (  # fp16: TensorRT's engines, refused on load where they cannot run
+        (f"precision {runtime.precision}", runtime.precision not in ("fp32", "fp16")), ("compile", runtime.compile),
         (f"the {', '.join(extras)} output", bool(extras))) if wrong]
     if asked:
         raise CheckpointError(f"backend onnxruntime serves the exported fp32 logits only; {' and '.join(asked)} "
