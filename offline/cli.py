@@ -37,6 +37,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench-node": ("rgbd_fusion_seg.ros.node_benchmark", "measure the node's end-to-end latency over ROS 2 topics"),
     "export": ("rgbd_fusion_seg.offline.export", "export a checkpoint's deploy form to ONNX, self-describing, to serve"),
     "bag": ("rgbd_fusion_seg.offline.bags.cli", "rosbag2 bags: play, evaluate the node on a bag, export/import data sets"),
+    "gpu-report": ("rgbd_fusion_seg.offline.gpu_report", "measure every GPU figure (serving, node, scans, training) "
+                   "in one run: markdown + JSON"),
 }
 
 # Exceptions that mean "the input was wrong", reported in one line: ConfigError, CheckpointError,
