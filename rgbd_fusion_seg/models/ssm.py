@@ -156,8 +156,10 @@ def _scan_chunks(u, delta, A, B, C, D, chunk_length: int) -> torch.Tensor:
         return decay * h + own, h.clone()  # torch's scan operator refuses an output that aliases its input
 
     _, entering = _loop(enter, u.new_zeros(state_shape), (chunk_decay.transpose(0, 1), chunk_ends.transpose(0, 1)))
-    # contiguous: torch's scan operator wants the state's layout to stay that of its start
-    _, ys = _loop(with_output, entering.transpose(0, 1).contiguous(), (dt, dtu, B, C))
+    # a contiguous copy: torch's scan operator wants the state's layout to stay that of its start (and
+    # .contiguous() kept the transposed strides while torch.export traced the whole model)
+    start = entering.transpose(0, 1).clone(memory_format=torch.contiguous_format)
+    _, ys = _loop(with_output, start, (dt, dtu, B, C))
     y = ys.permute(1, 3, 4, 2, 0).reshape(batch, channels, padded)[..., :length]
     return y + D.view(1, -1, 1) * u if D is not None else y
 
