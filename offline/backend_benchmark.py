@@ -8,9 +8,10 @@ the mask copied back), batch 1, the network at `--size`, the frames at `--frame`
     compile      the fast path under torch.compile (its compile time is reported apart)
     bf16         the fast path under bf16 autocast (CUDA, or a CPU with bf16 instructions)
     fp16         the fast path under fp16 autocast (CUDA only)
-    onnxruntime  the exported mask graph (`rgbd-fusion-seg export`'s default: upsampling and argmax in the
-                 graph) by ONNX Runtime: CPU, or CUDA on a GPU (through I/O binding)
-    onnxruntime-logits  the exported logits graph (`export --logits`): the engine upsamples and takes the argmax
+    onnxruntime  the exported logits graph (`export --logits`) by ONNX Runtime, CPU or CUDA: the engine
+                 upsamples and takes the argmax (what every export was before the mask graph)
+    onnxruntime-mask  the exported mask graph (export's default: upsampling and argmax in the graph); on CUDA
+                 through I/O binding, the mask the only copy back
     tensorrt     the mask graph by ONNX Runtime's TensorRT provider (CUDA with TensorRT only), fp32 engines
     tensorrt-fp16  the same as TensorRT fp16 engines (`precision: fp16` for an .onnx)
 
@@ -29,6 +30,7 @@ network gives one class nearly everywhere, and agreement on a constant mask woul
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 import time
@@ -44,7 +46,7 @@ from rgbd_fusion_seg.core.palette import default_palette
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing, prepare_inputs
 from rgbd_fusion_seg.models import build_model
 
-ROWS = ("eager", "fast", "compile", "bf16", "fp16", "onnxruntime", "onnxruntime-logits", "tensorrt", "tensorrt-fp16")
+ROWS = ("eager", "fast", "compile", "bf16", "fp16", "onnxruntime", "onnxruntime-mask", "tensorrt", "tensorrt-fp16")
 NUM_CLASSES = 9
 AUX = AuxNormalisation("depth", "m", 0.0, 5.0)
 MIB = 1024 * 1024
@@ -134,7 +136,8 @@ class _EagerEngine:
     backend = "torch (plain NCHW)"
 
     def __init__(self, deployed, preprocessing: Preprocessing, device: torch.device):
-        self.model, self.preprocessing, self.device = deployed.to(device), preprocessing, device
+        # a copy: the network moved to the device is freed with this row (later rows' peak memory is their own)
+        self.model, self.preprocessing, self.device = copy.deepcopy(deployed).to(device), preprocessing, device
 
     def predict(self, rgb, aux) -> Prediction:
         rgb_in, aux_in = prepare_inputs(rgb, aux, self.preprocessing)
@@ -157,13 +160,24 @@ def _engine_for(row: str, checkpoint_path: Path, deployed, preprocessing: Prepro
         if tensorrt and device.type != "cuda":
             raise NotHere("TensorRT runs on CUDA only")
         try:
-            import onnxruntime  # noqa: F401  (only these rows need it)
+            import onnxruntime  # only these rows need it
         except ImportError as error:
             raise NotHere(f"onnxruntime is not importable ({error})") from None
-        logits_path, mask_path = exported_graphs(checkpoint_path, folder)
-        engine = SegmentationEngine.from_file(logits_path if row == "onnxruntime-logits" else mask_path,
-                                              device=str(device), tensorrt_cache=folder / "tensorrt" if tensorrt else None,
-                                              precision="fp16" if row == "tensorrt-fp16" else "fp32")
+        needed = "TensorrtExecutionProvider" if tensorrt else "CUDAExecutionProvider" if device.type == "cuda" else None
+        if needed and needed not in onnxruntime.get_available_providers():  # known before minutes of export
+            raise NotHere(f"this onnxruntime has no {needed} (it has "
+                          f"{', '.join(onnxruntime.get_available_providers())}): onnxruntime-gpu is needed")
+        from rgbd_fusion_seg.core.onnx_model import OnnxModelError
+        from rgbd_fusion_seg.offline.export import ExportError
+
+        try:
+            logits_path, mask_path = exported_graphs(checkpoint_path, folder)
+            engine = SegmentationEngine.from_file(
+                logits_path if row == "onnxruntime" else mask_path, device=str(device),
+                tensorrt_cache=folder / "tensorrt" if tensorrt else None,
+                precision="fp16" if row == "tensorrt-fp16" else "fp32")
+        except (ExportError, OnnxModelError) as error:
+            raise NotHere(str(error)) from None
         if tensorrt and ("Tensorrt" not in engine.backend or engine.precision_note):
             raise NotHere(f"TensorRT did not start; ONNX Runtime runs {engine.backend}")
     else:

@@ -1,15 +1,18 @@
 """`rgbd-fusion-seg gpu-report --out DIR`: every figure a GPU user needs, in one run of at most 8 minutes.
 
     rgbd-fusion-seg gpu-report --out gpu_report [--quick] [--device cuda:0] [--methods mid sartm ...]
-    PYTHONPATH=. python -m rgbd_fusion_seg.offline.cli gpu-report --out gpu_report      (from the source tree)
+    PYTHONPATH=. python -m offline.gpu_report --out gpu_report        (from a source tree, installed or not)
+
+(`python -m rgbd_fusion_seg.offline.cli` needs the package installed, `pip install --no-deps -e .`: setup.py
+maps the top-level `offline/` folder to `rgbd_fusion_seg.offline`, which PYTHONPATH alone does not.)
 
 Sections, each a table in DIR/gpu_report.md and a list in DIR/gpu_report.json:
 - environment: Python, torch, the GPU, and which optional packages import (onnxruntime and its providers,
   tensorrt, mambapy, mamba_ssm, rclpy, sam2, open_clip);
 - serving: per method (the MM5 six, RSFNet, SARTM B+, SC-CoSF ConvNeXt-B) at 480x640, batch 1, the engine's
   whole predict (`bench --backends`): eager, fast path, torch.compile, AMP fp16 and bf16, ONNX Runtime CUDA
-  (the mask graph, through I/O binding) and TensorRT fp16; p50 / p90 / fps, peak GPU memory (torch's; ONNX
-  Runtime's arena is not counted), and the share of mask pixels equal to fp32 eager's;
+  (the mask graph, through I/O binding; the logits graph beside it) and TensorRT fp16; p50 / p90 / fps, peak
+  GPU memory (torch's; ONNX Runtime's arena is not counted), and the share of mask pixels equal to fp32 eager's;
 - node: `bench-node` at 640x480 and 30 Hz (the bare model, then the node over ROS 2: drops, latency, node
   work against the bare model), in a subprocess;
 - scan: the selective-scan backends (SC-CoSF): chunked, mambapy, mamba_ssm where importable;
@@ -56,7 +59,8 @@ MM5_CROP = (224, 224)
 TRAINING_BATCH = 8
 # report row -> `bench --backends` row
 SERVING_ROWS = {"eager": "eager", "fast path": "fast", "compile": "compile", "AMP fp16": "fp16", "AMP bf16": "bf16",
-                "ONNX Runtime CUDA": "onnxruntime", "TensorRT fp16": "tensorrt-fp16"}
+                "ONNX Runtime CUDA": "onnxruntime-mask", "ONNX Runtime CUDA, logits graph": "onnxruntime",
+                "TensorRT fp16": "tensorrt-fp16"}
 OPTIONAL_PACKAGES = ("onnxruntime", "tensorrt", "mambapy", "mamba_ssm", "rclpy", "sam2", "open_clip")
 SCAN_BACKENDS = ("chunked", "mambapy", "mamba_ssm")
 # Seconds: the whole run's limit and each section's share of it, in the order they run.
@@ -64,6 +68,11 @@ TOTAL_BUDGET_S = 480.0
 SECTION_SHARES = {"serving": 0.55, "node": 0.12, "scan": 0.08, "training": 0.25}
 ROW_BUDGET_S = 4.0  # timing of one serving row (after its warm-up)
 NODE_DURATION_S = 8.0
+# Set when this process mapped offline/ to rgbd_fusion_seg.offline itself (an uninstalled source tree): the
+# processes bench-node starts cannot import it then.
+SOURCE_TREE_ONLY = "skipped: bench-node's processes need the package installed (pip install --no-deps " \
+                   "--no-build-isolation -e .); this source tree is mapped in this process only"
+_mapped_here = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -225,6 +234,9 @@ def node_rows(report: Report, device: torch.device | None, folder: Path) -> None
     if reason:
         report.add("node", row | {"result": reason if device is None else f"skipped: {reason}"})
         return
+    if _mapped_here:
+        report.add("node", row | {"result": SOURCE_TREE_ONLY})
+        return
     json_path = folder / "bench_node.json"
     command = [sys.executable, "-m", "rgbd_fusion_seg.offline.cli", "bench-node", "--device", str(device),
                "--size", str(FRAME[0]), str(FRAME[1]), "--input-size", str(FRAME[0]), str(FRAME[1]),
@@ -247,8 +259,8 @@ def node_rows(report: Report, device: torch.device | None, folder: Path) -> None
 
 
 def _child_environment() -> dict:
-    """This process's environment, with the source tree it runs from first on PYTHONPATH (a run from the
-    source tree, not an installed package, stays that in the child)."""
+    """This process's environment, with the source tree it runs from first on PYTHONPATH (the same code in
+    the child)."""
     root = str(Path(__file__).resolve().parents[1])
     return os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
 
@@ -351,3 +363,32 @@ def run(args: argparse.Namespace) -> int:
     markdown, json_path = report.write(args.out, settings)
     print(f"wrote {markdown} and {json_path} in {report.elapsed():.0f} s", flush=True)
     return 0
+
+
+def _source_tree_package() -> None:
+    """Make `rgbd_fusion_seg.offline` importable from a source tree that was not installed: setup.py maps the
+    top-level `offline/` folder to that name (package_dir), which PYTHONPATH alone does not."""
+    import importlib.util
+
+    global _mapped_here
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))
+    try:
+        importlib.import_module("rgbd_fusion_seg.offline")
+    except ModuleNotFoundError:
+        spec = importlib.util.spec_from_file_location("rgbd_fusion_seg.offline", root / "offline" / "__init__.py",
+                                                      submodule_search_locations=[str(root / "offline")])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = package
+        spec.loader.exec_module(package)
+        _mapped_here = True
+
+
+if __name__ == "__main__":  # `PYTHONPATH=. python -m offline.gpu_report --out DIR`, or `python offline/gpu_report.py ...`
+    _source_tree_package()
+    from rgbd_fusion_seg.offline import gpu_report
+    from rgbd_fusion_seg.offline.cli import main
+
+    gpu_report._mapped_here = _mapped_here  # the module the command runs is that one, not this __main__
+    sys.exit(main(["gpu-report", *sys.argv[1:]]))

@@ -156,7 +156,8 @@ class SegmentationEngine:
         """
         rgb_in, aux_in = prepare_inputs(rgb, aux, self.preprocessing)
         if self._inputs is not None:  # CUDA: from reused page-locked buffers, asynchronously
-            rgb_t, aux_t = self._inputs.to_device("rgb", rgb_in, self.device), self._inputs.to_device("aux", aux_in, self.device)
+            rgb_t = self._inputs.to_device("rgb", rgb_in, self.device)
+            aux_t = self._inputs.to_device("aux", aux_in, self.device)
         else:
             rgb_t, aux_t = torch.from_numpy(rgb_in)[None], torch.from_numpy(aux_in)[None]
         if self._gives_masks:
