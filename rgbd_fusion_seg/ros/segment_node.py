@@ -60,10 +60,18 @@ CAMERA_INFO_TOPIC = "aux/camera_info"
 # Beyond this, stamp -> publish is not a processing time: the stamps come from another clock (a bag replayed
 # without its clock, a camera without time sync).
 CLOCK_GAP_WARNING_S = 60.0
-# What to do about frames lost between the camera and the node (said in the log and on /diagnostics).
-LOST_CURE = ("best-effort delivery of large images drops UDP fragments; publish the camera reliably (qos.profile "
-             "auto then subscribes reliably), or use Fast DDS's LARGE_DATA transports "
-             "(FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA on both ends), or compressed transport (transport.rgb/aux)")
+# What to do about frames lost between the camera and the node (said in the log and on /diagnostics), by the
+# subscription's reliability.
+LOST_CURE = {
+    ReliabilityPolicy.BEST_EFFORT: (
+        "best-effort delivery of large images drops UDP fragments; publish the camera reliably (qos.profile auto "
+        "then subscribes reliably), or use Fast DDS's LARGE_DATA transports (FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA "
+        "on both ends), or compressed transport (transport.rgb/aux)"),
+    ReliabilityPolicy.RELIABLE: (
+        "the publisher's history replaced frames this node had not taken yet (it reads slower than the camera "
+        "sends); give the camera's publisher a deeper history, lower its rate or image size, or use compressed "
+        "transport (transport.rgb/aux)"),
+}
 # ~/stats counters whose growth in one report period /diagnostics judges.
 _PERIOD_COUNTERS = ("frames_in_rgb", "frames_in_aux", "dropped_unpaired", "frames_out", "points_out", "bad_input",
                     "inference_errors", "dropped_cannot_degrade", "lost_in_transport_rgb", "lost_in_transport_aux")
@@ -630,6 +638,10 @@ class SegmentNode(LifecycleNode):
             self._log.info(f"{self._input_subs[stream].topic_name}: its publishers now offer "
                            f"{describe_qos('auto', wanted)}: subscribed again with it")
 
+    def _lost_cure(self, stream: int) -> str:
+        qos = self._input_qos[stream]
+        return LOST_CURE[qos.reliability if qos is not None else ReliabilityPolicy.BEST_EFFORT]
+
     def _transport_events(self, stream: int) -> SubscriptionEventCallbacks:
         """Say so when the middleware cannot deliver: incompatible QoS, or messages lost in transport."""
         label = ("rgb", "aux")[stream]
@@ -651,7 +663,8 @@ class SegmentNode(LifecycleNode):
         def lost(info) -> None:
             self._counters.add(f"lost_{label}", int(info.total_count_change))
             self._log_throttled(f"lost:{label}", "warning",
-                                f"{topic()}: {info.total_count} messages lost in transport so far: {LOST_CURE}", 30.0)
+                                f"{topic()}: {info.total_count} messages lost in transport so far: "
+                                f"{self._lost_cure(stream)}", 30.0)
 
         return SubscriptionEventCallbacks(incompatible_qos=incompatible, message_lost=lost)
 
@@ -1034,9 +1047,10 @@ class SegmentNode(LifecycleNode):
             return DiagnosticStatus.WARN, f"degraded: no aux, masks from colour alone by {values['degraded']}"
         if starved:
             return DiagnosticStatus.WARN, "no colour/aux pairs"
-        lost = grown["lost_in_transport_rgb"] + grown["lost_in_transport_aux"]
-        if lost:
-            return DiagnosticStatus.WARN, f"{lost} frames lost in transport since the last report: {LOST_CURE}"
+        lost = (grown["lost_in_transport_rgb"], grown["lost_in_transport_aux"])
+        if any(lost):
+            return DiagnosticStatus.WARN, (f"{sum(lost)} frames lost in transport since the last report: "
+                                           f"{self._lost_cure(0 if lost[0] else 1)}")
         received = grown["frames_in_rgb"] + grown["frames_in_aux"]
         if received and grown["dropped_unpaired"] > UNPAIRED_WARNING_SHARE * received:
             return DiagnosticStatus.WARN, (
