@@ -2,8 +2,8 @@
 
 `rgbd-fusion-seg demo` serves it, and `bag evaluate` serves it for depth bags given no --checkpoint. The data
 generator is deterministic (same seed, same bytes) and training is seeded, so the first run rebuilds the same
-model anywhere; the checkpoint is not shipped (109 MB for `se`'s two encoders). Why `se` and these figures:
-see the module docstring of `rgbd_fusion_seg.ros.demo`.
+model anywhere; the checkpoint is not shipped (about 58 MB). Why early fusion and this schedule, with the
+alternatives measured: see the module docstring of `rgbd_fusion_seg.ros.demo`.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 # The embedded default: what the first run generates and trains (and what later runs find cached).
 DEFAULT_DATA = {"num_frames": 48, "seed": 0, "height": 240, "width": 320, "val_fraction": 0.25}
 DEFAULT_METHOD = "early"  # the study's fastest learner from scratch, and the cheapest step (see ros/demo.py)
-DEFAULT_TRAIN = {"steps": 500, "batch_size": 8, "input_size": (96, 128), "lr": 4.0e-3}
+DEFAULT_TRAIN = {"steps": 1200, "batch_size": 4, "input_size": (96, 128), "lr": 4.0e-3}
 # Depth range of the generated scenes (table 0.75-1.30 m, wall 1.60 m): the demo normalises [0.5, 2.0] m.
 DEMO_AUX_RANGE_M = (0.5, 2.0)
 
@@ -26,7 +26,7 @@ DEMO_AUX_RANGE_M = (0.5, 2.0)
 DEFAULT_AUX = ("depth", "m")
 # The generated camera's focal length in pixels per pixel of image width (fx = fy; principal point at the
 # centre). generate_mm5 draws objects at a size relative to the image and gives them heights in metres without
-# a camera model; 2.6 widths makes the two agree: an apple 32 px in radius at 320x240 is 7.5 cm wide at 0.95 m,
+# a camera model; 2.6 widths makes the two agree: an apple 32 px in radius at 320x240 is about 7.5 cm wide at 1 m,
 # the 7.5 cm its depth relief says (a 22 degree horizontal field of view).
 DEMO_FOCAL_PER_WIDTH = 2.6
 
@@ -144,7 +144,7 @@ def _cpu_seconds() -> float:
 
 
 def default_checkpoint(log=print) -> Path:
-    """The cached default model's serving checkpoint (trained on first use, about 5 minutes on 2 CPU cores)."""
+    """The cached default model's serving checkpoint (trained on first use: about 460 s of CPU time)."""
     work = default_work_dir()
     data_root = prepare_data(work, DEFAULT_DATA, log)
     path, _ = ensure_checkpoint(work, data_root, DEFAULT_METHOD, steps=DEFAULT_TRAIN["steps"],
