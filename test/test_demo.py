@@ -61,13 +61,13 @@ def test_demo_end_to_end(tmp_path):
     assert "stopped segment_node (exit status 0)" in text
 
     # The second run reuses the cached data and checkpoint instead of training again.
-    from rgbd_fusion_seg.offline.demo_model import DEFAULT_DATA, ensure_checkpoint, prepare_data
+    from rgbd_fusion_seg.offline.demo_model import DEFAULT_DATA, DEFAULT_TRAIN, ensure_checkpoint, prepare_data
 
     lines = []
     spec = dict(DEFAULT_DATA, num_frames=12, height=64, width=80)
     data_root = prepare_data(tmp_path / "cache", spec, log=lines.append)
     path, _ = ensure_checkpoint(tmp_path / "cache", data_root, DEFAULT_METHOD, steps=2, batch_size=4, input_size=(32, 40),
-                                lr=2.0e-3, device="cpu", retrain=False, log=lines.append)
+                                lr=DEFAULT_TRAIN["lr"], device="cpu", retrain=False, log=lines.append)
     assert path.is_file() and path.name == f"{DEFAULT_METHOD}.pt"
     assert not (path.parent / "last.pt").exists(), "the resumable training state is removed once served"
     assert lines and all("generating" not in line and "training" not in line for line in lines), lines

@@ -1,6 +1,6 @@
 """`rgbd-fusion-seg demo`: the whole product on a fresh machine, without a dataset, a GPU or a ROS 2 distro.
 
-    rgbd-fusion-seg demo                     # first run: about 5 minutes on 2 CPU cores, then under a minute
+    rgbd-fusion-seg demo                     # first run: about 4 minutes on 2 CPU cores, then under a minute
     rgbd-fusion-seg demo --method late --frames 96 --rate 15 --out /tmp/demo
 
 What it does:
@@ -34,12 +34,13 @@ What it does:
    learns fastest among them (docs/training.md: at 70 steps its mean over four lightings was 29.9 %,
    late 27.7, attention 20.2, mid 18.8, se 17.7: se's depth stem and layers start frozen and its gate starts
    by trusting RGB, mid and attention fuse depth only deep in the network), and because its one encoder
-   makes the cheapest step (measured here, one thread, batch 8: early about 0.7 CPU s a step, se 1.0; the se
-   row is issue 23's figure). Batch 4 with twice the steps because, for the same CPU time, twice the updates took the
-   score from 49 % to 69 %. 1200 steps: the most the 6-minute budget allows with margin (by the rule wall
-   = CPU / 2 on 2 quiet cores with torch's 2 threads); 1000 -> 1200 gained nothing (69.0 -> 69.1 %), so
-   more steps at this learning rate will not reach issue 23's 70 % (55 % in RGB8) either. Mug and hot mug differ only in temperature, which
-   depth cannot see, so those two classes stay low for every depth model.
+   makes the cheapest step (measured here, one thread, batch 8: early about 0.7 CPU s a step, se 1.0; the
+   se row is issue 23's figure). Batch 4 with twice the steps because, for about the same CPU time, twice
+   the updates took the score from 49 % to 69 %. 1200 steps: the most the 6-minute budget allows with
+   margin (by the rule wall = CPU / 2 on 2 quiet cores with torch's 2 threads); 1000 -> 1200 gained
+   nothing (69.0 -> 69.1 %), so more steps at this learning rate will not reach issue 23's 70 % (55 % in
+   RGB8) either. Mug and hot mug differ only in temperature, which depth cannot see, so those two classes
+   stay low for every depth model.
 3. Starts the real `segment_node` in its own process, exactly as a user would:
    `python -m rgbd_fusion_seg.ros.segment_node --ros-args --params-file config/segment.yaml -p checkpoint:=...`
    (the file's `qos.profile: auto` subscribes reliably to the demo's camera, which publishes reliably:
