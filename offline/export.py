@@ -134,11 +134,16 @@ def graph_kind(logits: bool = False, confidence: bool = False) -> tuple[str, ...
 
 
 def export_onnx(checkpoint_path: str | os.PathLike, out: str | os.PathLike, opset: int = DEFAULT_OPSET,
-                fixed_size: bool = False, force: bool = False, outputs: tuple[str, ...] = (MASK_OUTPUT,),
+                fixed_size: bool = False, force: bool = False,
+                outputs: tuple[str, ...] = (MASK_OUTPUT, CONFIDENCE_OUTPUT),
                 log: Callable[[str], None] = lambda _line: None) -> ExportResult:
     """Export `checkpoint_path` to `out` (replacing an existing file only with `force`) as the graph giving
-    `outputs` (`graph_kind`'s: the mask graph by default); ExportError (or CheckpointError for the checkpoint)
-    says why not, before any work where the reason is known then. `log` gets one line as the trace starts."""
+    `outputs` (one of `graph_kind`'s); ExportError (or CheckpointError for the checkpoint) says why not, before
+    any work where the reason is known then. `log` gets one line as the trace starts.
+
+    This function's default is the mask graph with the confidence: what the node's own export into its ONNX
+    cache needs, since its `outputs.confidence` can be switched on at any time. The command's default is the
+    mask alone (`graph_kind()`), the confidence when asked for."""
     outputs = tuple(outputs)
     if outputs not in {graph_kind(), graph_kind(confidence=True), graph_kind(logits=True)}:
         raise ExportError(f"outputs {list(outputs)}: a graph gives ['mask'], ['mask', 'confidence'] or ['logits']")

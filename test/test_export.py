@@ -109,9 +109,9 @@ def test_every_method_exports_and_serves_like_pytorch(method, tmp_path):
 
 
 def test_fixed_size_export_serves_at_the_checkpoint_size(tmp_path):
-    """Also export's default, the mask graph, checked and written by export_onnx itself."""
+    """Also the command's default, the mask graph without confidence, checked and written by export_onnx."""
     pt_path = save_checkpoint(fitted_checkpoint("mid", Preprocessing(input_size=(48, 64), aux=AUX)), tmp_path / "m.pt")
-    result = export_onnx(pt_path, tmp_path / "m.onnx", fixed_size=True)
+    result = export_onnx(pt_path, tmp_path / "m.onnx", fixed_size=True, outputs=export_module.graph_kind())
     description = read_onnx_description(result.path)
     assert description["dynamic_size"] is False and description["traced_size"] == [48, 64]
     assert list(description["parity"]) == ["1x48x64"]
