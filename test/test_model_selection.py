@@ -155,7 +155,7 @@ def test_the_backend_follows_the_file_and_refuses_what_it_cannot_serve(files):
     assert onnx_for_pt.runtime.backend_for(mid) == "onnxruntime"  # exported when it loads
     with pytest.raises(CheckpointError, match=r"exported.onnx is an exported ONNX file.*set backend to onnxruntime"):
         choose(files, config(checkpoint=mid_onnx, backend="torch"), {"backend"})
-    with pytest.raises(CheckpointError, match=r"fp32 logits only; precision bf16 and compile need backend torch"):
+    with pytest.raises(CheckpointError, match=r"mask and confidence only; precision bf16 and compile need backend torch"):
         choose(files, config(checkpoint=mid, backend="onnxruntime", precision="bf16", compile=True), {"backend"})
     sccosf = files.add("sccosf.pt", "sccosf")  # every method exports; only its fused image needs torch
     assert choose(files, config(checkpoint=sccosf, backend="onnxruntime"), {"backend"}).runtime.backend_for(sccosf) == "onnxruntime"

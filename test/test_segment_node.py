@@ -294,7 +294,7 @@ def test_runtime_backend_switch_onnxruntime_and_precision(node, client, checkpoi
 
     # Refused, the exported model serving on: what ONNX Runtime cannot do, and a torch backend for an .onnx file.
     [refused] = client.set_parameters({"precision": "bf16"})
-    assert not refused.successful and "fp32 logits only; precision bf16" in refused.reason
+    assert not refused.successful and "its mask and confidence only; precision bf16" in refused.reason
     assert client.set_parameters_atomically({"checkpoint": str(exported), "backend": "auto"}).successful
     client.fresh_stats(predicate=lambda s: s["checkpoint"].endswith(".onnx"), timeout=60)
     [refused] = client.set_parameters({"backend": "torch"})

@@ -193,8 +193,8 @@ def check_runtime(summary: CheckpointSummary, runtime: Runtime, extras: tuple[st
         (f"precision {runtime.precision}", runtime.precision not in ("fp32", "fp16")), ("compile", runtime.compile),
         (f"the {', '.join(extras)} output", bool(extras))) if wrong]
     if asked:
-        raise CheckpointError(f"backend onnxruntime serves the exported fp32 logits only; {' and '.join(asked)} "
-                              "need backend torch")
+        raise CheckpointError(f"backend onnxruntime serves the exported graph in fp32 (fp16 as TensorRT engines on "
+                              f"CUDA) and its mask and confidence only; {' and '.join(asked)} need backend torch")
     if not summary.is_onnx:  # exported into the cache first: refused now, not after minutes of export
         from ..core.writable_folder import UnwritableFolderError, check_writable_folder
 

@@ -217,7 +217,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("backend", "string", "auto",
                   "What runs the network: torch, onnxruntime, or auto (ONNX Runtime for an exported .onnx file, "
                   "PyTorch for a .pt checkpoint). onnxruntime with a .pt checkpoint exports it first (once, into "
-                  "onnx_cache_dir); it serves fp32 logits only. Switched at runtime like the method.",
+                  "onnx_cache_dir); it serves the mask and confidence in fp32, or fp16 as TensorRT engines on CUDA. "
+                  "Switched at runtime like the method.",
                   validate=_one_of(BACKENDS), section=MODEL, launch_argument=True),
     ParameterSpec("compile", "bool", False,
                   "torch backend: torch.compile the network (compiled while loading, minutes on a CPU; a network "
