@@ -43,7 +43,8 @@ from torch import nn
 
 from rgbd_fusion_seg.core.checkpoint import Checkpoint, load_checkpoint, write_failure_cause
 from rgbd_fusion_seg.core.onnx_model import (CONFIDENCE_OUTPUT, INPUT_NAMES, MASK_OUTPUT, METADATA_KEY, ONNX_FORMAT,
-                                             OUTPUT_NAME, graph_opset, mask_dtype, weights_digest)
+                                             OUTPUT_NAME, OUTPUT_SIZE_INPUT, graph_opset, mask_dtype,
+                                             weights_digest)
 from rgbd_fusion_seg.core.writable_folder import UnwritableFolderError, check_writable_folder
 from rgbd_fusion_seg.offline.cli import terminate_as_exception
 
@@ -177,7 +178,8 @@ def export_onnx(checkpoint_path: str | os.PathLike, out: str | os.PathLike, opse
 
 def add_mask_head(graph, num_classes: int, confidence: bool = False):
     """A copy of logits graph `graph` whose outputs are `mask` (and with `confidence`, `confidence`): the logits
-    upsampled bilinearly to the input's height and width (Resize, pytorch_half_pixel: F.interpolate's
+    upsampled bilinearly to the (height, width) given as the int64 input `output_size` (the camera image's size,
+    as the engine's logits path upsamples; Resize, pytorch_half_pixel: F.interpolate's
     align_corners=False), their argmax over the classes as uint8 (uint16 beyond 256 classes), and the softmax
     probability of that class as 1 / sum(exp(logit - max logit)) (ONNX Runtime's Softmax over the channel axis
     of NCHW is 30x slower than these element-wise operators on the CPU). Constants are nodes, not
@@ -199,14 +201,14 @@ def add_mask_head(graph, num_classes: int, confidence: bool = False):
     prefix = "mask_head/"
     nodes = [
         helper.make_node("Shape", [OUTPUT_NAME], [prefix + "batch_classes"], start=0, end=2),
-        helper.make_node("Shape", [INPUT_NAMES[0]], [prefix + "height_width"], start=2, end=4),
-        helper.make_node("Concat", [prefix + "batch_classes", prefix + "height_width"], [prefix + "sizes"], axis=0),
+        helper.make_node("Concat", [prefix + "batch_classes", OUTPUT_SIZE_INPUT], [prefix + "sizes"], axis=0),
         helper.make_node("Resize", [OUTPUT_NAME, "", "", prefix + "sizes"], [prefix + "upsampled"], mode="linear",
                          coordinate_transformation_mode="pytorch_half_pixel"),
         helper.make_node("ArgMax", [prefix + "upsampled"], [prefix + "ids"], axis=1, keepdims=0),
         helper.make_node("Cast", [prefix + "ids"], [MASK_OUTPUT], to=mask_type),
     ]
-    batch_height_width = ["N", "H", "W"]
+    model.graph.input.append(helper.make_tensor_value_info(OUTPUT_SIZE_INPUT, TensorProto.INT64, [2]))
+    batch_height_width = ["N", "OH", "OW"]
     model.graph.output.append(helper.make_tensor_value_info(MASK_OUTPUT, mask_type, batch_height_width))
     if confidence:
         nodes += [
@@ -226,10 +228,11 @@ def add_mask_head(graph, num_classes: int, confidence: bool = False):
     return model
 
 
-def torch_masks(network: nn.Module, rgb: torch.Tensor, aux: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """What a mask graph computes, by PyTorch: NxHxW ids and the softmax probability of each."""
+def torch_masks(network: nn.Module, rgb: torch.Tensor, aux: torch.Tensor,
+                size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """What a mask graph computes, by PyTorch: N x size ids and the softmax probability of each."""
     with torch.inference_mode():
-        logits = F.interpolate(network(rgb, aux), size=rgb.shape[2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(network(rgb, aux), size=size, mode="bilinear", align_corners=False)
         confidence, mask = torch.softmax(logits, dim=1).max(dim=1)
     return mask.numpy(), confidence.numpy()
 
@@ -241,8 +244,10 @@ def _check_masks(network: nn.Module, graph, shape: tuple[int, int, int], method:
     session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     batch, height, width = shape
     rgb, aux = torch.randn(batch, 3, height, width), torch.rand(batch, 1, height, width)
-    expected, _ = torch_masks(network, rgb, aux)
-    mask = session.run([MASK_OUTPUT], {"rgb": rgb.numpy(), "aux": aux.numpy()})[0]
+    size = (2 * height + 1, 2 * width - 1)  # upsampled to another size, as for a camera image the engine resized
+    expected, _ = torch_masks(network, rgb, aux, size)
+    mask = session.run([MASK_OUTPUT], {"rgb": rgb.numpy(), "aux": aux.numpy(),
+                                       OUTPUT_SIZE_INPUT: np.asarray(size, np.int64)})[0]
     agreement = float(np.mean(mask == expected)) if mask.shape == expected.shape else 0.0
     if agreement < MASK_AGREEMENT:
         raise ExportError(f"method {method!r}: at {height}x{width} the mask graph's masks agree with PyTorch's on "

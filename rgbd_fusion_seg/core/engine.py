@@ -63,7 +63,7 @@ class SegmentationEngine:
     not asked for is dropped from the network, so it costs nothing.
     `model`: a network to serve in place of the checkpoint's (an OnnxRuntimeModel: see `from_file`), called
     like the torch model with tensors on `device`, or one that gives masks itself (`gives_masks`, an exported
-    mask graph: `model.masks(rgb, aux, with_confidence)`); `backend` says which runs, and such a model's own
+    mask graph: `model.masks(rgb, aux, size, with_confidence)`); `backend` says which runs, and such a model's own
     `precision` is the one that runs.
     `precision`: the autocast precision asked for; `self.precision` is the one that runs and `precision_note`
     says why when they differ (fp16 on a CPU, bf16 on a CPU without bf16 instructions).
@@ -180,16 +180,9 @@ class SegmentationEngine:
         return Prediction(mask.to(torch.int32).cpu().numpy().astype(self._mask_dtype), confidence, fused)
 
     def _from_mask_graph(self, rgb_t, aux_t, size: tuple[int, int], with_confidence: bool) -> Prediction:
-        """A mask graph's output at the network's input size, brought to the colour image's `size` when the
-        preprocessing resized the image (nearest for ids, bilinear for the confidence). Identical to the logits
-        path when the network runs at the camera's size; resized, it differs only along class boundaries
-        (the logits path upsamples the logits once, to the camera's size)."""
-        mask, confidence = self.model.masks(rgb_t, aux_t, with_confidence)
-        if tuple(mask.shape[-2:]) != tuple(size):
-            mask = F.interpolate(mask[None].to(torch.uint8 if self._mask_dtype == np.uint8 else torch.float32),
-                                 size=size, mode="nearest-exact")[0]
-            if confidence is not None:
-                confidence = F.interpolate(confidence[None], size=size, mode="bilinear", align_corners=False)[0]
+        """A mask graph's output at the colour image's `size`: the graph upsamples its logits to it (as the
+        logits path does) before the argmax, so the masks are the same at any size."""
+        mask, confidence = self.model.masks(rgb_t, aux_t, size, with_confidence)
         return Prediction(mask[0].numpy().astype(self._mask_dtype, copy=False),
                           None if confidence is None else confidence[0].numpy())
 

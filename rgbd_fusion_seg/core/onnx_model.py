@@ -54,6 +54,9 @@ from .preprocessing import Preprocessing
 METADATA_KEY = "rgbd_fusion_seg"
 ONNX_FORMAT = "rgbd_fusion_seg/onnx/1"
 INPUT_NAMES = ("rgb", "aux")
+# A mask graph's third input: the (height, width) its mask and confidence are upsampled to (the camera image's,
+# where the preprocessing resized it), so that its masks equal the logits path's at any size.
+OUTPUT_SIZE_INPUT = "output_size"
 OUTPUT_NAME = "logits"
 MASK_OUTPUT = "mask"
 CONFIDENCE_OUTPUT = "confidence"
@@ -280,9 +283,10 @@ class OnnxRuntimeModel:
         except Exception as error:  # onnxruntime's own exception types
             raise OnnxModelError(f"ONNX Runtime cannot load {self.path}: {str(error).strip().splitlines()[0]}") from None
         names = tuple(i.name for i in self.session.get_inputs())
-        if sorted(names) != sorted(INPUT_NAMES) or [o.name for o in self.session.get_outputs()] != list(self.outputs):
-            raise OnnxModelError(f"ONNX file {self.path} has inputs {names}, expected {INPUT_NAMES} -> "
-                                 f"{list(self.outputs)}")
+        expected = INPUT_NAMES + ((OUTPUT_SIZE_INPUT,) if self.outputs != (OUTPUT_NAME,) else ())
+        if sorted(names) != sorted(expected) or [o.name for o in self.session.get_outputs()] != list(self.outputs):
+            raise OnnxModelError(f"ONNX file {self.path} has inputs {names}, expected {expected} -> "
+                                 f"{list(self.outputs)}: re-export it")
         self.provider = self.session.get_providers()[0]
         wanted = _provider_name(providers[0])
         if self.provider != wanted:
@@ -313,16 +317,17 @@ class OnnxRuntimeModel:
         (logits,) = self._run([OUTPUT_NAME], _feeds(rgb, aux))
         return SegOutput(torch.from_numpy(logits))
 
-    def masks(self, rgb: torch.Tensor, aux: torch.Tensor, with_confidence: bool = False):
-        """A mask graph's NxHxW class ids at the input size, and with `with_confidence` its NxHxW confidence
-        (else None); both CPU tensors."""
+    def masks(self, rgb: torch.Tensor, aux: torch.Tensor, size: tuple[int, int], with_confidence: bool = False):
+        """A mask graph's N x size class ids (its logits upsampled to `size`, then the argmax), and with
+        `with_confidence` its N x size confidence (else None); both CPU tensors."""
         if not self.gives_masks:
             raise OnnxModelError(f"ONNX file {self.path} is a logits graph: call it, it gives no masks")
         if with_confidence and CONFIDENCE_OUTPUT not in self.outputs:
             raise OnnxModelError(f"ONNX file {self.path} has no confidence output: export it with "
                                  "`rgbd-fusion-seg export --confidence` (or --logits) to serve the confidence")
         names = [MASK_OUTPUT, CONFIDENCE_OUTPUT] if with_confidence else [MASK_OUTPUT]
-        values = [torch.from_numpy(value) for value in self._run(names, _feeds(rgb, aux))]
+        feeds = _feeds(rgb, aux) | {OUTPUT_SIZE_INPUT: np.asarray(size, np.int64)}
+        values = [torch.from_numpy(value) for value in self._run(names, feeds)]
         return values[0], (values[1] if with_confidence else None)
 
 
