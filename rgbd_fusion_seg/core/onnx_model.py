@@ -4,10 +4,11 @@ The file alone is enough: besides the deploy-form graph (inputs `rgb` Nx3xHxW no
 [0, 1]) it holds the checkpoint's description as JSON in its metadata under `METADATA_KEY`. The graph is of
 one of two kinds, named by the metadata's `outputs`:
 
-    ["mask"] or ["mask", "confidence"]   a mask graph (export's default): `mask` NxHxW class ids at the input
-                                         size (uint8, uint16 beyond 256 classes; the logits upsampled bilinearly
-                                         and their argmax taken in the graph) and, exported with --confidence,
-                                         `confidence` NxHxW float32, the softmax probability of that class
+    ["mask"] or ["mask", "confidence"]   a mask graph (export's default), with a third input `output_size`
+                                         (int64 [2]: OH, OW): `mask` NxOHxOW class ids (uint8, uint16 beyond
+                                         256 classes; the logits upsampled bilinearly to OHxOW and their argmax
+                                         taken in the graph) and, exported with --confidence, `confidence`
+                                         NxOHxOW float32, the softmax probability of that class
     ["logits"]                           a logits graph (export --logits): `logits` NxCxHxW; the engine upsamples
                                          and takes the argmax. Files without `outputs` (older exports) are these.
 
