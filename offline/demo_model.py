@@ -18,7 +18,7 @@ from pathlib import Path
 # The embedded default: what the first run generates and trains (and what later runs find cached).
 DEFAULT_DATA = {"num_frames": 48, "seed": 0, "height": 240, "width": 320, "val_fraction": 0.25}
 DEFAULT_METHOD = "early"  # the study's fastest learner from scratch, and the cheapest step (see ros/demo.py)
-DEFAULT_TRAIN = {"steps": 1200, "batch_size": 4, "input_size": (96, 128), "lr": 4.0e-3}
+DEFAULT_TRAIN = {"steps": 1200, "batch_size": 4, "input_size": (96, 128), "lr": 2.0e-3}
 # Depth range of the generated scenes (table 0.75-1.30 m, wall 1.60 m): the demo normalises [0.5, 2.0] m.
 DEMO_AUX_RANGE_M = (0.5, 2.0)
 
@@ -144,7 +144,7 @@ def _cpu_seconds() -> float:
 
 
 def default_checkpoint(log=print) -> Path:
-    """The cached default model's serving checkpoint (trained on first use: about 460 s of CPU time)."""
+    """The cached default model's serving checkpoint (trained on first use: about 470 s of CPU time)."""
     work = default_work_dir()
     data_root = prepare_data(work, DEFAULT_DATA, log)
     path, _ = ensure_checkpoint(work, data_root, DEFAULT_METHOD, steps=DEFAULT_TRAIN["steps"],
