@@ -313,7 +313,7 @@ def bench_transport(session: RosSession, env: dict, size, rate: float, duration:
         session.node.create_subscription(Image, DEPTH_TOPIC, depth.callback, qos),
     ]
     try:
-        published = _publisher_result(_run_publisher(env, size, rate, duration, camera_qos), duration)
+        published = _publisher_result(_run_publisher(env, size, rate, duration), duration)
         stamps = published["stamps"]
         depth.drain(stamps, 3.0)
         with rgb.lock, depth.lock:
