@@ -161,9 +161,10 @@ def test_cleanup_then_configure_starts_every_counter_afresh(client, checkpoint, 
         wait_for_status(client, statuses, lambda s: s.message.startswith("unconfigured"), "an unconfigured status")
         client.spin_for(1.5)  # longer than no_pair_timeout: the old watchdog clock would now say "no pair"
         assert lifecycle.set("configure") and lifecycle.set("activate")
-        loading = wait_for_status(client, statuses, lambda s: s.message.startswith("idle") or "serving" in s.message,
-                                  "a status after configure")
-        assert "cleaned up" not in loading.message  # while the model loads: "idle: loading ...", then serving
+        active = wait_for_status(client, statuses, lambda s: not s.message.startswith(("inactive", "unconfigured")),
+                                 "a status once active again")
+        # while the model loads "idle: loading ...", then "serving" or "no input": never the cleanup's reason
+        assert "cleaned up" not in active.message
         node.wait_for_log("serving method 'early'", count=2, timeout=60)
         client.wait_for_node()
         first = client.fresh_stats(predicate=lambda s: s["model"] == "early")
