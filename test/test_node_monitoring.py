@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from ros_helpers import NodeProcess, RosClient, Stamps, client_fixture, domain_id_for, make_checkpoint, random_pair
+from ros_helpers import NodeProcess, Stamps, client_fixture, domain_id_for, make_checkpoint, random_pair
 
 DOMAIN = domain_id_for(107)
 next_stamp = Stamps()
