@@ -374,10 +374,9 @@ class SegmentNode(LifecycleNode):
     def _create_subscriptions(self) -> None:
         """Subscribe to both streams with the configured QoS (with `auto`, what their publishers offer), and say
         what was subscribed and how it pairs."""
+        profile, depth = self._config["qos.profile"], self._config["qos.depth"]
         for stream in (0, 1):
-            qos = make_qos(self._config["qos.profile"], self._config["qos.depth"])
-            if self._config["qos.profile"] == "auto":
-                qos = adapted_qos(self._offered_qos(stream), self._config["qos.depth"])
+            qos = adapted_qos(self._offered_qos(stream), depth) if profile == "auto" else make_qos(profile, depth)
             self._input_subs[stream] = self._subscribe(stream, qos)
         rgb_sub, aux_sub = self._input_subs
         self._log.info(
