@@ -33,8 +33,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "study": ("rgbd_fusion_seg.offline.study", "the MM5 lighting study: methods x lightings -> table and figures"),
     "synth": ("rgbd_fusion_seg.offline.datasets.synth", "generate a synthetic data set in the MM5 on-disk layout"),
     "bench": ("rgbd_fusion_seg.offline.model_benchmark", "measure inference latency and throughput of the methods"),
-    "demo": ("rgbd_fusion_seg.ros.demo", "run the node on a generated RGB-D stream over ROS 2 topics"),
-    "bench-node": ("rgbd_fusion_seg.ros.node_benchmark", "measure the node's end-to-end latency over ROS 2 topics"),
+    "demo": ("rgbd_fusion_seg.offline.demo", "run the node on a generated RGB-D stream over ROS 2 topics"),
+    "bench-node": ("rgbd_fusion_seg.offline.node_benchmark", "measure the node's end-to-end latency over ROS 2 topics"),
     "export": ("rgbd_fusion_seg.offline.export", "export a checkpoint's deploy form to ONNX, self-describing, to serve"),
     "bag": ("rgbd_fusion_seg.offline.bags.cli", "rosbag2 bags: play, evaluate the node on a bag, export/import data sets"),
     "gpu-report": ("rgbd_fusion_seg.offline.gpu_report", "measure every GPU figure (serving, node, scans, training) "

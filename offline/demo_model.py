@@ -3,7 +3,7 @@
 `rgbd-fusion-seg demo` serves it, and `bag evaluate` serves it for depth bags given no --checkpoint. The data
 generator is deterministic (same seed, same bytes) and training is seeded, so the first run rebuilds the same
 model anywhere; the checkpoint is not shipped (about 58 MB). Why early fusion and this schedule, with the
-alternatives measured: see the module docstring of `rgbd_fusion_seg.ros.demo`.
+alternatives measured: see the module docstring of `rgbd_fusion_seg.offline.demo`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 # The embedded default: what the first run generates and trains (and what later runs find cached).
 DEFAULT_DATA = {"num_frames": 48, "seed": 0, "height": 240, "width": 320, "val_fraction": 0.25}
-DEFAULT_METHOD = "early"  # the study's fastest learner from scratch, and the cheapest step (see ros/demo.py)
+DEFAULT_METHOD = "early"  # the study's fastest learner from scratch, and the cheapest step (see offline/demo.py)
 DEFAULT_TRAIN = {"steps": 1200, "batch_size": 4, "input_size": (96, 128), "lr": 2.0e-3}
 # Depth range of the generated scenes (table 0.75-1.30 m, wall 1.60 m): the demo normalises [0.5, 2.0] m.
 DEMO_AUX_RANGE_M = (0.5, 2.0)

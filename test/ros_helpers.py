@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rgbd_fusion_seg.ros.parameters import ros_arguments
+from rgbd_fusion_seg.serving.parameters import ros_arguments
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -288,7 +288,7 @@ def compressed_msg(image: np.ndarray, encoding: str, kind: str, stamp_ns: int, f
     """A sensor_msgs/CompressedImage as image_transport's publishers write it (image_codec.compress)."""
     from sensor_msgs.msg import CompressedImage
 
-    from rgbd_fusion_seg.ros.image_codec import compress
+    from rgbd_fusion_seg.serving.image_codec import compress
 
     msg = CompressedImage()
     msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)

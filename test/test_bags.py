@@ -301,8 +301,8 @@ def test_play_decompresses_with_recorded_timing_and_clock(tmp_path, bags):
     from sensor_msgs.msg import Image
 
     from rgbd_fusion_seg.offline.bags.play import PlayOptions, Player
-    from rgbd_fusion_seg.ros.harness import RosSession, ros_environment, wait_until
-    from rgbd_fusion_seg.ros.image_codec import colour_from_msg
+    from rgbd_fusion_seg.offline.node_harness import RosSession, ros_environment, wait_until
+    from rgbd_fusion_seg.serving.image_codec import colour_from_msg
 
     session = RosSession("test_bag_play", ros_environment(DOMAIN))
     received, clocks = [], []
@@ -334,7 +334,7 @@ def test_play_start_offset_loop_and_remap_errors(bags):
     import threading
 
     from rgbd_fusion_seg.offline.bags.play import PlayOptions, Player, parse_remaps
-    from rgbd_fusion_seg.ros.harness import RosSession, ros_environment
+    from rgbd_fusion_seg.offline.node_harness import RosSession, ros_environment
 
     session = RosSession("test_bag_play_loop", ros_environment(DOMAIN))
     try:

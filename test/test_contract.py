@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rgbd_fusion_seg.ros import contract
-from rgbd_fusion_seg.ros.parameters import PARAMETERS
+from rgbd_fusion_seg.serving.parameters import PARAMETERS
 from ros_helpers import domain_id_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_every_parameter_is_in_one_documented_section():
 
 
 def test_topic_encodings_are_the_codecs():
-    from rgbd_fusion_seg.ros.image_codec import AUX_ENCODINGS, COLOUR_ENCODINGS
+    from rgbd_fusion_seg.serving.image_codec import AUX_ENCODINGS, COLOUR_ENCODINGS
 
     topics = {topic.name: topic for topic in contract.TOPICS}
     assert set(ENCODING.findall(topics["rgb/image"].content)) == set(COLOUR_ENCODINGS)

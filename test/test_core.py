@@ -133,7 +133,7 @@ def test_checkpoint_with_weights_of_another_shape_is_refused(tmp_path):
 
 def test_checkpoint_of_another_architecture_version_is_refused_by_both_readers(tmp_path, monkeypatch):
     from rgbd_fusion_seg.models.methods.rgb_baseline import RGBBaseline
-    from rgbd_fusion_seg.ros.model_serving import inspect_checkpoint
+    from rgbd_fusion_seg.serving.model_serving import inspect_checkpoint
 
     path = save_checkpoint(make_checkpoint(), tmp_path / "model.pt")
     written = RGBBaseline.architecture_version

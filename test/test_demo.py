@@ -109,8 +109,8 @@ def _check_point_clouds(out: Path, text: str, received: float) -> None:
 
 def test_demo_fails_cleanly_when_the_node_dies(tmp_path):
     """A node that exits at start-up: the demo reports it with the node's log instead of hanging."""
-    from rgbd_fusion_seg.ros.demo import DemoClient, stream
-    from rgbd_fusion_seg.ros.harness import NodeProcess, RosSession, ros_environment
+    from rgbd_fusion_seg.offline.demo import DemoClient, stream
+    from rgbd_fusion_seg.offline.node_harness import NodeProcess, RosSession, ros_environment
 
     env = ros_environment(random.Random(os.getpid() + 11).randint(1, 100))
     node = NodeProcess(None, env=env, log_path=tmp_path / "node.log", module="rgbd_fusion_seg.no_such_module")

@@ -21,7 +21,7 @@ from rgbd_fusion_seg.offline.bags.export import export
 from rgbd_fusion_seg.offline.bags.import_ import import_dataset, open_source
 from rgbd_fusion_seg.offline.bags.reading import BagError, reading
 from rgbd_fusion_seg.offline.bags.writing import BagWriter, OutputNotWrittenError, image_message
-from rgbd_fusion_seg.ros.model_serving import inspect_checkpoint
+from rgbd_fusion_seg.serving.model_serving import inspect_checkpoint
 
 EXPECTED = "expected a .pt file written by `rgbd-fusion-seg train`"
 
@@ -346,7 +346,7 @@ def crafted_bag(tmp_path, monkeypatch):
 
 def test_play_skips_types_outside_the_ros_message_packages_without_importing_them(crafted_bag):
     from rgbd_fusion_seg.offline.bags.play import PlayOptions, Player
-    from rgbd_fusion_seg.ros.harness import RosSession, ros_environment
+    from rgbd_fusion_seg.offline.node_harness import RosSession, ros_environment
 
     bag, marker = crafted_bag
     lines = []

@@ -8,8 +8,8 @@ import pytest
 from rosbags.image import message_to_cvimage
 from rosbags.typesys import Stores, get_typestore
 
-from rgbd_fusion_seg.ros import rvl
-from rgbd_fusion_seg.ros.image_codec import (
+from rgbd_fusion_seg.serving import rvl
+from rgbd_fusion_seg.serving.image_codec import (
     ImageDecodeError,
     aux_from_msg,
     colour_from_msg,
@@ -161,8 +161,8 @@ def test_encoders_round_trip(array, encoding):
 
 
 def test_codec_functions_import_without_ros():
-    code = ("import sys, rgbd_fusion_seg.ros.image_codec, rgbd_fusion_seg.ros.pairing, "
-            "rgbd_fusion_seg.ros.parameters; assert 'rclpy' not in sys.modules and 'sensor_msgs' not in sys.modules")
+    code = ("import sys, rgbd_fusion_seg.serving.image_codec, rgbd_fusion_seg.serving.pairing, "
+            "rgbd_fusion_seg.serving.parameters; assert 'rclpy' not in sys.modules and 'sensor_msgs' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -53,7 +53,7 @@ def _config_parameters() -> dict:
 
 @pytest.fixture(scope="module")
 def parameter_table():
-    return pytest.importorskip("rgbd_fusion_seg.ros.parameters")
+    return pytest.importorskip("rgbd_fusion_seg.serving.parameters")
 
 
 # ---- static checks ---------------------------------------------------------------------------------
@@ -353,7 +353,7 @@ def test_colcon_installs_the_rviz_config(colcon_install):
 @pytest.fixture(scope="module")
 def ros_env():
     pytest.importorskip("rclpy")
-    from rgbd_fusion_seg.ros.harness import ros_environment
+    from rgbd_fusion_seg.offline.node_harness import ros_environment
 
     return ros_environment(domain_id=random.Random(os.getpid()).randint(1, 100))
 
@@ -365,8 +365,8 @@ def test_node_starts_with_the_config_file_and_reports_its_parameters(tmp_path, r
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from rgbd_fusion_seg.ros.node_benchmark import make_untrained_checkpoint
-    from rgbd_fusion_seg.ros.harness import NodeProcess, RosSession, image_msg, wait_until
+    from rgbd_fusion_seg.offline.node_benchmark import make_untrained_checkpoint
+    from rgbd_fusion_seg.offline.node_harness import NodeProcess, RosSession, image_msg, wait_until
 
     checkpoint = make_untrained_checkpoint(tmp_path / "mid.pt", method="mid", input_size=(32, 40))
     namespace = f"/launch_test_{os.getpid()}"

@@ -5,9 +5,9 @@ from dataclasses import replace
 import pytest
 
 from rgbd_fusion_seg.core.checkpoint import CheckpointError
-from rgbd_fusion_seg.ros import parameters as params
-from rgbd_fusion_seg.ros.model_serving import CheckpointSummary, read_checkpoint_summary
-from rgbd_fusion_seg.ros.model_selection import choose_model, needs_load
+from rgbd_fusion_seg.serving import parameters as params
+from rgbd_fusion_seg.serving.model_serving import CheckpointSummary, read_checkpoint_summary
+from rgbd_fusion_seg.serving.model_selection import choose_model, needs_load
 from ros_helpers import make_checkpoint
 
 

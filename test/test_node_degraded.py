@@ -184,7 +184,7 @@ def test_a_model_that_uses_no_aux_is_never_degraded(ros, client, checkpoints):
 
 
 def test_aux_watch_measures_the_aux_streams_own_silence():
-    from rgbd_fusion_seg.ros.degraded import AuxWatch
+    from rgbd_fusion_seg.serving.degraded import AuxWatch
 
     watch = AuxWatch()
     assert watch.colour_arrived(100.0) == 0.0  # a stream's first colour frame, its aux a few ms behind

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from rgbd_fusion_seg.ros import parameters as params
+from rgbd_fusion_seg.serving import parameters as params
 from ros_helpers import domain_id_for, make_checkpoint
 
 NUMERIC_TYPES = ("integer", "double", "double_array")

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from rgbd_fusion_seg.ros.pairing import ApproximateTimePairer
+from rgbd_fusion_seg.serving.pairing import ApproximateTimePairer
 from recorded_bags import pst900_bag
 from ros_helpers import NodeProcess, RosClient, domain_id_for, make_checkpoint, read_bag_images, rosbags_to_ros
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from rgbd_fusion_seg.ros.pairing import ApproximateTimePairer
+from rgbd_fusion_seg.serving.pairing import ApproximateTimePairer
 from ros_helpers import read_bag_images
 
 MS = 1_000_000

@@ -10,7 +10,7 @@ from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CameraInfo, PointCloud2, PointField
 from std_msgs.msg import Header
 
-from rgbd_fusion_seg.ros.point_cloud import (
+from rgbd_fusion_seg.serving.point_cloud import (
     POINT_DTYPE,
     POINT_FIELD_TYPES,
     CameraModel,
@@ -342,7 +342,7 @@ def test_benchmark_reports_each_stride():
 
 
 def test_the_core_imports_without_ros():
-    code = ("import sys, rgbd_fusion_seg.ros.point_cloud; "
+    code = ("import sys, rgbd_fusion_seg.serving.point_cloud; "
             "assert 'rclpy' not in sys.modules and 'sensor_msgs' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -3,7 +3,7 @@ a stream worked out by hand, real depth from the rgbd_indoor bag, and broken str
 import numpy as np
 import pytest
 
-from rgbd_fusion_seg.ros import rvl
+from rgbd_fusion_seg.serving import rvl
 from ros_helpers import read_bag_images
 
 

@@ -447,7 +447,7 @@ def train_and_evaluate(config_name: str, root: Path, run: Path, extra=()):
 def serve_checkpoint(path: Path) -> None:
     """The node's path: the cheap fit check (model built on the meta device), then the engine's deploy form."""
     from rgbd_fusion_seg.core.engine import SegmentationEngine
-    from rgbd_fusion_seg.ros.model_serving import read_checkpoint_summary
+    from rgbd_fusion_seg.serving.model_serving import read_checkpoint_summary
 
     assert read_checkpoint_summary(path).weights_problem is None
     engine = SegmentationEngine.from_file(path, device="cpu")

@@ -445,7 +445,7 @@ def test_idle_start_then_checkpoint_parameter_and_load_failures(all_checkpoints,
 
 
 def test_parameter_table_is_the_contract():
-    from rgbd_fusion_seg.ros import parameters as params
+    from rgbd_fusion_seg.serving import parameters as params
 
     assert params.defaults() == {
         "checkpoint": "", "fusion_method": "", "checkpoint_dir": "", "modality": "", "device": "auto",
@@ -483,14 +483,14 @@ def test_parameter_table_is_the_contract():
     ("no_pair_timeout", 0.0, "in [0.5, 3600] s"),
 ])
 def test_parameter_validation_gives_a_reason(name, value, reason):
-    from rgbd_fusion_seg.ros.parameters import validate
+    from rgbd_fusion_seg.serving.parameters import validate
 
     message = validate(name, value)
     assert message is not None and message.startswith(name) and reason in message
 
 
 def test_parameter_coercion():
-    from rgbd_fusion_seg.ros.parameters import coerce
+    from rgbd_fusion_seg.serving.parameters import coerce
 
     assert coerce("sync.slop", 1) == 1.0 and isinstance(coerce("sync.slop", 1), float)
     assert coerce("aux_range", (1, 2)) == [1.0, 2.0]
@@ -500,7 +500,7 @@ def test_parameter_coercion():
 def test_worker_newest_pair_wins_and_survives_errors():
     import threading
 
-    from rgbd_fusion_seg.ros.inference_worker import InferenceWorker
+    from rgbd_fusion_seg.serving.inference_worker import InferenceWorker
 
     started, release = threading.Event(), threading.Event()
     done, errors = [], []
@@ -536,7 +536,7 @@ def test_worker_newest_pair_wins_and_survives_errors():
 def test_background_loader_loads_the_newest_request():
     import threading
 
-    from rgbd_fusion_seg.ros.model_serving import BackgroundLoader, LoadRequest, Runtime
+    from rgbd_fusion_seg.serving.model_serving import BackgroundLoader, LoadRequest, Runtime
 
     gate = threading.Event()
     loaded, failed, calls = [], [], []
@@ -567,7 +567,7 @@ def test_background_loader_loads_the_newest_request():
 
 
 def test_latency_window():
-    from rgbd_fusion_seg.ros.inference_worker import LatencyWindow
+    from rgbd_fusion_seg.serving.inference_worker import LatencyWindow
 
     window = LatencyWindow(size=100)
     assert all(np.isnan(window.percentiles_ms())) and window.rate_hz(1.0) == 0.0

@@ -21,7 +21,7 @@ Latency of a frame = the output's publish time (the DDS source timestamp of its 
 wall time at which the input completing its colour/aux pair was played: the time the node spent from the
 moment it could have the pair to the moment its answer left. `latency_from_colour_ms` measures from the
 colour frame instead (adds the aux stream's lag). Pairs are predicted with the node's own pairer
-(`ros.pairing.ApproximateTimePairer`, same queue size and slop) fed in played order; a predicted pair
+(`serving.pairing.ApproximateTimePairer`, same queue size and slop) fed in played order; a predicted pair
 without a mask is a drop (newest-pair-wins while the model is busy, or lost in transport).
 
 Without --checkpoint, depth bags use the demo's model (trained once on generated data and cached, see
@@ -42,11 +42,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rgbd_fusion_seg.ros.harness import (NodeProcess, RosSession, drain, find_params_file, format_number, json_ready,
+from rgbd_fusion_seg.offline.node_harness import (NodeProcess, RosSession, drain, find_params_file, format_number, json_ready,
                                          node_failure, parse_stats, percentiles, rate_hz, ros_environment, wait_until,
                                          warm_up)
-from rgbd_fusion_seg.ros.image_codec import AUX_ENCODINGS
-from rgbd_fusion_seg.ros.pairing import ApproximateTimePairer
+from rgbd_fusion_seg.serving.image_codec import AUX_ENCODINGS
+from rgbd_fusion_seg.serving.pairing import ApproximateTimePairer
 
 from .play import Played, PlayOptions, Player, playback_rate
 from .reading import (
@@ -119,7 +119,7 @@ def check_aux_fits(aux_topic: str, aux, modality: str, unit: str, model: str) ->
 
 
 def checkpoint_summary(checkpoint: Path, modality: str | None):
-    from rgbd_fusion_seg.ros.model_serving import inspect_checkpoint  # imports torch: seconds
+    from rgbd_fusion_seg.serving.model_serving import inspect_checkpoint  # imports torch: seconds
 
     return inspect_checkpoint(checkpoint, modality=modality)
 

@@ -2,7 +2,7 @@
 
     rgbd-fusion-seg bag export BAG --rgb-topic T --aux-topic T --modality depth|thermal --out DIR
 
-Pairs are made exactly as segment_node makes them: `ros.pairing.ApproximateTimePairer` with the same queue
+Pairs are made exactly as segment_node makes them: `serving.pairing.ApproximateTimePairer` with the same queue
 size and slop (defaults: the node's sync.queue_size and sync.slop, 10 and 0.05 s), fed in the bag's recorded
 order. Writes (COMMON folder contract):
 
@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 import yaml
 
-from rgbd_fusion_seg.ros.pairing import ApproximateTimePairer
-from rgbd_fusion_seg.ros.parameters import PARAMETERS_BY_NAME
+from rgbd_fusion_seg.serving.pairing import ApproximateTimePairer
+from rgbd_fusion_seg.serving.parameters import PARAMETERS_BY_NAME
 
 from .reading import BagError, colour_of, deserialize, first_image, image_connection, messages, pixels, reading, stamp_ns
 from .writing import new_output_folder, refuse_existing_output

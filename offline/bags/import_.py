@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from rgbd_fusion_seg.core.preprocessing import depth_to_metres
-from rgbd_fusion_seg.ros.image_codec import DEPTH_KINDS
+from rgbd_fusion_seg.serving.image_codec import DEPTH_KINDS
 
 from .reading import BagError
 from .writing import STORAGES, BagWriter, compressed_message, image_message, new_output_folder

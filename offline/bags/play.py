@@ -242,7 +242,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from rgbd_fusion_seg.ros.harness import RosSession
+    from rgbd_fusion_seg.offline.node_harness import RosSession
 
     options = PlayOptions(topics=args.topics, rate=args.rate, start_offset=args.start_offset, loop=args.loop,
                           remap=parse_remaps(args.remap), clock_hz=args.clock, decompress=args.decompress)

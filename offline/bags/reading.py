@@ -2,7 +2,7 @@
 
 Messages are deserialised with the ROS 2 Humble type store of `rosbags` (sensor_msgs/Image and
 CompressedImage have not changed since); image pixels go through the node's own codec
-(`rgbd_fusion_seg.ros.image_codec`), so a bag decodes exactly as the live node decodes the same stream.
+(`rgbd_fusion_seg.serving.image_codec`), so a bag decodes exactly as the live node decodes the same stream.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Iterator
 
 import numpy as np
 
-from rgbd_fusion_seg.ros.harness import stamp_of as stamp_ns  # header stamp in ns, rclpy and rosbags messages alike
-from rgbd_fusion_seg.ros.image_codec import ImageDecodeError, colour_from_msg, decompress, pixel_view
+from rgbd_fusion_seg.offline.node_harness import stamp_of as stamp_ns  # header stamp in ns, rclpy and rosbags messages alike
+from rgbd_fusion_seg.serving.image_codec import ImageDecodeError, colour_from_msg, decompress, pixel_view
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"

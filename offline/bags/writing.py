@@ -22,7 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
-from rgbd_fusion_seg.ros.image_codec import compress, encode_as
+from rgbd_fusion_seg.serving.image_codec import compress, encode_as
 
 from .reading import COMPRESSED, IMAGE, BagError, typestore
 

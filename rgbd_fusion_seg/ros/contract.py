@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .parameters import PARAMETERS, PARAMETERS_BY_NAME, SECTION_NOTES, ParameterSpec
+from ..serving.parameters import PARAMETERS, PARAMETERS_BY_NAME, SECTION_NOTES, ParameterSpec
 
 NODE_NAME = "segment_node"
 REGENERATE = "python -m rgbd_fusion_seg.ros.contract --write README.md docs/node.md config/segment.yaml"
@@ -208,7 +208,7 @@ def _yaml_header() -> list[str]:
     text = (f"Inputs, remapped rather than set here: {inputs}, by the transport parameters below. Outputs: {outputs}. "
             + IMAGE_OUTPUTS_NOTE)
     return [
-        f"# Parameters of rgbd_fusion_seg's {NODE_NAME}, generated from rgbd_fusion_seg/ros/parameters.py by",
+        f"# Parameters of rgbd_fusion_seg's {NODE_NAME}, generated from rgbd_fusion_seg/serving/parameters.py by",
         f"#   {REGENERATE}",
         "# (edit the table there, not this file). Use it with:",
         f"#   {NODE_NAME} --ros-args --params-file config/segment.yaml -p checkpoint:=/path/to/mid.pt",

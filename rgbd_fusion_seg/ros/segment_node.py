@@ -41,16 +41,16 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from ..core.palette import colourise, overlay
 from ..core.preprocessing import PreprocessingError
-from . import parameters as params
+from ..serving import parameters as params
+from ..serving.cloud_output import CameraInfoState, cloud_options, cloud_points
+from ..serving.degraded import AuxWatch, colour_only_server
+from ..serving.image_codec import ImageDecodeError, aux_from_msg, colour_from_msg, float_to_msg, mask_to_msg, rgb_to_msg
+from ..serving.inference_worker import InferenceWorker, LatencyWindow
+from ..serving.model_selection import choose_model, needs_load, runtime_from
+from ..serving.model_serving import BackgroundLoader, LoadRequest, ServedModel, inspect_checkpoint
+from ..serving.pairing import STAMP_JUMP_BACK_S, ApproximateTimePairer
+from ..serving.point_cloud import camera_info_at_size, cloud_to_msg
 from .contract import OUTPUT_QOS, UNPAIRED_WARNING_SHARE
-from .cloud_output import CameraInfoState, cloud_options, cloud_points
-from .degraded import AuxWatch, colour_only_server
-from .image_codec import ImageDecodeError, aux_from_msg, colour_from_msg, float_to_msg, mask_to_msg, rgb_to_msg
-from .inference_worker import InferenceWorker, LatencyWindow
-from .model_selection import choose_model, needs_load, runtime_from
-from .model_serving import BackgroundLoader, LoadRequest, ServedModel, inspect_checkpoint
-from .pairing import STAMP_JUMP_BACK_S, ApproximateTimePairer
-from .point_cloud import camera_info_at_size, cloud_to_msg
 from .spinning import run_until_stopped
 
 NODE_NAME = "segment_node"
