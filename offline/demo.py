@@ -1,6 +1,6 @@
 """`rgbd-fusion-seg demo`: the whole product on a fresh machine, without a dataset, a GPU or a ROS 2 distro.
 
-    rgbd-fusion-seg demo                     # first run: about 4 minutes on 2 CPU cores, then under a minute
+    rgbd-fusion-seg demo                     # first run: about 5 minutes on 2 CPU cores, then under a minute
     rgbd-fusion-seg demo --method late --frames 96 --rate 15 --out /tmp/demo
 
 What it does:
@@ -11,9 +11,9 @@ What it does:
 2. Trains a fusion model on it (default `early`, the MM5 study's early fusion: RGB and depth as one
    4-channel input of a ResNet-18 U-Net) with depth from `D16` decoded to metres, the unit a real RGB-D
    camera's 16UC1 stream decodes to in the node, on all eight lightings, at a 96x128 input for 1200 steps of
-   batch 4 (AdamW, peak lr 2e-3, cosine, 20 warm-up steps): 474 s of CPU time with one torch thread, so
-   about 4 minutes on 2 quiet CPU cores (wall = CPU / 2 with torch's 2 threads; not measured on a quiet
-   machine), once. The checkpoint is cached and reused by later runs (`--retrain` trains again).
+   batch 4 (AdamW, peak lr 2e-3, cosine, 20 warm-up steps): 519 CPU s, 279 s wall on 2 quiet cores with
+   torch's 2 threads (the whole first run 5 min 1 s; docs/benchmarks.md), once. The checkpoint is cached and
+   reused by later runs (`--retrain` trains again).
    It is not shipped in git because a ResNet-18 U-Net checkpoint is about 58 MB, too big for the
    repository, and it need not be: the data generator is deterministic (same seed, same bytes) and
    training is seeded, so the first run rebuilds the same model anywhere.
@@ -30,6 +30,7 @@ What it does:
    | early | 4 x 1000, 4e-3 | 411 | 69.0 (node) | 53.2 (node) |
    | early | 4 x 1200, 4e-3 | 456 | 69.1 (node; 68.5 cached) | 51.2 (node; 49.5) |
    | early (default) | 4 x 1200, 2e-3 | 474 | 69.6 (node) | 58.6 (node) |
+   | early (default), 2 threads, quiet VM (2026-12-07) | 4 x 1200, 2e-3 | 519 (279 s wall) | 71.9 (node) | 63.0 (node) |
 
    Early fusion because the study's version-2 architectures learn slowly from scratch and early fusion
    learns fastest among them (docs/training.md: at 70 steps its mean over four lightings was 29.9 %,
@@ -40,8 +41,10 @@ What it does:
    the updates took the score from 49 % to 69 %. 1200 steps: the most the 6-minute budget allows with
    margin (by the rule wall = CPU / 2 on 2 quiet cores with torch's 2 threads); at lr 4e-3, 1000 -> 1200
    gained nothing (69.0 -> 69.1 %); lr 2e-3 kept the overall score (69.6 %) and lifted the darkest noisy
-   lighting from 51 to 59 %. Still 0.4 points short of issue 23's 70 % overall. Mug and hot mug differ only in temperature, which depth cannot see, so those two classes
-   stay low for every depth model.
+   lighting from 51 to 59 %. The same seed gives a different model with a different number of torch threads
+   (the order of float sums in the convolutions changes): with one thread 69.6 %, with the 2 threads a
+   first run on 2 cores uses, 71.9 % overall and 63.0 % in the darkest noisy lighting. Mug and hot mug
+   differ only in temperature, which depth cannot see, so those two classes stay low for every depth model.
 3. Starts the real `segment_node` in its own process, exactly as a user would:
    `python -m rgbd_fusion_seg.ros.segment_node --ros-args --params-file config/segment.yaml -p checkpoint:=...`
    (the file's `qos.profile: auto` subscribes reliably to the demo's camera, which publishes reliably:
