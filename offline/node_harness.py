@@ -14,6 +14,7 @@ Nothing here imports rclpy at module level, so the offline tools can import it w
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,9 +57,12 @@ def find_params_file() -> Path | None:
 
 
 class NodeProcess:
-    """The real segment_node in a child process (`python -m rgbd_fusion_seg.ros.segment_node --ros-args ...`).
+    """The real segment_node (or another `module`) in a child process:
+    `python -m rgbd_fusion_seg.ros.segment_node --ros-args ...`, its output in `log_path`.
 
-    Its output goes to `log_path`. `stop()` sends SIGINT (rclpy's clean shutdown), then SIGTERM, then SIGKILL.
+    The log is written as it happens (unbuffered, no colour codes), so `wait_for_log` can synchronise on
+    it. `stop()` sends SIGINT (rclpy's clean shutdown), then SIGTERM, then SIGKILL; leaving a `with` block
+    stops it the same way.
     """
 
     def __init__(
@@ -83,6 +87,8 @@ class NodeProcess:
         self.command = command
         self.log_path = Path(log_path) if log_path else None
         self._log_file = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
+        env = dict(os.environ if env is None else env)
+        env.update({"PYTHONUNBUFFERED": "1", "RCUTILS_LOGGING_BUFFERED_STREAM": "0", "RCUTILS_COLORIZED_OUTPUT": "0"})
         self.process = subprocess.Popen(
             command, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
@@ -91,16 +97,35 @@ class NodeProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def log_tail(self, lines: int = 30) -> str:
+    def log(self) -> str:
+        """The whole log so far ("" without a log file)."""
         if not self.log_path or not self.log_path.is_file():
             return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return self.log_path.read_text(errors="replace")
 
-    def stop(self, timeout: float = 10.0) -> int | None:
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def wait_for_log(self, pattern: str, timeout: float = 20.0, count: int = 1) -> str:
+        """Wait until `pattern` (a regex) occurs `count` times in the log; returns the log. AssertionError,
+        with the log, when the process exits first or `timeout` s pass."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log()
+            if len(re.findall(pattern, text)) >= count:
+                return text
+            if not self.alive():
+                raise AssertionError(f"node exited ({self.process.returncode}) before logging {pattern!r}:\n{text}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} in the node's log after {timeout} s:\n{text}")
+            time.sleep(0.1)
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 15.0) -> int | None:
+        """Send `sig` and wait up to `timeout` s, then SIGTERM and SIGKILL (5 s each); the exit status."""
         if self.alive():
-            for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            for signal_number, wait in ((sig, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
                 try:
-                    self.process.send_signal(sig)
+                    self.process.send_signal(signal_number)
                     self.process.wait(wait)
                     break
                 except subprocess.TimeoutExpired:

@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import array
 import os
-import re
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from rgbd_fusion_seg.serving.parameters import ros_arguments
+from rgbd_fusion_seg.offline.node_harness import NodeProcess, ros_environment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,62 +52,17 @@ def make_checkpoint(path, method="rgb", num_classes=4, modality="depth", unit="m
 # ---- the node as a subprocess ---------------------------------------------------------------------------
 
 
-class NodeProcess:
-    """`python -m rgbd_fusion_seg.ros.segment_node --ros-args ...` with its output in a log file."""
-
-    def __init__(self, log_path, domain_id: int, parameters: dict | None = None, remaps: dict | None = None,
-                 params_file=None, extra_env: dict | None = None):
-        args = [sys.executable, "-m", "rgbd_fusion_seg.ros.segment_node",
-                *ros_arguments(params_file or None, parameters, remaps)]
-        env = dict(os.environ)
-        env.update({
-            "ROS_DOMAIN_ID": str(domain_id),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")])),
-            "PYTHONUNBUFFERED": "1",
-            "RCUTILS_LOGGING_BUFFERED_STREAM": "0",
-            "RCUTILS_COLORIZED_OUTPUT": "0",
-            "OMP_NUM_THREADS": "1",  # the test machine has 2 cores; leave one to the test process
-        })
-        env.update(extra_env or {})
-        self.log_path = Path(log_path)
-        self._log_file = open(self.log_path, "wb")
-        self.process = subprocess.Popen(args, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, pattern: str, timeout: float = 20.0, count: int = 1) -> str:
-        """Wait until `pattern` (a regex) occurs `count` times in the log; return the log."""
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.log()
-            if len(re.findall(pattern, text)) >= count:
-                return text
-            if self.process.poll() is not None:
-                raise AssertionError(f"node exited ({self.process.returncode}) before logging {pattern!r}:\n{text}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {pattern!r} in the node's log after {timeout} s:\n{text}")
-            time.sleep(0.1)
-
-    def stop(self, sig=signal.SIGINT, timeout: float = 15.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log_file.close()
-        return self.process.returncode
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._log_file.close()
+def start_node(log_path, domain_id: int, parameters: dict | None = None, remaps: dict | None = None,
+               params_file=None) -> NodeProcess:
+    """The segment_node of this source tree in a child process, in ROS domain `domain_id`, its output in
+    `log_path` (the harness's NodeProcess, as the demo and the bag tools start it)."""
+    env = ros_environment(domain_id)
+    env.update({
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")])),
+        "OMP_NUM_THREADS": "1",  # the test machine has 2 cores; leave one to the test process
+    })
+    return NodeProcess(None, params_file=params_file, parameters=parameters, remappings=remaps, env=env,
+                       log_path=log_path)
 
 
 # ---- an in-test rclpy client ------------------------------------------------------------------------------

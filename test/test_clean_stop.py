@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from ros_helpers import REPO, NodeProcess, domain_id_for
+from ros_helpers import REPO, domain_id_for, start_node
 
 DOMAIN = domain_id_for(47)
 
@@ -83,7 +83,7 @@ def test_a_signal_while_publishing_from_a_callback_and_a_thread_stops_cleanly(si
 @pytest.mark.slow
 def test_sigint_during_start_up_exits_cleanly(tmp_path):
     """A signal while torch is imported (the node's longest start-up step): the node is built, then stopped."""
-    with NodeProcess(tmp_path / "node.log", DOMAIN) as node:
+    with start_node(tmp_path / "node.log", DOMAIN) as node:
         node.wait_for_log("pairing: queue_size")  # logged just before torch is imported
         assert node.stop(signal.SIGINT, timeout=60) == 0, node.log()
     text = node.log()

@@ -9,7 +9,7 @@ import array
 import numpy as np
 import pytest
 
-from ros_helpers import NodeProcess, RosClient, Stamps, compressed_msg, domain_id_for, make_checkpoint
+from ros_helpers import RosClient, Stamps, compressed_msg, domain_id_for, make_checkpoint, start_node
 
 DOMAIN = domain_id_for(23)
 COLOUR = "/camera/color/image_raw"  # remapped as the base name: the node adds /compressed
@@ -44,7 +44,7 @@ def node(client, tmp_path_factory):
     parameters = {"checkpoint": str(folder / "early.pt"), "transport.rgb": "compressed",
                   "transport.aux": "compressedDepth", "stats_period": 0.5}
     remaps = {"rgb/image": COLOUR, "aux/image/compressedDepth": DEPTH}
-    with NodeProcess(folder / "node.log", DOMAIN, parameters=parameters, remaps=remaps) as process:
+    with start_node(folder / "node.log", DOMAIN, parameters=parameters, remaps=remaps) as process:
         client.wait_for_node()
         process.wait_for_log("serving method 'early'", timeout=60)
         client.prime(next_stamp, compressed_pair)

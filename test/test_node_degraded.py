@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from ros_helpers import NodeProcess, Stamps, client_fixture, domain_id_for, image_msg, make_checkpoint, random_pair
+from ros_helpers import Stamps, client_fixture, domain_id_for, image_msg, make_checkpoint, random_pair, start_node
 
 DOMAIN = domain_id_for(101)
 next_stamp = Stamps()
@@ -33,7 +33,7 @@ def ros(client, checkpoints, tmp_path_factory):
                                     QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
     parameters = {"checkpoint": str(checkpoints / "early.pt"), "fallback_checkpoint": str(checkpoints / "rgb.pt"),
                   "aux_timeout": 0.5, "stats_period": 0.3, "qos.profile": "reliable"}
-    with NodeProcess(tmp_path_factory.mktemp("log") / "node.log", DOMAIN, parameters=parameters) as node:
+    with start_node(tmp_path_factory.mktemp("log") / "node.log", DOMAIN, parameters=parameters) as node:
         client.wait_for_node()
         node.wait_for_log("fallback ready", timeout=60)
         client.prime(next_stamp, random_pair)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from ros_helpers import NodeProcess, Stamps, client_fixture, domain_id_for, image_msg, make_checkpoint, random_pair
+from ros_helpers import Stamps, client_fixture, domain_id_for, image_msg, make_checkpoint, random_pair, start_node
 
 DOMAIN = domain_id_for(43)
 next_stamp = Stamps()
@@ -26,7 +26,7 @@ client = client_fixture(DOMAIN)
 @pytest.fixture(scope="module")
 def node(client, tmp_path_factory):
     log = tmp_path_factory.mktemp("node_log") / "segment_node.log"
-    with NodeProcess(log, DOMAIN, parameters={"stats_period": 0.5, "no_pair_timeout": 1.0}) as process:
+    with start_node(log, DOMAIN, parameters={"stats_period": 0.5, "no_pair_timeout": 1.0}) as process:
         client.wait_for_node()
         process.wait_for_log("no checkpoint given", timeout=60)  # torch is imported first: slow on a busy machine
         yield process

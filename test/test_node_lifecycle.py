@@ -2,7 +2,7 @@
 the masks, cleanup frees the model, configure and activate bring it back), and `autostart: false`."""
 import pytest
 
-from ros_helpers import NodeProcess, Stamps, client_fixture, domain_id_for, make_checkpoint, random_pair
+from ros_helpers import Stamps, client_fixture, domain_id_for, make_checkpoint, random_pair, start_node
 
 DOMAIN = domain_id_for(103)
 next_stamp = Stamps()
@@ -57,7 +57,7 @@ def masks_flow(client) -> bool:
 
 def test_transitions_from_a_client(client, checkpoint, tmp_path):
     lifecycle = Lifecycle(client)
-    with NodeProcess(tmp_path / "node.log", DOMAIN, parameters={"checkpoint": str(checkpoint)}) as node:
+    with start_node(tmp_path / "node.log", DOMAIN, parameters={"checkpoint": str(checkpoint)}) as node:
         client.wait_for_node()
         node.wait_for_log("serving method 'early'", timeout=60)
         client.prime(next_stamp, random_pair)
@@ -84,7 +84,7 @@ def test_transitions_from_a_client(client, checkpoint, tmp_path):
 def test_without_autostart_it_waits_unconfigured(client, checkpoint, tmp_path):
     lifecycle = Lifecycle(client)
     parameters = {"checkpoint": str(checkpoint), "autostart": False}
-    with NodeProcess(tmp_path / "node.log", DOMAIN, parameters=parameters) as node:
+    with start_node(tmp_path / "node.log", DOMAIN, parameters=parameters) as node:
         node.wait_for_log("autostart is false: unconfigured")
         assert lifecycle.state() == "unconfigured"
         assert client.rgb_pub.get_subscription_count() == 0 and "loading" not in node.log()
@@ -123,7 +123,7 @@ def test_shutdown_from_active_finalizes_the_node(client, checkpoint, tmp_path):
 
     lifecycle = Lifecycle(client)
     statuses = diagnostics_of(client)
-    with NodeProcess(tmp_path / "node.log", DOMAIN, parameters={"checkpoint": str(checkpoint),
+    with start_node(tmp_path / "node.log", DOMAIN, parameters={"checkpoint": str(checkpoint),
                                                                 "stats_period": 0.3}) as node:
         client.wait_for_node()
         node.wait_for_log("serving method 'early'", timeout=60)
@@ -147,7 +147,7 @@ def test_cleanup_then_configure_starts_every_counter_afresh(client, checkpoint, 
     lifecycle = Lifecycle(client)
     statuses = diagnostics_of(client)
     parameters = {"checkpoint": str(checkpoint), "stats_period": 0.3, "no_pair_timeout": 1.0}
-    with NodeProcess(tmp_path / "node.log", DOMAIN, parameters=parameters) as node:
+    with start_node(tmp_path / "node.log", DOMAIN, parameters=parameters) as node:
         client.wait_for_node()
         node.wait_for_log("serving method 'early'", timeout=60)
         client.prime(next_stamp, random_pair)

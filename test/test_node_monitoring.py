@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from ros_helpers import NodeProcess, Stamps, client_fixture, domain_id_for, make_checkpoint, random_pair
+from ros_helpers import Stamps, client_fixture, domain_id_for, make_checkpoint, random_pair, start_node
 
 DOMAIN = domain_id_for(107)
 next_stamp = Stamps()
@@ -24,7 +24,7 @@ def ros(client, tmp_path_factory):
     folder = tmp_path_factory.mktemp("monitoring")
     checkpoint = make_checkpoint(folder / "early.pt", "early")
     parameters = {"checkpoint": str(checkpoint), "stats_period": 0.3, "no_pair_timeout": 3.0}
-    with NodeProcess(folder / "node.log", DOMAIN, parameters=parameters) as node:
+    with start_node(folder / "node.log", DOMAIN, parameters=parameters) as node:
         client.wait_for_node()
         client.prime(next_stamp, random_pair)
         yield node, statuses

@@ -3,7 +3,7 @@ known intrinsics, and the bad calibrations the node must survive (missing, refus
 import numpy as np
 import pytest
 
-from ros_helpers import NodeProcess, Stamps, client_fixture, domain_id_for, image_msg, make_checkpoint
+from ros_helpers import Stamps, client_fixture, domain_id_for, image_msg, make_checkpoint, start_node
 
 DOMAIN = domain_id_for(97)
 HEIGHT, WIDTH = 48, 64
@@ -50,7 +50,7 @@ def ros(client, tmp_path_factory):
     received = {"points": [], "camera_info": []}
     client.node.create_subscription(PointCloud2, "/segment_node/points", received["points"].append, qos)
     client.node.create_subscription(CameraInfo, "/segment_node/camera_info", received["camera_info"].append, qos)
-    with NodeProcess(folder / "node.log", DOMAIN, parameters=parameters) as node:
+    with start_node(folder / "node.log", DOMAIN, parameters=parameters) as node:
         client.wait_for_node(outputs=("mask", "confidence", "points", "camera_info"))
         node.wait_for_log("serving method 'early'", timeout=60)
         client.spin_until(lambda: info_pub.get_subscription_count() > 0, 20, "the node's camera_info subscription")

@@ -17,7 +17,7 @@ import pytest
 
 from rgbd_fusion_seg.serving.pairing import ApproximateTimePairer
 from recorded_bags import pst900_bag
-from ros_helpers import NodeProcess, RosClient, domain_id_for, make_checkpoint, read_bag_images, rosbags_to_ros
+from ros_helpers import RosClient, domain_id_for, make_checkpoint, read_bag_images, rosbags_to_ros, start_node
 
 DOMAIN = domain_id_for(23)
 NUM_CLASSES = 5
@@ -60,7 +60,7 @@ def test_real_bag_through_the_node(bag, tmp_path):
                     high=case["high"], input_size=(96, 128))
     client = RosClient(DOMAIN, rgb_topic=case["colour"], aux_topic=case["aux"])
     try:
-        with NodeProcess(tmp_path / "node.log", DOMAIN, parameters=parameters, remaps=remaps) as node:
+        with start_node(tmp_path / "node.log", DOMAIN, parameters=parameters, remaps=remaps) as node:
             client.wait_for_node(timeout=40)
             node.wait_for_log(r"serving method 'early'", timeout=40)
             text = node.log()

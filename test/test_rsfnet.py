@@ -412,7 +412,7 @@ def test_trains_on_tiny_mm5_with_pseudo_labels_and_evaluates_from_the_checkpoint
 @pytest.mark.slow
 def test_node_switches_to_rsfnet_at_runtime_on_an_rgbd_stream(tmp_path):
     """fusion_method=rsfnet picks <checkpoint_dir>/rsfnet.pt (depth) and the node serves its merged form."""
-    from ros_helpers import NodeProcess, RosClient, domain_id_for, make_checkpoint
+    from ros_helpers import RosClient, domain_id_for, make_checkpoint, start_node
     from test_segment_node import prime
 
     folder = tmp_path / "checkpoints"
@@ -423,7 +423,7 @@ def test_node_switches_to_rsfnet_at_runtime_on_an_rgbd_stream(tmp_path):
     client = RosClient(domain)
     try:
         parameters = {"checkpoint": str(folder / "early.pt"), "checkpoint_dir": str(folder), "stats_period": 0.5}
-        with NodeProcess(tmp_path / "node.log", domain, parameters=parameters) as process:
+        with start_node(tmp_path / "node.log", domain, parameters=parameters) as process:
             client.wait_for_node()
             process.wait_for_log("serving method 'early'")
             [result] = client.set_parameters({"fusion_method": "rsfnet"})

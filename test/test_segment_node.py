@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from ros_helpers import NodeProcess, Stamps, client_fixture, domain_id_for, image_msg, make_checkpoint, random_pair
+from ros_helpers import Stamps, client_fixture, domain_id_for, image_msg, make_checkpoint, random_pair, start_node
 
 DOMAIN = domain_id_for(11)
 MS = 1_000_000
@@ -53,7 +53,7 @@ client = client_fixture(DOMAIN)
 @pytest.fixture(scope="module")
 def node(checkpoints, client, tmp_path_factory):
     log = tmp_path_factory.mktemp("node_log") / "segment_node.log"
-    with NodeProcess(log, DOMAIN, parameters={
+    with start_node(log, DOMAIN, parameters={
         "checkpoint": str(checkpoints / "early.pt"),
         "outputs.overlay": True,
         "outputs.confidence": True,
@@ -391,7 +391,7 @@ def test_idle_start_then_checkpoint_parameter_and_load_failures(all_checkpoints,
         "    qos:\n"
         "      profile: reliable\n"
     )
-    with NodeProcess(tmp_path / "idle.log", DOMAIN, params_file=params_file) as node:
+    with start_node(tmp_path / "idle.log", DOMAIN, params_file=params_file) as node:
         client.wait_for_node(outputs=("mask", "overlay"))
         node.wait_for_log("does not exist; no model: running idle")
         names = ["sync.queue_size", "sync.slop", "outputs.overlay", "no_pair_timeout", "overlay_alpha", "qos.profile"]
