@@ -23,30 +23,39 @@ def domain_id_for(salt: int) -> int:
     return 1 + (os.getpid() * 7 + salt * 31) % 200
 
 
-def make_checkpoint(path, method="rgb", num_classes=4, modality="depth", unit="m", low=0.0, high=5.0,
-                    input_size=(64, 64), seed=0, num_classes_in_weights=None, options=None, data=None):
-    """A random-weight checkpoint (fine for plumbing); `num_classes_in_weights` makes weights that do not fit;
-    `data` adds to what it says it was trained on (e.g. {"aux_dropout": 0.5})."""
+def build_checkpoint(method="rgb", num_classes=4, *, model=None, modality="depth", unit="m", low=0.0, high=5.0,
+                     input_size=(64, 64), preprocessing=None, seed=0, num_classes_in_weights=None, options=None,
+                     data=None):
+    """The tests' checkpoint: of `model`, else of random weights (fine for plumbing) built from `options`;
+    `num_classes_in_weights` makes weights that do not fit; `preprocessing` replaces the one made of
+    `input_size` and the aux range; `data` adds to what it says it was trained on (e.g. {"aux_dropout": 0.5})."""
     import torch
 
-    from rgbd_fusion_seg.core.checkpoint import Checkpoint, save_checkpoint
+    from rgbd_fusion_seg.core.checkpoint import Checkpoint
     from rgbd_fusion_seg.core.palette import default_palette
     from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
     from rgbd_fusion_seg.models import build_model
 
-    torch.manual_seed(seed)
-    model = build_model(method, num_classes_in_weights or num_classes, **(options or {}))
-    checkpoint = Checkpoint(
+    if model is None:
+        torch.manual_seed(seed)
+        model = build_model(method, num_classes_in_weights or num_classes, **(options or {}))
+    return Checkpoint(
         method=method,
         num_classes=num_classes,
         classes=[f"class{i}" for i in range(num_classes)],
         palette=default_palette(num_classes),
-        preprocessing=Preprocessing(input_size=input_size, aux=AuxNormalisation(modality, unit, low, high)),
+        preprocessing=preprocessing or Preprocessing(input_size=input_size, aux=AuxNormalisation(modality, unit, low, high)),
         state_dict=model.state_dict(),
         options=dict(options or {}),
-        data={"dataset": "ros-test", **(data or {})},
+        data={"dataset": "test", **(data or {})},
     )
-    return save_checkpoint(checkpoint, path)
+
+
+def make_checkpoint(path, method="rgb", **details) -> Path:
+    """`build_checkpoint(method, **details)` saved at `path`; returns the path."""
+    from rgbd_fusion_seg.core.checkpoint import save_checkpoint
+
+    return save_checkpoint(build_checkpoint(method, **details), path)
 
 
 # ---- the node as a subprocess ---------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from rgbd_fusion_seg.core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from rgbd_fusion_seg.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rgbd_fusion_seg.core.engine import SegmentationEngine
 from rgbd_fusion_seg.core.palette import colourise, default_palette, overlay
 from rgbd_fusion_seg.core.preprocessing import (
@@ -18,25 +18,11 @@ from rgbd_fusion_seg.core.preprocessing import (
     prepare_inputs,
     resize_labels,
 )
-from rgbd_fusion_seg.models import build_model
+
+from ros_helpers import build_checkpoint
 
 
 SCCOSF_TINY = {"encoder": "micro", "d_state": 4, "blocks_per_stage": 1, "reaw_width": 8}
-
-
-def make_checkpoint(method="rgb", num_classes=3, input_size=(32, 48)) -> Checkpoint:
-    torch.manual_seed(0)
-    model = build_model(method, num_classes)
-    return Checkpoint(
-        method=method,
-        num_classes=num_classes,
-        classes=[f"class{i}" for i in range(num_classes)],
-        palette=default_palette(num_classes),
-        preprocessing=Preprocessing(input_size=input_size, aux=AuxNormalisation("depth", "m", 0.0, 5.0)),
-        state_dict=model.state_dict(),
-        data={"dataset": "unit-test"},
-        metrics={"miou": 0.5},
-    )
 
 
 def test_core_imports_without_ros():
@@ -99,7 +85,7 @@ def test_preprocessing_round_trips_through_dict():
 
 
 def test_checkpoint_round_trip_rebuilds_identical_model(tmp_path):
-    ckpt = make_checkpoint()
+    ckpt = build_checkpoint()
     path = save_checkpoint(ckpt, tmp_path / "sub" / "model.pt")
     loaded = load_checkpoint(path)
     assert (loaded.method, loaded.classes, loaded.preprocessing) == (ckpt.method, ckpt.classes, ckpt.preprocessing)
@@ -125,7 +111,7 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
 
 
 def test_checkpoint_with_weights_of_another_shape_is_refused(tmp_path):
-    ckpt = make_checkpoint(num_classes=3)
+    ckpt = build_checkpoint(num_classes=3)
     ckpt.num_classes = 5  # the weights were made for 3 classes
     with pytest.raises(CheckpointError, match="do not fit"):
         ckpt.build_model()
@@ -135,7 +121,7 @@ def test_checkpoint_of_another_architecture_version_is_refused_by_both_readers(t
     from rgbd_fusion_seg.models.methods.rgb_baseline import RGBBaseline
     from rgbd_fusion_seg.serving.model_serving import inspect_checkpoint
 
-    path = save_checkpoint(make_checkpoint(), tmp_path / "model.pt")
+    path = save_checkpoint(build_checkpoint(), tmp_path / "model.pt")
     written = RGBBaseline.architecture_version
     assert torch.load(path, weights_only=True)["model"]["architecture"] == written
     monkeypatch.setattr(RGBBaseline, "architecture_version", written + 1)
@@ -153,7 +139,7 @@ def test_stored_options_switch_weight_file_reads_off():
 
 
 def test_failed_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
-    path = save_checkpoint(make_checkpoint(), tmp_path / "last.pt")
+    path = save_checkpoint(build_checkpoint(), tmp_path / "last.pt")
     before = path.read_bytes()
 
     def exploding_save(obj, handle):
@@ -162,13 +148,13 @@ def test_failed_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", exploding_save)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(make_checkpoint(), path)
+        save_checkpoint(build_checkpoint(), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
 def test_engine_predicts_at_colour_size_from_a_checkpoint_file(tmp_path):
-    path = save_checkpoint(make_checkpoint(num_classes=3), tmp_path / "m.pt")
+    path = save_checkpoint(build_checkpoint(num_classes=3), tmp_path / "m.pt")
     engine = SegmentationEngine.from_file(path, device="cpu")
     rgb = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
     depth = np.full((25, 35), 1.5, np.float32)
@@ -180,7 +166,7 @@ def test_engine_predicts_at_colour_size_from_a_checkpoint_file(tmp_path):
 
 
 def test_engine_refuses_unknown_precision_and_device(tmp_path):
-    ckpt = make_checkpoint()
+    ckpt = build_checkpoint()
     with pytest.raises(ValueError, match="precision"):
         SegmentationEngine(ckpt, device="cpu", precision="int3")
     with pytest.raises(ValueError, match="device"):
@@ -188,9 +174,7 @@ def test_engine_refuses_unknown_precision_and_device(tmp_path):
 
 
 def test_engine_serves_a_fused_image_only_when_asked_and_only_where_there_is_one(tmp_path):
-    checkpoint = make_checkpoint("sccosf", input_size=(32, 48))
-    checkpoint.state_dict = build_model("sccosf", 3, **SCCOSF_TINY).state_dict()
-    checkpoint.options = dict(SCCOSF_TINY)
+    checkpoint = build_checkpoint("sccosf", 3, input_size=(32, 48), options=SCCOSF_TINY)
     rgb = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
     aux = np.random.default_rng(1).random((50, 70), dtype=np.float32)
     plain = SegmentationEngine(checkpoint, device="cpu")
@@ -204,7 +188,7 @@ def test_engine_serves_a_fused_image_only_when_asked_and_only_where_there_is_one
     assert second.fused.shape == (50, 70, 3) and second.fused.dtype == np.uint8  # at the colour image's size
     np.testing.assert_array_equal(first.mask, second.mask)  # the fused branch does not change the masks
     with pytest.raises(ValueError, match="method 'rgb' has no extra output fused"):
-        SegmentationEngine(make_checkpoint(), device="cpu", extras=("fused",))
+        SegmentationEngine(build_checkpoint(), device="cpu", extras=("fused",))
 
 
 def test_palette_colours_and_overlay():

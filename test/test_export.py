@@ -18,13 +18,13 @@ from rgbd_fusion_seg.core.checkpoint import Checkpoint, save_checkpoint
 from rgbd_fusion_seg.core.engine import SegmentationEngine
 from rgbd_fusion_seg.core.onnx_model import (METADATA_KEY, ONNX_FORMAT, BoundRun, OnnxModelError, OnnxRuntimeModel,
                                              choose_providers, read_onnx_description, session_runner)
-from rgbd_fusion_seg.core.palette import default_palette
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 from rgbd_fusion_seg.models import method_class
 from rgbd_fusion_seg.offline.backend_benchmark import fitted_model
 from rgbd_fusion_seg.offline.cli import main
 from rgbd_fusion_seg.offline import export as export_module
 from rgbd_fusion_seg.offline.export import TRACE_SIZE, ExportError, add_mask_head, export_onnx
+from ros_helpers import build_checkpoint
 
 NUM_CLASSES = 5
 CLASSES = [f"c{i}" for i in range(NUM_CLASSES)]
@@ -46,9 +46,8 @@ AUX = AuxNormalisation("depth", "m", 0.0, 5.0)
 
 def fitted_checkpoint(method: str, preprocessing: Preprocessing) -> Checkpoint:
     """A checkpoint of `fitted_model` (its masks are not constant, and its logits keep the training scale)."""
-    model = fitted_model(method, NUM_CLASSES, METHODS[method])
-    return Checkpoint(method, NUM_CLASSES, CLASSES, default_palette(NUM_CLASSES), preprocessing,
-                      model.state_dict(), options=METHODS[method], data={"dataset": "test"})
+    return build_checkpoint(method, NUM_CLASSES, model=fitted_model(method, NUM_CLASSES, METHODS[method]),
+                            preprocessing=preprocessing, options=METHODS[method])
 
 
 def camera_pair(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from rgbd_fusion_seg.core.checkpoint import save_checkpoint
 from rgbd_fusion_seg.offline import export as export_module
 from rgbd_fusion_seg.offline.cli import main
-from test_core import make_checkpoint
+from ros_helpers import make_checkpoint
 
 CLI = [sys.executable, "-m", "rgbd_fusion_seg.offline.cli"]
 NOBODY = 65534  # the unprivileged user a read-only folder is checked as when the tests run as root
@@ -33,7 +32,7 @@ SIGNAL_WAIT_S = 120  # the most a test waits for its marker (torch imports in ~3
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("refusals")
-    return save_checkpoint(make_checkpoint("rgb"), folder / "rgb.pt")
+    return make_checkpoint(folder / "rgb.pt", "rgb")
 
 
 @pytest.fixture

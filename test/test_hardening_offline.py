@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ros_helpers import domain_id_for
-from test_core import make_checkpoint
+from ros_helpers import build_checkpoint
 from rgbd_fusion_seg.core.checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint, save_checkpoint
 from rgbd_fusion_seg.offline.bags import export as export_module
 from rgbd_fusion_seg.offline.bags.export import export
@@ -35,7 +35,7 @@ def _directory(path):
 
 
 def _truncated(path):
-    save_checkpoint(make_checkpoint(), path)
+    save_checkpoint(build_checkpoint(), path)
     path.write_bytes(path.read_bytes()[:300])
 
 
@@ -68,7 +68,7 @@ def test_a_file_that_is_not_a_checkpoint_is_named_for_what_it_is(make, what, tmp
 
 
 def test_a_real_checkpoint_still_loads_and_inspects(tmp_path):
-    path = save_checkpoint(make_checkpoint(), tmp_path / "model.pt")
+    path = save_checkpoint(build_checkpoint(), tmp_path / "model.pt")
     assert load_checkpoint(path).method == "rgb"
     assert inspect_checkpoint(path).method == "rgb"
 
@@ -106,11 +106,11 @@ def test_a_failed_save_names_the_file_and_cause_and_keeps_the_previous_checkpoin
                                                                                    tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     if previous:
-        save_checkpoint(make_checkpoint(), path)
+        save_checkpoint(build_checkpoint(), path)
     before = path.read_bytes() if previous else None
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(CheckpointWriteError) as error:
-        save_checkpoint(make_checkpoint(), path)
+        save_checkpoint(build_checkpoint(), path)
     left = "the previous last.pt is intact" if previous else "there was no last.pt before and none is left"
     assert re.fullmatch(rf"cannot save checkpoint {re.escape(str(path))}: {re.escape(cause)} "
                         rf"\(\d+\.\d MiB free in {re.escape(str(tmp_path))}\); {left}, and no temporary file remains",
@@ -126,7 +126,7 @@ def test_a_save_that_is_not_a_write_failure_keeps_its_traceback(tmp_path, monkey
 
     monkeypatch.setattr(torch, "save", unpicklable)
     with pytest.raises(RuntimeError, match="cannot pickle") as error:
-        save_checkpoint(make_checkpoint(), tmp_path / "last.pt")
+        save_checkpoint(build_checkpoint(), tmp_path / "last.pt")
     assert not isinstance(error.value, CheckpointWriteError)
     assert list(tmp_path.iterdir()) == []
 
@@ -134,13 +134,13 @@ def test_a_save_that_is_not_a_write_failure_keeps_its_traceback(tmp_path, monkey
 SAVE_UNDER_A_SIZE_LIMIT = """
 import resource, signal, sys
 sys.path.insert(0, sys.argv[1])
-from test_core import make_checkpoint
+from ros_helpers import build_checkpoint
 from rgbd_fusion_seg.core.checkpoint import CheckpointWriteError, save_checkpoint
-save_checkpoint(make_checkpoint(), sys.argv[2])
+save_checkpoint(build_checkpoint(), sys.argv[2])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG, as on a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 try:
-    save_checkpoint(make_checkpoint(num_classes=4), sys.argv[2])
+    save_checkpoint(build_checkpoint(num_classes=5), sys.argv[2])
 except CheckpointWriteError as error:
     print(error)
 """
@@ -156,7 +156,7 @@ def test_a_real_write_failure_under_a_file_size_limit(tmp_path):
     assert result.stdout.startswith(f"cannot save checkpoint {path}: the file exceeds the size limit"), result.stdout
     assert result.stdout.rstrip().endswith("the previous last.pt is intact, and no temporary file remains")
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
-    assert load_checkpoint(path).num_classes == 3  # the first save, whole
+    assert load_checkpoint(path).num_classes == 4  # the first save, whole
 
 
 @pytest.mark.slow  # two short training runs

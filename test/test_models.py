@@ -207,25 +207,15 @@ def test_se_freezes_the_shallow_depth_encoder_until_the_warm_up_ends():
 
 
 def test_checkpoint_of_an_older_architecture_is_refused(tmp_path, monkeypatch):
-    from rgbd_fusion_seg.core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-    from rgbd_fusion_seg.core.palette import default_palette
-    from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
+    from rgbd_fusion_seg.core.checkpoint import CheckpointError, load_checkpoint
+    from ros_helpers import make_checkpoint
 
     cls = method_class("mid")
     assert cls.architecture_version == 2
-    model = build_model("mid", NUM_CLASSES)
-
-    def write(path):
-        preprocessing = Preprocessing(input_size=(64, 64), aux=AuxNormalisation("depth", "m", 0.0, 5.0))
-        checkpoint = Checkpoint(method="mid", num_classes=NUM_CLASSES, classes=[f"c{i}" for i in range(NUM_CLASSES)],
-                                palette=default_palette(NUM_CLASSES), preprocessing=preprocessing,
-                                state_dict=model.state_dict(), options={"pretrained": False})
-        return save_checkpoint(checkpoint, path)
-
-    current = write(tmp_path / "current.pt")
+    current = make_checkpoint(tmp_path / "current.pt", "mid", num_classes=NUM_CLASSES)
     with monkeypatch.context() as patch:  # as the release before the authors' architectures wrote it
         patch.setattr(cls, "architecture_version", 1)
-        old = write(tmp_path / "old.pt")
+        old = make_checkpoint(tmp_path / "old.pt", "mid", num_classes=NUM_CLASSES)
     assert load_checkpoint(current).build_model() is not None
     with pytest.raises(CheckpointError, match=r"version 1 of method 'mid'.*builds version 2"):
         load_checkpoint(old)

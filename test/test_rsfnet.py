@@ -346,25 +346,18 @@ def test_training_set_gets_confidence_targets_only_for_methods_that_ask(mm5_set)
 
 
 def make_rsfnet_checkpoint(path, modality="depth", encoders=SMALL):
-    from rgbd_fusion_seg.core.checkpoint import Checkpoint, save_checkpoint
-    from rgbd_fusion_seg.core.palette import default_palette
+    """A random-weight RSFNet (batch-norm statistics randomised too) with an identity colour normalisation."""
     from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
+    from ros_helpers import make_checkpoint
 
     torch.manual_seed(0)
     model = build_model("rsfnet", 4, encoders=encoders)
     randomise_batchnorm(model)
     aux = AuxNormalisation("depth", "m", 0.0, 5.0) if modality == "depth" else AuxNormalisation("thermal", "raw8", 0.0, 255.0)
-    checkpoint = Checkpoint(
-        method="rsfnet",
-        num_classes=4,
-        classes=[f"class{i}" for i in range(4)],
-        palette=default_palette(4),
-        preprocessing=Preprocessing(input_size=(64, 64), rgb_mean=(0.0, 0.0, 0.0), rgb_std=(1.0, 1.0, 1.0), aux=aux),
-        state_dict=model.state_dict(),
-        options={"encoders": encoders, "pretrained": False},
-        data={"dataset": "test"},
-    )
-    return save_checkpoint(checkpoint, path), model
+    preprocessing = Preprocessing(input_size=(64, 64), rgb_mean=(0.0, 0.0, 0.0), rgb_std=(1.0, 1.0, 1.0), aux=aux)
+    path = make_checkpoint(path, "rsfnet", model=model, preprocessing=preprocessing,
+                           options={"encoders": encoders, "pretrained": False})
+    return path, model
 
 
 def test_engine_serves_the_merged_form_with_the_training_form_predictions(tmp_path):
