@@ -168,7 +168,7 @@ def _engine_for(row: str, checkpoint_path: Path, deployed, preprocessing: Prepro
             raise NotHere(f"this onnxruntime has no {needed} (it has "
                           f"{', '.join(onnxruntime.get_available_providers())}): onnxruntime-gpu is needed")
         from rgbd_fusion_seg.core.onnx_model import OnnxModelError
-        from rgbd_fusion_seg.offline.export import ExportError
+        from rgbd_fusion_seg.core.onnx_export import ExportError
 
         try:
             logits_path, mask_path = exported_graphs(checkpoint_path, folder)
@@ -199,7 +199,7 @@ def exported_graphs(checkpoint_path: Path, folder: Path) -> tuple[Path, Path]:
     if not mask_path.exists():
         import onnx
 
-        from rgbd_fusion_seg.offline.export import add_mask_head, export_onnx
+        from rgbd_fusion_seg.core.onnx_export import add_mask_head, export_onnx
 
         export_onnx(checkpoint_path, logits_path, outputs=("logits",))
         logits = onnx.load(str(logits_path))

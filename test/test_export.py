@@ -14,16 +14,17 @@ import numpy as np
 import pytest
 import torch
 
+from rgbd_fusion_seg.core import onnx_export
 from rgbd_fusion_seg.core.checkpoint import Checkpoint, save_checkpoint
 from rgbd_fusion_seg.core.engine import SegmentationEngine
+from rgbd_fusion_seg.core.onnx_export import TRACE_SIZE, ExportError, add_mask_head, export_onnx
 from rgbd_fusion_seg.core.onnx_model import (METADATA_KEY, ONNX_FORMAT, BoundRun, OnnxModelError, OnnxRuntimeModel,
                                              choose_providers, read_onnx_description, session_runner)
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 from rgbd_fusion_seg.models import method_class
 from rgbd_fusion_seg.offline.backend_benchmark import fitted_model
 from rgbd_fusion_seg.offline.cli import main
-from rgbd_fusion_seg.offline import export as export_module
-from rgbd_fusion_seg.offline.export import TRACE_SIZE, ExportError, add_mask_head, export_onnx
+from rgbd_fusion_seg.offline.export import graph_kind
 from ros_helpers import build_checkpoint
 
 NUM_CLASSES = 5
@@ -110,7 +111,7 @@ def test_every_method_exports_and_serves_like_pytorch(method, tmp_path):
 def test_fixed_size_export_serves_at_the_checkpoint_size(tmp_path):
     """Also the command's default, the mask graph without confidence, checked and written by export_onnx."""
     pt_path = save_checkpoint(fitted_checkpoint("mid", Preprocessing(input_size=(48, 64), aux=AUX)), tmp_path / "m.pt")
-    result = export_onnx(pt_path, tmp_path / "m.onnx", fixed_size=True, outputs=export_module.graph_kind())
+    result = export_onnx(pt_path, tmp_path / "m.onnx", fixed_size=True, outputs=graph_kind())
     description = read_onnx_description(result.path)
     assert description["dynamic_size"] is False and description["traced_size"] == [48, 64]
     assert list(description["parity"]) == ["1x48x64"]
@@ -409,7 +410,7 @@ def test_the_opset_asked_for_is_the_graphs_or_refused(tmp_path, monkeypatch):
     assert [(o.domain, o.version) for o in written.opset_import if o.domain == ""] == [("", 19)]
     assert result.opset == 19 and read_onnx_description(result.path)["exporter"]["opset"] == 19
     # Past the range check, an opset the converter cannot reach is refused from the graph's own opset.
-    monkeypatch.setattr(export_module, "check_opset", lambda opset: None)
+    monkeypatch.setattr(onnx_export, "check_opset", lambda opset: None)
     with pytest.raises(ExportError, match="cannot be exported at opset 17: the exporter wrote opset 18"):
         export_onnx(pt_path, tmp_path / "rgb17.onnx", opset=17)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rgb.pt", "rgb19.onnx"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from rgbd_fusion_seg.offline import export as export_module
+from rgbd_fusion_seg.core import onnx_export
 from rgbd_fusion_seg.offline.cli import main
 from ros_helpers import make_checkpoint
 
@@ -41,7 +41,7 @@ def no_export_work(monkeypatch):
     def reached(*_args, **_kwargs):
         raise AssertionError("the refusal came after the export had started")
 
-    monkeypatch.setattr(export_module, "_export_graph", reached)
+    monkeypatch.setattr(onnx_export, "_export_graph", reached)
 
 
 def refused(args: list[str], capsys) -> str:

@@ -216,7 +216,7 @@ def exported_for_serving(checkpoint_path: str | os.PathLike, cache: str | os.Pat
     export takes seconds to minutes). A cached file that is damaged, or was exported before weight digests
     were recorded, is exported again."""
     from ..core.onnx_model import OnnxModelError, read_onnx_description
-    from ..offline.export import export_onnx
+    from ..core.onnx_export import export_onnx
 
     digest = hashlib.sha256()
     with open(checkpoint_path, "rb") as handle:
