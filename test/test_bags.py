@@ -460,22 +460,40 @@ def test_evaluate_interrupted_leaves_a_valid_partial_bag_and_no_node(checkpoints
     import signal
     import subprocess
     import sys
+    import threading
+
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from rgbd_fusion_seg.offline.bags.evaluate import NODE, WARMUP_STAMP
+    from rgbd_fusion_seg.offline.node_harness import RosSession, ros_environment, stamp_of
 
     command = [sys.executable, "-m", "rgbd_fusion_seg.offline.cli", "bag", "evaluate", str(bags / "rgbd_indoor"),
                "--rgb-topic", INDOOR["rgb"], "--aux-topic", INDOOR["aux"], "--checkpoint", str(checkpoints["depth"]),
                "--rate", "0.05", "--out", str(tmp_path), "--domain-id", str(DOMAIN)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    session = RosSession("test_bag_interrupt", ros_environment(DOMAIN))
+    played_pair_answered = threading.Event()  # a mask of a played pair: frames of the bag are in outputs/
+    session.node.create_subscription(Image, f"{NODE}/mask",
+                                     lambda msg: stamp_of(msg) != WARMUP_STAMP and played_pair_answered.set(),
+                                     QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
     # A shell that starts a job in the background (`cmd &`, as CI runners may) makes SIGINT ignored in
     # it, and Python keeps an inherited SIG_IGN: give the command the terminal's default, as for a user.
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith("node serving"):
-            time.sleep(3.0)  # a few frames into the 9 s of playing
-            process.send_signal(signal.SIGINT)
-            break
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("node serving"):  # playing starts: 8 frames over 9 s at --rate 0.05
+                assert played_pair_answered.wait(60), "".join(lines)
+                process.send_signal(signal.SIGINT)
+                break
+    except BaseException:
+        process.kill()
+        raise
+    finally:
+        session.close()
     out = "".join(lines) + process.communicate(timeout=60)[0]
     assert process.returncode == 130, out
     assert "warmed up" in out
