@@ -5,9 +5,9 @@
 
 Every parameter of the node lives in a ros__parameters file, by default the installed
 config/segment.yaml (`params_file:=my.yaml` to use another). The launch arguments named after parameters
-(fusion_method, checkpoint, checkpoint_dir, modality and device: those the node's parameter table marks
-`launch_argument`) override that file only when they are given a value: left empty (their default) they
-keep what the file says.
+(those the node's parameter table, rgbd_fusion_seg/serving/parameters.py, marks `launch_argument`;
+`ros2 launch rgbd_fusion_seg segment.launch.py --show-args` lists them with their descriptions) override that
+file only when they are given a value: left empty (their default) they keep what the file says.
 
 rgb_topic and aux_topic remap the node's base names, so with `transport: {rgb: compressed}` in the params
 file the node subscribes to <rgb_topic>/compressed, as image_transport does.

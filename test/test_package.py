@@ -40,16 +40,20 @@ ROSDEP_KEYS = {
     "torchvision": "python3-torchvision",
     "tqdm": "python3-tqdm",
     "matplotlib": "python3-matplotlib",
-    "tensorboard": "python3-tensorboard",
     "torchmetrics": "python3-torchmetrics-pip",
     "rosbags": "python3-rosbags-pip",
     "rosbags_image": "python3-rosbags-pip",
     "timm": "python3-timm-pip",
-    "mambapy": "python3-mambapy-pip",
-    "sam2": "python3-rf-sam-2-pip",
-    "open_clip": "python3-open-clip-torch-pip",
-    "onnx": "python3-onnx-pip",
     "onnxruntime": "python3-onnxruntime-pip",
+}
+# Top-level import -> its PyPI distribution, for what rosdep's database has no key for: the README's colcon
+# section pip-installs these.
+PIP_ONLY = {
+    "tensorboard": "tensorboard",
+    "mambapy": "mambapy",
+    "sam2": "rf-sam-2",
+    "open_clip": "open-clip-torch",
+    "onnx": "onnx",
 }
 # Submodules that pull in another distribution of their own.
 SUBMODULE_KEYS = {"torch.utils.tensorboard": "tensorboard"}
@@ -137,8 +141,10 @@ def test_version_agrees_between_package_xml_setup_py_and_module():
 
 def test_every_runtime_import_is_an_exec_depend():
     imports = _runtime_imports()
-    unmapped = {name: sorted(files) for name, files in imports.items() if name not in ROSDEP_KEYS and name not in NOT_RUNTIME}
-    assert not unmapped, f"imports without a rosdep key in this test's ROSDEP_KEYS (add them and to package.xml): {unmapped}"
+    unmapped = {name: sorted(files) for name, files in imports.items()
+                if name not in ROSDEP_KEYS and name not in PIP_ONLY and name not in NOT_RUNTIME}
+    assert not unmapped, (f"imports without a rosdep key in this test's ROSDEP_KEYS (add them and to package.xml) "
+                          f"or a PyPI name in PIP_ONLY: {unmapped}")
     declared = _exec_depends(_package_xml())
     missing = {
         ROSDEP_KEYS[name]: sorted(files)
@@ -146,6 +152,17 @@ def test_every_runtime_import_is_an_exec_depend():
         if name in ROSDEP_KEYS and ROSDEP_KEYS[name] not in declared
     }
     assert not missing, f"package.xml lacks <exec_depend> for (key: importing files): {missing}"
+
+
+def test_the_readme_pip_installs_what_rosdep_cannot():
+    """A distro user follows the README's colcon section: its pip line installs every PIP_ONLY distribution."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## With a ROS 2 distro"):]
+    pip_line = next(line for line in section.splitlines() if line.startswith("pip install "))
+    named = set(pip_line.split("#")[0].split()[2:])
+    assert set(PIP_ONLY.values()) <= named, f"the README's colcon pip line lacks {set(PIP_ONLY.values()) - named}"
+    assert not named & {key.removeprefix("python3-").removesuffix("-pip") for key in _exec_depends(_package_xml())
+                        if key.endswith("-pip")}, "installed by rosdep already"
 
 
 def test_core_needs_no_ros_imports():
