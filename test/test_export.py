@@ -1,9 +1,10 @@
-"""`rgbd-fusion-seg export --format onnx` and serving the .onnx file: per method, ONNX Runtime's logits at two
-sizes other than the trace's lie within 1e-4 of PyTorch's deploy form, and the engine's masks from the logits
-graph and from the mask graph (upsampling and argmax in the graph) agree with the .pt engine's and with each
-other, the mask graph's confidence with PyTorch's softmax; older logits-only files keep serving; fp16, the
-TensorRT options and I/O binding as far as a CPU goes; a method that cannot export says why; the metadata round-trips and records the
-graph's own opset; bad files get clear errors, and a file whose weights or class count are not those its
+"""`rgbd-fusion-seg export --format onnx` and serving the .onnx file. Every method exports (docs/export.md);
+for one method of each kind of graph (EXPORTED), ONNX Runtime's logits at two sizes other than the trace's lie within 1e-4 of
+PyTorch's deploy form, and the engine's masks from the logits graph and from the mask graph (upsampling and
+argmax in the graph) agree with the .pt engine's and with each other, the mask graph's confidence with
+PyTorch's softmax; older logits-only files keep serving; fp16, the TensorRT options and I/O binding as far as
+a CPU goes; the metadata round-trips and records the graph's own opset, and an opset the exporter cannot
+write is refused; bad files get clear errors, and a file whose weights or class count are not those its
 metadata records is refused; the CLI works end to end (refusals before any work: test_export_refusals.py)."""
 from __future__ import annotations
 
