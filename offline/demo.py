@@ -171,14 +171,14 @@ class DemoClient:
             self.received.masks[stamp_of(msg)] = (now, mask)
 
     def _on_overlay(self, msg):
-        from rgbd_fusion_seg.serving.image_codec import colour_from_msg
+        from rgbd_fusion_seg.ros.messages import colour_from_msg
 
         image = np.array(colour_from_msg(msg))
         with self.lock:
             self.received.overlays[stamp_of(msg)] = image
 
     def _on_points(self, msg):
-        from rgbd_fusion_seg.serving.point_cloud import cloud_from_msg
+        from rgbd_fusion_seg.ros.messages import cloud_from_msg
 
         now = time.time_ns()
         points = cloud_from_msg(msg)

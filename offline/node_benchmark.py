@@ -159,7 +159,7 @@ class NaiveSegmentNode:
         self.publisher = self.node.create_publisher(Image, "~/mask", 10)
 
     def _on_image(self, kind: str, msg) -> None:
-        from rgbd_fusion_seg.serving.image_codec import aux_from_msg, colour_from_msg, mask_to_msg
+        from rgbd_fusion_seg.ros.messages import aux_from_msg, colour_from_msg, mask_to_msg
 
         stamp = stamp_of(msg)
         entry = self.pending.setdefault(stamp, {})

@@ -240,7 +240,7 @@ def image_msg(image: np.ndarray, stamp_ns: int = 0, frame_id: str = "camera_opti
     """numpy -> sensor_msgs/Image (rgb8 / mono8 / 16UC1 / 32FC1 by dtype and shape), through the node's codec."""
     from std_msgs.msg import Header
 
-    from rgbd_fusion_seg.serving.image_codec import array_to_msg
+    from rgbd_fusion_seg.ros.messages import array_to_msg
 
     header = Header(frame_id=frame_id)
     msg = array_to_msg(image, header)

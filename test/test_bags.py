@@ -302,7 +302,7 @@ def test_play_decompresses_with_recorded_timing_and_clock(tmp_path, bags):
 
     from rgbd_fusion_seg.offline.bags.play import PlayOptions, Player
     from rgbd_fusion_seg.offline.node_harness import RosSession, ros_environment, wait_until
-    from rgbd_fusion_seg.serving.image_codec import colour_from_msg
+    from rgbd_fusion_seg.ros.messages import colour_from_msg
 
     session = RosSession("test_bag_play", ros_environment(DOMAIN))
     received, clocks = [], []

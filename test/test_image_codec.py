@@ -9,20 +9,16 @@ from rosbags.image import message_to_cvimage
 from rosbags.typesys import Stores, get_typestore
 
 from rgbd_fusion_seg.serving import rvl
+from rgbd_fusion_seg.ros.messages import aux_from_msg, colour_from_msg, float_to_msg, mask_to_msg, rgb_to_msg
 from rgbd_fusion_seg.serving.image_codec import (
     ImageDecodeError,
-    aux_from_msg,
-    colour_from_msg,
     compress,
     decode_aux,
     decode_colour,
     decompress,
     encode_array,
     encode_as,
-    float_to_msg,
-    mask_to_msg,
     pixel_view,
-    rgb_to_msg,
 )
 from ros_helpers import read_bag_images, rosbags_to_ros
 

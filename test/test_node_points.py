@@ -82,7 +82,8 @@ def test_without_camera_info_masks_flow_and_the_node_says_why_there_are_no_point
 
 
 def test_points_of_a_known_plane_land_where_the_pinhole_model_puts_them(ros, client):
-    from rgbd_fusion_seg.serving.point_cloud import cloud_from_msg, unpack_rgb
+    from rgbd_fusion_seg.ros.messages import cloud_from_msg
+    from rgbd_fusion_seg.serving.point_cloud import unpack_rgb
 
     node, info_pub, received = ros
     info_pub.publish(camera_info(next_stamp()))
@@ -144,7 +145,7 @@ def test_the_real_rgbd_indoor_bag_gives_a_labelled_cloud(ros, client, bags):
     depth intrinsics (the bag has no camera_info): one point per valid depth pixel, labelled by its mask."""
     from ros_helpers import read_bag_images, rosbags_to_ros
 
-    from rgbd_fusion_seg.serving.point_cloud import cloud_from_msg
+    from rgbd_fusion_seg.ros.messages import cloud_from_msg
 
     node, info_pub, received = ros
     frames = [rosbags_to_ros(msg) for _, msg in read_bag_images(

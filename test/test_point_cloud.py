@@ -10,16 +10,14 @@ from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CameraInfo, PointCloud2, PointField
 from std_msgs.msg import Header
 
+from rgbd_fusion_seg.ros.messages import camera_info_at_size, cloud_from_msg, cloud_to_msg
 from rgbd_fusion_seg.serving.point_cloud import (
     POINT_DTYPE,
     POINT_FIELD_TYPES,
     CameraModel,
     CloudOptions,
     benchmark_point_cloud,
-    camera_info_at_size,
     cloud_fields,
-    cloud_from_msg,
-    cloud_to_msg,
     labelled_points,
     pack_rgb,
     rays,

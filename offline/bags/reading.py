@@ -15,7 +15,8 @@ from typing import Iterator
 import numpy as np
 
 from rgbd_fusion_seg.offline.node_harness import stamp_of as stamp_ns  # header stamp in ns, rclpy and rosbags messages alike
-from rgbd_fusion_seg.serving.image_codec import ImageDecodeError, colour_from_msg, decompress, pixel_view
+from rgbd_fusion_seg.ros.messages import colour_from_msg
+from rgbd_fusion_seg.serving.image_codec import ImageDecodeError, decompress, pixel_view
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"

@@ -2,6 +2,7 @@
 
 - `segment_node`: the `segment_node` executable (parameters to the serving objects, subscriptions, publishers,
   lifecycle); `spinning`: spin until SIGINT/SIGTERM, then stop its threads before ROS
+- `messages`: the message wrappers, sensor_msgs messages <-> the serving objects' arrays
 - `contract`: the node's topics, and the docs tables, config/segment.yaml and launch arguments made from them
   and the parameter table (`rgbd_fusion_seg.serving.parameters`)
 

@@ -1,9 +1,8 @@
 """sensor_msgs/Image <-> numpy, without cv_bridge.
 
-The functions at the top work on the raw fields of an image message (encoding, height, width, step,
-is_bigendian, data) and import nothing from ROS, so they are unit-tested without rclpy; the `*_msg`
-wrappers at the bottom take or build a `sensor_msgs.msg.Image` (`colour_from_msg` and `aux_from_msg` also
-take a `sensor_msgs.msg.CompressedImage`).
+The functions here work on the raw fields of an image message (encoding, height, width, step,
+is_bigendian, data) and import nothing from ROS, so they are unit-tested without rclpy; the wrappers that
+take or build a message (`colour_from_msg`, `aux_from_msg`, `mask_to_msg`, ...) are `rgbd_fusion_seg.ros.messages`.
 
 Decoding reads the message buffer through a numpy view whose row stride is the message's `step` (row
 padding is skipped, not copied) and whose byte order follows `is_bigendian`; a copy is made only where
@@ -36,7 +35,6 @@ Decompressing yields the pixels of the original encoding, so the result goes thr
 from __future__ import annotations
 
 import array
-import functools
 import struct
 from dataclasses import dataclass
 
@@ -377,66 +375,3 @@ def compress(image: np.ndarray, encoding: str, kind: str = "jpeg", jpeg_quality:
     if not ok:
         raise ValueError(f"OpenCV could not encode a {encoding!r} image as {kind}")
     return f"{encoding}; {kind} compressed {target}", encoded.tobytes()
-
-
-# ---- message wrappers (sensor_msgs/Image; CompressedImage decoded too) --------------------------------
-
-
-def _decode_msg(msg, decode):
-    """`decode(encoding, height, width, step, is_bigendian, data)` of an Image or of the image a CompressedImage
-    holds (told apart by its `format` field, which Image lacks); errors of a compressed one name its format."""
-    if not hasattr(msg, "format"):
-        return decode(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data)
-    pixels, encoding = decompress(msg.format, msg.data)
-    pixels = np.ascontiguousarray(pixels)  # native byte order, as OpenCV decodes
-    try:
-        return decode(encoding, pixels.shape[0], pixels.shape[1], pixels.strides[0], not np.little_endian, pixels)
-    except ImageDecodeError as error:
-        raise ImageDecodeError(f"format {msg.format!r}: {error}") from None
-
-
-def colour_from_msg(msg) -> np.ndarray:
-    """sensor_msgs/Image or CompressedImage -> HxWx3 uint8 RGB."""
-    return _decode_msg(msg, decode_colour)
-
-
-def aux_from_msg(msg, modality: str, depth_scale: float = 0.001) -> DecodedAux:
-    """sensor_msgs/Image or CompressedImage -> depth or thermal in its unit (see `decode_aux`)."""
-    return _decode_msg(msg, functools.partial(decode_aux, modality, depth_scale=depth_scale))
-
-
-def array_to_msg(image: np.ndarray, header):
-    """Any array `encode_array` takes -> sensor_msgs/Image carrying a copy of `header` (stamp and frame_id)."""
-    from sensor_msgs.msg import Image  # imported here so the functions above stay ROS-free
-
-    encoding, height, width, step, data = encode_array(image)
-    msg = Image()
-    msg.header.stamp.sec = header.stamp.sec
-    msg.header.stamp.nanosec = header.stamp.nanosec
-    msg.header.frame_id = header.frame_id
-    msg.height, msg.width, msg.step = height, width, step
-    msg.encoding = encoding
-    msg.is_bigendian = False
-    msg.data = data
-    return msg
-
-
-def mask_to_msg(mask: np.ndarray, header):
-    """HxW class ids (uint8 -> mono8, uint16 -> 16UC1)."""
-    if mask.ndim != 2 or mask.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"a mask must be HxW uint8 or uint16, got shape {mask.shape} dtype {mask.dtype}")
-    return array_to_msg(mask, header)
-
-
-def rgb_to_msg(rgb: np.ndarray, header):
-    """HxWx3 uint8 RGB -> rgb8."""
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"an RGB image must be HxWx3 uint8, got shape {rgb.shape} dtype {rgb.dtype}")
-    return array_to_msg(rgb, header)
-
-
-def float_to_msg(image: np.ndarray, header):
-    """HxW float32 -> 32FC1."""
-    if image.ndim != 2:
-        raise ValueError(f"a float image must be HxW, got shape {image.shape}")
-    return array_to_msg(image.astype(np.float32, copy=False), header)

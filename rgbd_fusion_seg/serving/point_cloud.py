@@ -1,7 +1,7 @@
 """Semantic point cloud: depth + mask (+ colour, confidence) + camera -> labelled points -> sensor_msgs/PointCloud2.
 
-ROS-free except the two `*_msg` builders at the bottom, which import sensor_msgs inside the function (as
-image_codec does); `CameraModel.from_camera_info` only reads the fields of a CameraInfo (k, d, p,
+ROS-free: the message wrappers (`cloud_to_msg`, `cloud_from_msg`, `camera_info_at_size`) are
+`rgbd_fusion_seg.ros.messages`; `CameraModel.from_camera_info` only reads the fields of a CameraInfo (k, d, p,
 distortion_model, width, height, roi), so it takes any object that has them.
 
 Per frame the node calls, with a camera model made once per CameraInfo:
@@ -32,7 +32,6 @@ Conventions and the choices made here:
 """
 from __future__ import annotations
 
-import array
 import functools
 import math
 import time
@@ -346,55 +345,6 @@ def read_points(fields, point_step: int, row_step: int, width: int, height: int,
                          f"of {point_step} bytes (row_step {row_step})")
     table = buffer[:height * row_step].reshape(height, row_step)[:, :width * point_step]
     return table.copy().view(dtype).reshape(-1)  # a copy: never a view over the message's buffer
-
-
-# ---- messages (sensor_msgs imported here only) ---------------------------------------------------------
-
-
-def _copy_header(target, header) -> None:
-    target.stamp.sec = header.stamp.sec
-    target.stamp.nanosec = header.stamp.nanosec
-    target.frame_id = header.frame_id
-
-
-def cloud_to_msg(points: np.ndarray, header):
-    """Structured points -> sensor_msgs/PointCloud2 (unorganised: height 1, width n; dense; little endian)."""
-    from sensor_msgs.msg import PointCloud2, PointField
-
-    msg = PointCloud2()
-    _copy_header(msg.header, header)
-    msg.fields = [PointField(name=name, offset=offset, datatype=datatype, count=count)
-                  for name, offset, datatype, count in cloud_fields(points.dtype)]
-    msg.height, msg.width = 1, int(points.size)
-    msg.point_step = points.dtype.itemsize
-    msg.row_step = msg.point_step * msg.width
-    msg.is_bigendian = False
-    msg.is_dense = True  # invalid depth gives no point, so no NaN coordinates
-    data = array.array("B")
-    data.frombytes(memoryview(np.ascontiguousarray(points).view(np.uint8)))  # one copy (tobytes would add one)
-    msg.data = data
-    return msg
-
-
-def cloud_from_msg(msg) -> np.ndarray:
-    """sensor_msgs/PointCloud2 -> structured array (for tests, and users without sensor_msgs_py)."""
-    return read_points(msg.fields, msg.point_step, msg.row_step, msg.width, msg.height, msg.is_bigendian, msg.data)
-
-
-def camera_info_at_size(msg, width: int, height: int, header=None):
-    """A copy of a CameraInfo for its image resized to width x height (K and P scaled; D, R and the model kept;
-    binning and roi cleared), with `header` when given (the mask's), else the original's."""
-    from sensor_msgs.msg import CameraInfo
-
-    scaled = scaled_calibration(msg.k, msg.p, (msg.width, msg.height), (width, height))
-    out = CameraInfo()
-    _copy_header(out.header, msg.header if header is None else header)
-    out.width, out.height = scaled["width"], scaled["height"]
-    out.k, out.p = scaled["k"], scaled["p"]
-    out.distortion_model = msg.distortion_model
-    out.d = [float(c) for c in msg.d]
-    out.r = np.asarray(msg.r, np.float64)
-    return out
 
 
 # ---- benchmark ---------------------------------------------------------------------------------------
