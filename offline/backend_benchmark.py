@@ -44,40 +44,18 @@ from rgbd_fusion_seg.core.checkpoint import Checkpoint, save_checkpoint
 from rgbd_fusion_seg.core.engine import Prediction, SegmentationEngine, resolve_device
 from rgbd_fusion_seg.core.palette import default_palette
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing, prepare_inputs
-from rgbd_fusion_seg.models import build_model
+
+from .benchmarking import (MIB, bench_options, class_names, count_flops, fitted_model, parse_options, peak_rss_mib,
+                           peak_rss_reset)
 
 ROWS = ("eager", "fast", "compile", "bf16", "fp16", "onnxruntime", "onnxruntime-mask", "tensorrt", "tensorrt-fp16")
 NUM_CLASSES = 9
 AUX = AuxNormalisation("depth", "m", 0.0, 5.0)
-MIB = 1024 * 1024
 MIN_TIMED_ITERS = 3
 
 
 class NotHere(Exception):
     """A row this machine cannot run, and why."""
-
-
-def fitted_model(method: str, num_classes: int = NUM_CLASSES, options: dict | None = None, steps: int = 5):
-    """`method` fitted for `steps` Adam steps on two random 32x48 pairs to labels that follow the aux image,
-    in eval mode. Its batch-norm statistics are re-estimated as exact averages over those inputs: running
-    averages of five steps make eval-mode logits huge, where float32 rounding alone separates backends."""
-    torch.manual_seed(0)
-    model = build_model(method, num_classes, **(options or {})).train()
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
-    rgb, aux = torch.randn(2, 3, 32, 48), torch.rand(2, 1, 32, 48)
-    label = (aux[:, 0] * num_classes).long().clamp(max=num_classes - 1)
-    for _ in range(steps):
-        loss = F.cross_entropy(model(rgb, aux).logits, label)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average
-    with torch.no_grad():
-        model(rgb, aux)
-    return model.eval()
 
 
 def plain_masks(model, preprocessing: Preprocessing, rgb: np.ndarray, aux: np.ndarray) -> np.ndarray:
@@ -93,24 +71,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of this mode, for `bench --backends` (model_benchmark.py owns the shared ones)."""
     parser.add_argument("--frame", nargs=2, type=int, default=[480, 640], metavar=("H", "W"),
                         help="with --backends: camera frame size (default: 480 640)")
-
-
-def _peak_rss_reset() -> None:
-    """Reset the kernel's peak-RSS counter (VmHWM) of this process (Linux: /proc/self/clear_refs, value 5)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def _peak_rss_mib() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        return None
-    return None
 
 
 def cpu_peak_gflops(repeats: int = 30) -> float:
@@ -232,15 +192,13 @@ def run_backends(method: str, rows, size, frame, device_name: str = "auto", iter
     """Every row of `rows` for `method`: {"settings": ..., "rows": [{"row", figures... | "not_here"}]}. With
     `row_budget_s` each row's timing stops after that many seconds; a row not started by `deadline` (a
     time.monotonic() value) is not run, and says so. `progress` gets a line as each row starts."""
-    from .model_benchmark import bench_options, class_names, count_flops
-
     device = resolve_device(device_name)
     unknown = [row for row in rows if row not in ROWS]
     if unknown:
         raise ValueError(f"--backends: unknown row {', '.join(unknown)}; rows: {', '.join(ROWS)}")
     preprocessing = Preprocessing(input_size=tuple(size), aux=AUX)
     options = bench_options(method, NUM_CLASSES, options or {})
-    model = fitted_model(method, options=options)
+    model = fitted_model(method, NUM_CLASSES, options)
     checkpoint = Checkpoint(method, NUM_CLASSES, class_names(NUM_CLASSES), default_palette(NUM_CLASSES),
                             preprocessing, model.state_dict(), options=options, data={"dataset": "bench"})
     rng = np.random.default_rng(0)
@@ -262,7 +220,7 @@ def run_backends(method: str, rows, size, frame, device_name: str = "auto", iter
             progress(f"{method}: {row}")
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            _peak_rss_reset()
+            peak_rss_reset()
             try:
                 engine, build_s = _engine_for(row, Path(checkpoint_path), deployed, preprocessing, device, Path(folder))
                 figures = _time_row(engine, frames, reference, iters, warmup, row_budget_s)
@@ -272,7 +230,7 @@ def run_backends(method: str, rows, size, frame, device_name: str = "auto", iter
             if device.type == "cuda":  # ONNX Runtime's device memory is its own arena, not torch's
                 peak = None if row.startswith(("onnxruntime", "tensorrt")) else torch.cuda.max_memory_allocated(device) / MIB
             else:
-                peak = _peak_rss_mib()
+                peak = peak_rss_mib()
             results.append({"row": row, "backend": engine.backend,
                             "build_s": build_s, "peak_mib": peak,
                             "gflops_per_s": flops / 1e9 / (figures["p50_ms"] / 1000.0), **figures})
@@ -303,14 +261,12 @@ def format_backends(figures: dict) -> list[str]:
 
 
 def run(args) -> int:
-    from .model_benchmark import _parse_options
-
     methods = args.methods or ["mid"]
     rows = args.backends or list(ROWS)
     everything = []
     for method in methods:
         figures = run_backends(method, rows, args.size, args.frame, args.device, args.iters, args.warmup,
-                               options=_parse_options(args.option))
+                               options=parse_options(args.option))
         for line in format_backends(figures):
             print(line, flush=True)
         everything.append(figures)

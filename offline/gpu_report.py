@@ -268,13 +268,14 @@ def _child_environment() -> dict:
 def scan_rows(report: Report, device: torch.device | None, quick: bool) -> None:
     """The scan backends on the GPU (on the CPU without one: the chunked scan at SC-CoSF's smaller shape)."""
     from . import scan_benchmark
+    from .benchmarking import time_call
 
     report.begin("scan")
     where = device or torch.device("cpu")
     sizes = scan_benchmark.DEFAULT_SIZES[:1] if quick or device is None else scan_benchmark.DEFAULT_SIZES
     generator = torch.Generator().manual_seed(0)
     for label, batch, channels, length, state, groups in sizes:
-        inputs = scan_benchmark._inputs(batch, channels, length, state, groups, where, generator)
+        inputs = scan_benchmark.scan_inputs(batch, channels, length, state, groups, where, generator)
         for backend in SCAN_BACKENDS:
             row = {"shape": label, "backend": backend, "device": str(where)}
             reason = _scan_unavailable(backend, device)
@@ -284,9 +285,11 @@ def scan_rows(report: Report, device: torch.device | None, quick: bool) -> None:
                 report.add("scan", row | {"result": reason})
                 continue
             iters = 1 if quick else 5
-            forward_ms, forward_mib = scan_benchmark._time(lambda: scan_benchmark._forward(inputs, backend), where, iters)
-            both_ms, both_mib = scan_benchmark._time(lambda: scan_benchmark._forward_backward(inputs, backend),
-                                                     where, iters)
+            budget_s = scan_benchmark.ROW_BUDGET_S
+            forward_ms, forward_mib = time_call(lambda: scan_benchmark.scan_forward(inputs, backend), where, iters,
+                                                budget_s)
+            both_ms, both_mib = time_call(lambda: scan_benchmark.scan_forward_backward(inputs, backend), where, iters,
+                                          budget_s)
             report.add("scan", row | {"forward ms": forward_ms, "forward peak MiB": forward_mib,
                                       "forward+backward ms": both_ms, "forward+backward peak MiB": both_mib})
 

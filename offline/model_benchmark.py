@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -36,19 +35,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from rgbd_fusion_seg.core.engine import PRECISIONS, resolve_device
-import yaml
-
-from rgbd_fusion_seg.models import available_methods, build_model, method_options
+from rgbd_fusion_seg.models import available_methods, build_model
 from rgbd_fusion_seg.models.base import PublishedFigures
 from rgbd_fusion_seg.models.registry import method_class
 
 from . import backend_benchmark
+from .benchmarking import MIB, bench_options, count_flops, device_name, parse_options, sync
 
 MM5_NUM_CLASSES = 32
-MIB = 1024 * 1024
 
 FLOPS_NOTE = (
     "FLOPs: torch.utils.flop_counter.FlopCounterMode, one forward pass at batch 1; a multiply-add counts as "
@@ -85,25 +81,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {name} ({torch.get_num_threads()} threads)"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32")
 
@@ -115,36 +92,15 @@ def _inputs(batch: int, size, device: torch.device, generator: torch.Generator):
     return rgb, aux
 
 
-def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-# Attention kernels torch's FlopCounterMode has no formula for (it knows the CUDA flash/efficient/cudnn ones):
-# without these, attention on the CPU would count as zero.
-_EXTRA_FLOP_FORMULAS = {
-    getattr(torch.ops.aten, name): _sdpa_flops
-    for name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable")
-    if hasattr(torch.ops.aten, name)
-}
-
-
-def count_flops(model: torch.nn.Module, rgb: torch.Tensor, aux: torch.Tensor) -> int:
-    """Total FLOPs of one forward pass (multiply-add = 2), in full precision."""
-    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
-    with torch.inference_mode(), counter:
-        model(rgb, aux)
-    return int(counter.get_total_flops())
-
-
 def measure_latency(model, rgb, aux, device, precision: str, iters: int, warmup: int) -> list[float]:
     """Milliseconds per forward pass, one value per timed iteration."""
     times = []
     with torch.inference_mode(), _autocast(device, precision):
         for index in range(warmup + iters):
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             model(rgb, aux)
-            _sync(device)
+            sync(device)
             if index >= warmup:
                 times.append((time.perf_counter() - start) * 1000.0)
     return times
@@ -177,11 +133,11 @@ def measure_training(job: Job, args, device: torch.device, generator: torch.Gene
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(args.train_warmup):
         step()
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(args.train_iters):
         step()
-    _sync(device)
+    sync(device)
     elapsed = time.perf_counter() - start
     result = {"train_images_per_s": args.train_batch * args.train_iters / elapsed}
     if device.type == "cuda":
@@ -237,24 +193,6 @@ def benchmark_method(job: Job, args, device: torch.device) -> dict:
 
 def _millions(parameters) -> float:
     return sum(p.numel() for p in parameters) / 1e6
-
-
-def class_names(num_classes: int) -> list[str]:
-    return [f"class {index}" for index in range(num_classes)]
-
-
-def bench_options(method: str, num_classes: int, options: dict) -> dict:
-    """`options` completed so that `method` builds without files: class names for a method that wants them,
-    no pretrained weights."""
-    options = dict(options)
-    if method_class(method).wants_class_names and "class_names" not in options:
-        options["class_names"] = class_names(num_classes)
-        # SARTM's text teacher: a seeded table costs what CLIP's would (no CLIP file is needed to measure)
-        if "text_standin" in method_options(method):
-            options.setdefault("text_standin", True)
-    if "pretrained" in method_class(method).weight_file_options:
-        options.setdefault("pretrained", False)
-    return options
 
 
 def _build(job: Job):
@@ -319,19 +257,9 @@ def _difference(measured: float, published: float | None) -> str:
     return "-" if not published else f"{100.0 * (measured - published) / published:+.1f} %"
 
 
-def _parse_options(pairs: list[str]) -> dict:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option {pair!r}: expected KEY=VALUE, e.g. encoder=tiny")
-        options[key] = yaml.safe_load(value)
-    return options
-
-
 def _jobs(args) -> list[Job]:
     """What to measure, checked before any measuring (a misspelt name fails at once, not after minutes)."""
-    options = _parse_options(args.option)
+    options = parse_options(args.option)
     if args.published is None:
         num_classes = args.num_classes or MM5_NUM_CLASSES
         methods = args.methods or available_methods()
@@ -366,14 +294,14 @@ def run(args) -> int:
 
     settings = {
         "device": str(device),
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "torch": torch.__version__,
         "precision": args.precision,
         "size": list(args.size),
         "iters": args.iters,
         "warmup": args.warmup,
         "num_classes": sorted({job.num_classes for job in jobs}),
-        "options": _parse_options(args.option),
+        "options": parse_options(args.option),
         "train_batch": args.train_batch,
         "train_size": list(args.train_size),
         "train_iters": args.train_iters,

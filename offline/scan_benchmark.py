@@ -23,18 +23,14 @@ scan replaced by the identity (y = u: a benchmark-only patch, never a model opti
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
-import os
-import statistics
-import time
-from pathlib import Path
 
 import torch
 
 from rgbd_fusion_seg.models import ssm
 
 from . import backend_benchmark
+from .benchmarking import device_name, parse_options, time_call
 
 # (label, batch, channels (directions x d_inner), length, d_state, groups)
 DEFAULT_SIZES = (
@@ -47,9 +43,6 @@ SEQUENTIAL_BACKWARD_MAX_LENGTH = 1024
 # A row stops repeating once its passes have taken this long (at least one timed pass).
 ROW_BUDGET_S = 20.0
 WHOLE_MODEL_ROWS = ("fast", "onnxruntime")
-MIB = 1024 * 1024
-# glibc's mallopt parameter, and the largest value its dynamic threshold reaches on 64-bit (restored after)
-M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX = -3, 32 * MIB
 
 
 def available_backends(device: torch.device) -> list[str]:
@@ -59,7 +52,7 @@ def available_backends(device: torch.device) -> list[str]:
     return backends
 
 
-def _inputs(batch, channels, length, state, groups, device, generator):
+def scan_inputs(batch, channels, length, state, groups, device, generator):
     def rand(*shape, scale=1.0):
         return (scale * torch.randn(*shape, generator=generator)).to(device)
 
@@ -70,56 +63,6 @@ def _inputs(batch, channels, length, state, groups, device, generator):
     }
 
 
-def _resident_mib() -> float | None:
-    """The process's resident set now (Linux: /proc/self/statm, in pages)."""
-    try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
-    except (OSError, ValueError):
-        return None
-
-
-def _time(function, device: torch.device, iters: int) -> tuple[float, float | None]:
-    """Median milliseconds of up to `iters` calls after one warm-up call, and the peak memory (MiB) of the
-    warm-up call."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        function()
-        peak = torch.cuda.max_memory_allocated(device) / MIB
-    else:
-        peak = _cpu_peak_mib(function)
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        function()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1000.0)
-        if sum(times) > ROW_BUDGET_S * 1000.0:
-            break
-    return statistics.median(times), peak
-
-
-def _cpu_peak_mib(function) -> float | None:
-    """What one call of `function` held at most above what the process held before it (Linux, glibc)."""
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
-    except (OSError, AttributeError):  # not glibc: the call still warms up
-        function()
-        return None
-    try:
-        libc.malloc_trim(0)  # what earlier passes freed into the heap goes back, so a reuse counts again
-        start = _resident_mib()
-        backend_benchmark._peak_rss_reset()
-        function()
-        peak = backend_benchmark._peak_rss_mib()
-    finally:
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
-    return None if peak is None or start is None else peak - start
-
-
 def measure_scan_backends(device="cpu", sizes=DEFAULT_SIZES, iters: int = 3, seed: int = 0) -> list[dict]:
     """One dict per (size, backend): label, backend, device, shape, forward_ms, forward_backward_ms and their
     peak memory forward_mib, forward_backward_mib (None where not timed, with `skipped` saying why)."""
@@ -127,27 +70,28 @@ def measure_scan_backends(device="cpu", sizes=DEFAULT_SIZES, iters: int = 3, see
     generator = torch.Generator().manual_seed(seed)
     results = []
     for label, batch, channels, length, state, groups in sizes:
-        inputs = _inputs(batch, channels, length, state, groups, device, generator)
+        inputs = scan_inputs(batch, channels, length, state, groups, device, generator)
         for backend in available_backends(device):
             row = {"size": label, "backend": backend, "device": str(device),
                    "shape": {"batch": batch, "channels": channels, "length": length, "d_state": state, "groups": groups}}
-            row["forward_ms"], row["forward_mib"] = _time(lambda: _forward(inputs, backend), device, iters)
+            row["forward_ms"], row["forward_mib"] = time_call(lambda: scan_forward(inputs, backend), device, iters,
+                                                             ROW_BUDGET_S)
             if backend == "sequential" and length > SEQUENTIAL_BACKWARD_MAX_LENGTH:
                 row.update(forward_backward_ms=None, forward_backward_mib=None,
                            skipped=f"backward: autograd through {length} loop steps")
             else:
-                row["forward_backward_ms"], row["forward_backward_mib"] = _time(
-                    lambda: _forward_backward(inputs, backend), device, iters)
+                row["forward_backward_ms"], row["forward_backward_mib"] = time_call(
+                    lambda: scan_forward_backward(inputs, backend), device, iters, ROW_BUDGET_S)
             results.append(row)
     return results
 
 
-def _forward(inputs: dict, backend: str) -> None:
+def scan_forward(inputs: dict, backend: str) -> None:
     with torch.no_grad():
         ssm.selective_scan(**inputs, backend=backend)
 
 
-def _forward_backward(inputs: dict, backend: str) -> None:
+def scan_forward_backward(inputs: dict, backend: str) -> None:
     leaves = {k: v.detach().requires_grad_(k in ("u", "delta", "B", "C")) for k, v in inputs.items()}
     ssm.selective_scan(**leaves, backend=backend).sum().backward()
 
@@ -224,20 +168,18 @@ def run(args) -> int:
     """`bench --scan`: the backends table; with `--methods sccosf` the whole-model rows too."""
     from rgbd_fusion_seg.core.engine import resolve_device
 
-    from .model_benchmark import _device_name, _parse_options
-
     methods = args.methods or []
     if any(method != "sccosf" for method in methods):
         raise ValueError(f"--scan times the scans of sccosf only; got --methods {' '.join(methods)}")
     device = resolve_device(args.device)
-    print(f"# selective scan backends on {_device_name(device)} [{device}], torch {torch.__version__}; "
+    print(f"# selective scan backends on {device_name(device)} [{device}], torch {torch.__version__}; "
           f"chunk length {ssm.CHUNK_LENGTH}", flush=True)
     figures = {"scan": measure_scan_backends(device, sizes=DEFAULT_SIZES, iters=args.iters)}
     for line in format_scan_table(figures["scan"]):
         print(line, flush=True)
     if methods:
         figures["whole_model"] = measure_whole_model(args.size, args.frame, args.iters, args.warmup,
-                                                     _parse_options(args.option))
+                                                     parse_options(args.option))
         for line in format_whole_model(figures["whole_model"]):
             print(line, flush=True)
     if args.json is not None:

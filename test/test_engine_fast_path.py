@@ -11,7 +11,8 @@ from rgbd_fusion_seg.core.checkpoint import Checkpoint
 from rgbd_fusion_seg.core.engine import SegmentationEngine
 from rgbd_fusion_seg.core.palette import colourise, default_palette
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
-from rgbd_fusion_seg.offline.backend_benchmark import fitted_model, plain_masks
+from rgbd_fusion_seg.offline.backend_benchmark import plain_masks
+from rgbd_fusion_seg.offline.benchmarking import fitted_model
 
 NUM_CLASSES = 9
 METHODS = {

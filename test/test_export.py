@@ -23,7 +23,7 @@ from rgbd_fusion_seg.core.onnx_model import (METADATA_KEY, ONNX_FORMAT, BoundRun
                                              choose_providers, read_onnx_description, session_runner)
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 from rgbd_fusion_seg.models import method_class
-from rgbd_fusion_seg.offline.backend_benchmark import fitted_model
+from rgbd_fusion_seg.offline.benchmarking import fitted_model
 from rgbd_fusion_seg.offline.cli import main
 from rgbd_fusion_seg.offline.export import graph_kind
 from ros_helpers import build_checkpoint

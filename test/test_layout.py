@@ -1,7 +1,7 @@
 """The package's layers import one way, read from the source (every import statement, also inside functions):
 offline (the top-level offline/ folder, installed as rgbd_fusion_seg.offline) -> ros -> serving -> core ->
-models. A module may import its own layer and the layers below it, never one above. A planted bad import of
-each kind must be caught, so the check can fail."""
+models. A module may import its own layer and the layers below it, never one above; and no two modules import
+each other. A planted bad import of each kind must be caught, so the checks can fail."""
 from __future__ import annotations
 
 import ast
@@ -55,11 +55,28 @@ def upward_imports(repo: Path) -> list[str]:
     return wrong
 
 
+def mutual_imports(repo: Path) -> list[str]:
+    """Each pair of modules that import each other (a from-import counts for the module it names)."""
+    modules = source_modules(repo)
+
+    def module_of(target: str) -> str:  # "" for a module outside the package
+        while target and target not in modules:
+            target = target.rpartition(".")[0]
+        return target
+
+    edges = {(name, module_of(target)) for name, path in modules.items() for target, _ in imports(name, path)}
+    return sorted(f"{a} <-> {b}" for a, b in edges if a < b and (b, a) in edges)
+
+
 def test_every_import_runs_down_the_layers():
     assert upward_imports(REPO) == []
 
 
-def test_planted_imports_against_the_layers_are_caught(tmp_path):
+def test_no_two_modules_import_each_other():
+    assert mutual_imports(REPO) == []
+
+
+def test_planted_imports_against_the_layers_or_in_a_cycle_are_caught(tmp_path):
     planted = {
         f"{PACKAGE}/__init__.py": "",
         f"{PACKAGE}/models/__init__.py": "",
@@ -81,4 +98,8 @@ def test_planted_imports_against_the_layers_are_caught(tmp_path):
         f"{PACKAGE}/models/blocks.py:1: {PACKAGE}.models.blocks (models) imports {PACKAGE}.core.checkpoint (core)",
         f"{PACKAGE}/serving/model_serving.py:2: {PACKAGE}.serving.model_serving (serving) imports "
         f"{PACKAGE}.offline.export.run (offline)",
+    ]
+    assert mutual_imports(tmp_path) == [
+        f"{PACKAGE}.core.checkpoint <-> {PACKAGE}.models.blocks",
+        f"{PACKAGE}.offline.bench <-> {PACKAGE}.offline.export",
     ]

@@ -9,6 +9,7 @@ import torch
 
 from rgbd_fusion_seg.models import UnknownMethodError
 from rgbd_fusion_seg.offline import model_benchmark as benchmark
+from rgbd_fusion_seg.offline.benchmarking import count_flops
 
 FIGURES = ("params_m", "gflops", "gmacs", "latency_ms_p50", "latency_ms_p90", "train_images_per_s")
 
@@ -80,7 +81,7 @@ def test_flop_count_includes_attention_on_the_cpu():
     rgb, aux = torch.randn(1, tokens, dim), torch.randn(1, tokens, dim)
     projections = 4 * (2 * tokens * dim * dim)  # q, k, v and output projections
     attention = 2 * (2 * tokens * tokens * dim)  # scores and weighted sum
-    assert benchmark.count_flops(model, rgb, aux) == projections + attention
+    assert count_flops(model, rgb, aux) == projections + attention
 
 
 def test_a_failing_method_is_reported_and_the_others_still_measured(monkeypatch, capsys, tmp_path):

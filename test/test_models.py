@@ -141,7 +141,7 @@ def test_attention_options():
 def test_size_and_compute_at_480x640_are_the_authors(method):
     """Within 1 % of the study's public code, measured at 480x640 with 32 classes (counted on the meta
     device: count_flops needs only shapes)."""
-    from rgbd_fusion_seg.offline.model_benchmark import count_flops
+    from rgbd_fusion_seg.offline.benchmarking import count_flops
 
     (figures,) = method_class(method).published
     assert figures.size == (480, 640) and figures.num_classes == 32 and "public code" in figures.source

@@ -135,7 +135,7 @@ def test_deploy_form_equals_the_training_form():
 
 def measured_at_published_size(figures, deploy=True):
     """(params M, GMACs) of the deploy form built for `figures`, counted on the meta device (no compute)."""
-    from rgbd_fusion_seg.offline.model_benchmark import count_flops
+    from rgbd_fusion_seg.offline.benchmarking import count_flops
 
     with torch.device("meta"):
         model = build_model("rsfnet", figures.num_classes, **figures.options)
