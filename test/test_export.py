@@ -99,6 +99,7 @@ def assert_parity(onnx_path: Path, pt_path: Path, sizes, method: str, mask_path:
             np.testing.assert_allclose(served.confidence, reference.confidence, atol=1e-4)
 
 
+@pytest.mark.slow  # an ONNX export
 @pytest.mark.parametrize("method", EXPORTED)
 def test_every_method_exports_and_serves_like_pytorch(method, tmp_path):
     preprocessing = Preprocessing(input_size=None, aux=AUX)  # served at the camera's own sizes
@@ -109,6 +110,7 @@ def test_every_method_exports_and_serves_like_pytorch(method, tmp_path):
     assert_parity(result.path, pt_path, SIZES, method, mask_path=with_mask_head(result.path))
 
 
+@pytest.mark.slow  # an ONNX export
 def test_fixed_size_export_serves_at_the_checkpoint_size(tmp_path):
     """Also the command's default, the mask graph without confidence, checked and written by export_onnx."""
     pt_path = save_checkpoint(fitted_checkpoint("mid", Preprocessing(input_size=(48, 64), aux=AUX)), tmp_path / "m.pt")
@@ -137,6 +139,7 @@ def mid_export(tmp_path_factory) -> tuple[Path, Path]:
     return pt_path, export_onnx(pt_path, folder / "mid.onnx", opset=18, outputs=("logits",)).path
 
 
+@pytest.mark.slow  # an ONNX export
 def test_metadata_round_trips(mid_export):
     pt_path, onnx_path = mid_export
     description = read_onnx_description(onnx_path)
@@ -153,6 +156,7 @@ def test_metadata_round_trips(mid_export):
     assert engine.predict(rgb, aux).mask.shape == (120, 160)
 
 
+@pytest.mark.slow  # an ONNX export
 def test_mask_graph_and_older_logits_files_serve_the_same_masks(mid_export, tmp_path):
     """The mid checkpoint (network at 48x64) served from camera frames of 48x64, the graph's own size, and of
     120x160, which the preprocessing resizes: the mask graph upsamples its logits to the camera's size (its
@@ -211,6 +215,7 @@ def test_mask_head_gives_two_byte_ids_beyond_256_classes(tmp_path):
     np.testing.assert_allclose(confidence, expected_confidence.numpy(), atol=1e-5)
 
 
+@pytest.mark.slow  # an ONNX export
 def test_bad_files_get_clear_errors(tmp_path, mid_export):
     with pytest.raises(OnnxModelError, match="does not exist"):
         read_onnx_description(tmp_path / "missing.onnx")
@@ -291,6 +296,7 @@ class _FakeSession:
         return object()
 
 
+@pytest.mark.slow  # an ONNX export
 def test_io_binding_is_chosen_for_the_cuda_providers_only(mid_export):
     import onnxruntime
 
@@ -305,6 +311,7 @@ def test_io_binding_is_chosen_for_the_cuda_providers_only(mid_export):
             assert runner(["logits"], {}) == ["host run"]
 
 
+@pytest.mark.slow  # an ONNX export
 def test_io_binding_gives_session_runs_outputs_and_keeps_its_input_buffers(mid_export):
     """The binding path's calls on a CPU session (device 'cpu'): the same logits as session.run, the input
     buffers kept while the shape holds and made again when it changes."""
@@ -356,6 +363,7 @@ def edited(onnx_path: Path, tmp_path: Path, name: str, edit) -> Path:
     return tmp_path / name
 
 
+@pytest.mark.slow  # an ONNX export
 def test_a_file_whose_weights_changed_after_export_is_refused(mid_export, tmp_path):
     def flip_a_weight_byte(model):
         weight = max(model.graph.initializer, key=lambda tensor: len(tensor.raw_data))
@@ -371,6 +379,7 @@ def test_a_file_whose_weights_changed_after_export_is_refused(mid_export, tmp_pa
     assert read_onnx_description(untouched)["weights_sha256"] == read_onnx_description(mid_export[1])["weights_sha256"]
 
 
+@pytest.mark.slow  # an ONNX export
 def test_a_file_exported_before_digests_is_refused_with_re_export(mid_export, tmp_path):
     def drop_the_digest(model):
         (entry,) = [prop for prop in model.metadata_props if prop.key == METADATA_KEY]
@@ -381,6 +390,7 @@ def test_a_file_exported_before_digests_is_refused_with_re_export(mid_export, tm
         SegmentationEngine.from_file(old, device="cpu")
 
 
+@pytest.mark.slow  # an ONNX export
 def test_a_graph_with_more_classes_than_its_metadata_is_refused(mid_export, tmp_path):
     """10 output classes under metadata that says 5 (it would publish ids 5-9): the 5-class logits, twice."""
     import onnx
