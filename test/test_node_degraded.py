@@ -63,6 +63,7 @@ def latest_status(diagnostics, predicate, client, timeout=15.0):
     return found()[-1]
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_aux_stopped_then_back_degrades_to_the_fallback_and_fuses_again(ros, client):
     from diagnostic_msgs.msg import DiagnosticStatus
 
@@ -87,6 +88,7 @@ def test_aux_stopped_then_back_degrades_to_the_fallback_and_fuses_again(ros, cli
     latest_status(diagnostics, lambda s: s.level == DiagnosticStatus.OK, client)
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_a_fallback_that_cannot_serve_colour_alone_or_has_other_classes_is_refused(ros, client, checkpoints):
     node, _ = ros
     [other_classes] = client.set_parameters({"fallback_checkpoint": str(checkpoints / "rgb_other_classes.pt")})
@@ -97,6 +99,7 @@ def test_a_fallback_that_cannot_serve_colour_alone_or_has_other_classes_is_refus
     assert log.count("fallback ready") == 1  # the fixture's rgb.pt stays the fallback
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_without_a_way_to_degrade_nothing_is_published_and_it_is_said(ros, client, checkpoints):
     node, _ = ros
     assert client.set_parameters({"fallback_checkpoint": ""})[0].successful
@@ -110,6 +113,7 @@ def test_without_a_way_to_degrade_nothing_is_published_and_it_is_said(ros, clien
     node.wait_for_log("fallback ready", count=2, timeout=60)
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_each_stamp_gets_one_mask_whichever_camera_comes_first(ros, client):
     """Pairs slower than aux_timeout, aux first for every other one: the colour-first frames are decided on the
     aux stream's silence, and a frame served alone is never paired again, so no stamp gets two masks."""
@@ -130,6 +134,7 @@ def test_each_stamp_gets_one_mask_whichever_camera_comes_first(ros, client):
     client.prime(next_stamp, random_pair)
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_flaky_aux_frames_are_said_once_and_counted(ros, client):
     """Aux frames that alternate between readings and none: each colour-only spell is counted, the lines
     saying so are throttled."""
@@ -146,6 +151,7 @@ def test_flaky_aux_frames_are_said_once_and_counted(ros, client):
     client.prime(next_stamp, random_pair)
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_a_model_trained_with_aux_dropout_serves_colour_alone_itself(ros, client, checkpoints):
     node, _ = ros
     swap = {"fallback_checkpoint": "", "checkpoint": str(checkpoints / "early_dropout.pt")}
@@ -158,6 +164,7 @@ def test_a_model_trained_with_aux_dropout_serves_colour_alone_itself(ros, client
     client.prime(next_stamp, random_pair)
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_an_aux_image_without_any_reading_is_served_from_colour_alone(ros, client):
     before = int(client.fresh_stats()["aux_invalid"])
     stamp = next_stamp()
@@ -168,6 +175,7 @@ def test_an_aux_image_without_any_reading_is_served_from_colour_alone(ros, clien
     client.fresh_stats(predicate=lambda s: int(s["aux_invalid"]) > before)
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_a_model_that_uses_no_aux_is_never_degraded(ros, client, checkpoints):
     from diagnostic_msgs.msg import DiagnosticStatus
 

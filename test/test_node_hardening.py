@@ -52,6 +52,7 @@ def serving(node, client, checkpoint):
                 raise
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_bad_input_is_logged_after_the_no_model_warning(node, client, checkpoint):
     """rclpy once bound the throttled-log call site to WARN ("no model is served"); every later bad-input
     ERROR through it raised, was swallowed and counted as an inference error: the user saw nothing."""
@@ -72,6 +73,7 @@ def test_bad_input_is_logged_after_the_no_model_warning(node, client, checkpoint
     assert "Logger severity cannot be changed" not in text and "inference failed" not in text
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_a_future_stamped_burst_then_good_frames_yields_masks(serving, client):
     """10 depth frames stamped 1000 s ahead once filled the pairing queue: no mask for ~1000 s after."""
     future = next_stamp() + 1000 * 10**9
@@ -119,6 +121,7 @@ def _colour_with_aux_of(stamp, aux_height, aux_width):
     return rgb_msg, aux_msg
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_aux_of_another_size_is_warned_once_and_of_another_shape_refused(serving, client):
     for _ in range(2):  # the same view at half the resolution: resized, with one warning for these sizes
         stamp = next_stamp()

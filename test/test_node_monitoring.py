@@ -7,6 +7,7 @@ import pytest
 
 from ros_helpers import Stamps, client_fixture, domain_id_for, make_checkpoint, random_pair, start_node
 
+pytestmark = pytest.mark.slow  # every test talks to a segment_node in a child process
 DOMAIN = domain_id_for(107)
 next_stamp = Stamps()
 client = client_fixture(DOMAIN)

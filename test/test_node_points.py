@@ -5,6 +5,7 @@ import pytest
 
 from ros_helpers import Stamps, client_fixture, domain_id_for, image_msg, make_checkpoint, start_node
 
+pytestmark = pytest.mark.slow  # every test talks to a segment_node in a child process
 DOMAIN = domain_id_for(97)
 HEIGHT, WIDTH = 48, 64
 FX, FY, CX, CY = 50.0, 40.0, 31.5, 23.5

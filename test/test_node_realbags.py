@@ -19,6 +19,7 @@ from rgbd_fusion_seg.serving.pairing import ApproximateTimePairer
 from recorded_bags import pst900_bag
 from ros_helpers import RosClient, domain_id_for, make_checkpoint, read_bag_images, rosbags_to_ros, start_node
 
+pytestmark = pytest.mark.slow  # every test talks to a segment_node in a child process
 DOMAIN = domain_id_for(23)
 NUM_CLASSES = 5
 

@@ -78,12 +78,14 @@ def send_and_wait(client, rgb_msg, aux_msg, stamp, output="mask"):
     client.wait_for_stamp(stamp, output)
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_logs_the_topics_and_qos_it_subscribed_with(node):
     text = node.log()
     assert ("subscribed to /rgb/image (colour, sensor_msgs/msg/Image) and /aux/image (aux, sensor_msgs/msg/Image) "
             "with QoS auto (reliability reliable") in text  # auto: what the client's reliable publishers offer
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_pairs_publish_every_output_with_the_colour_header(node, client):
     for _ in range(3):
         stamp = next_stamp()
@@ -113,6 +115,7 @@ def test_pairs_publish_every_output_with_the_colour_header(node, client):
     assert text.count("frame_ids differ") == 1 and "'color_optical'" in text and "'depth_optical'" in text
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_stats_report_the_contract_keys(node, client):
     stats = client.fresh_stats(predicate=lambda s: int(s["frames_out"]) > 0)
     for key in ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "rate_hz", "frames_in_rgb", "frames_in_aux",
@@ -140,6 +143,7 @@ def _bad_pairs(stamp):
     }
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_bad_input_is_survived_counted_and_logged(node, client):
     before = int(client.fresh_stats()["bad_input"])
     kinds = list(_bad_pairs(0))
@@ -158,6 +162,7 @@ def test_bad_input_is_survived_counted_and_logged(node, client):
     assert node.process.poll() is None
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_missing_aux_stream_warns_with_topics_qos_and_counts(node, client):
     for _ in range(8):
         rgb_msg, _ = random_pair(next_stamp())
@@ -169,6 +174,7 @@ def test_missing_aux_stream_warns_with_topics_qos_and_counts(node, client):
     prime(client)  # pairs again afterwards
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_stamps_that_never_pair_are_dropped_and_warned(node, client):
     before = int(client.fresh_stats()["dropped_unpaired"])
     for _ in range(15):  # more than sync.queue_size (10): the queues overflow
@@ -183,6 +189,7 @@ def test_stamps_that_never_pair_are_dropped_and_warned(node, client):
     prime(client)
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_runtime_fusion_method_switch_and_refusals(node, client, all_checkpoints):
     checkpoints = all_checkpoints
     [result] = client.set_parameters({"fusion_method": "mid"})
@@ -228,6 +235,7 @@ def test_runtime_fusion_method_switch_and_refusals(node, client, all_checkpoints
     prime(client)
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_runtime_switch_to_sccosf_and_sartm_and_the_fused_image(node, client, all_checkpoints):
     assert client.set_parameters_atomically({"fusion_method": "sccosf", "outputs.fused_image": True}).successful
     client.fresh_stats(predicate=lambda s: s["model"] == "sccosf", timeout=60)
@@ -271,6 +279,7 @@ def _mask_of(client, stamp):
     return np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width)
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_runtime_backend_switch_onnxruntime_and_precision(node, client, checkpoints, tmp_path):
     from rgbd_fusion_seg.core.engine import cpu_has_native_bf16
 
@@ -312,6 +321,7 @@ def test_runtime_backend_switch_onnxruntime_and_precision(node, client, checkpoi
     prime(client)
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_runtime_output_and_sync_changes_apply(node, client):
     results = client.set_parameters({"outputs.overlay": False, "sync.slop": 0.02, "aux_range": [0.0, 10.0],
                                      "stats_period": 0.4})
@@ -326,6 +336,7 @@ def test_runtime_output_and_sync_changes_apply(node, client):
     send_and_wait(client, *random_pair(stamp), stamp, output="overlay")
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_aux_of_another_size_is_resized_to_the_colour_image(node, client):
     stamp = next_stamp()
     rgb_msg, _ = random_pair(stamp, height=48, width=64)
@@ -335,6 +346,7 @@ def test_aux_of_another_size_is_resized_to_the_colour_image(node, client):
     assert (mask.height, mask.width) == (48, 64)
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_start_with_weights_that_do_not_fit_runs_idle(all_checkpoints, client):
     checkpoints = all_checkpoints
     """In-process (own namespace): the start-up path that refuses a checkpoint whose weights do not fit."""
@@ -353,12 +365,14 @@ def test_start_with_weights_that_do_not_fit_runs_idle(all_checkpoints, client):
         node.destroy_node()
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_sigint_shuts_down_cleanly(node):
     assert node.stop(signal.SIGINT) == 0
     text = node.log()
     assert "Traceback" not in text and "terminate called" not in text
 
 
+@pytest.mark.slow  # a segment_node in a child process
 def test_idle_start_then_checkpoint_parameter_and_load_failures(all_checkpoints, client, tmp_path):
     """Missing checkpoint at start -> idle; refused misfit; load-time failure keeps the old model; SIGTERM."""
     import torch
