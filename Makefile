@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench clean-venv
+.PHONY: demo test test-fast bench clean-venv
 
 $(STAMP): requirements.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,14 @@ $(STAMP): requirements.txt setup.py
 demo: $(STAMP)
 	$(BIN)/rgbd-fusion-seg demo
 
-# The test suite (CI runs this through .ci/run).
+# The whole test suite (CI runs this through .ci/run).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q test
+
+# The fast tier while developing: no ONNX export, no node in a child process, no training to a target
+# (docs/development.md, "Test tiers").
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" test
 
 bench: $(STAMP)
 	$(BIN)/rgbd-fusion-seg bench

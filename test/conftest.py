@@ -26,7 +26,8 @@ os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "UDPv4")
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "slow: an ONNX export, a segment_node in a child process, training to a "
+                                       "target, or long otherwise; `make test-fast` leaves these out (docs/development.md)")
     config.stash[NOT_RUN] = []
 
 
