@@ -8,9 +8,10 @@ that field's value. Relative `data.root` and `out_dir` are resolved against the 
 YAML file), so the same config works from the repository root with `--data-root` / `--out-dir`.
 
 Every field is declared once, in `CONFIG` below: its default (the MM5 study's published recipe), its
-validator and its meaning, and whether it may change when a run resumes. The typed sections
-(`ExperimentConfig`), the defaults, the resumable fields (`RESUMABLE_FIELDS`) and the table of fields in
-docs/training.md derive from it:
+validator and its meaning, and whether it may change when a run resumes. The typed sections (`ModelConfig`,
+`DataConfig`, `TrainConfig`, `LossConfig`, `StudyConfig` and `ExperimentConfig`, declared after it with each
+field's type) take their defaults from it (test_config checks that names, types and defaults agree); the
+resumable fields (`RESUMABLE_FIELDS`) and the table of fields in docs/training.md derive from it:
 
     python -m rgbd_fusion_seg.offline.config --table                       # print the table
     python -m rgbd_fusion_seg.offline.config --update-docs docs/training.md  # rewrite it between the markers
@@ -27,7 +28,7 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field, make_dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -432,19 +433,111 @@ def _default_of(item: Field):
     return field(default_factory=lambda: copy.deepcopy(item.default))
 
 
-def _section_type(name: str, section: Section) -> type:
-    fields = [(key, Any, _default_of(item)) for key, item in section.fields.items()]
-    cls = make_dataclass(f"{name.capitalize()}Config", fields)
-    cls.__module__ = __name__  # so that pickle finds it
-    cls.__doc__ = f"The validated `{name}` section: {section.doc}."
-    return cls
+def _default(section: str, key: str):
+    """The default of CONFIG's `section.key` as a dataclass field (a fresh copy for each config)."""
+    return _default_of(CONFIG[section].fields[key])
 
 
-SECTION_TYPES = {name: _section_type(name, section) for name, section in SECTIONS.items()}
-globals().update({cls.__name__: cls for cls in SECTION_TYPES.values()})  # ModelConfig, DataConfig, ... by name
+# The typed sections: one attribute per field of CONFIG's section, its type that of the validated value.
 
 
-class _ExperimentMethods:
+@dataclass
+class ModelConfig:
+    """The validated `model` section: which network is trained."""
+
+    method: str = _default("model", "method")
+    pretrained: bool = _default("model", "pretrained")
+    options: dict = _default("model", "options")
+
+
+@dataclass
+class DataConfig:
+    """The validated `data` section: the data set and how its frames become network inputs."""
+
+    dataset: str = _default("data", "dataset")
+    root: str = _default("data", "root")
+    lightings: list[str] | str = _default("data", "lightings")  # or "all"
+    aux_folder: str | None = _default("data", "aux_folder")
+    label_folder: str | None = _default("data", "label_folder")
+    train_split: str | list[str] = _default("data", "train_split")
+    val_split: str | list[str] = _default("data", "val_split")
+    input_size: list[int] | None = _default("data", "input_size")
+    num_classes: int | None = _default("data", "num_classes")
+    aux_range: list[float] | None = _default("data", "aux_range")
+    fmb_classes: int = _default("data", "fmb_classes")
+    augmentation: dict = _default("data", "augmentation")
+    rgb_mean: list[float] = _default("data", "rgb_mean")
+    rgb_std: list[float] = _default("data", "rgb_std")
+
+
+@dataclass
+class TrainConfig:
+    """The validated `train` section: the optimisation."""
+
+    epochs: int = _default("train", "epochs")
+    batch_size: int = _default("train", "batch_size")
+    optimizer: str = _default("train", "optimizer")
+    lr: float = _default("train", "lr")
+    momentum: float = _default("train", "momentum")
+    weight_decay: float = _default("train", "weight_decay")
+    no_decay_1d: bool = _default("train", "no_decay_1d")
+    lr_schedule: str = _default("train", "lr_schedule")
+    poly_power: float = _default("train", "poly_power")
+    warmup_steps: int = _default("train", "warmup_steps")
+    warmup_start_ratio: float = _default("train", "warmup_start_ratio")
+    min_lr_ratio: float = _default("train", "min_lr_ratio")
+    amp: bool = _default("train", "amp")
+    num_workers: int = _default("train", "num_workers")
+    seed: int = _default("train", "seed")
+    max_steps: int | None = _default("train", "max_steps")
+    val_every: int = _default("train", "val_every")
+    augment: bool = _default("train", "augment")
+    aux_dropout: float = _default("train", "aux_dropout")
+    checkpoint_every_steps: int | None = _default("train", "checkpoint_every_steps")
+    checkpoint_every_epochs: int = _default("train", "checkpoint_every_epochs")
+    save_best: bool = _default("train", "save_best")
+    grad_clip: float | None = _default("train", "grad_clip")
+
+
+@dataclass
+class LossConfig:
+    """The validated `loss` section: what is minimised."""
+
+    ce: float = _default("loss", "ce")
+    dice: float = _default("loss", "dice")
+    class_weights: list[float] | str | None = _default("loss", "class_weights")  # str: "log_frequency"
+    ohem: dict | None = _default("loss", "ohem")
+    ignore_index: int = _default("loss", "ignore_index")
+
+
+@dataclass
+class StudyConfig:
+    """The validated `study` section: only read by `rgbd-fusion-seg study`."""
+
+    methods: list[str] | None = _default("study", "methods")
+    lightings: list[str] | None = _default("study", "lightings")
+    checkpoint: str = _default("study", "checkpoint")
+    generate: dict | None = _default("study", "generate")
+    slim_checkpoints: bool = _default("study", "slim_checkpoints")
+
+
+SECTION_TYPES = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "loss": LossConfig,
+                 "study": StudyConfig}
+
+
+@dataclass
+class ExperimentConfig:
+    """A validated experiment config: one attribute per section and top-level field of CONFIG."""
+
+    experiment: str = _default_of(CONFIG["experiment"])
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+    out_dir: str = _default_of(CONFIG["out_dir"])
+    source: str | None = None  # the YAML file it came from (for messages); not part of the schema
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data.pop("source")
@@ -466,20 +559,6 @@ class _ExperimentMethods:
         if "pretrained" in method_options(self.model.method):
             kwargs["pretrained"] = self.model.pretrained
         return kwargs
-
-
-def _experiment_type() -> type:
-    fields = [(name, Any, field(default_factory=SECTION_TYPES[name]) if name in SECTION_TYPES else _default_of(item))
-              for name, item in CONFIG.items()]
-    # the YAML file it came from (for messages); not part of the schema
-    fields.append(("source", "str | None", field(default=None)))
-    cls = make_dataclass("ExperimentConfig", fields, bases=(_ExperimentMethods,))
-    cls.__module__ = __name__
-    cls.__doc__ = "A validated experiment config: one attribute per section and top-level field of CONFIG."
-    return cls
-
-
-ExperimentConfig = _experiment_type()
 
 
 def resolve_path(value: str | os.PathLike) -> Path:

@@ -1,6 +1,9 @@
 """Experiment configs: the shipped YAML files, inheritance, overrides and the errors for bad fields."""
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from rgbd_fusion_seg.offline.config import (
     RESUMABLE_FIELDS,
     SECTION_TYPES,
     ConfigError,
+    ExperimentConfig,
     Section,
     config_from_dict,
     deep_merge,
@@ -189,6 +193,44 @@ def test_every_declared_field_has_its_default_and_is_validated_by_its_declaratio
                 assert value is not field.default, f"{dotted}: each config gets its own copy of the default"
         with pytest.raises(ConfigError, match=rf"{path}: field '{dotted}'"):  # a list in a list: no field takes it
             load_config(path, ["out_dir=runs", f"{dotted}=[[]]"])
+
+
+def conforms(value, hint) -> bool:
+    """Whether `value` is of type `hint`: unions, list[X], plain classes; a bool is no int nor float."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(conforms(value, option) for option in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return isinstance(value, list) and all(conforms(item, typing.get_args(hint)[0]) for item in value)
+    if hint in (int, float) and isinstance(value, bool):
+        return False
+    return value is None if hint is type(None) else isinstance(value, hint)
+
+
+def test_the_declared_classes_have_the_tables_fields_types_and_defaults():
+    assert [f.name for f in dataclasses.fields(ExperimentConfig)] == [*CONFIG, "source"]
+    hints = typing.get_type_hints(ExperimentConfig)
+    for name, item in CONFIG.items():
+        if isinstance(item, Section):
+            assert hints[name] is SECTION_TYPES[name]
+            assert [f.name for f in dataclasses.fields(SECTION_TYPES[name])] == list(item.fields), name
+    default = ExperimentConfig()
+    for dotted, field in declared_fields():
+        section, _, key = dotted.partition(".")
+        assert (getattr(getattr(default, section), key) if key else getattr(default, section)) == field.default, dotted
+    # Every value a validator gives has the declared type: the defaults, the shipped configs, the other forms.
+    other_forms = ["data.lightings=all", "data.train_split=[a, b]", "data.input_size=null", "data.num_classes=null",
+                   "data.aux_range=[0, 5]", "train.max_steps=5", "train.grad_clip=1", "train.checkpoint_every_steps=null",
+                   "loss.class_weights=log_frequency", "loss.ohem={}", "study.methods=[rgb]", "study.lightings=[RGB1]",
+                   "study.generate={}"]
+    configs = [config_from_dict({}), load_config(EXPERIMENTS / "mm5" / "base.yaml", other_forms),
+               load_config(EXPERIMENTS / "mm5" / "base.yaml", ["loss.class_weights=[1, 2]", "data.num_classes=2"])]
+    configs += [load_config(path) for path in sorted(EXPERIMENTS.rglob("*.yaml"))]
+    for config in configs:
+        for dotted, _ in declared_fields():
+            section, _, key = dotted.partition(".")
+            owner, name = (getattr(config, section), key) if key else (config, section)
+            value, hint = getattr(owner, name), typing.get_type_hints(type(owner))[name]
+            assert conforms(value, hint), f"{config.source}: {dotted} = {value!r} is not {hint}"
 
 
 def test_resumable_fields_derive_from_the_declaration():
