@@ -165,14 +165,35 @@ def test_a_model_trained_with_aux_dropout_serves_colour_alone_itself(ros, client
 
 
 @pytest.mark.slow  # a segment_node in a child process
-def test_an_aux_image_without_any_reading_is_served_from_colour_alone(ros, client):
-    before = int(client.fresh_stats()["aux_invalid"])
+def test_an_aux_image_without_any_reading_is_served_from_colour_alone(ros, client, checkpoints):
+    """The fallback (rgb.pt) serves the frame: its mask is the one rgb.pt makes of the colour image alone."""
+    from rgbd_fusion_seg.ros.messages import colour_from_msg
+    from rgbd_fusion_seg.serving.model_serving import Runtime, load_served_model
+
+    node, _ = ros
+    ready = node.log().count("fallback ready")
+    assert client.set_parameters({"fallback_checkpoint": str(checkpoints / "rgb.pt")})[0].successful
+    node.wait_for_log("fallback ready", count=ready + 1, timeout=60)
+    before = client.fresh_stats()
     stamp = next_stamp()
     rgb_msg, _ = random_pair(stamp)
     blank = image_msg(np.zeros((48, 64), np.uint16), "16UC1", 48, 64, 128, stamp)  # 0 = no reading
     client.publish_pair(rgb_msg, blank)
     client.wait_for_stamp(stamp)
-    client.fresh_stats(predicate=lambda s: int(s["aux_invalid"]) > before)
+    stats = client.fresh_stats(predicate=lambda s: int(s["aux_invalid"]) > int(before["aux_invalid"]))
+    assert int(stats["frames_colour_only"]) == int(before["frames_colour_only"]) + 1
+    assert stats["degraded"].startswith("fallback_checkpoint") and stats["degraded"].endswith("rgb.pt ('rgb')")
+
+    msg = client.received["mask"][client.stamps("mask").index(stamp)]
+    mask = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width)
+    rgb = colour_from_msg(rgb_msg)
+    by_model = {name: load_served_model(str(checkpoints / f"{name}.pt"), Runtime(device="cpu"),
+                                        warm_up=False).engine.predict(rgb, None).mask
+                for name in ("rgb", "early_dropout")}  # the fallback, and the served model fed no aux
+    assert np.mean(by_model["rgb"] != by_model["early_dropout"]) > 0.1  # the two tell apart
+    assert np.mean(mask == by_model["rgb"]) >= 0.999
+    assert client.set_parameters({"fallback_checkpoint": ""})[0].successful
+    client.prime(next_stamp, random_pair)
 
 
 @pytest.mark.slow  # a segment_node in a child process

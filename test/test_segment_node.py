@@ -4,7 +4,6 @@ One node (module fixture `node`) serves a depth 'early' checkpoint with all outp
 (`test_idle_start_...`) starts with a checkpoint that does not exist, from a params file with nested names.
 """
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -321,19 +320,56 @@ def test_runtime_backend_switch_onnxruntime_and_precision(node, client, checkpoi
     prime(client)
 
 
+def _pair_off_by(stamp, offset_ms):
+    """A pair whose aux stamp is `offset_ms` after the colour's."""
+    rgb_msg, aux_msg = random_pair(stamp)
+    aux_msg.header.stamp.sec, aux_msg.header.stamp.nanosec = divmod(stamp + offset_ms * MS, 1_000_000_000)
+    return rgb_msg, aux_msg
+
+
+def _confidence_of(client, stamp):
+    msg = client.received["confidence"][client.stamps("confidence").index(stamp)]
+    return np.frombuffer(bytes(msg.data), np.float32).reshape(msg.height, msg.width)
+
+
 @pytest.mark.slow  # a segment_node in a child process
-def test_runtime_output_and_sync_changes_apply(node, client):
+def test_runtime_output_and_sync_changes_apply(node, client, checkpoints):
+    from rgbd_fusion_seg.ros.messages import aux_from_msg, colour_from_msg
+    from rgbd_fusion_seg.serving.model_serving import Runtime, load_served_model
+
     results = client.set_parameters({"outputs.overlay": False, "sync.slop": 0.02, "aux_range": [0.0, 10.0],
                                      "stats_period": 0.4})
     assert all(r.successful for r in results), [r.reason for r in results]
-    stamp = next_stamp()
-    send_and_wait(client, *random_pair(stamp), stamp, output="confidence")
+    # sync.slop 0.02: stamps 30 ms apart no longer pair (they did at 0.05); 10 ms apart still do.
+    received = client.fresh_stats()
+    apart = next_stamp()
+    next_stamp.last = apart + 500 * MS  # far from `apart`: neither of its frames is within slop of `close`'s
+    close = next_stamp()
+    client.publish_pair(*_pair_off_by(apart, 30))
+    send_and_wait(client, *_pair_off_by(close, 10), close, output="confidence")
+    client.fresh_stats(predicate=lambda s: int(s["frames_in_aux"]) >= int(received["frames_in_aux"]) + 2)
+    assert apart not in client.stamps() and close in client.stamps()
     client.spin_for(0.5)  # an overlay, had one been published, would have arrived by now
-    assert stamp not in client.stamps("overlay") and stamp in client.stamps("confidence")
-    results = client.set_parameters({"outputs.overlay": True, "aux_range": []})
+    assert close not in client.stamps("overlay")
+
+    # aux_range [0, 10] normalises the depth as the model loaded with that range does, not as its checkpoint does
+    images = random_pair(close)
+    rgb, depth = colour_from_msg(images[0]), aux_from_msg(images[1], "depth").image
+    confidence = {aux_range: load_served_model(str(checkpoints / "early.pt"), Runtime(device="cpu"), aux_range,
+                                               warm_up=False).engine.predict(rgb, depth, with_confidence=True).confidence
+                  for aux_range in ((), (0.0, 10.0))}
+    assert np.abs(confidence[()] - confidence[(0.0, 10.0)]).max() > 2e-3  # the range changes the confidences
+    assert np.abs(_confidence_of(client, close) - confidence[(0.0, 10.0)]).max() < 5e-4
+
+    results = client.set_parameters({"outputs.overlay": True, "aux_range": [], "sync.slop": 0.05})
     assert all(r.successful for r in results), [r.reason for r in results]
     stamp = next_stamp()
-    send_and_wait(client, *random_pair(stamp), stamp, output="overlay")
+    send_and_wait(client, *_pair_off_by(stamp, 30), stamp, output="overlay")  # pairs again at slop 0.05
+    client.wait_for_stamp(stamp, "confidence")
+    again = random_pair(stamp)
+    expected = load_served_model(str(checkpoints / "early.pt"), Runtime(device="cpu"), warm_up=False).engine.predict(
+        colour_from_msg(again[0]), aux_from_msg(again[1], "depth").image, with_confidence=True).confidence
+    assert np.abs(_confidence_of(client, stamp) - expected).max() < 5e-4  # the checkpoint's own range again
 
 
 @pytest.mark.slow  # a segment_node in a child process
@@ -517,6 +553,7 @@ def test_worker_newest_pair_wins_and_survives_errors():
     from rgbd_fusion_seg.serving.inference_worker import InferenceWorker
 
     started, release = threading.Event(), threading.Event()
+    finished = threading.Semaphore(0)  # released once per item processed or failed
     done, errors = [], []
 
     def process(item):
@@ -525,23 +562,26 @@ def test_worker_newest_pair_wins_and_survives_errors():
         if item == "bad":
             raise RuntimeError("boom")
         done.append(item)
+        finished.release()
 
-    worker = InferenceWorker(process, lambda item, error: errors.append((item, str(error)))).start()
+    def on_error(item, error):
+        errors.append((item, str(error)))
+        finished.release()
+
+    worker = InferenceWorker(process, on_error).start()
     try:
         worker.submit(1)
         assert started.wait(5)
         assert [worker.submit(n) for n in (2, 3, 4)] == [False, True, True]  # 2 and 3 are replaced
         release.set()
-        deadline = time.monotonic() + 5
-        while len(done) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert finished.acquire(timeout=5) and finished.acquire(timeout=5)
         assert done == [1, 4] and worker.dropped_stale == 2
-        worker.submit("bad")
-        worker.submit(5)
-        while len(done) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert errors == [("bad", "boom")] or done[-1] == 5  # "bad" may itself be replaced by 5
-        assert worker.alive
+        worker.submit("bad")  # the worker is idle: it takes "bad" alone, and it fails
+        assert finished.acquire(timeout=5)
+        assert errors == [("bad", "boom")] and worker.alive
+        worker.submit(5)  # and it goes on
+        assert finished.acquire(timeout=5)
+        assert done == [1, 4, 5] and worker.dropped_stale == 2
     finally:
         worker.stop()
     assert not worker.alive
@@ -552,30 +592,42 @@ def test_background_loader_loads_the_newest_request():
 
     from rgbd_fusion_seg.serving.model_serving import BackgroundLoader, LoadRequest, Runtime
 
-    gate = threading.Event()
+    gate, loading_a = threading.Event(), threading.Event()
+    settled = threading.Semaphore(0)  # released once per load that succeeded or failed
     loaded, failed, calls = [], [], []
 
     def load(path, runtime, aux_range, extras=()):
         calls.append(path)
+        if path == "a":
+            loading_a.set()
         gate.wait(5)
         if path == "broken":
             raise ValueError("cannot")
         return f"model:{path}"
 
-    loader = BackgroundLoader(lambda r, m: loaded.append(m), lambda r, e: failed.append(str(e)), load=load)
+    def on_loaded(request, model):
+        loaded.append(model)
+        settled.release()
+
+    def on_failed(request, error):
+        failed.append(str(error))
+        settled.release()
+
+    def request(generation, path):
+        loader.request(LoadRequest(generation, path, Runtime(device="cpu"), (), "test"))
+
+    loader = BackgroundLoader(on_loaded, on_failed, load=load)
     try:
-        for generation, path in enumerate(["a", "b", "c"], start=1):
-            loader.request(LoadRequest(generation, path, Runtime(device="cpu"), (), "test"))
-            time.sleep(0.05)
+        request(1, "a")
+        assert loading_a.wait(5)  # a is loading (held at the gate) ...
+        request(2, "b")
+        request(3, "c")  # ... so b waits in the mailbox, and c replaces it there
         gate.set()
-        deadline = time.monotonic() + 5
-        while len(loaded) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert calls == ["a", "c"] and loaded == ["model:a", "model:c"]  # b was replaced before it started
-        loader.request(LoadRequest(4, "broken", Runtime(device="cpu"), (), "test"))
-        while not failed and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert failed == ["cannot"]
+        assert settled.acquire(timeout=5) and settled.acquire(timeout=5)
+        assert calls == ["a", "c"] and loaded == ["model:a", "model:c"]
+        request(4, "broken")
+        assert settled.acquire(timeout=5)
+        assert failed == ["cannot"] and loaded == ["model:a", "model:c"]
     finally:
         loader.stop()
 
