@@ -297,7 +297,7 @@ def test_size_mismatch_and_wrong_pixel_type(root):
     with pytest.raises(DatasetError, match=r"frame '5' has images of different sizes: .*D_FocusN 24x32"):
         MM5Dataset(root, lightings="RGB2", split=["5"])
     cv2.imwrite(str(root / "D16" / "6.png"), np.full((H, W), 100, np.uint8))  # 8-bit where 16-bit belongs
-    with pytest.raises(DatasetError, match=r"D16/6\.png is uint8, but D16 images must be uint16"):
+    with pytest.raises(DatasetError, match=r"D16/6\.png is 8-bit \(uint8\), but MM5 D16/ images must be uint16"):
         MM5Dataset(root, lightings="RGB2", split=["6"], aux_folder="D16")[0]
 
 

@@ -1,9 +1,10 @@
 """What every frame dataset shares (MM5, MFNet, PST900, FMB, the generic folder layout).
 
-A loader builds a list of `Sample`s: the files of one training sample by role ("rgb", "aux", "label"; MFNet's
-colour and thermal share one file), its stem, its evaluation group (MM5: the lighting; MFNet: day / night;
-the others: the split) and any extra fields it returns (MM5: "lighting"). It decodes each role into the
-units of core.preprocessing (`decode_rgb`, `decode_aux`, `decode_labels`), and `FrameDataset` does the rest:
+A loader lists a split's `Sample`s (`list_samples`): the files of one training sample by role ("rgb", "aux",
+"label"; MFNet's colour and thermal share one file), its stem, its evaluation group (MM5: the lighting; MFNet:
+day / night; the others: the split) and any extra fields it returns (MM5: "lighting"). It decodes each role
+into the units of core.preprocessing (`decode_rgb`, `decode_aux`, `decode_labels`), and `FrameDataset` does
+the rest, from its constructor on (the root and the aux choice checked, the preprocessing, the class list):
 
 - the layout check when the dataset is built: every folder and file present, and the files of a frame the
   same size (read from the PNG headers, so a whole split is checked in well under a second);
@@ -37,7 +38,7 @@ from rgbd_fusion_seg.core.palette import default_palette
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing, prepare_inputs, resize_labels
 
 from .augment import IGNORE_INDEX, Augmentation, augment_frame
-from .imageio import DatasetError, png_size, read_labels, read_rgb
+from .imageio import DatasetError, png_size, read_labels, read_rgb, read_single
 
 
 class Sample(NamedTuple):
@@ -179,8 +180,9 @@ class OpenOptions(NamedTuple):
 
 
 class FrameDataset(Dataset):
-    """Base class; subclasses call `_setup(...)` from their constructor (module docstring). A subclass
-    registered with registry.register_layout describes its layout in the class attributes below."""
+    """Base class; a subclass lists its samples (`list_samples`) and decodes its files (module docstring). A
+    subclass registered with registry.register_layout describes its layout in the class attributes below; one
+    with options of its own sets them in its constructor, then calls this one."""
 
     dataset_name = "frames"  # the catalogue's name, `data.dataset` ("mm5", "mfnet", ...)
     title = "frame"  # for messages ("MM5", "MFNet", ...)
@@ -188,6 +190,7 @@ class FrameDataset(Dataset):
     METAINFO: dict = {"classes": None, "palette": None}
     classes_fixed = True  # METAINFO's classes are the layout's (MM5: only a default; classes.txt may differ)
     aux_choices: tuple[str, ...] = ()  # values of data.aux_folder; the first is the default
+    aux_optional = False  # MM5: aux_folder None gives an RGB-only data set (the aux input a zero map)
     # aux choice -> its default AuxNormalisation, where the choice alone decides it (the layout module's
     # default_aux_normalisation, set as `aux_defaults = staticmethod(default_aux_normalisation)`).
     aux_defaults: Callable[[str], AuxNormalisation] | None = None
@@ -230,35 +233,62 @@ class FrameDataset(Dataset):
 
     # -- construction -------------------------------------------------------------------------------
 
-    def _setup(
+    def __init__(
         self,
-        root: Path,
+        root,
         *,
-        samples: list[Sample],
-        split: str,
-        class_names: Sequence[str],
-        num_classes: int | None,
-        default_aux: AuxNormalisation | None,
-        aux_name: str | None,
-        preprocessing: Preprocessing | None,
+        split="train",
+        aux_folder: str | None = None,
+        preprocessing: Preprocessing | None = None,
+        num_classes: int | None = None,
         augment: bool = False,
         augmentation: Augmentation | None = None,
-    ) -> None:
-        self.root = Path(root)
-        self.split = str(split)
+    ):
+        """One split of the data set at `root`. `aux_folder` None: the layout's default, its first aux choice
+        (no aux image where the aux is optional). `preprocessing` None: the native size, ImageNet mean/std
+        and the aux choice's default range."""
+        self.root = check_root(root, self.title)
+        if aux_folder is None and not self.aux_optional:
+            aux_folder = self.aux_choices[0]
+        default_aux = self.aux_normalisation(aux_folder, self.root) if aux_folder is not None else None
+        self.aux_name = aux_folder  # the folder the aux images are in (list_samples may name it more exactly)
+        samples, split_name = self.list_samples(split, aux_folder)
+        self.split = str(split_name)
         self.samples = samples
         self.stems = list(dict.fromkeys(sample.stem for sample in samples))
         if not samples:
             raise DatasetError(f"split {self.split!r} of {self.title} data set {self.root} lists no frames")
-        self.aux_name = aux_name
         self.preprocessing = self._checked_preprocessing(preprocessing, default_aux)
-        self.num_classes, self.classes = self._class_list(list(class_names), num_classes)
+        self.num_classes, self.classes = self._class_list(list(self.class_names()), num_classes)
         self.augment = bool(augment)
         self.augmentation = augmentation or Augmentation()
         self.labelled = all("label" in sample.files for sample in samples)
         if self.augment and not self.labelled:
             raise DatasetError(f"{self.title} data set {self.root} has no labels: it cannot be augmented for training")
         self._check_layout()
+
+    def list_samples(self, split, aux_folder: str | None) -> tuple[list[Sample], str]:
+        """The samples of `split` (the layout's forms of it) and the split's name, the layout's folders checked."""
+        raise NotImplementedError(f"{type(self).__name__} must list its samples")
+
+    def split_folder_samples(self, split, splits: Sequence[str], folders: tuple[str, str, str], layout: str,
+                             note: str = "") -> tuple[list[Sample], str]:
+        """`list_samples` of a layout with one folder per split holding its colour, aux and label `folders`,
+        <stem>.png in each (PST900, FMB): the samples in stem order, their group the split. `note` follows the
+        refusal of a split the layout lacks."""
+        if split not in splits:
+            raise DatasetError(f"{self.title} has the splits {', '.join(splits)} (its folders), not {split!r}{note}")
+        require_folders(self.root, self.title, [f"{split}/{name}" for name in folders], layout)
+        rgb, aux, label = (self.root / split / name for name in folders)
+        samples = [
+            Sample(path.stem, split, {"rgb": path, "aux": aux / path.name, "label": label / path.name})
+            for path in sorted(rgb.glob("*.png"), key=lambda path: path.stem)
+        ]
+        return samples, split
+
+    def class_names(self) -> Sequence[str]:
+        """The class names by id of this data set (num_classes may add unnamed ids): the layout's, by default."""
+        return self.METAINFO["classes"]
 
     def _checked_preprocessing(self, preprocessing, default_aux) -> Preprocessing:
         if preprocessing is None:  # native size, ImageNet mean/std, the aux choice's default range
@@ -326,6 +356,16 @@ class FrameDataset(Dataset):
 
     def decode_rgb(self, path: Path) -> np.ndarray:
         return read_rgb(path)
+
+    def read_stored_aux(self, path: Path, dtype, hint: str = "") -> np.ndarray:
+        """The single-channel aux image at `path` as stored, which must be `dtype`; else a DatasetError naming
+        the file, what it holds and what the aux folder must hold (`hint`: where the other kind is)."""
+        stored = read_single(path)
+        if stored.dtype != dtype:
+            bits = {np.dtype(np.uint8): "8-bit", np.dtype(np.uint16): "16-bit"}.get(stored.dtype, str(stored.dtype))
+            raise DatasetError(f"{path} is {bits} ({stored.dtype}), but {self.title} {self.aux_name}/ images must be "
+                               f"{np.dtype(dtype).name}" + (f" ({hint})" if hint else ""))
+        return stored
 
     def decode_aux(self, path: Path) -> np.ndarray:
         raise NotImplementedError

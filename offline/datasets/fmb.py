@@ -24,8 +24,8 @@ import numpy as np
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 
 from .augment import Augmentation
-from .base import IGNORE_INDEX, FrameDataset, OpenOptions, Sample, check_aux_choice, check_root, require_folders
-from .imageio import DatasetError, raw8, read_labels, read_single
+from .base import IGNORE_INDEX, FrameDataset, OpenOptions, Sample, check_aux_choice
+from .imageio import DatasetError, raw8, read_labels
 from .registry import register_layout
 
 FMB_CLASSES = (
@@ -85,38 +85,20 @@ class FMBDataset(FrameDataset):
         augment: bool = False,
         augmentation: Augmentation | None = None,
     ):
-        root = check_root(root, "FMB")
-        default_aux = default_aux_normalisation(aux_folder)
-        names = fmb_class_names(fmb_classes)
-        if split not in FMB_SPLITS:
-            extra = " (FMB has no validation split: validate on test, as the papers report)" if split == "val" else ""
-            raise DatasetError(f"FMB has the splits {', '.join(FMB_SPLITS)} (its folders), not {split!r}{extra}")
-        require_folders(root, "FMB", [f"{split}/{name}" for name in ("Visible", aux_folder, "Label")], FMB_LAYOUT)
-        folder = root / split
+        self._class_names = fmb_class_names(fmb_classes)  # refused before anything is read
         self.fmb_classes = int(fmb_classes)
-        samples = [
-            Sample(path.stem, split, {"rgb": path, "aux": folder / aux_folder / path.name,
-                                      "label": folder / "Label" / path.name})
-            for path in sorted((folder / "Visible").glob("*.png"))
-        ]  # fmt: skip
-        self._setup(
-            root,
-            samples=samples,
-            split=split,
-            class_names=names,
-            num_classes=len(names),
-            default_aux=default_aux,
-            aux_name=aux_folder,
-            preprocessing=preprocessing,
-            augment=augment,
-            augmentation=augmentation,
-        )
+        super().__init__(root, split=split, aux_folder=aux_folder, preprocessing=preprocessing, augment=augment,
+                         augmentation=augmentation)
+
+    def list_samples(self, split, aux_folder: str) -> tuple[list[Sample], str]:
+        note = " (FMB has no validation split: validate on test, as the papers report)" if split == "val" else ""
+        return self.split_folder_samples(split, FMB_SPLITS, ("Visible", aux_folder, "Label"), FMB_LAYOUT, note)
+
+    def class_names(self) -> tuple[str, ...]:
+        return self._class_names
 
     def decode_aux(self, path: Path) -> np.ndarray:
-        stored = read_single(path)
-        if stored.dtype != np.uint8:
-            raise DatasetError(f"{path} is {stored.dtype}, but FMB Infrared/ images must be uint8")
-        return raw8(stored, path)
+        return raw8(self.read_stored_aux(path, np.uint8), path)
 
     def decode_labels(self, path: Path) -> np.ndarray:
         stored = read_labels(path)

@@ -32,7 +32,7 @@ import yaml
 from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 
 from .augment import Augmentation
-from .base import IGNORE_INDEX, FrameDataset, OpenOptions, Sample, check_root, read_named_split, require_folders
+from .base import IGNORE_INDEX, FrameDataset, OpenOptions, Sample, read_named_split, require_folders
 from .imageio import DatasetError, depth_from_mm, read_image, read_labels, read_single
 from .registry import register_layout
 
@@ -140,14 +140,18 @@ class FolderDataset(FrameDataset):
         augmentation: Augmentation | None = None,
         require_labels: bool = True,
     ):
-        root = check_root(root, "folder data set")
-        self.description = description = read_description(root)
+        self.require_labels = require_labels
+        super().__init__(root, split=split, aux_folder=aux_folder, preprocessing=preprocessing, num_classes=num_classes,
+                         augment=augment, augmentation=augmentation)
+
+    def list_samples(self, split, aux_folder: str) -> tuple[list[Sample], str]:
+        root = self.root
+        self.description = description = read_description(root)  # aux_folder was checked against it
         self.settings_files = (root / "dataset.yaml",)  # its aux_unit and ignore_index change the decoding
-        check_aux(aux_folder, description, root)
-        modality = description["modality"]
+        modality = self.aux_name = description["modality"]  # the aux images' folder ("auto" names none)
         self.aux_unit = description["aux_unit"]
         labelled = (root / "labels").is_dir()
-        if require_labels and not labelled:
+        if self.require_labels and not labelled:
             raise DatasetError(
                 f"{root} has no labels/ folder (an unlabelled export): its images can be read "
                 "(FolderDataset(..., require_labels=False)), but training and evaluation need labels/<stem>.png "
@@ -169,18 +173,10 @@ class FolderDataset(FrameDataset):
             if labelled:
                 files["label"] = root / "labels" / f"{stem}.png"
             samples.append(Sample(stem, split_name, files))
-        self._setup(
-            root,
-            samples=samples,
-            split=split_name,
-            class_names=description["classes"] or ["unknown"],
-            num_classes=num_classes,
-            default_aux=default_aux_normalisation(root, aux_folder),
-            aux_name=modality,
-            preprocessing=preprocessing,
-            augment=augment,
-            augmentation=augmentation,
-        )
+        return samples, split_name
+
+    def class_names(self) -> list[str]:
+        return self.description["classes"] or ["unknown"]
 
     def decode_aux(self, path: Path) -> np.ndarray:
         _, _, dtype, _, _ = AUX_UNITS[self.aux_unit]

@@ -18,10 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
+from rgbd_fusion_seg.core.preprocessing import AuxNormalisation
 
-from .augment import Augmentation
-from .base import FrameDataset, Sample, check_aux_choice, check_root, read_named_split, require_folders
+from .base import FrameDataset, Sample, check_aux_choice, read_named_split, require_folders
 from .imageio import DatasetError, raw8, read_image
 from .registry import register_layout
 
@@ -51,19 +50,8 @@ class MFNetDataset(FrameDataset):
     aux_choices = MFNET_AUX
     aux_defaults = staticmethod(default_aux_normalisation)
 
-    def __init__(
-        self,
-        root,
-        *,
-        split="train",
-        aux_folder: str = "thermal",
-        preprocessing: Preprocessing | None = None,
-        num_classes: int | None = None,
-        augment: bool = False,
-        augmentation: Augmentation | None = None,
-    ):
-        root = check_root(root, "MFNet")
-        default_aux = default_aux_normalisation(aux_folder)
+    def list_samples(self, split, aux_folder: str) -> tuple[list[Sample], str]:
+        root = self.root
         require_folders(root, "MFNet", ("images", "labels"), MFNET_LAYOUT)
         names, split_name = read_named_split(root, split, "MFNet", MFNET_LAYOUT)
         samples = [
@@ -72,18 +60,7 @@ class MFNetDataset(FrameDataset):
                                               "label": root / "labels" / f"{name}.png"})
             for name in names
         ]  # fmt: skip
-        self._setup(
-            root,
-            samples=samples,
-            split=split_name,
-            class_names=MFNET_CLASSES,
-            num_classes=num_classes,
-            default_aux=default_aux,
-            aux_name=aux_folder,
-            preprocessing=preprocessing,
-            augment=augment,
-            augmentation=augmentation,
-        )
+        return samples, split_name
 
     def _four_channels(self, path: Path) -> np.ndarray:
         last_path, last_image = getattr(self, "_last_decoded", (None, None))

@@ -40,10 +40,10 @@ from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
 
 from .augment import Augmentation
 from .base import (
-    FrameDataset, OpenOptions, Sample, check_root, checked_entries, clean_stem, read_csv_list, read_text_list,
+    FrameDataset, OpenOptions, Sample, checked_entries, clean_stem, read_csv_list, read_text_list,
     require_folders,
 )  # fmt: skip
-from .imageio import DatasetError, celsius_from_t16, depth_from_mm, raw8, raw8_with_holes, read_single
+from .imageio import DatasetError, celsius_from_t16, depth_from_mm, raw8, raw8_with_holes
 from .registry import register_layout
 
 MM5_LIGHTINGS = tuple(f"RGB{k}" for k in range(1, 9))
@@ -236,6 +236,7 @@ class MM5Dataset(FrameDataset):
     classes_fixed = False  # classes.txt or label_mapping.csv may list others (mm5_class_names)
     aux_choices = tuple(AUX_FOLDERS)
     aux_defaults = staticmethod(default_aux_normalisation)
+    aux_optional = True  # aux_folder None: RGB-only
     default_label_folder = "ANNO_CLASS"
     label_folder_configurable = True
 
@@ -260,7 +261,6 @@ class MM5Dataset(FrameDataset):
         augmentation: Augmentation | None = None,
         ext: str = ".png",
     ):
-        root = check_root(root, "MM5")
         self.lightings = _as_lightings(lightings)
         self.aux_folder = aux_folder
         self.aux_info = aux_folder_info(aux_folder) if aux_folder is not None else None
@@ -269,27 +269,23 @@ class MM5Dataset(FrameDataset):
         if max_zoom < 1.0:
             raise ValueError(f"max_zoom must be >= 1, got {max_zoom}")
         self.max_zoom = float(max_zoom)
-        stems = read_split(root, split)
-        require_folders(root, "MM5", self.folders, MM5_LAYOUT)
+        super().__init__(root, split=split, aux_folder=aux_folder,
+                         preprocessing=preprocessing or default_preprocessing(aux_folder), num_classes=num_classes,
+                         augment=augment, augmentation=augmentation or Augmentation(scale=(1.0, self.max_zoom)))
+
+    def list_samples(self, split, aux_folder: str | None) -> tuple[list[Sample], str]:
+        stems = read_split(self.root, split)
+        require_folders(self.root, "MM5", self.folders, MM5_LAYOUT)
         samples = []
         for stem in stems:
-            files = {"aux": root / aux_folder / f"{stem}{self.ext}"} if aux_folder is not None else {}
-            files["label"] = root / label_folder / f"{stem}{self.ext}"
-            for lighting in self.lightings:
-                sample_files = {"rgb": root / lighting / f"{stem}{self.ext}", **files}
-                samples.append(Sample(stem, lighting, sample_files, {"lighting": lighting}))
-        self._setup(
-            root,
-            samples=samples,
-            split=str(split) if isinstance(split, (str, os.PathLike)) else "list",
-            class_names=mm5_class_names(root),
-            num_classes=num_classes,
-            default_aux=default_aux_normalisation(aux_folder) if aux_folder is not None else None,
-            aux_name=aux_folder,
-            preprocessing=preprocessing or default_preprocessing(aux_folder),
-            augment=augment,
-            augmentation=augmentation or Augmentation(scale=(1.0, self.max_zoom)),
-        )
+            files = {"aux": self.path(aux_folder, stem)} if aux_folder is not None else {}
+            files["label"] = self.path(self.label_folder, stem)
+            samples += [Sample(stem, lighting, {"rgb": self.path(lighting, stem), **files}, {"lighting": lighting})
+                        for lighting in self.lightings]
+        return samples, str(split) if isinstance(split, (str, os.PathLike)) else "list"
+
+    def class_names(self) -> list[str]:
+        return mm5_class_names(self.root)
 
     @property
     def folders(self) -> list[str]:
@@ -301,12 +297,7 @@ class MM5Dataset(FrameDataset):
         return self.root / folder / f"{stem}{self.ext}"
 
     def decode_aux(self, path: Path) -> np.ndarray:
-        stored = read_single(path)
-        if stored.dtype != self.aux_info.dtype:
-            raise DatasetError(
-                f"{path} is {stored.dtype}, but {self.aux_folder} images must be {np.dtype(self.aux_info.dtype).name}"
-            )
-        return self.aux_info.decode(stored, path)
+        return self.aux_info.decode(self.read_stored_aux(path, self.aux_info.dtype), path)
 
     def read_aux(self, stem: str) -> np.ndarray | None:
         """HxW float32 in the aux folder's physical unit, NaN = no reading (None without an aux folder)."""

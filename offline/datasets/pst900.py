@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rgbd_fusion_seg.core.preprocessing import AuxNormalisation, Preprocessing
+from rgbd_fusion_seg.core.preprocessing import AuxNormalisation
 
-from .augment import Augmentation
-from .base import FrameDataset, Sample, check_aux_choice, check_root, require_folders
-from .imageio import DatasetError, depth_from_mm, read_single
+from .base import FrameDataset, Sample, check_aux_choice
+from .imageio import depth_from_mm
 from .registry import register_layout
 
 PST900_CLASSES = ("background", "fire_extinguisher", "backpack", "hand_drill", "survivor")
@@ -46,6 +45,10 @@ PST900_AUX = {
 }
 
 
+# where the other thermal image is, for a file of the wrong depth
+PST900_OTHER_THERMAL = {"thermal": "thermal_raw holds 16-bit raw thermal", "thermal_raw": "thermal holds 8-bit thermal"}
+
+
 def default_aux_normalisation(aux_folder: str = "thermal") -> AuxNormalisation:
     check_aux_choice("PST900", aux_folder, PST900_AUX)
     modality, unit, _, (low, high), _ = PST900_AUX[aux_folder]
@@ -63,51 +66,9 @@ class PST900Dataset(FrameDataset):
     aux_choices = tuple(PST900_AUX)
     aux_defaults = staticmethod(default_aux_normalisation)
 
-    def __init__(
-        self,
-        root,
-        *,
-        split: str = "train",
-        aux_folder: str = "thermal",
-        preprocessing: Preprocessing | None = None,
-        num_classes: int | None = None,
-        augment: bool = False,
-        augmentation: Augmentation | None = None,
-    ):
-        root = check_root(root, "PST900")
-        default_aux = default_aux_normalisation(aux_folder)
-        if split not in PST900_SPLITS:
-            raise DatasetError(f"PST900 has the splits {', '.join(PST900_SPLITS)} (its folders), not {split!r}")
-        require_folders(root, "PST900", [f"{split}/{name}" for name in ("rgb", aux_folder, "labels")], PST900_LAYOUT)
-        folder = root / split
-        stems = sorted(path.stem for path in (folder / "rgb").glob("*.png"))
-        self.aux_folder = aux_folder
-        samples = [
-            Sample(stem, split, {"rgb": folder / "rgb" / f"{stem}.png", "aux": folder / aux_folder / f"{stem}.png",
-                                 "label": folder / "labels" / f"{stem}.png"})
-            for stem in stems
-        ]  # fmt: skip
-        self._setup(
-            root,
-            samples=samples,
-            split=split,
-            class_names=PST900_CLASSES,
-            num_classes=num_classes,
-            default_aux=default_aux,
-            aux_name=aux_folder,
-            preprocessing=preprocessing,
-            augment=augment,
-            augmentation=augmentation,
-        )
+    def list_samples(self, split, aux_folder: str) -> tuple[list[Sample], str]:
+        return self.split_folder_samples(split, PST900_SPLITS, ("rgb", aux_folder, "labels"), PST900_LAYOUT)
 
     def decode_aux(self, path: Path) -> np.ndarray:
-        _, _, dtype, _, decode = PST900_AUX[self.aux_folder]
-        stored = read_single(path)
-        if stored.dtype != dtype:
-            bits = {np.dtype(np.uint8): "8-bit", np.dtype(np.uint16): "16-bit"}.get(stored.dtype, str(stored.dtype))
-            hint = {"thermal": "thermal_raw holds 16-bit raw thermal", "thermal_raw": "thermal holds 8-bit thermal"}
-            raise DatasetError(
-                f"{path} is {bits} ({stored.dtype}), but PST900 {self.aux_folder}/ images must be "
-                f"{np.dtype(dtype).name}" + (f" ({hint[self.aux_folder]})" if self.aux_folder in hint else "")
-            )
-        return decode(stored)
+        _, _, dtype, _, decode = PST900_AUX[self.aux_name]
+        return decode(self.read_stored_aux(path, dtype, hint=PST900_OTHER_THERMAL.get(self.aux_name, "")))
