@@ -106,7 +106,7 @@ def test_unusable_device_is_refused_at_start_and_at_runtime(ros_context, tmp_pat
     try:
         # At start: no load is attempted on the device, the node says why it is idle.
         assert node.stats()["model"] == "none"
-        assert f"device {device!r}" in node._idle_reason
+        assert f"device {device!r}" in node._models.idle_reason
         # The bad number fell back to its default (the timer does not fire a billion times a second).
         assert node.get_parameter("stats_period").value == 5.0
 

@@ -395,7 +395,7 @@ def test_start_with_weights_that_do_not_fit_runs_idle(all_checkpoints, client):
     try:
         stats = node.stats()
         assert stats["model"] == "none" and stats["checkpoint"] == ""
-        assert "weights do not fit" in node._idle_reason
+        assert "weights do not fit" in node._models.idle_reason
     finally:
         node.shutdown()
         node.destroy_node()

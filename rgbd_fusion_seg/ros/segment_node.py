@@ -439,10 +439,6 @@ class SegmentNode(LifecycleNode):
     def aux_topic(self) -> str:
         return self._inputs.aux
 
-    @property
-    def _idle_reason(self) -> str:
-        return self._models.idle_reason
-
     def _create_subscriptions(self) -> None:
         """Subscribe to both streams with the configured QoS (`auto`: what their publishers offer), and say so."""
         profile, depth = self._config["qos.profile"], self._config["qos.depth"]
