@@ -300,7 +300,7 @@ def _scan_unavailable(backend: str, device: torch.device | None) -> str | None:
             return NO_CUDA
         from rgbd_fusion_seg.models import ssm
 
-        return None if ssm._mamba_ssm_scan() is not None else "skipped: mamba-ssm is not importable"
+        return None if ssm.mamba_ssm_scan() is not None else "skipped: mamba-ssm is not importable"
     if backend == "mambapy":
         reason = _why_not_importable("mambapy")
         return f"skipped: {reason}" if reason else None

@@ -47,7 +47,7 @@ WHOLE_MODEL_ROWS = ("fast", "onnxruntime")
 
 def available_backends(device: torch.device) -> list[str]:
     backends = ["sequential", "mambapy", "chunked"]
-    if device.type == "cuda" and ssm._mamba_ssm_scan() is not None:
+    if device.type == "cuda" and ssm.mamba_ssm_scan() is not None:
         backends.append("mamba_ssm")
     return backends
 

@@ -19,7 +19,7 @@ def one_thread():
 
 def present_backends() -> list[str]:
     backends = ["chunked", "mambapy"]
-    if torch.cuda.is_available() and ssm._mamba_ssm_scan() is not None:
+    if torch.cuda.is_available() and ssm.mamba_ssm_scan() is not None:
         backends.append("mamba_ssm")
     return backends
 
@@ -112,7 +112,7 @@ def test_auto_is_chunked_without_mamba_ssm_and_the_scan_keeps_fp16_inputs_fp16(m
     assert ssm.resolve_backend("auto", torch.device("cpu")) == "chunked"  # training
     with torch.no_grad():  # serving
         assert ssm.resolve_backend("auto", torch.device("cpu")) == "chunked"
-    monkeypatch.setattr(ssm, "_mamba_ssm_scan", lambda: object())  # installed: first on CUDA, not on a CPU
+    monkeypatch.setattr(ssm, "mamba_ssm_scan", lambda: object())  # installed: first on CUDA, not on a CPU
     assert ssm.resolve_backend("auto", torch.device("cuda")) == "mamba_ssm"
     assert ssm.resolve_backend("auto", torch.device("cpu")) == "chunked"
     monkeypatch.undo()
@@ -191,14 +191,14 @@ def test_ss2d_and_icrvss_block_keep_the_shape_and_pass_gradients_to_every_direct
 
 
 def test_mamba_ssm_asked_for_and_absent_says_how_to_install_it(monkeypatch):
-    monkeypatch.setattr(ssm, "_mamba_ssm_scan", lambda: None)
+    monkeypatch.setattr(ssm, "mamba_ssm_scan", lambda: None)
     inputs = scan_inputs()
     with pytest.raises(RuntimeError, match=r"pip install mamba-ssm --no-build-isolation.*MAMBA_FORCE_BUILD=TRUE.*scan_backend: auto"):
         ssm.selective_scan(**inputs, backend="mamba_ssm")
     assert ssm.resolve_backend("auto", torch.device("cuda")) == "chunked"  # auto falls back
 
 
-@pytest.mark.skipif(ssm._mamba_ssm_scan() is not None, reason="mamba_ssm is installed here")
+@pytest.mark.skipif(ssm.mamba_ssm_scan() is not None, reason="mamba_ssm is installed here")
 def test_mamba_ssm_absent_from_this_environment_gives_the_error():
     with pytest.raises(RuntimeError, match="mamba_ssm is not installed"):
         ssm.selective_scan(**scan_inputs(), backend="mamba_ssm")

@@ -39,7 +39,7 @@ MAMBA_SSM_MISSING = (
 
 
 @lru_cache(maxsize=1)
-def _mamba_ssm_scan():
+def mamba_ssm_scan():
     """mamba_ssm's fused kernel, or None when the package (or its compiled extension) is missing."""
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -52,11 +52,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in SCAN_BACKENDS:
         raise ValueError(f"unknown scan backend {backend!r}; available: {', '.join(SCAN_BACKENDS)}")
     if backend == "auto":
-        if device.type == "cuda" and _mamba_ssm_scan() is not None and not torch.compiler.is_exporting():
+        if device.type == "cuda" and mamba_ssm_scan() is not None and not torch.compiler.is_exporting():
             return "mamba_ssm"
         return "chunked"
     if backend == "mamba_ssm":
-        if _mamba_ssm_scan() is None:
+        if mamba_ssm_scan() is None:
             raise RuntimeError(MAMBA_SSM_MISSING)
         if device.type != "cuda":
             raise RuntimeError(f"scan_backend 'mamba_ssm' runs on CUDA tensors only, got {device}; use 'auto' or 'chunked'")
@@ -194,7 +194,7 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     """y = the selective scan of u (batch x D x L) with the layout of the module docstring."""
     backend = resolve_backend(backend, u.device)
     if backend == "mamba_ssm":
-        return _mamba_ssm_scan()(
+        return mamba_ssm_scan()(
             u.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(),
             D=None if D is None else D.float(), delta_bias=None if delta_bias is None else delta_bias.float(),
             delta_softplus=delta_softplus,
