@@ -111,6 +111,7 @@ def test_training_writes_self_describing_checkpoints(tiny_config, mm5_root):
     assert any("already finished" in m for m in messages)
 
 
+@pytest.mark.slow  # three training runs, one stopped and resumed
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_config):
     """Stopping after 4 of 6 steps (mid-epoch) and resuming gives bit-identical weights."""
     common = {"train": {"epochs": 2, "lr_schedule": "constant", "augment": True}}
