@@ -34,6 +34,7 @@ def study_config(tmp_path):
     )
 
 
+@pytest.mark.slow  # a study of several training runs, resumed
 def test_tiny_study_writes_table_and_figures_and_resumes(tmp_path):
     config = study_config(tmp_path)
     result = run_study(config, device="cpu", log=lambda m: None)
