@@ -35,6 +35,7 @@ def test_offline_subcommand_help(name, capsys):
     assert f"rgbd-fusion-seg {name}" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # fresh interpreters importing each command
 def test_offline_commands_do_not_import_ros():
     code = (
         "import sys\n"
