@@ -122,6 +122,7 @@ def mfnet_checkpoint(tmp_path_factory):
     return train(config_from_dict(raw, source="mfnet-tiny"), device="cpu", log=lambda message: None)
 
 
+@pytest.mark.slow  # trains the MFNet replica model first (4 epochs)
 def test_day_night_groups_flip_and_multiscale_are_reported_separately(mfnet_checkpoint, tmp_path):
     scales = [0.5, 1.0, 1.5]
     result = evaluate_checkpoint(mfnet_checkpoint, device="cpu", flip=True, scales=scales, out_json=tmp_path / "r.json")
@@ -161,6 +162,7 @@ def test_day_night_groups_flip_and_multiscale_are_reported_separately(mfnet_chec
     assert result["tta"]["multiscale_flip"]["miou"] == pytest.approx(jaccard.compute().item(), abs=1e-6)
 
 
+@pytest.mark.slow  # trains the MFNet replica model first (4 epochs)
 def test_background_option_and_the_papers_table(mfnet_checkpoint, tmp_path):
     counted = evaluate_checkpoint(mfnet_checkpoint, device="cpu")
     excluded = evaluate_checkpoint(mfnet_checkpoint, device="cpu", exclude_background=True)
