@@ -50,10 +50,13 @@ from .writable_folder import UnwritableFolderError, check_writable_folder
 # so torch keeps 18 without an error (measured with torch 2.14, onnx 1.23, onnxscript 0.7: 6..17 gave 18,
 # 19..28 gave what was asked). The newest is the newest opset the installed onnx knows.
 DEFAULT_OPSET = 18
-# Odd at every stride-2 level (129, 65, 33, 17, 9, 5, 3) and no multiple of 32: every size-dependent pad or
-# crop in the methods (fit_to, pad_to_multiple, SAM2's window padding) is traced in its general form. At a
-# "round" size the exporter would keep only the no-pad branch, and other sizes would fail or be wrong.
-TRACE_SIZE = (129, 129)
+# Odd at every stride-2 level (257, 129, 65, 33, 17, 9, 5, 3) and no multiple of 32: every size-dependent pad
+# or crop in the methods (fit_to, pad_to_multiple, SAM2's window padding) is traced in its general form. At a
+# "round" size the exporter would keep only the no-pad branch, and other sizes would fail or be wrong. And
+# large enough that no traced size is 1 where a camera's is larger (torch.export freezes a 1): SC-CoSF's 1/32
+# stage scans 9 x 9 tokens, 3 chunks of the chunked scan (at 129 x 129 it was 25 tokens, one chunk, and the
+# graph failed at 480 x 640).
+TRACE_SIZE = (257, 257)
 # (batch, height, width) checked after export: other sizes than the trace's, odd and even, and batch 2.
 CHECK_SHAPES = ((1, 64, 96), (2, 61, 90))
 PARITY_TOLERANCE = 1e-4  # max |logit difference|, times max(1, largest |logit|)
