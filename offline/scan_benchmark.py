@@ -4,8 +4,11 @@ every backend available on the device:
 
 - sequential: the reference loop over time (one Python step per position);
 - mambapy: mambapy's parallel (Blelloch) scan, pure PyTorch;
-- chunked: chunks of ssm.CHUNK_LENGTH steps, two levels (`auto` without mamba-ssm);
-- mamba_ssm: the fused CUDA kernel, only where CUDA is present and mamba-ssm is installed.
+- chunked: chunks of ssm.CHUNK_LENGTH steps, two levels (pure PyTorch; what the ONNX graph holds);
+- numba: the compiled CPU loop (models/scan_kernel.py), on a CPU where numba is installed (`auto` there);
+- mamba_ssm: the fused CUDA kernel, only where CUDA is present and mamba-ssm is installed (`auto` there).
+
+The speed-up columns compare `auto`'s choice on the device with every row.
 
 Shapes: one S6 scan of d_inner = 256 channels, d_state 16, batch 1, at 1/16 of 480x640 (L = 30 x 40 = 1200)
 and at 1/4 (L = 120 x 160 = 19200). Inputs are random (the cost does not depend on them). Times are the median
@@ -28,6 +31,7 @@ import json
 import torch
 
 from rgbd_fusion_seg.models import ssm
+from rgbd_fusion_seg.models.scan_kernel import numba_available
 
 from . import backend_benchmark
 from .benchmarking import device_name, parse_options, time_call
@@ -47,6 +51,8 @@ WHOLE_MODEL_ROWS = ("fast", "onnxruntime")
 
 def available_backends(device: torch.device) -> list[str]:
     backends = ["sequential", "mambapy", "chunked"]
+    if device.type == "cpu" and numba_available():
+        backends.append("numba")
     if device.type == "cuda" and ssm.mamba_ssm_scan() is not None:
         backends.append("mamba_ssm")
     return backends
@@ -97,18 +103,19 @@ def scan_forward_backward(inputs: dict, backend: str) -> None:
 
 
 def format_scan_table(results: list[dict]) -> list[str]:
-    """Markdown lines: one row per size and backend, with the speed-ups of the fastest forward over each
-    backend's and of chunked's forward+backward over each one's."""
+    """Markdown lines: one row per size and backend, with the speed-ups of `auto`'s backend on the device over
+    each row, forward and forward+backward."""
+    chosen = ssm.resolve_backend("auto", torch.device(results[0]["device"]))
     lines = ["| shape | backend | device | forward (ms) | forward peak MiB | forward + backward (ms) | "
-             "forward + backward peak MiB | chunked faster: forward | chunked faster: forward + backward |",
+             f"forward + backward peak MiB | auto ({chosen}) faster: forward | auto faster: forward + backward |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    chunked = {row["size"]: row for row in results if row["backend"] == "chunked"}
+    auto = {row["size"]: row for row in results if row["backend"] == chosen}
 
     def number(value):
         return "-" if value is None else f"{value:.1f}"
 
     def ratio(key, row):
-        base = chunked.get(row["size"], {}).get(key)
+        base = auto.get(row["size"], {}).get(key)
         return f"{row[key] / base:.1f}x" if base and row[key] else "-"
 
     for row in results:
@@ -148,7 +155,8 @@ def format_whole_model(results: list[dict]) -> list[str]:
     settings = results[0]["settings"]
     lines = [f"# sccosf whole predict on cpu, network {settings['size'][0]}x{settings['size'][1]}, batch 1, "
              f"{settings['warmup']} warm-up + {settings['iters']} timed predicts per row; scans as served (auto = "
-             f"chunked here) and replaced by the identity",
+             f"{ssm.resolve_backend('auto', torch.device('cpu'))} through PyTorch here, chunked in the ONNX graph) "
+             "and replaced by the identity",
              "| row | scans | p50 ms | p90 ms | peak MiB | build s | auto / identity (p50) |", "|---|---|---:|---:|---:|---:|---:|"]
     identity = {row["row"]: row for row in results[1]["rows"] if "not_here" not in row}
     for result in results:

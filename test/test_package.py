@@ -51,6 +51,7 @@ ROSDEP_KEYS = {
 PIP_ONLY = {
     "tensorboard": "tensorboard",
     "mambapy": "mambapy",
+    "numba": "numba",
     "sam2": "rf-sam-2",
     "open_clip": "open-clip-torch",
     "onnx": "onnx",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rgbd_fusion_seg.models import ssm
+from rgbd_fusion_seg.models import scan_kernel, ssm
 
 
 @pytest.fixture(autouse=True)
@@ -18,7 +18,7 @@ def one_thread():
 
 
 def present_backends() -> list[str]:
-    backends = ["chunked", "mambapy"]
+    backends = ["chunked", "mambapy", "numba"]  # numba is a requirement (requirements.txt)
     if torch.cuda.is_available() and ssm.mamba_ssm_scan() is not None:
         backends.append("mamba_ssm")
     return backends
@@ -99,6 +99,32 @@ def test_chunked_scan_is_stable_where_the_state_decays_to_nothing():
     assert torch.isfinite(got).all() and torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("groups", [None, 3])
+def test_numba_scan_across_its_checkpoints_is_the_reference_forward_and_backward(groups):
+    """L = 150: the backward recomputes three chunks of states (64, 64 and a ragged 22) from the forward's
+    checkpoints, the adjoint carried across their boundaries; B and C's gradients summed over channels."""
+    assert scan_kernel.CHECKPOINT_STEPS == 64
+    results = {}
+    for name in ("sequential", "numba"):
+        inputs = {k: v.clone().requires_grad_(True) for k, v in scan_inputs(channels=12, length=150, groups=groups).items()}
+        y = ssm.selective_scan(**inputs, backend=name)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        results[name] = (y.detach(), {k: v.grad for k, v in inputs.items()})
+    (y_ref, grads_ref), (y, grads) = results["sequential"], results["numba"]
+    assert torch.allclose(y, y_ref, atol=1e-5, rtol=1e-5)
+    for key, grad in grads.items():
+        assert torch.allclose(grad, grads_ref[key], atol=1e-5, rtol=1e-4), key
+
+
+def test_numba_asked_for_without_numba_or_off_the_cpu_says_so(monkeypatch):
+    inputs = {k: v.to("meta") for k, v in scan_inputs().items()}
+    with pytest.raises(RuntimeError, match="scan_backend 'numba' runs on CPU tensors only, got meta"):
+        ssm.selective_scan(**inputs, backend="numba")
+    monkeypatch.setattr(scan_kernel, "_kernels", lambda: None)
+    with pytest.raises(RuntimeError, match=r"scan_backend 'numba' needs numba \(`pip install numba`\)"):
+        ssm.selective_scan(**scan_inputs(), backend="numba")
+
+
 def test_scanning_a_few_channels_at_a_time_changes_nothing(monkeypatch):
     inputs = scan_inputs(channels=8, groups=2, length=20)
     whole = ssm.selective_scan(**inputs, backend="mambapy")
@@ -108,12 +134,15 @@ def test_scanning_a_few_channels_at_a_time_changes_nothing(monkeypatch):
     assert torch.allclose(ssm.selective_scan(**inputs, backend="sequential"), whole, atol=1e-5)
 
 
-def test_auto_is_chunked_without_mamba_ssm_and_the_scan_keeps_fp16_inputs_fp16(monkeypatch):
-    assert ssm.resolve_backend("auto", torch.device("cpu")) == "chunked"  # training
+def test_auto_is_numba_on_a_cpu_chunked_without_it_and_the_scan_keeps_fp16_inputs_fp16(monkeypatch):
+    assert ssm.resolve_backend("auto", torch.device("cpu")) == "numba"  # training
     with torch.no_grad():  # serving
-        assert ssm.resolve_backend("auto", torch.device("cpu")) == "chunked"
+        assert ssm.resolve_backend("auto", torch.device("cpu")) == "numba"
+    assert ssm.resolve_backend("auto", torch.device("cuda")) == "chunked"  # no mamba_ssm here
     monkeypatch.setattr(ssm, "mamba_ssm_scan", lambda: object())  # installed: first on CUDA, not on a CPU
     assert ssm.resolve_backend("auto", torch.device("cuda")) == "mamba_ssm"
+    assert ssm.resolve_backend("auto", torch.device("cpu")) == "numba"
+    monkeypatch.setattr(ssm, "numba_available", lambda: False)
     assert ssm.resolve_backend("auto", torch.device("cpu")) == "chunked"
     monkeypatch.undo()
     inputs = scan_inputs()
@@ -205,7 +234,7 @@ def test_mamba_ssm_absent_from_this_environment_gives_the_error():
 
 
 def test_unknown_backend_lists_the_backends():
-    with pytest.raises(ValueError, match="unknown scan backend 'cuda'; available: auto, mamba_ssm, chunked, mambapy, sequential"):
+    with pytest.raises(ValueError, match="unknown scan backend 'cuda'; available: auto, mamba_ssm, numba, chunked, mambapy, sequential"):
         ssm.selective_scan(**scan_inputs(), backend="cuda")
     with pytest.raises(ValueError, match="unknown scan_order 'zigzag'"):
         ssm.SS2D(4, scan_order="zigzag")
@@ -219,15 +248,16 @@ def test_scan_benchmark_times_every_backend_and_formats_a_table(monkeypatch):
     sizes = (("short", 1, 8, 16, 4, 1), ("long", 1, 4, 33, 2, 2))
     results = measure_scan_backends("cpu", sizes=sizes, iters=1)
     assert [(row["size"], row["backend"]) for row in results] == [
-        ("short", "sequential"), ("short", "mambapy"), ("short", "chunked"), ("long", "sequential"),
-        ("long", "mambapy"), ("long", "chunked")]
+        ("short", "sequential"), ("short", "mambapy"), ("short", "chunked"), ("short", "numba"),
+        ("long", "sequential"), ("long", "mambapy"), ("long", "chunked"), ("long", "numba")]
     assert all(row["forward_ms"] > 0 and row["forward_mib"] >= 0 for row in results)
     assert all(row["forward_backward_ms"] > 0 for row in results if "skipped" not in row)
     assert [row["size"] for row in results if "skipped" in row] == ["long"]
-    assert results[3]["forward_backward_ms"] is None and "autograd through 33 loop steps" in results[3]["skipped"]
+    assert results[4]["forward_backward_ms"] is None and "autograd through 33 loop steps" in results[4]["skipped"]
     lines = format_scan_table(results)
-    assert lines[0].startswith("| shape | backend") and len(lines) == 2 + len(results)
-    assert lines[4].startswith("| short (B 1, D 8, L 16, N 4) | chunked | cpu |") and lines[4].endswith("| 1.0x | 1.0x |")
+    assert lines[0].startswith("| shape | backend") and "| auto (numba) faster: forward |" in lines[0]
+    assert len(lines) == 2 + len(results)
+    assert lines[5].startswith("| short (B 1, D 8, L 16, N 4) | numba | cpu |") and lines[5].endswith("| 1.0x | 1.0x |")
 
 
 def test_identity_scans_replace_every_scan_of_a_model_and_only_inside():

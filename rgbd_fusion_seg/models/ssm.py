@@ -6,11 +6,12 @@ batch x G x N x L with D = G x d (G groups of d channels, e.g. SS2D's four direc
     h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,   y_t = C_t h_t + D u_t
 with delta = softplus(delta + delta_bias) when delta_softplus.
 
-Backends: "mamba_ssm" (the CUDA kernels; an optional GPU install), "chunked" (pure PyTorch, any device, with
-gradients: the sequence cut into chunks of CHUNK_LENGTH steps, below), "mambapy" (mambapy's parallel scan, pure
-PyTorch), "sequential" (a plain loop over time: the reference the tests compare with). "auto": mamba_ssm when
-it is installed and the tensors are on CUDA (and not while torch.export traces); else chunked, which was the
-fastest pure-PyTorch form forward and backward here and exports (docs/sccosf.md, `bench --scan`).
+Backends: "mamba_ssm" (the CUDA kernels; an optional GPU install), "numba" (one compiled CPU loop, forward and
+backward: scan_kernel.py), "chunked" (pure PyTorch, any device, with gradients: the sequence cut into chunks of
+CHUNK_LENGTH steps, below), "mambapy" (mambapy's parallel scan, pure PyTorch), "sequential" (a plain loop over
+time: the reference the tests compare with). "auto", while torch.export traces: chunked, the form that exports;
+otherwise mamba_ssm on CUDA tensors when it is installed, numba on CPU tensors when it is installed, else
+chunked, the fastest pure-PyTorch form forward and backward here (docs/sccosf.md, `bench --scan`).
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SCAN_BACKENDS = ("auto", "mamba_ssm", "chunked", "mambapy", "sequential")
+from .scan_kernel import numba_available, numba_scan
+
+SCAN_BACKENDS = ("auto", "mamba_ssm", "numba", "chunked", "mambapy", "sequential")
 SCAN_ORDERS = ("vmamba", "paper")
 # T of the chunked scan: steps per chunk (docs/sccosf.md gives the timings it was chosen by).
 CHUNK_LENGTH = 32
@@ -52,8 +55,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in SCAN_BACKENDS:
         raise ValueError(f"unknown scan backend {backend!r}; available: {', '.join(SCAN_BACKENDS)}")
     if backend == "auto":
-        if device.type == "cuda" and mamba_ssm_scan() is not None and not torch.compiler.is_exporting():
+        if torch.compiler.is_exporting():
+            return "chunked"
+        if device.type == "cuda" and mamba_ssm_scan() is not None:
             return "mamba_ssm"
+        if device.type == "cpu" and numba_available():
+            return "numba"
         return "chunked"
     if backend == "mamba_ssm":
         if mamba_ssm_scan() is None:
@@ -206,6 +213,10 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     if delta_softplus:
         delta = F.softplus(delta)
     D = None if D is None else D.float()
+    if backend == "numba":
+        B, C = (m.unsqueeze(1) if m.dim() == 3 else m for m in (B, C))
+        y = numba_scan(u, delta, A, B.transpose(2, 3).contiguous(), C.transpose(2, 3).contiguous())
+        return (y + D.view(1, -1, 1) * u if D is not None else y).to(dtype)
     if backend == "chunked":
         return _scan_chunks(u, delta, A, B, C, D, CHUNK_LENGTH).to(dtype)
     return _scan_chunked(u, delta, A, B, C, D, parallel=backend == "mambapy").to(dtype)
