@@ -182,6 +182,22 @@ def test_cross_s6_with_equal_c_is_two_plain_scans_and_otherwise_reads_the_other_
     assert torch.allclose(y1, expected, atol=1e-5)
 
 
+def test_s6_scans_side_by_side_are_each_one_alone():
+    """Sc-LRB's two self-corrections run as one scan (ssm.scan_side_by_side): each output is its own module's
+    scan of its own input, with that module's A, B, C, Delta, D (a swapped group or channel block fails)."""
+    torch.manual_seed(0)
+    modules = [ssm.S6(6, 4, "sequential") for _ in range(2)]
+    inputs = [torch.randn(2, 6, 15), torch.randn(2, 6, 15)]
+    together = ssm.scan_side_by_side(list(zip(modules, inputs)))
+    for module, x, y in zip(modules, inputs, together):
+        params = module.ssm
+        delta, B, C = params.project(x.unsqueeze(1))
+        alone = ssm.selective_scan(x, delta, -torch.exp(params.A_log), B[:, 0], C[:, 0], params.D,
+                                   params.dt_bias.flatten(), backend="sequential")
+        assert torch.allclose(y, alone, atol=1e-6)
+    assert not torch.allclose(together[0], together[1], atol=1e-3)
+
+
 @pytest.mark.parametrize("order", ssm.SCAN_ORDERS)
 def test_cross_scan_and_merge_are_exact_inverses(order):
     x = torch.randn(2, 3, 5, 7)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ssm import S6, CrossS6, ICRVSSBlock
+from .ssm import S6, CrossS6, ICRVSSBlock, scan_side_by_side
 
 
 def _channels_last_linear(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -49,7 +49,13 @@ class SelfCorrection(nn.Module):
         self.out = _ScanOutput(channels, inner)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(x, self.s6(self.inp(x)))
+        return self.side_by_side([(self, x)])[0]
+
+    @staticmethod
+    def side_by_side(pairs) -> list[torch.Tensor]:
+        """[module(x) for module, x in pairs] with their S6 scans run as one (ssm.scan_side_by_side)."""
+        ys = scan_side_by_side([(module.s6, module.inp(x)) for module, x in pairs])
+        return [module.out(x, y) for (module, x), y in zip(pairs, ys)]
 
 
 class CrossCorrection(nn.Module):
@@ -81,7 +87,8 @@ class ScLRB(nn.Module):
         self.reduce = nn.Conv2d(2 * channels, channels, 1)
 
     def forward(self, f_r: torch.Tensor, f_i: torch.Tensor) -> torch.Tensor:
-        w_r, w_i = self.cross(self.self_r(f_r), self.self_i(f_i))
+        # the two modalities' self-corrections scan side by side: one scan call instead of two
+        w_r, w_i = self.cross(*SelfCorrection.side_by_side([(self.self_r, f_r), (self.self_i, f_i)]))
         fused = torch.cat([w_r, w_i], dim=1)
         fused = fused * torch.sigmoid(self.attention(F.adaptive_avg_pool2d(fused, 1))) + fused
         return self.reduce(fused)

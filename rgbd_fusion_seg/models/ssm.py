@@ -251,11 +251,21 @@ class SSMParameters(nn.Module):
 
     def scan(self, xs: torch.Tensor, delta, B, C, backend: str) -> torch.Tensor:
         """The scans of xs (batch x G x d x L) with this module's A, D and bias, and the given B, C."""
-        if self.groups == 1:
-            B, C = B[:, 0], C[:, 0]
-        A = -torch.exp(self.A_log.float())
-        y = selective_scan(xs.flatten(1, 2), delta, A, B, C, self.D, self.dt_bias.flatten(), True, backend)
-        return y.view_as(xs)
+        return joint_scan([(self, xs, delta, B, C)], backend)[0]
+
+
+def joint_scan(scans, backend: str) -> list[torch.Tensor]:
+    """Independent scans [(SSMParameters, xs, delta, B, C), ...] of one width d and one length L (xs: batch x
+    G_i x d x L, as SSMParameters.scan) as one selective_scan: their channels side by side, each one's B and C
+    its own groups. One kernel call or one set of chunk loops instead of one per scan, and in an exported graph
+    one set of ONNX Scans (the exporter's time and the graph grow with their number)."""
+    A = torch.cat([-torch.exp(params.A_log.float()) for params, *_ in scans])
+    D = torch.cat([params.D for params, *_ in scans])
+    bias = torch.cat([params.dt_bias.flatten() for params, *_ in scans])
+    u = torch.cat([xs.flatten(1, 2) for _, xs, *_ in scans], dim=1)
+    delta, B, C = (torch.cat([scan[i] for scan in scans], dim=1) for i in (2, 3, 4))
+    y = selective_scan(u, delta, A, B, C, D, bias, True, backend)
+    return [part.view_as(xs) for part, (_, xs, *_) in zip(y.split([xs.shape[1] * xs.shape[2] for _, xs, *_ in scans], dim=1), scans)]
 
 
 class S6(nn.Module):
@@ -267,9 +277,16 @@ class S6(nn.Module):
         self.ssm = SSMParameters(d_inner, d_state)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return scan_side_by_side([(self, x)])[0]
+
+
+def scan_side_by_side(pairs) -> list[torch.Tensor]:
+    """[S6(x) for S6, x in pairs] as one joint_scan (S6 modules of one width and backend, inputs of one length)."""
+    scans = []
+    for s6, x in pairs:
         xs = x.unsqueeze(1)
-        delta, B, C = self.ssm.project(xs)
-        return self.ssm.scan(xs, delta, B, C, self.backend).squeeze(1)
+        scans.append((s6.ssm, xs, *s6.ssm.project(xs)))
+    return [y.squeeze(1) for y in joint_scan(scans, pairs[0][0].backend)]
 
 
 class CrossS6(nn.Module):
@@ -286,8 +303,7 @@ class CrossS6(nn.Module):
         xs1, xs2 = x1.unsqueeze(1), x2.unsqueeze(1)
         delta1, B1, C1 = self.ssm1.project(xs1)
         delta2, B2, C2 = self.ssm2.project(xs2)
-        y1 = self.ssm1.scan(xs1, delta1, B1, C2, self.backend)
-        y2 = self.ssm2.scan(xs2, delta2, B2, C1, self.backend)
+        y1, y2 = joint_scan([(self.ssm1, xs1, delta1, B1, C2), (self.ssm2, xs2, delta2, B2, C1)], self.backend)
         return y1.squeeze(1), y2.squeeze(1)
 
 
