@@ -20,7 +20,6 @@ into its own slice (a fixed split of every group's channels, so the result does 
 """
 from __future__ import annotations
 
-import math
 import threading
 from functools import lru_cache
 
@@ -42,79 +41,12 @@ _KERNEL_LOCK = threading.Lock()
 
 @lru_cache(maxsize=1)
 def _kernels():
-    """The compiled forward and backward, or None when numba is not installed."""
+    """The compiled forward and backward (scan_kernel_loops.py), or None when numba is not installed."""
     try:
-        import numba
+        from . import scan_kernel_loops
     except ImportError:
         return None
-    compile_options = {"parallel": True, "fastmath": True, "cache": True, "nogil": True}
-
-    @numba.njit(**compile_options)
-    def forward(u, delta, A, B, C, y, checkpoints):
-        batch, channels, length = u.shape
-        state_size = A.shape[1]
-        per_group = channels // B.shape[1]
-        for task in numba.prange(batch * channels):
-            b, d = task // channels, task % channels
-            g = d // per_group
-            h = np.zeros(state_size, np.float32)
-            for t in range(length):
-                if t % CHECKPOINT_STEPS == 0:
-                    checkpoints[b, d, t // CHECKPOINT_STEPS] = h
-                step = delta[b, d, t]
-                drive = step * u[b, d, t]
-                out = np.float32(0.0)
-                for n in range(state_size):
-                    h[n] = math.exp(step * A[d, n]) * h[n] + drive * B[b, g, t, n]
-                    out += C[b, g, t, n] * h[n]
-                y[b, d, t] = out
-
-    @numba.njit(**compile_options)
-    def backward(u, delta, A, B, C, dy, checkpoints, du, ddelta, dA, dB, dC):
-        batch, channels, length = u.shape
-        groups, state_size = B.shape[1], A.shape[1]
-        per_group = channels // groups
-        slices = dB.shape[0]
-        chunks = checkpoints.shape[2]
-        for task in numba.prange(batch * groups * slices):
-            b, rest = task // (groups * slices), task % (groups * slices)
-            g, part = rest // slices, rest % slices
-            states = np.empty((CHECKPOINT_STEPS + 1, state_size), np.float32)  # h_{t-1} and h_t of the chunk
-            decays = np.empty((CHECKPOINT_STEPS, state_size), np.float32)
-            carry = np.empty(state_size, np.float32)
-            for d in range(g * per_group + part, (g + 1) * per_group, slices):
-                carry[:] = 0.0  # a_{t+1} * g_{t+1}
-                for chunk in range(chunks - 1, -1, -1):
-                    start = chunk * CHECKPOINT_STEPS
-                    stop = min(start + CHECKPOINT_STEPS, length)
-                    states[0] = checkpoints[b, d, chunk]
-                    for t in range(start, stop):
-                        i = t - start
-                        step = delta[b, d, t]
-                        drive = step * u[b, d, t]
-                        for n in range(state_size):
-                            decays[i, n] = math.exp(step * A[d, n])
-                            states[i + 1, n] = decays[i, n] * states[i, n] + drive * B[b, g, t, n]
-                    for t in range(stop - 1, start - 1, -1):
-                        i = t - start
-                        step = delta[b, d, t]
-                        drive = step * u[b, d, t]
-                        grad_out = dy[b, d, t]
-                        grad_drive = np.float32(0.0)
-                        grad_step = np.float32(0.0)
-                        for n in range(state_size):
-                            grad_h = carry[n] + grad_out * C[b, g, t, n]
-                            dC[part, b, g, t, n] += grad_out * states[i + 1, n]
-                            dB[part, b, g, t, n] += grad_h * drive
-                            grad_drive += grad_h * B[b, g, t, n]
-                            grad_exponent = grad_h * states[i, n] * decays[i, n]
-                            grad_step += grad_exponent * A[d, n]
-                            dA[b, d, n] += grad_exponent * step
-                            carry[n] = decays[i, n] * grad_h
-                        du[b, d, t] = grad_drive * step
-                        ddelta[b, d, t] = grad_step + grad_drive * u[b, d, t]
-
-    return forward, backward
+    return scan_kernel_loops.forward, scan_kernel_loops.backward
 
 
 def _launch(kernel, *arrays) -> None:
