@@ -74,6 +74,9 @@ def measure_scan_backends(device="cpu", sizes=DEFAULT_SIZES, iters: int = 3, see
     peak memory forward_mib, forward_backward_mib (None where not timed, with `skipped` saying why)."""
     device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)
+    tiny = scan_inputs(1, 2, 8, 2, 1, device, generator)
+    for backend in available_backends(device):  # numba compiles or loads its kernels here, not in a measured pass
+        scan_forward_backward(tiny, backend)
     results = []
     for label, batch, channels, length, state, groups in sizes:
         inputs = scan_inputs(batch, channels, length, state, groups, device, generator)

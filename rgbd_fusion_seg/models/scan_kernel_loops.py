@@ -7,7 +7,6 @@ import math
 
 import numba
 import numpy as np
-from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
@@ -19,7 +18,7 @@ COMPILE_OPTIONS = {"parallel": True, "fastmath": True, "cache": True, "nogil": T
 @intrinsic
 def float32_from_bits(typing_context, bits):
     def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
 
     return types.float32(types.int32), codegen
 
