@@ -138,8 +138,11 @@ def public_folder():
 def start_export(checkpoint: Path, out: Path, temp: Path) -> subprocess.Popen:
     env = dict(os.environ, TMPDIR=str(temp), PYTHONUNBUFFERED="1")
     with (temp.parent / "stdout.txt").open("w") as log:  # the child writes to its own copy of the handle
+        # SIGINT as a terminal leaves it: a test run started in the background (bash ignores SIGINT in
+        # asynchronous jobs) would hand its children the ignored disposition, and Ctrl-C would do nothing
         return subprocess.Popen([*CLI, "export", str(checkpoint), "--out", str(out)], stdout=log,
-                                stderr=subprocess.PIPE, text=True, env=env)
+                                stderr=subprocess.PIPE, text=True, env=env,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(condition, process: subprocess.Popen, what: str) -> None:

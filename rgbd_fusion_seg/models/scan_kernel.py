@@ -3,7 +3,7 @@
 Every pure-PyTorch form of the scan moves tensors of L x D x N (or L/T x D x N per step) through memory several
 times; on a CPU that traffic, not the arithmetic, is the cost (docs/sccosf.md). Here each channel's state (N
 floats) stays in registers while the loop walks the sequence: one exp, two multiply-adds and one dot product per
-state update, nothing of length L x N written. numba compiles the loops once per machine (about 3 s, then
+state update, nothing of length L x N written. numba compiles the loops once per machine (5-7 s, then
 cached on disk); channels run in parallel on numba's threads.
 
 Layout, as `ssm._scan_chunks` after the bias and softplus of delta: u, delta: batch x D x L; A: D x N; B, C:
@@ -49,13 +49,13 @@ def _kernels():
     return scan_kernel_loops.forward, scan_kernel_loops.backward
 
 
-def _launch(kernel, *arrays) -> None:
+def _launch(kernel, *arguments) -> None:
     """A kernel call on as many threads as torch's operators use, one call at a time."""
     import numba
 
     with _KERNEL_LOCK:
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-        kernel(*arrays)
+        kernel(*arguments)
 
 
 def numba_available() -> bool:
@@ -73,7 +73,8 @@ class _NumbaScan(torch.autograd.Function):
         batch, channels, length = u.shape
         y = torch.empty_like(u)
         checkpoints = u.new_empty(batch, channels, -(-length // CHECKPOINT_STEPS), A.shape[1])
-        _launch(forward, _array(u), _array(delta), _array(A), _array(B), _array(C), y.numpy(), checkpoints.numpy())
+        _launch(forward, _array(u), _array(delta), _array(A), _array(B), _array(C), y.numpy(), checkpoints.numpy(),
+                CHECKPOINT_STEPS)
         ctx.save_for_backward(u, delta, A, B, C, checkpoints)
         return y
 
@@ -86,7 +87,7 @@ class _NumbaScan(torch.autograd.Function):
         dA = u.new_zeros(u.shape[0], *A.shape)
         dB, dC = (u.new_zeros(slices, *B.shape) for _ in range(2))
         _launch(backward, _array(u), _array(delta), _array(A), _array(B), _array(C), _array(dy), checkpoints.numpy(),
-                du.numpy(), ddelta.numpy(), dA.numpy(), dB.numpy(), dC.numpy())
+                CHECKPOINT_STEPS, du.numpy(), ddelta.numpy(), dA.numpy(), dB.numpy(), dC.numpy())
         return du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0)
 
 

@@ -1,6 +1,6 @@
 """The numba loops of scan_kernel.py (imported only when numba is installed; module-level, so that numba
 caches their machine code on disk: closures that call other compiled functions are compiled again in every
-process)."""
+process). The forward keeps the state every `checkpoint_steps` steps; the backward starts from those."""
 from __future__ import annotations
 
 import math
@@ -9,8 +9,6 @@ import numba
 import numpy as np
 from numba import types
 from numba.extending import intrinsic
-
-from .scan_kernel import CHECKPOINT_STEPS
 
 COMPILE_OPTIONS = {"parallel": True, "fastmath": True, "cache": True, "nogil": True}
 
@@ -44,7 +42,7 @@ def exp(x):
 
 
 @numba.njit(**COMPILE_OPTIONS)
-def forward(u, delta, A, B, C, y, checkpoints):
+def forward(u, delta, A, B, C, y, checkpoints, checkpoint_steps):
     batch, channels, length = u.shape
     state_size = A.shape[1]
     per_group = channels // B.shape[1]
@@ -53,8 +51,8 @@ def forward(u, delta, A, B, C, y, checkpoints):
         g = d // per_group
         h = np.zeros(state_size, np.float32)
         for t in range(length):
-            if t % CHECKPOINT_STEPS == 0:
-                checkpoints[b, d, t // CHECKPOINT_STEPS] = h
+            if t % checkpoint_steps == 0:
+                checkpoints[b, d, t // checkpoint_steps] = h
             step = delta[b, d, t]
             drive = step * u[b, d, t]
             out = np.float32(0.0)
@@ -65,7 +63,7 @@ def forward(u, delta, A, B, C, y, checkpoints):
 
 
 @numba.njit(**COMPILE_OPTIONS)
-def backward(u, delta, A, B, C, dy, checkpoints, du, ddelta, dA, dB, dC):
+def backward(u, delta, A, B, C, dy, checkpoints, checkpoint_steps, du, ddelta, dA, dB, dC):
     batch, channels, length = u.shape
     groups, state_size = B.shape[1], A.shape[1]
     per_group = channels // groups
@@ -74,14 +72,14 @@ def backward(u, delta, A, B, C, dy, checkpoints, du, ddelta, dA, dB, dC):
     for task in numba.prange(batch * groups * slices):
         b, rest = task // (groups * slices), task % (groups * slices)
         g, part = rest // slices, rest % slices
-        states = np.empty((CHECKPOINT_STEPS + 1, state_size), np.float32)  # h_{t-1} and h_t of the chunk
-        decays = np.empty((CHECKPOINT_STEPS, state_size), np.float32)
+        states = np.empty((checkpoint_steps + 1, state_size), np.float32)  # h_{t-1} and h_t of the chunk
+        decays = np.empty((checkpoint_steps, state_size), np.float32)
         carry = np.empty(state_size, np.float32)
         for d in range(g * per_group + part, (g + 1) * per_group, slices):
             carry[:] = 0.0  # a_{t+1} * g_{t+1}
             for chunk in range(chunks - 1, -1, -1):
-                start = chunk * CHECKPOINT_STEPS
-                stop = min(start + CHECKPOINT_STEPS, length)
+                start = chunk * checkpoint_steps
+                stop = min(start + checkpoint_steps, length)
                 states[0] = checkpoints[b, d, chunk]
                 for t in range(start, stop):
                     i = t - start
