@@ -50,16 +50,16 @@ def forward(u, delta, A, B, C, y, checkpoints, checkpoint_steps):
         b, d = task // channels, task % channels
         g = d // per_group
         h = np.zeros(state_size, np.float32)
-        for t in range(length):
-            if t % checkpoint_steps == 0:
-                checkpoints[b, d, t // checkpoint_steps] = h
-            step = delta[b, d, t]
-            drive = step * u[b, d, t]
-            out = np.float32(0.0)
-            for n in range(state_size):
-                h[n] = exp(step * A[d, n]) * h[n] + drive * B[b, g, t, n]
-                out += C[b, g, t, n] * h[n]
-            y[b, d, t] = out
+        for chunk in range(checkpoints.shape[2]):
+            checkpoints[b, d, chunk] = h
+            for t in range(chunk * checkpoint_steps, min((chunk + 1) * checkpoint_steps, length)):
+                step = delta[b, d, t]
+                drive = step * u[b, d, t]
+                out = np.float32(0.0)
+                for n in range(state_size):
+                    h[n] = exp(step * A[d, n]) * h[n] + drive * B[b, g, t, n]
+                    out += C[b, g, t, n] * h[n]
+                y[b, d, t] = out
 
 
 @numba.njit(**COMPILE_OPTIONS)
