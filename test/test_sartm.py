@@ -3,6 +3,7 @@ CLIP class-name embeddings through open_clip, the distillation losses, the deplo
 evaluation through the real code on the MFNet, PST900 and FMB replicas (and the real PST900 frame)."""
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -86,12 +87,34 @@ def test_lora_at_its_initial_state_reproduces_the_frozen_encoder():
     image = inputs()[0]
     with torch.no_grad():
         expected = plain(image)["backbone_fpn"]
-        for modality in (0, 1):
-            got = model._encode(image, modality)
-            assert torch.equal(got[2], expected[2])
-            assert torch.equal(got[0], model.sam_mask_decoder.conv_s0(expected[0]))
+        for got in model._encode(image, image):  # each modality's adapter
+            assert torch.allclose(got[2], expected[2], atol=1e-6)
+            assert torch.allclose(got[0], model.sam_mask_decoder.conv_s0(expected[0]), atol=1e-6)
         randomise_lora(model)
-        assert not torch.allclose(model._encode(image, 0)[2], expected[2])
+        assert not torch.allclose(model._encode(image, image)[0][2], expected[2])
+
+
+def test_one_encoder_pass_gives_each_modality_its_own_lora():
+    """Both modalities go through the encoder as one batch (RGB first), each part with its own adapter: the
+    same features as each image alone through the encoder with that adapter merged into SAM2's qkv (a part
+    given the other's adapter, or the batch split wrongly, fails)."""
+    model = micro().eval()
+    randomise_lora(model)
+    rgb, aux = inputs(n=2)
+    thermal = aux.expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        together = model._encode(rgb, thermal)
+        for adapter, image in enumerate((rgb, thermal)):
+            alone = copy.deepcopy(model)
+            for block in alone.image_encoder.trunk.blocks:
+                layer = block.attn.qkv
+                layer.lora_a, layer.lora_b = (torch.nn.Parameter(p[adapter:adapter + 1]) for p in (layer.lora_a, layer.lora_b))
+                block.attn.qkv = layer.merged_linear()
+            fpn = alone.image_encoder(image)["backbone_fpn"]
+            expected = [alone.sam_mask_decoder.conv_s0(fpn[0]), alone.sam_mask_decoder.conv_s1(fpn[1]), fpn[2]]
+            for got, want in zip(together[adapter], expected):
+                assert torch.allclose(got, want, atol=1e-5)
+        assert not torch.allclose(together[0][2], model._encode(thermal, rgb)[1][2], atol=1e-3)
 
 
 def test_lora_adapts_all_of_q_and_v_at_stage_transitions():
@@ -101,11 +124,11 @@ def test_lora_adapts_all_of_q_and_v_at_stage_transitions():
     layer = model.image_encoder.trunk.blocks[1].attn.qkv
     assert layer.weight.shape == (48, 8) and layer.lora_b.shape == (2, 2, 16, 16)
     randomise_lora(model)
-    x = torch.randn(3, 8)
+    x = torch.randn(4, 8)  # two parts of the batch, one per adapter
     with torch.no_grad():
         delta = layer(x) - F.linear(x, layer.weight, layer.bias)
     assert bool((delta[:, :16].abs() > 0).all()) and bool((delta[:, 32:].abs() > 0).all())
-    assert torch.equal(delta[:, 16:32], torch.zeros(3, 16))
+    assert torch.equal(delta[:, 16:32], torch.zeros(4, 16))
 
 
 def test_per_modality_uses_one_adapter_per_modality_and_shared_one_for_both():
@@ -113,8 +136,9 @@ def test_per_modality_uses_one_adapter_per_modality_and_shared_one_for_both():
     randomise_lora(model, adapter=1)  # the thermal adapter only
     expected = frozen_encoder(model)(inputs()[0])["backbone_fpn"][2]
     with torch.no_grad():
-        assert torch.equal(model._encode(inputs()[0], 0)[2], expected)
-        assert not torch.allclose(model._encode(inputs()[0], 1)[2], expected)
+        as_rgb, as_thermal = model._encode(inputs()[0], inputs()[0])
+        assert torch.allclose(as_rgb[2], expected, atol=1e-6)
+        assert not torch.allclose(as_thermal[2], expected)
     model.train()
     rgb, aux = inputs()
     model(rgb, aux).logits.sum().backward()
@@ -534,7 +558,8 @@ def test_modality_mean_decodes_each_modalitys_unfused_features_and_averages():
     with torch.no_grad():
         logits = model(rgb, aux).logits
         thermal = aux.expand(-1, 3, -1, -1)
-        masks = (model._decode(*model._encode(rgb, 0)) + model._decode(*model._encode(thermal, 0))) / 2
+        alone = [model._encode(image, image)[0] for image in (rgb, thermal)]  # each modality on its own
+        masks = (model._decode(*alone[0]) + model._decode(*alone[1])) / 2
         expected = F.interpolate(masks, size=(64, 96), mode="bilinear", align_corners=False)
         assert torch.allclose(logits, expected, atol=1e-6)
         for block in model.fuse:  # the fusion feeds only the auxiliary head and the distillation there

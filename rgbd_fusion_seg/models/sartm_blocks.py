@@ -16,8 +16,10 @@ class LoRAQV(nn.Module):
     """SAM2's fused qkv Linear with low-rank updates of its q and v outputs (eq. 6-7):
     q' = q + x A_q B_q, v' = v + x A_v B_v, k unchanged; A: d_in x r, B: r x d_out, no alpha/r scaling.
 
-    `adapters` independent (A, B) sets (one per modality, or one shared); `active` picks the one applied.
-    B starts at zero, so the wrapped layer starts as SAM2's. `weight`/`bias` are the original Linear's
+    `adapters` independent (A, B) sets (one per modality, or one shared). With several, the batch holds that
+    many equal parts, the modalities stacked by SARTM (all RGB images, then all thermal), and part i gets
+    adapter i: the encoder runs once for both modalities (one pass, one traced graph) and each is adapted by
+    its own LoRA. B starts at zero, so the wrapped layer starts as SAM2's. `weight`/`bias` are the original Linear's
     (frozen; their state-dict keys stay Meta's `...attn.qkv.weight/bias`). At Hiera's stage transitions
     d_in != d_out: B is sized to d_out so the whole q and v are adapted.
     """
@@ -32,16 +34,22 @@ class LoRAQV(nn.Module):
         # [adapter, q|v, ...]
         self.lora_a = nn.Parameter(torch.empty(adapters, 2, d_in, rank).uniform_(-bound, bound))
         self.lora_b = nn.Parameter(torch.zeros(adapters, 2, rank, self.d_out))
-        self.active = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = F.linear(x, self.weight, self.bias).split(self.d_out, dim=-1)
-        a, b = self.lora_a[self.active], self.lora_b[self.active]
-        return torch.cat([q + (x @ a[0]) @ b[0], k, v + (x @ a[1]) @ b[1]], dim=-1)
+        parts = x.reshape(self.lora_a.shape[0], -1, *x.shape[1:])  # part i of the batch: adapter i
+
+        def update(which: int) -> torch.Tensor:
+            low = torch.einsum("p...i,pir->p...r", parts, self.lora_a[:, which])
+            return torch.einsum("p...r,pro->p...o", low, self.lora_b[:, which]).reshape(q.shape)
+
+        return torch.cat([q + update(0), k, v + update(1)], dim=-1)
 
     def merged_linear(self) -> nn.Linear:
-        """One Linear equal to this layer with the active adapter (for a single-adapter deploy form)."""
-        a, b = self.lora_a[self.active].detach(), self.lora_b[self.active].detach()
+        """One Linear equal to this layer (for the deploy form of a single, shared adapter)."""
+        if self.lora_a.shape[0] != 1:
+            raise ValueError(f"only a single adapter merges into one Linear; this layer has {self.lora_a.shape[0]}")
+        a, b = self.lora_a[0].detach(), self.lora_b[0].detach()
         merged = nn.Linear(self.weight.shape[1], self.weight.shape[0], bias=self.bias is not None)
         merged = merged.to(device=self.weight.device, dtype=self.weight.dtype)
         with torch.no_grad():

@@ -3,7 +3,8 @@ docs/sartm.md).
 
 - Encoder (III-B): SAM2's Hiera trunk + FPN neck (sam2_backbone.py), frozen, shared by both modalities, with
   q/v LoRA (eq. 6-7, rank 16, Table IV) on every block's qkv: one adapter per modality (`lora_mode:
-  per_modality`, the paper's "modality-specific" LoRA: the encoder runs once per modality) or one for both
+  per_modality`, the paper's "modality-specific" LoRA; both modalities go through the encoder as one batch, each
+  part with its own adapter) or one for both
   (`shared`, what the official code amounts to: there its three sets are all applied to every input, so
   set lora_rank 48 to match it). Thermal is repeated to three channels and kept in [0, 1] (not ImageNet-
   normalised, as SARTM's code); the RGB arrives normalised by the checkpoint's preprocessing (ImageNet).
@@ -136,12 +137,13 @@ class SARTM(FusionSegmenter):
             table, _ = class_text_embeddings(class_names, text_encoder, path)
             self.distillation.set_text_table(table, TEXT_FROM_CLIP)
 
-    def _encode(self, image: torch.Tensor, modality: int) -> list[torch.Tensor]:
-        """[F_0 (d/8, 1/4), F_1 (d/4, 1/8), F_n (d, 1/16)] of one modality through the shared SAM2 encoder."""
-        for layer in self.lora:
-            layer.active = modality if self.lora_mode == "per_modality" else 0
-        fpn = self.image_encoder(image)["backbone_fpn"]  # 1/4, 1/8, 1/16 (scalp drops 1/32)
-        return [self.sam_mask_decoder.conv_s0(fpn[0]), self.sam_mask_decoder.conv_s1(fpn[1]), fpn[2]]
+    def _encode(self, rgb: torch.Tensor, thermal: torch.Tensor) -> list[list[torch.Tensor]]:
+        """[[F_0 (d/8, 1/4), F_1 (d/4, 1/8), F_n (d, 1/16)] of RGB, the same of thermal] through the shared SAM2
+        encoder in one pass: the two stacked on the batch, each part adapted by its own LoRA (LoRAQV)."""
+        batch = rgb.shape[0]
+        fpn = self.image_encoder(torch.cat([rgb, thermal]))["backbone_fpn"]  # 1/4, 1/8, 1/16 (scalp drops 1/32)
+        features = [self.sam_mask_decoder.conv_s0(fpn[0]), self.sam_mask_decoder.conv_s1(fpn[1]), fpn[2]]
+        return [[f[:batch] for f in features], [f[batch:] for f in features]]  # sliced: a dynamic batch exports
 
     def _decode(self, f0: torch.Tensor, f1: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
         """SAM2's mask decoder without prompts: N x C x H/4 x W/4, one mask per class token."""
@@ -157,7 +159,7 @@ class SARTM(FusionSegmenter):
     def forward(self, rgb: torch.Tensor, aux: torch.Tensor) -> SegOutput:
         height, width = rgb.shape[-2:]
         images = (pad_to_multiple(rgb), pad_to_multiple(aux.expand(-1, 3, -1, -1)))
-        per_modality = [self._encode(image, index) for index, image in enumerate(images)]
+        per_modality = self._encode(*images)
         fused = [fuse(*rectify(x_rgb, x_thermal)) for rectify, fuse, x_rgb, x_thermal
                  in zip(self.rectify, self.fuse, *per_modality)]
         if self.decoder_input == "fused":
