@@ -265,7 +265,8 @@ def joint_scan(scans, backend: str) -> list[torch.Tensor]:
     u = torch.cat([xs.flatten(1, 2) for _, xs, *_ in scans], dim=1)
     delta, B, C = (torch.cat([scan[i] for scan in scans], dim=1) for i in (2, 3, 4))
     y = selective_scan(u, delta, A, B, C, D, bias, True, backend)
-    return [part.view_as(xs) for part, (_, xs, *_) in zip(y.split([xs.shape[1] * xs.shape[2] for _, xs, *_ in scans], dim=1), scans)]
+    widths = [xs.shape[1] * xs.shape[2] for _, xs, *_ in scans]
+    return [part.view_as(xs) for part, (_, xs, *_) in zip(y.split(widths, dim=1), scans)]
 
 
 class S6(nn.Module):
