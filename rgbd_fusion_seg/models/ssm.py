@@ -148,21 +148,23 @@ def _scan_chunks(u, delta, A, B, C, D, chunk_length: int) -> torch.Tensor:
     dt = grouped(by_step(delta))
     dtu = grouped(by_step(delta * u))
     B, C = (grouped(by_step(m.reshape(batch, groups * state_size, length))) for m in (B, C))
-    A = A.view(groups, channels // groups, state_size)
+    # the state laid out N x d (channels innermost): every broadcast below then repeats a row of d values or a
+    # scalar along d, which ONNX Runtime runs as long vector loops (with N innermost its Mul ran 16 values a call)
+    A = A.view(groups, channels // groups, state_size).transpose(1, 2)
 
-    def advance(h, dt_t, dtu_t, b_t):  # h: batch x chunks x G x d x N
-        return torch.addcmul(dtu_t.unsqueeze(-1) * b_t.unsqueeze(-2), torch.exp(dt_t.unsqueeze(-1) * A), h)
+    def advance(h, dt_t, dtu_t, b_t):  # h: batch x chunks x G x N x d
+        return torch.addcmul(dtu_t.unsqueeze(-2) * b_t.unsqueeze(-1), torch.exp(dt_t.unsqueeze(-2) * A), h)
 
     def own_state(h, x):
         return advance(h, *x), None
 
     def with_output(h, x):
         h = advance(h, *x[:3])
-        return h, (h * x[3].unsqueeze(-2)).sum(-1)
+        return h, (h * x[3].unsqueeze(-1)).sum(-2)
 
-    state_shape = (batch, groups, channels // groups, state_size)
+    state_shape = (batch, groups, state_size, channels // groups)
     chunk_ends, _ = _loop(own_state, u.new_zeros(batch, chunks, *state_shape[1:]), (dt, dtu, B))
-    chunk_decay = torch.exp(dt.sum(0).unsqueeze(-1) * A)
+    chunk_decay = torch.exp(dt.sum(0).unsqueeze(-2) * A)
 
     def enter(h, x):  # h: the state entering chunk c; x: chunk c's decay and own end state
         decay, own = x
