@@ -160,7 +160,7 @@ def _scan_chunks(u, delta, A, B, C, D, chunk_length: int) -> torch.Tensor:
 
     def with_output(h, x):
         h = advance(h, *x[:3])
-        return h, (h * x[3].unsqueeze(-1)).sum(-2)
+        return h, (x[3].unsqueeze(-2) @ h).squeeze(-2)
 
     state_shape = (batch, groups, state_size, channels // groups)
     chunk_ends, _ = _loop(own_state, u.new_zeros(batch, chunks, *state_shape[1:]), (dt, dtu, B))
@@ -206,6 +206,15 @@ def _scan_chunked(u, delta, A, B, C, D, parallel: bool) -> torch.Tensor:
     return torch.cat(outputs, dim=1)
 
 
+def _softplus(x: torch.Tensor) -> torch.Tensor:
+    """softplus; while torch.export traces, written as max(x, 0) + log(1 + exp(-|x|)) (the same values to 1e-6):
+    ONNX Runtime runs those seven vectorised operators 3.4x faster than its Softplus and the Where that
+    torch's threshold adds (34 -> 10 ms on one scan's delta at L = 19200), eager PyTorch 4x slower."""
+    if torch.compiler.is_exporting():
+        return x.clamp_min(0) + torch.log1p(torch.exp(-x.abs()))
+    return F.softplus(x)
+
+
 def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, backend="auto") -> torch.Tensor:
     """y = the selective scan of u (batch x D x L) with the layout of the module docstring."""
     backend = resolve_backend(backend, u.device)
@@ -220,7 +229,7 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     if delta_bias is not None:
         delta = delta + delta_bias.float().view(1, -1, 1)
     if delta_softplus:
-        delta = F.softplus(delta)
+        delta = _softplus(delta)
     D = None if D is None else D.float()
     if backend == "numba":
         B, C = (m.unsqueeze(1) if m.dim() == 3 else m for m in (B, C))
