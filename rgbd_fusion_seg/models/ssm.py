@@ -160,7 +160,7 @@ def _scan_chunks(u, delta, A, B, C, D, chunk_length: int) -> torch.Tensor:
 
     def with_output(h, x):
         h = advance(h, *x[:3])
-        return h, (x[3].unsqueeze(-2) @ h).squeeze(-2)
+        return h, x[3].unsqueeze(-2) @ h  # batch x chunks x G x 1 x d
 
     state_shape = (batch, groups, state_size, channels // groups)
     chunk_ends, _ = _loop(own_state, u.new_zeros(batch, chunks, *state_shape[1:]), (dt, dtu, B))
