@@ -122,11 +122,13 @@ def _step_or_empty(step, carry, x):
 
 def _scan_chunks(u, delta, A, B, C, D, chunk_length: int) -> torch.Tensor:
     """The recurrence in chunks of T = chunk_length steps (delta already biased and softplus'd), two levels:
-    1. inside every chunk at once, T vectorised steps from a zero state give each chunk's own end state;
+    1. inside every chunk at once, T vectorised steps from a zero state give each chunk's own end state and
+       its own outputs C_t h_t;
     2. the states entering the chunks: L/T steps of h_c = exp(sum of delta A over chunk c-1) h_{c-1} + that
        chunk's own end state;
-    3. inside every chunk again, T steps from its entering state, now giving the outputs C_t h_t.
-    Every exponent is delta A (one step) or its sum over a chunk, never positive, so nothing overflows; each
+    3. T vectorised steps add the entering state's share of each output, C_t exp(S_t A) h_enter, with S_t the
+       sum of delta from the chunk's start through t (the recurrence is linear in the state).
+    Every exponent is delta A (one step) or a sum of it inside a chunk, never positive, so nothing overflows; each
     step holds batch x L/T x D x N, so nothing of length L x N is built (without gradients). A per channel
     and per state (S6) keeps the decay inside the sum over states, so C.B does not factor out as in Mamba-2's
     SSD; the quadratic in-chunk form measured slower (docs/sccosf.md)."""
