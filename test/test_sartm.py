@@ -108,7 +108,8 @@ def test_one_encoder_pass_gives_each_modality_its_own_lora():
             alone = copy.deepcopy(model)
             for block in alone.image_encoder.trunk.blocks:
                 layer = block.attn.qkv
-                layer.lora_a, layer.lora_b = (torch.nn.Parameter(p[adapter:adapter + 1]) for p in (layer.lora_a, layer.lora_b))
+                layer.lora_a, layer.lora_b = (torch.nn.Parameter(p[adapter:adapter + 1])
+                                              for p in (layer.lora_a, layer.lora_b))
                 block.attn.qkv = layer.merged_linear()
             fpn = alone.image_encoder(image)["backbone_fpn"]
             expected = [alone.sam_mask_decoder.conv_s0(fpn[0]), alone.sam_mask_decoder.conv_s1(fpn[1]), fpn[2]]

@@ -5,8 +5,9 @@ docs/sartm.md).
   q/v LoRA (eq. 6-7, rank 16, Table IV) on every block's qkv: one adapter per modality (`lora_mode:
   per_modality`, the paper's "modality-specific" LoRA; both modalities go through the encoder as one batch,
   each part with its own adapter) or one for both (`shared`, what the official code amounts to: there its
-  three sets are all applied to every input, so set lora_rank 48 to match it). Thermal is repeated to three channels and kept in [0, 1] (not ImageNet-
-  normalised, as SARTM's code); the RGB arrives normalised by the checkpoint's preprocessing (ImageNet).
+  three sets are all applied to every input, so set lora_rank 48 to match it). Thermal is repeated to three
+  channels and kept in [0, 1] (not ImageNet-normalised, as SARTM's code); the RGB arrives normalised by the
+  checkpoint's preprocessing (ImageNet).
 - Levels (III-C): the neck's 1/4, 1/8, 1/16 maps; SAM2's conv_s0 / conv_s1 reduce the first two to d/8 and
   d/4 channels (F_0, F_1), F_n keeps d. `fpn_fuse`: "sum" (SAM2's trained neck, the code) or "avg" (eq. 8).
 - Fusion (III-A/E): one FRM + FFM pair (CMX) per level, widths d/8, d/4, d, FFM heads 1, 2, 4, initialised as
